@@ -1,0 +1,128 @@
+//! Parameters of the BALANS method, with their documented defaults.
+//!
+//! Every field can be set from the command line, from a TOML config file
+//! (same key names) or from `BALANS_*` environment variables; see
+//! `config/balans.toml` for the annotated defaults and `docs/method.md` for
+//! why each default is what it is.
+
+use serde::{Deserialize, Serialize};
+
+/// How each sparse affinity entry is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// `exp(-d^2 / (sigma_i^(b(j)) * sigma_j^(b(i))))` — self-tuning, symmetric.
+    #[default]
+    Symmetric,
+    /// `exp(-d^2 / (sigma_i^(b(j)))^2)` — scale of the sampled row only.
+    Asymmetric,
+}
+
+/// How the strongest affinities of a sampled row are retained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Keep the strongest `m` entries in every batch (batch-balanced).
+    #[default]
+    PerBatch,
+    /// Keep the strongest `m * B` entries over all batches together.
+    Global,
+}
+
+/// Which neighbour search backs the per-batch indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// usearch HNSW (approximate); the default for large tables.
+    #[default]
+    Hnsw,
+    /// Brute-force exact search (the oracle; O(n) per query).
+    Exact,
+}
+
+/// Parameters of one BALANS fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// k of the batch-aware local scale: sigma_i^(b) is the distance from
+    /// point i to the k-th nearest point of batch b (clamped to |b|).
+    pub k: usize,
+    /// Strongest affinities retained per batch (or `m * B` globally) in
+    /// every sampled row.
+    pub m: usize,
+    /// Dimensions of the PCA neighbour space.
+    pub neighbor_dims: usize,
+    /// Sampling budget as a fraction of the rows (landmarks <= budget * n).
+    pub budget: f64,
+    /// Minimum number of landmarks regardless of `budget` (capped at n).
+    pub min_landmarks: usize,
+    /// Coverage a row needs before it stops being a sampling priority.
+    pub coverage_target: f64,
+    /// Rows sampled per sampling round, as a fraction of n (at least 16).
+    pub round_fraction: f64,
+    /// Alignment rounds (each re-indexes the corrected neighbour space).
+    pub rounds: usize,
+    /// Kernel form.
+    pub kernel: KernelKind,
+    /// Retention rule.
+    pub retention: Retention,
+    /// Neighbour index.
+    pub index: IndexKind,
+    /// Exact mode: brute-force neighbours and every row sampled.
+    pub exact: bool,
+    /// Random seed (sampling tie-breaks, synthetic data).
+    pub seed: u64,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            k: 15,
+            m: 10,
+            neighbor_dims: 50,
+            budget: 0.3,
+            min_landmarks: 500,
+            coverage_target: 1.0,
+            round_fraction: 0.02,
+            rounds: 3,
+            kernel: KernelKind::Symmetric,
+            retention: Retention::PerBatch,
+            index: IndexKind::Hnsw,
+            exact: false,
+            seed: 42,
+            threads: 0,
+        }
+    }
+}
+
+impl Params {
+    /// Check ranges; the message names the offending key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.k >= 1, "parameter k must be >= 1 (got {})", self.k);
+        anyhow::ensure!(self.m >= 1, "parameter m must be >= 1 (got {})", self.m);
+        anyhow::ensure!(
+            self.neighbor_dims >= 1,
+            "parameter neighbor_dims must be >= 1 (got {})",
+            self.neighbor_dims
+        );
+        anyhow::ensure!(
+            self.budget > 0.0 && self.budget <= 1.0,
+            "parameter budget must be in (0, 1] (got {})",
+            self.budget
+        );
+        anyhow::ensure!(
+            self.round_fraction > 0.0 && self.round_fraction <= 1.0,
+            "parameter round_fraction must be in (0, 1] (got {})",
+            self.round_fraction
+        );
+        anyhow::ensure!(
+            self.coverage_target > 0.0,
+            "parameter coverage_target must be > 0 (got {})",
+            self.coverage_target
+        );
+        anyhow::ensure!(self.rounds >= 1, "parameter rounds must be >= 1");
+        Ok(())
+    }
+}
