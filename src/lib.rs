@@ -5,4 +5,12 @@
 //! data, parallel with rayon and free of I/O; the table and profile modules
 //! read and write profile tables.
 
+pub mod align;
+pub mod balans;
+pub mod index;
+pub mod kernel;
 pub mod params;
+pub mod pca;
+pub mod preprocess;
+pub mod sampling;
+pub mod scales;

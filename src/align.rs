@@ -1,0 +1,210 @@
+//! The alignment read-out: local offset removal from the sampled affinity.
+//!
+//! Each landmark `l` has a sparse row with entries in every batch. Its
+//! batch-wise kernel means `mu_l^(c) = sum_{j in c} A_lj z_j / sum_{j in c}
+//! A_lj` say where batch `c` sits around `l`; their average over the batches
+//! present is the consensus `mu_l`, and `delta_l^(c) = mu_l^(c) - mu_l` is
+//! batch c's local offset there. A point `j` of batch `c` moves by the
+//! affinity-weighted average of `delta_l^(c)` over the landmarks whose rows
+//! retained it — a smooth, locally varying batch centring (Harmony-like,
+//! but driven by the batch-aware kernel). Points no landmark retained
+//! borrow the average offset of their nearest covered neighbours in their
+//! own batch.
+//!
+//! Offsets are computed in the (normalised) feature space, so the output
+//! keeps every input feature, not just the neighbour-space dimensions.
+
+use anyhow::Result;
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::sampling::SparseRow;
+
+/// Per-point offsets and how they were obtained.
+#[derive(Debug, Clone)]
+pub struct Offsets {
+    /// n x d offsets to subtract.
+    pub values: Array2<f64>,
+    /// Points with no covering landmark (offset borrowed from neighbours).
+    pub uncovered: usize,
+}
+
+/// `delta_l^(c)` for every landmark (row-major `L x B x d`, f32).
+pub fn landmark_deltas(
+    z: ArrayView2<f64>,
+    batch_of: &[u32],
+    n_batches: usize,
+    rows: &[SparseRow],
+) -> Vec<f32> {
+    let d = z.ncols();
+    let mut out = vec![0f32; rows.len() * n_batches * d];
+    out.par_chunks_mut(n_batches * d)
+        .zip(rows.par_iter())
+        .for_each(|(slot, row)| {
+            let mut sums = vec![0f64; n_batches * d];
+            let mut mass = vec![0f64; n_batches];
+            for &(j, a) in &row.entries {
+                let c = batch_of[j as usize] as usize;
+                mass[c] += a as f64;
+                let zj = z.row(j as usize);
+                let s = &mut sums[c * d..(c + 1) * d];
+                for (acc, v) in s.iter_mut().zip(zj.iter()) {
+                    *acc += a as f64 * v;
+                }
+            }
+            let present: Vec<usize> = (0..n_batches).filter(|&c| mass[c] > 0.0).collect();
+            if present.len() < 2 {
+                return; // one batch around this landmark: nothing to align
+            }
+            let mut consensus = vec![0f64; d];
+            for &c in &present {
+                for t in 0..d {
+                    sums[c * d + t] /= mass[c];
+                    consensus[t] += sums[c * d + t];
+                }
+            }
+            let np = present.len() as f64;
+            for t in consensus.iter_mut() {
+                *t /= np;
+            }
+            for &c in &present {
+                for t in 0..d {
+                    slot[c * d + t] = (sums[c * d + t] - consensus[t]) as f32;
+                }
+            }
+        });
+    out
+}
+
+/// Per-point offsets from the landmark deltas. `own_batch_neighbors(j)`
+/// returns j's nearest rows in its own batch (nearest first) and is used
+/// only for points no landmark retained.
+pub fn point_offsets(
+    z: ArrayView2<f64>,
+    batch_of: &[u32],
+    n_batches: usize,
+    rows: &[SparseRow],
+    own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
+) -> Result<Offsets> {
+    let (n, d) = z.dim();
+    let deltas = landmark_deltas(z, batch_of, n_batches, rows);
+    // Transpose the sampled rows: for each point, (landmark index, A).
+    let mut counts = vec![0usize; n + 1];
+    for r in rows {
+        for &(j, _) in &r.entries {
+            counts[j as usize + 1] += 1;
+        }
+    }
+    for j in 0..n {
+        counts[j + 1] += counts[j];
+    }
+    let mut fill = counts.clone();
+    let mut cols = vec![(0u32, 0f32); counts[n]];
+    for (li, r) in rows.iter().enumerate() {
+        for &(j, a) in &r.entries {
+            cols[fill[j as usize]] = (li as u32, a);
+            fill[j as usize] += 1;
+        }
+    }
+    let mut values = Array2::<f64>::zeros((n, d));
+    let covered: Vec<bool> = values
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .map(|(j, mut out)| {
+            let c = batch_of[j] as usize;
+            let entries = &cols[counts[j]..counts[j + 1]];
+            let mut w = 0f64;
+            for &(li, a) in entries {
+                let base = (li as usize * n_batches + c) * d;
+                let delta = &deltas[base..base + d];
+                for (o, v) in out.iter_mut().zip(delta) {
+                    *o += a as f64 * *v as f64;
+                }
+                w += a as f64;
+            }
+            if w > 0.0 {
+                out.mapv_inplace(|v| v / w);
+                true
+            } else {
+                false
+            }
+        })
+        .collect();
+    let uncovered: Vec<usize> = (0..n).filter(|&j| !covered[j]).collect();
+    let borrowed: Vec<(usize, Vec<f64>)> = uncovered
+        .par_iter()
+        .map(|&j| {
+            let nb = own_batch_neighbors(j)?;
+            let mut acc = vec![0f64; d];
+            let mut cnt = 0usize;
+            for &q in &nb {
+                if covered[q as usize] {
+                    for (a, v) in acc.iter_mut().zip(values.row(q as usize)) {
+                        *a += v;
+                    }
+                    cnt += 1;
+                }
+            }
+            if cnt > 0 {
+                for a in acc.iter_mut() {
+                    *a /= cnt as f64;
+                }
+            }
+            Ok((j, acc))
+        })
+        .collect::<Result<_>>()?;
+    for (j, acc) in borrowed {
+        for (o, v) in values.row_mut(j).iter_mut().zip(acc) {
+            *o = v;
+        }
+    }
+    Ok(Offsets {
+        values,
+        uncovered: uncovered.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn two_batches_meet_at_the_consensus() {
+        // Landmark 0 (batch 0) sees points 0,1 (batch 0, around 0) and 2,3
+        // (batch 1, around 10) with equal weights.
+        let z = array![[-1.0], [1.0], [9.0], [11.0]];
+        let b = [0, 0, 1, 1];
+        let rows = vec![SparseRow {
+            landmark: 0,
+            entries: vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)],
+        }];
+        let deltas = landmark_deltas(z.view(), &b, 2, &rows);
+        assert_eq!(deltas, vec![-5.0, 5.0]);
+        let off = point_offsets(z.view(), &b, 2, &rows, &|_| Ok(vec![])).unwrap();
+        let corrected = &z - &off.values;
+        assert_eq!(corrected, array![[4.0], [6.0], [4.0], [6.0]]);
+        assert_eq!(off.uncovered, 0);
+    }
+
+    #[test]
+    fn single_batch_landmark_gives_no_offset_and_uncovered_borrow() {
+        let z = array![[0.0], [1.0], [5.0], [6.0], [100.0]];
+        let b = [0, 0, 1, 1, 1];
+        let rows = vec![
+            SparseRow { landmark: 0, entries: vec![(0, 1.0), (1, 0.5)] },
+            SparseRow { landmark: 2, entries: vec![(0, 0.5), (2, 1.0), (3, 1.0)] },
+        ];
+        let off = point_offsets(z.view(), &b, 2, &rows, &|j| {
+            Ok(if j == 4 { vec![4, 3, 2] } else { vec![] })
+        })
+        .unwrap();
+        assert_eq!(off.uncovered, 1);
+        // Point 4 borrows the mean offset of its covered neighbours 3 and 2.
+        let want = 0.5 * (off.values[[3, 0]] + off.values[[2, 0]]);
+        assert!((off.values[[4, 0]] - want).abs() < 1e-12);
+        // Landmark 0's row is single-batch: contributes zero delta.
+        assert!(off.values[[1, 0]].abs() < 1e-12);
+    }
+}

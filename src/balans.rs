@@ -1,0 +1,265 @@
+//! The BALANS fit: preprocessing, per-batch indices, scales, adaptive
+//! sampling and alignment rounds, put together.
+//!
+//! ```text
+//! x (n x d) --per-plate robust normalisation--> z --clip--> w
+//! for each round:
+//!     y = PCA_p(w - total_offset)             (frozen basis from round 0)
+//!     per-batch indices over y
+//!     coverage-prioritised sampling of affinity rows (landmarks)
+//!     offsets from the landmark deltas; total_offset += offsets
+//! corrected = denormalise(z - total_offset)   (input units)
+//! ```
+//!
+//! Everything here is plain computation over ndarray data: no files, no
+//! async. Progress is reported through the [`Progress`] trait so the CLI can
+//! draw a bar and tests can ignore it.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ndarray::{Array2, ArrayView2};
+use serde::Serialize;
+
+use crate::align::point_offsets;
+use crate::index::build_batch_indices;
+use crate::params::{IndexKind, Params};
+use crate::pca::Pca;
+use crate::preprocess::{clipped, dense_ids, Normalizer};
+use crate::sampling::{sample, SamplingConfig};
+use crate::scales::ScaleCache;
+
+/// Progress reporting for long fits.
+pub trait Progress: Sync {
+    /// A new stage with `total` steps.
+    fn stage(&self, name: &str, total: u64);
+    /// Steps done in the current stage.
+    fn set(&self, done: u64);
+}
+
+/// Progress that reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _name: &str, _total: u64) {}
+    fn set(&self, _done: u64) {}
+}
+
+/// A profile table's numeric content and the labels BALANS needs.
+pub struct Dataset<'a> {
+    /// Features, n x d, in input units.
+    pub x: ArrayView2<'a, f64>,
+    /// Batch label of each row.
+    pub batch: &'a [String],
+    /// Plate label of each row (normalisation groups); `None` = per batch.
+    pub plate: Option<&'a [String]>,
+    /// Negative-control rows, if a control selector was given.
+    pub controls: Option<&'a [bool]>,
+}
+
+/// Figures of one alignment round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundSummary {
+    /// Landmarks (sampled rows).
+    pub landmarks: usize,
+    /// Sampling rounds within this alignment round.
+    pub sampling_rounds: usize,
+    /// Smallest coverage of any row.
+    pub coverage_min: f64,
+    /// Median coverage.
+    pub coverage_median: f64,
+    /// Fraction of rows at or above the coverage target.
+    pub covered_fraction: f64,
+    /// Rows no landmark retained.
+    pub uncovered: usize,
+    /// Mean Euclidean norm of the offsets applied (robust-z units).
+    pub mean_offset: f64,
+    /// Wall time of the round.
+    pub seconds: f64,
+}
+
+/// What a fit did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Rows.
+    pub rows: usize,
+    /// Batches.
+    pub batches: usize,
+    /// Plates (normalisation groups).
+    pub plates: usize,
+    /// Feature columns given.
+    pub features: usize,
+    /// Features corrected (the rest are constant and pass through).
+    pub corrected_features: usize,
+    /// Plates centred on all rows for lack of controls.
+    pub plates_without_controls: usize,
+    /// Neighbour-space dimensions used.
+    pub neighbor_dims: usize,
+    /// Per-round figures.
+    pub rounds: Vec<RoundSummary>,
+    /// Total wall time.
+    pub seconds: f64,
+}
+
+/// The result of a fit.
+pub struct Correction {
+    /// Corrected features, n x d, input units (constant features unchanged).
+    pub corrected: Array2<f64>,
+    /// Normalised features before alignment (n x corrected_features).
+    pub z_before: Array2<f64>,
+    /// Normalised features after alignment.
+    pub z_after: Array2<f64>,
+    /// Indices (into the given features) of the corrected features.
+    pub varying: Vec<usize>,
+    /// Figures.
+    pub summary: Summary,
+}
+
+/// Fit BALANS on `data` and return the corrected table.
+pub fn correct(data: &Dataset, params: &Params, progress: &dyn Progress) -> Result<Correction> {
+    params.validate()?;
+    let threads = if params.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        params.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start the worker threads")?;
+    pool.install(|| correct_in_pool(data, params, threads, progress))
+}
+
+fn correct_in_pool(
+    data: &Dataset,
+    params: &Params,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Correction> {
+    let started = Instant::now();
+    let (n, d) = data.x.dim();
+    anyhow::ensure!(n >= 2, "need at least 2 rows to correct, got {n}");
+    anyhow::ensure!(data.batch.len() == n, "batch labels do not match rows");
+    let (batch_of, batch_names) = dense_ids(data.batch);
+    let n_batches = batch_names.len();
+    let (plate_of, plate_names) = match data.plate {
+        Some(p) => {
+            anyhow::ensure!(p.len() == n, "plate labels do not match rows");
+            dense_ids(p)
+        }
+        None => (batch_of.clone(), batch_names.clone()),
+    };
+    progress.stage("normalising", 1);
+    let norm = Normalizer::fit(data.x, &plate_of, plate_names.len(), data.controls)?;
+    let varying = norm.varying_features();
+    anyhow::ensure!(
+        !varying.is_empty(),
+        "every feature is constant (zero MAD): nothing to correct"
+    );
+    let z = norm.normalise(data.x, &plate_of, &varying);
+    let w = clipped(&z);
+    let pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
+    let kind = if params.exact {
+        IndexKind::Exact
+    } else {
+        params.index
+    };
+    let budget_rows = if params.exact {
+        n
+    } else {
+        ((params.budget * n as f64).ceil() as usize)
+            .max(params.min_landmarks)
+            .min(n)
+    };
+    let cfg = SamplingConfig {
+        k: params.k,
+        m: params.m,
+        kernel: params.kernel,
+        retention: params.retention,
+        budget_rows,
+        coverage_target: if params.exact {
+            f64::INFINITY
+        } else {
+            params.coverage_target
+        },
+        round_rows: ((params.round_fraction * n as f64).ceil() as usize).max(16),
+        seed: params.seed,
+    };
+    let mut total = Array2::<f64>::zeros(w.dim());
+    let mut rounds = Vec::new();
+    for round in 0..params.rounds {
+        let t0 = Instant::now();
+        let current = &w - &total;
+        let y = pca.transform_f32(current.view());
+        progress.stage(&format!("round {}/{}: indexing", round + 1, params.rounds), 1);
+        let indices = build_batch_indices(y.view(), &batch_of, n_batches, kind, threads)?;
+        progress.stage(
+            &format!("round {}/{}: sampling", round + 1, params.rounds),
+            budget_rows as u64,
+        );
+        let cache = ScaleCache::new(n, n_batches, params.k);
+        let s = sample(
+            y.view(),
+            &batch_of,
+            &indices,
+            &cache,
+            &cfg,
+            None,
+            None,
+            &|done| progress.set(done as u64),
+        )?;
+        progress.stage(&format!("round {}/{}: aligning", round + 1, params.rounds), 1);
+        let own = |j: usize| -> Result<Vec<u32>> {
+            let q: Vec<f32> = y.row(j).iter().copied().collect();
+            let nb = indices[batch_of[j] as usize].search(&q, params.k.max(params.m))?;
+            Ok(nb.iter().map(|n| n.key as u32).collect())
+        };
+        let off = point_offsets(current.view(), &batch_of, n_batches, &s.rows, &own)?;
+        let mean_offset = off
+            .values
+            .rows()
+            .into_iter()
+            .map(|r| r.dot(&r).sqrt())
+            .sum::<f64>()
+            / n as f64;
+        total += &off.values;
+        let (cmin, cmed) = s.coverage_stats();
+        let covered = s
+            .coverage
+            .iter()
+            .filter(|&&c| c >= params.coverage_target)
+            .count();
+        rounds.push(RoundSummary {
+            landmarks: s.rows.len(),
+            sampling_rounds: s.rounds,
+            coverage_min: cmin,
+            coverage_median: cmed,
+            covered_fraction: covered as f64 / n as f64,
+            uncovered: off.uncovered,
+            mean_offset,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        tracing::debug!(round, landmarks = s.rows.len(), mean_offset, "alignment round done");
+    }
+    let z_after = &z - &total;
+    let mut corrected = data.x.to_owned();
+    norm.denormalise(z_after.view(), &varying, &mut corrected);
+    let summary = Summary {
+        rows: n,
+        batches: n_batches,
+        plates: plate_names.len(),
+        features: d,
+        corrected_features: varying.len(),
+        plates_without_controls: norm.plates_without_controls.len(),
+        neighbor_dims: pca.dims(),
+        rounds,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(Correction {
+        corrected,
+        z_before: z,
+        z_after,
+        varying,
+        summary,
+    })
+}

@@ -1,0 +1,334 @@
+//! Per-batch nearest-neighbour indices.
+//!
+//! BALANS keeps one index per batch over the neighbour-space coordinates of
+//! that batch's rows, so that a query can ask "the k nearest points *of batch
+//! c*" — the batch-balanced candidate sets (as in BBKNN) and the batch-aware
+//! local scales both come from such queries.
+//!
+//! Two backends implement the same contract:
+//! - [`IndexKind::Hnsw`]: usearch's HNSW graph (approximate, `O(log n)` per
+//!   query, incremental adds — what the daemon uses);
+//! - [`IndexKind::Exact`]: brute force over the stored vectors (the oracle).
+//!
+//! Keys are global row ids (`u64`). Distances are **squared Euclidean**.
+//! Results are sorted by (distance, key) so ties break deterministically.
+
+use anyhow::{anyhow, Context, Result};
+use ndarray::ArrayView2;
+use rayon::prelude::*;
+
+pub use crate::params::IndexKind;
+
+/// One neighbour: a global row id and its squared Euclidean distance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// Global row id.
+    pub key: u64,
+    /// Squared Euclidean distance to the query.
+    pub dist2: f32,
+}
+
+/// HNSW construction parameters (see `docs/method.md` for the measurements
+/// behind them).
+const CONNECTIVITY: usize = 16;
+const EXPANSION_ADD: usize = 40;
+const EXPANSION_SEARCH: usize = 128;
+
+/// The index over one batch's rows.
+pub struct BatchIndex {
+    kind: IndexKind,
+    dims: usize,
+    keys: Vec<u64>,
+    /// Row-major vectors (exact backend only).
+    vectors: Vec<f32>,
+    hnsw: Option<usearch::Index>,
+}
+
+impl std::fmt::Debug for BatchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchIndex")
+            .field("kind", &self.kind)
+            .field("dims", &self.dims)
+            .field("len", &self.keys.len())
+            .finish()
+    }
+}
+
+impl BatchIndex {
+    /// An empty index of `dims` dimensions. `threads` is the number of
+    /// threads that may query it at once (usearch thread slots).
+    pub fn new(kind: IndexKind, dims: usize, threads: usize) -> Result<Self> {
+        let hnsw = match kind {
+            IndexKind::Exact => None,
+            IndexKind::Hnsw => {
+                let opts = usearch::IndexOptions {
+                    dimensions: dims,
+                    metric: usearch::MetricKind::L2sq,
+                    quantization: usearch::ScalarKind::F32,
+                    connectivity: CONNECTIVITY,
+                    expansion_add: EXPANSION_ADD,
+                    expansion_search: EXPANSION_SEARCH,
+                    multi: false,
+                };
+                let index = usearch::Index::new(&opts)
+                    .map_err(|e| anyhow!("cannot create usearch index: {e}"))?;
+                index
+                    .reserve_capacity_and_threads(64, threads.max(1) + 1)
+                    .map_err(|e| anyhow!("cannot reserve usearch index: {e}"))?;
+                Some(index)
+            }
+        };
+        Ok(BatchIndex {
+            kind,
+            dims,
+            keys: Vec::new(),
+            vectors: Vec::new(),
+            hnsw,
+        })
+    }
+
+    /// Number of indexed rows.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Dimensions of the indexed vectors.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Global row ids in insertion order.
+    pub fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
+    /// Add rows (sequentially, so the HNSW graph is deterministic).
+    /// `rows` is `keys.len() x dims`.
+    pub fn add(&mut self, keys: &[u64], rows: ArrayView2<f32>, threads: usize) -> Result<()> {
+        anyhow::ensure!(
+            rows.ncols() == self.dims && rows.nrows() == keys.len(),
+            "index add: expected {} x {} rows, got {} x {}",
+            keys.len(),
+            self.dims,
+            rows.nrows(),
+            rows.ncols()
+        );
+        match &self.hnsw {
+            None => {
+                for row in rows.rows() {
+                    self.vectors.extend(row.iter().copied());
+                }
+            }
+            Some(index) => {
+                let want = self.keys.len() + keys.len();
+                if index.capacity() < want {
+                    let cap = want.max(index.capacity() * 2);
+                    index
+                        .reserve_capacity_and_threads(cap, threads.max(1) + 1)
+                        .map_err(|e| anyhow!("cannot grow usearch index to {cap}: {e}"))?;
+                }
+                let mut buf = vec![0f32; self.dims];
+                for (key, row) in keys.iter().zip(rows.rows()) {
+                    for (b, v) in buf.iter_mut().zip(row.iter()) {
+                        *b = *v;
+                    }
+                    index
+                        .add(*key, &buf)
+                        .map_err(|e| anyhow!("usearch add of row {key} failed: {e}"))?;
+                }
+            }
+        }
+        self.keys.extend_from_slice(keys);
+        Ok(())
+    }
+
+    /// The `k` nearest indexed rows to `query`, sorted by (distance, key).
+    /// Returns fewer when the index holds fewer than `k` rows.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Neighbor>> {
+        let k = k.min(self.keys.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = match &self.hnsw {
+            None => self.exact_search(query, k),
+            Some(index) => {
+                let m = index
+                    .search(query, k)
+                    .map_err(|e| anyhow!("usearch search failed: {e}"))?;
+                m.keys
+                    .iter()
+                    .zip(m.distances.iter())
+                    .map(|(&key, &dist2)| Neighbor {
+                        key,
+                        dist2: dist2.max(0.0),
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        out.sort_by(|a, b| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key)));
+        Ok(out)
+    }
+
+    fn exact_search(&self, query: &[f32], k: usize) -> Vec<Neighbor> {
+        let d = self.dims;
+        let mut all: Vec<Neighbor> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(r, &key)| {
+                let v = &self.vectors[r * d..(r + 1) * d];
+                let dist2 = v
+                    .iter()
+                    .zip(query.iter())
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>();
+                Neighbor { key, dist2 }
+            })
+            .collect();
+        let cmp = |a: &Neighbor, b: &Neighbor| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key));
+        if k < all.len() {
+            all.select_nth_unstable_by(k - 1, cmp);
+            all.truncate(k);
+        }
+        all.sort_by(cmp);
+        all
+    }
+
+    /// Serialise the HNSW graph (None for the exact backend).
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        if let Some(index) = &self.hnsw {
+            let p = path
+                .to_str()
+                .with_context(|| format!("index path {} is not UTF-8", path.display()))?;
+            index
+                .save(p)
+                .map_err(|e| anyhow!("saving index to {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Build one index per batch over `y` (n x p): batch `c` holds the rows `i`
+/// with `batch_of[i] == c`. Batches are built in parallel, each sequentially.
+pub fn build_batch_indices(
+    y: ArrayView2<f32>,
+    batch_of: &[u32],
+    n_batches: usize,
+    kind: IndexKind,
+    threads: usize,
+) -> Result<Vec<BatchIndex>> {
+    let mut members: Vec<Vec<u64>> = vec![Vec::new(); n_batches];
+    for (i, &b) in batch_of.iter().enumerate() {
+        let slot = members
+            .get_mut(b as usize)
+            .with_context(|| format!("row {i}: batch id {b} out of range {n_batches}"))?;
+        slot.push(i as u64);
+    }
+    members
+        .into_par_iter()
+        .map(|keys| {
+            let mut index = BatchIndex::new(kind, y.ncols(), threads)?;
+            let rows = y.select(
+                ndarray::Axis(0),
+                &keys.iter().map(|&k| k as usize).collect::<Vec<_>>(),
+            );
+            index.add(&keys, rows.view(), threads)?;
+            Ok(index)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+
+    fn clustered(n: usize, d: usize, seed: u64) -> Array2<f32> {
+        // Correlated, clustered data (like profiles), not uniform noise.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..8)
+            .map(|_| (0..d).map(|_| rng.gen_range(-5.0..5.0)).collect())
+            .collect();
+        Array2::from_shape_fn((n, d), |(i, j)| {
+            centres[i % 8][j] + rng.gen_range(-1.0f32..1.0) * (1.0 + (j % 3) as f32)
+        })
+    }
+
+    #[test]
+    fn exact_search_matches_brute_force_oracle() {
+        let y = clustered(300, 6, 1);
+        let keys: Vec<u64> = (0..300).collect();
+        let mut idx = BatchIndex::new(IndexKind::Exact, 6, 1).unwrap();
+        idx.add(&keys, y.view(), 1).unwrap();
+        let q: Vec<f32> = y.row(7).to_vec();
+        let got = idx.search(&q, 10).unwrap();
+        let mut all: Vec<(f32, u64)> = (0..300)
+            .map(|r| {
+                let d: f32 = y.row(r).iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum();
+                (d, r as u64)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let want: Vec<u64> = all[..10].iter().map(|x| x.1).collect();
+        assert_eq!(got.iter().map(|n| n.key).collect::<Vec<_>>(), want);
+        assert_eq!(got[0].key, 7);
+        assert_eq!(got[0].dist2, 0.0);
+    }
+
+    #[test]
+    fn hnsw_recall_against_exact() {
+        let y = clustered(2000, 20, 2);
+        let keys: Vec<u64> = (0..2000).map(|i| i * 3 + 1).collect();
+        let mut exact = BatchIndex::new(IndexKind::Exact, 20, 2).unwrap();
+        let mut hnsw = BatchIndex::new(IndexKind::Hnsw, 20, 2).unwrap();
+        exact.add(&keys, y.view(), 2).unwrap();
+        hnsw.add(&keys, y.view(), 2).unwrap();
+        let mut hit = 0usize;
+        let mut total = 0usize;
+        for r in (0..2000).step_by(20) {
+            let q = y.row(r).to_vec();
+            let a: std::collections::HashSet<u64> =
+                exact.search(&q, 15).unwrap().iter().map(|n| n.key).collect();
+            let b = hnsw.search(&q, 15).unwrap();
+            assert_eq!(b.len(), 15);
+            hit += b.iter().filter(|n| a.contains(&n.key)).count();
+            total += 15;
+        }
+        let recall = hit as f64 / total as f64;
+        assert!(recall > 0.9, "recall@15 = {recall}");
+    }
+
+    #[test]
+    fn small_index_returns_what_it_has_and_grows() {
+        let y = clustered(5, 3, 3);
+        let mut idx = BatchIndex::new(IndexKind::Hnsw, 3, 1).unwrap();
+        idx.add(&[10, 11, 12], y.slice(ndarray::s![0..3, ..]), 1)
+            .unwrap();
+        assert_eq!(idx.search(&[0.0, 0.0, 0.0], 10).unwrap().len(), 3);
+        // Incremental add past the initial capacity.
+        let big = clustered(200, 3, 4);
+        let keys: Vec<u64> = (100..300).collect();
+        idx.add(&keys, big.view(), 1).unwrap();
+        assert_eq!(idx.len(), 203);
+        assert_eq!(idx.search(&big.row(50).to_vec(), 1).unwrap()[0].key, 150);
+    }
+
+    #[test]
+    fn build_splits_rows_by_batch() {
+        let y = clustered(40, 4, 5);
+        let batch_of: Vec<u32> = (0..40).map(|i| (i % 3) as u32).collect();
+        let idx = build_batch_indices(y.view(), &batch_of, 3, IndexKind::Exact, 1).unwrap();
+        assert_eq!(idx.len(), 3);
+        for (c, ix) in idx.iter().enumerate() {
+            assert!(ix.keys().iter().all(|&k| batch_of[k as usize] == c as u32));
+        }
+        assert_eq!(idx.iter().map(|i| i.len()).sum::<usize>(), 40);
+        assert!(build_batch_indices(y.view(), &batch_of, 2, IndexKind::Exact, 1).is_err());
+    }
+}

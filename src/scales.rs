@@ -1,0 +1,132 @@
+//! Batch-aware local scales.
+//!
+//! `sigma_i^(c)` is the distance from point `i` to the k-th nearest point of
+//! batch `c`. When `i` belongs to `c` it counts itself (the first neighbour,
+//! at distance 0), so a batch and an exact copy of it get identical scales —
+//! a duplicated batch is then already aligned and is left unchanged. `k` is
+//! clamped to the batch size, so a batch smaller than k uses its farthest
+//! point (documented behaviour, not an error).
+//!
+//! Scales are needed for every sampled row against every batch (free: they
+//! come with the candidate queries) and, for the symmetric kernel, for every
+//! candidate against the sampled row's batch. The latter are computed lazily
+//! and memoised in a dense `n x B` table of atomics, so rows sampled in
+//! parallel share them without locks.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Result;
+use ndarray::ArrayView2;
+
+use crate::index::{BatchIndex, Neighbor};
+
+/// The scale from a sorted neighbour list: the distance to the k-th entry
+/// (or the last one when there are fewer than k). 0 for an empty list.
+pub fn kth_scale(neighbors: &[Neighbor], k: usize) -> f64 {
+    if neighbors.is_empty() || k == 0 {
+        return 0.0;
+    }
+    let idx = k.min(neighbors.len()) - 1;
+    (neighbors[idx].dist2.max(0.0) as f64).sqrt()
+}
+
+/// Memoised `sigma_i^(c)` for all rows `i` and batches `c`.
+pub struct ScaleCache {
+    n_batches: usize,
+    k: usize,
+    values: Vec<AtomicU32>,
+}
+
+const UNKNOWN: u32 = u32::MAX; // a NaN bit pattern never produced by sqrt
+
+impl ScaleCache {
+    /// An empty cache for `n` rows and `n_batches` batches.
+    pub fn new(n: usize, n_batches: usize, k: usize) -> Self {
+        let values = (0..n * n_batches).map(|_| AtomicU32::new(UNKNOWN)).collect();
+        ScaleCache {
+            n_batches,
+            k,
+            values,
+        }
+    }
+
+    /// The k of these scales.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// A known scale, if computed.
+    pub fn get(&self, i: usize, c: usize) -> Option<f64> {
+        let bits = self.values[i * self.n_batches + c].load(Ordering::Relaxed);
+        (bits != UNKNOWN).then(|| f32::from_bits(bits) as f64)
+    }
+
+    /// Record a scale.
+    pub fn set(&self, i: usize, c: usize, v: f64) {
+        self.values[i * self.n_batches + c].store((v as f32).to_bits(), Ordering::Relaxed);
+    }
+
+    /// `sigma_i^(c)`, querying batch `c`'s index for `y_i` when unknown.
+    pub fn get_or_compute(
+        &self,
+        i: usize,
+        c: usize,
+        y: ArrayView2<f32>,
+        indices: &[BatchIndex],
+    ) -> Result<f64> {
+        if let Some(v) = self.get(i, c) {
+            return Ok(v);
+        }
+        let row = y.row(i);
+        let q: Vec<f32> = row.iter().copied().collect();
+        let nb = indices[c].search(&q, self.k)?;
+        let v = kth_scale(&nb, self.k);
+        self.set(i, c, v);
+        Ok(self.get(i, c).unwrap_or(v))
+    }
+
+    /// Number of scales computed so far (for the summary and metrics).
+    pub fn computed(&self) -> usize {
+        self.values
+            .iter()
+            .filter(|v| v.load(Ordering::Relaxed) != UNKNOWN)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::IndexKind;
+    use ndarray::array;
+
+    #[test]
+    fn kth_scale_counts_self_and_clamps() {
+        let nb = vec![
+            Neighbor { key: 0, dist2: 0.0 },
+            Neighbor { key: 1, dist2: 4.0 },
+            Neighbor { key: 2, dist2: 9.0 },
+        ];
+        assert_eq!(kth_scale(&nb, 1), 0.0);
+        assert_eq!(kth_scale(&nb, 2), 2.0);
+        assert_eq!(kth_scale(&nb, 10), 3.0, "clamped to the batch size");
+        assert_eq!(kth_scale(&[], 3), 0.0);
+    }
+
+    #[test]
+    fn cache_computes_once_against_the_right_batch() {
+        let y = array![[0.0f32], [1.0], [3.0], [10.0], [12.0]];
+        let mut a = BatchIndex::new(IndexKind::Exact, 1, 1).unwrap();
+        a.add(&[0, 1, 2], y.slice(ndarray::s![0..3, ..]), 1).unwrap();
+        let mut b = BatchIndex::new(IndexKind::Exact, 1, 1).unwrap();
+        b.add(&[3, 4], y.slice(ndarray::s![3..5, ..]), 1).unwrap();
+        let idx = vec![a, b];
+        let cache = ScaleCache::new(5, 2, 2);
+        assert_eq!(cache.get(0, 1), None);
+        // Row 0 against batch 1: second nearest of {10, 12} is 12.
+        assert_eq!(cache.get_or_compute(0, 1, y.view(), &idx).unwrap(), 12.0);
+        // Row 0 against its own batch: itself then 1.0.
+        assert_eq!(cache.get_or_compute(0, 0, y.view(), &idx).unwrap(), 1.0);
+        assert_eq!(cache.computed(), 2);
+    }
+}
