@@ -9,6 +9,8 @@ pub mod align;
 pub mod balans;
 pub mod index;
 pub mod kernel;
+pub mod config;
+pub mod mixing;
 pub mod params;
 pub mod pca;
 pub mod preprocess;

@@ -1,0 +1,328 @@
+//! `balans correct`: read a profile table, correct its features, write the
+//! same table back with corrected features.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use balans::balans::{correct, Dataset, Summary};
+use balans::config::{Config, NonFinite};
+use balans::mixing::{mixing_figures, MixingFigures};
+use balans::params::{IndexKind, KernelKind, Retention};
+use balans::preprocess::dense_ids;
+use balans::profile::{self, ControlSelector, NonFinitePolicy};
+use balans::table;
+
+use super::logging::LogArgs;
+use super::progress::Bar;
+
+/// Options of `balans correct`. Every option can also come from the config
+/// file (`[correct]` and `[method]` sections) or `BALANS_<SECTION>__<KEY>`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CorrectArgs {
+    /// Input table: .parquet, .csv, .csv.gz, .arrow/.ipc (Arrow IPC file).
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Output table (format by extension); written to a temp file and renamed.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// TOML config file (same keys as config/balans.toml).
+    #[arg(long, env = "BALANS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Batch label column (required here or in the config).
+    #[arg(long)]
+    pub batch_col: Option<String>,
+    /// Plate column for per-plate normalisation [default: Metadata_Plate].
+    #[arg(long)]
+    pub plate_col: Option<String>,
+    /// Negative controls as COLUMN=VALUE, e.g. Metadata_MoA=DMSO.
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Regex of feature columns to pass through uncorrected, e.g. '_Location_|_Center_'.
+    #[arg(long)]
+    pub exclude: Option<String>,
+    /// Replace NaN/inf/null feature values by the column median (default: error).
+    #[arg(long, conflicts_with = "drop_features")]
+    pub impute: bool,
+    /// Remove feature columns with NaN/inf/null values from the output (default: error).
+    #[arg(long)]
+    pub drop_features: bool,
+    /// Biological label column, used only for the before/after summary.
+    #[arg(long)]
+    pub label_col: Option<String>,
+    /// Write the run summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// k of the batch-aware local scale [default: 15].
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Strongest affinities kept per batch in each sampled row [default: 10].
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// PCA dimensions of the neighbour space [default: 50].
+    #[arg(long)]
+    pub neighbor_dims: Option<usize>,
+    /// Sampling budget as a fraction of rows [default: 0.3].
+    #[arg(long)]
+    pub budget: Option<f64>,
+    /// Minimum landmarks regardless of the budget [default: 500].
+    #[arg(long)]
+    pub min_landmarks: Option<usize>,
+    /// Coverage at which a row stops being a sampling priority [default: 1.0].
+    #[arg(long)]
+    pub coverage_target: Option<f64>,
+    /// Landmarks per sampling round as a fraction of rows [default: 0.02].
+    #[arg(long)]
+    pub round_fraction: Option<f64>,
+    /// Alignment rounds [default: 3].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Kernel form [default: symmetric].
+    #[arg(long, value_parser = parse_kernel)]
+    pub kernel: Option<KernelKind>,
+    /// Retention of row entries [default: perbatch].
+    #[arg(long, value_parser = parse_retention)]
+    pub retention: Option<Retention>,
+    /// Neighbour index [default: hnsw].
+    #[arg(long, value_parser = parse_index)]
+    pub index: Option<IndexKind>,
+    /// Exact mode: brute-force neighbours, every row sampled (small tables).
+    #[arg(long)]
+    pub exact: bool,
+    /// Random seed [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads, 0 = all cores [default: 0].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_kernel(s: &str) -> Result<KernelKind, String> {
+    match s {
+        "symmetric" => Ok(KernelKind::Symmetric),
+        "asymmetric" => Ok(KernelKind::Asymmetric),
+        _ => Err(format!("unknown kernel {s:?} (symmetric, asymmetric)")),
+    }
+}
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    match s {
+        "perbatch" | "per-batch" => Ok(Retention::PerBatch),
+        "global" => Ok(Retention::Global),
+        _ => Err(format!("unknown retention {s:?} (perbatch, global)")),
+    }
+}
+
+fn parse_index(s: &str) -> Result<IndexKind, String> {
+    match s {
+        "hnsw" => Ok(IndexKind::Hnsw),
+        "exact" => Ok(IndexKind::Exact),
+        _ => Err(format!("unknown index {s:?} (hnsw, exact)")),
+    }
+}
+
+impl CorrectArgs {
+    /// The configuration after file, environment and these flags.
+    pub fn resolve(&self) -> Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        let c = &mut cfg.correct;
+        if let Some(v) = &self.batch_col {
+            c.batch_col = Some(v.clone());
+        }
+        if let Some(v) = &self.plate_col {
+            c.plate_col = v.clone();
+        }
+        if let Some(v) = &self.control {
+            c.control = Some(v.clone());
+        }
+        if let Some(v) = &self.exclude {
+            c.exclude = Some(v.clone());
+        }
+        if self.impute {
+            c.non_finite = NonFinite::Impute;
+        }
+        if self.drop_features {
+            c.non_finite = NonFinite::DropFeatures;
+        }
+        if let Some(v) = &self.label_col {
+            c.label_col = Some(v.clone());
+        }
+        let m = &mut cfg.method;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { m.$f = v; } )* };
+        }
+        set!(k, m, neighbor_dims, budget, min_landmarks, coverage_target, round_fraction, rounds);
+        set!(kernel, retention, index, seed, threads);
+        if self.exact {
+            m.exact = true;
+        }
+        m.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The summary printed (and optionally written as JSON) after a run.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Input file.
+    pub input: String,
+    /// Output file.
+    pub output: String,
+    /// The fit's figures.
+    pub fit: Summary,
+    /// Quick figures before correction (global robust scaling only).
+    pub before: Option<MixingFigures>,
+    /// Quick figures after correction.
+    pub after: Option<MixingFigures>,
+    /// Features removed by --drop-features.
+    pub dropped_features: Vec<String>,
+    /// Values replaced by --impute.
+    pub imputed_values: usize,
+}
+
+/// Run `balans correct`.
+pub fn run(args: CorrectArgs, log: &LogArgs) -> Result<()> {
+    let report = correct_file(&args, log.quiet)?;
+    print_report(&report);
+    if let Some(p) = &args.summary_json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(p, text).with_context(|| format!("writing summary {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Read, correct and write; returns the report.
+pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
+    let cfg = args.resolve()?;
+    let cc = &cfg.correct;
+    let source = args.input.display().to_string();
+    let Some(batch_col) = cc.batch_col.as_deref() else {
+        bail!("no batch column: pass --batch-col (or set [correct] batch_col / BALANS_CORRECT__BATCH_COL)");
+    };
+    let exclude = cc
+        .exclude
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--exclude is not a valid regular expression")?;
+    tracing::info!(input = %source, "reading table");
+    let batch = table::read_table(&args.input)?;
+    let batch_labels = profile::string_column(&batch, batch_col, &source)?;
+    let plate_labels = if batch.schema().column_with_name(&cc.plate_col).is_some() {
+        Some(profile::string_column(&batch, &cc.plate_col, &source)?)
+    } else {
+        tracing::warn!(
+            plate_col = %cc.plate_col,
+            "{source}: no plate column {}; normalising per batch instead",
+            cc.plate_col
+        );
+        None
+    };
+    let controls = match cc.control.as_deref() {
+        Some(sel) => {
+            let sel: ControlSelector = sel.parse()?;
+            let mask = profile::control_mask(&batch, &sel, &source)?;
+            if !mask.iter().any(|&c| c) {
+                bail!(
+                    "{source}: no row has {}={} (the --control selector); check the column and value",
+                    sel.column,
+                    sel.value
+                );
+            }
+            Some(mask)
+        }
+        None => None,
+    };
+    let cols = profile::feature_columns(&batch, exclude.as_ref(), &source)?;
+    let policy = match cc.non_finite {
+        NonFinite::Error => NonFinitePolicy::Error,
+        NonFinite::Impute => NonFinitePolicy::Impute,
+        NonFinite::DropFeatures => NonFinitePolicy::DropFeatures,
+    };
+    let fm = profile::feature_matrix(&batch, cols, policy, &source)?;
+    if !fm.dropped.is_empty() {
+        tracing::warn!(count = fm.dropped.len(), "dropping features with non-finite values");
+    }
+    let bar = Bar::new(quiet);
+    let data = Dataset {
+        x: fm.values.view(),
+        batch: &batch_labels,
+        plate: plate_labels.as_deref(),
+        controls: controls.as_deref(),
+    };
+    let fit = correct(&data, &cfg.method, &bar)?;
+    bar.finish();
+    if fit.summary.corrected_features < fm.columns.names.len() {
+        tracing::warn!(
+            constant = fm.columns.names.len() - fit.summary.corrected_features,
+            "constant features (zero MAD) pass through uncorrected"
+        );
+    }
+    let out = profile::replace_features(&batch, &fm.columns, fit.corrected.view(), &fm.dropped)?;
+    table::write_table(&args.output, &out)?;
+    tracing::info!(output = %args.output.display(), "wrote corrected table");
+
+    // Quick before/after figures on non-control rows.
+    let (batch_ids, _) = dense_ids(&batch_labels);
+    let labels = match cc.label_col.as_deref() {
+        Some(col) => Some(dense_ids(&profile::string_column(&batch, col, &source)?).0),
+        None => None,
+    };
+    let keep: Vec<bool> = match &controls {
+        Some(m) => m.iter().map(|c| !c).collect(),
+        None => vec![true; batch_labels.len()],
+    };
+    let scaled = balans::mixing::global_robust_scale(fm.values.view(), &fit.varying);
+    let before = mixing_figures(scaled.view(), &batch_ids, labels.as_deref(), &keep, cfg.method.seed);
+    let after = mixing_figures(fit.z_after.view(), &batch_ids, labels.as_deref(), &keep, cfg.method.seed);
+    Ok(RunReport {
+        input: source,
+        output: args.output.display().to_string(),
+        fit: fit.summary,
+        before,
+        after,
+        dropped_features: fm.dropped,
+        imputed_values: fm.imputed,
+    })
+}
+
+/// Print the human summary on stdout.
+pub fn print_report(r: &RunReport) {
+    let f = &r.fit;
+    println!("balans correct: {} -> {}", r.input, r.output);
+    println!(
+        "  rows {}  batches {}  plates {}  features {} ({} corrected)",
+        f.rows, f.batches, f.plates, f.features, f.corrected_features
+    );
+    for (i, round) in f.rounds.iter().enumerate() {
+        println!(
+            "  round {}: landmarks {} ({:.1}% of rows)  coverage min {:.2} median {:.2}  covered {:.1}%  mean offset {:.3}  {:.2}s",
+            i + 1,
+            round.landmarks,
+            100.0 * round.landmarks as f64 / f.rows.max(1) as f64,
+            round.coverage_min,
+            round.coverage_median,
+            100.0 * round.covered_fraction,
+            round.mean_offset,
+            round.seconds
+        );
+    }
+    if let (Some(b), Some(a)) = (&r.before, &r.after) {
+        println!("  {:<34} {:>8} {:>8}", "figure (non-control rows)", "before", "after");
+        println!("  {:<34} {:>8.3} {:>8.3}", "batch mixing (kNN, 1 = mixed)", b.batch_mixing, a.batch_mixing);
+        if let (Some(x), Some(y)) = (b.label_agreement, a.label_agreement) {
+            println!("  {:<34} {:>8.3} {:>8.3}", "label agreement (kNN)", x, y);
+        }
+        if let (Some(x), Some(y)) = (b.cross_batch_label_agreement, a.cross_batch_label_agreement) {
+            println!("  {:<34} {:>8.3} {:>8.3}", "cross-batch label agreement", x, y);
+        }
+    }
+    println!("  time {:.2}s", f.seconds);
+}
+
+/// Used by tests and the demo: a path's display string.
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,7 @@
+//! Subcommands of the `balans` binary: argument types and thin glue that
+//! reads tables, calls the library and writes results.
+
+pub mod correct;
+pub mod logging;
+pub mod progress;
+pub mod synth;

@@ -1,0 +1,202 @@
+//! Configuration: TOML file, environment overrides, command-line flags.
+//!
+//! Precedence, lowest first: built-in defaults < `--config FILE` (TOML) <
+//! environment variables `BALANS_<SECTION>__<KEY>` (e.g.
+//! `BALANS_METHOD__K=20`, `BALANS_CORRECT__BATCH_COL=Metadata_Week`) <
+//! command-line flags. `config/balans.toml` lists every key with its
+//! default. Unknown keys are errors, so a typo cannot be silently ignored.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::params::Params;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BALANS_";
+
+/// What to do with NaN/inf/null feature values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFinite {
+    /// Refuse the table, naming the column and row (default).
+    #[default]
+    Error,
+    /// Replace with the column's median of finite values.
+    Impute,
+    /// Remove features that have any non-finite value.
+    DropFeatures,
+}
+
+/// Options of `balans correct` (table layout and preprocessing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrectConfig {
+    /// Column holding the batch label (required).
+    pub batch_col: Option<String>,
+    /// Column holding the plate label (per-plate normalisation).
+    pub plate_col: String,
+    /// Negative controls, `COLUMN=VALUE`.
+    pub control: Option<String>,
+    /// Regex of feature columns to pass through uncorrected.
+    pub exclude: Option<String>,
+    /// Non-finite feature policy.
+    pub non_finite: NonFinite,
+    /// Optional biological label column, used only for the summary figures.
+    pub label_col: Option<String>,
+}
+
+impl Default for CorrectConfig {
+    fn default() -> Self {
+        CorrectConfig {
+            batch_col: None,
+            plate_col: "Metadata_Plate".into(),
+            control: None,
+            exclude: None,
+            non_finite: NonFinite::Error,
+            label_col: None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Method parameters.
+    pub method: Params,
+    /// `balans correct` options.
+    pub correct: CorrectConfig,
+}
+
+/// Parse an environment value as the TOML scalar it looks like.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return toml::Value::Float(f);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Apply `BALANS_<SECTION>__<KEY>=value` pairs to a TOML document.
+/// Only variables with a double underscore are config overrides.
+pub fn apply_env_overrides(
+    doc: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<()> {
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase();
+        let table = doc
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let table = table
+            .as_table_mut()
+            .with_context(|| format!("environment {name}: [{section}] is not a table"))?;
+        // Floats given as integers ("0.3" vs "1") are coerced by serde below.
+        let mut value = env_value(&raw);
+        if let (Some(toml::Value::Float(_)), toml::Value::Integer(i)) = (table.get(&key), &value) {
+            value = toml::Value::Float(*i as f64);
+        }
+        table.insert(key, value);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Load defaults, then the file (if any), then environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut doc: toml::Table = toml::Table::try_from(Config::default())
+            .context("serialising default configuration")?;
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            let file: toml::Table = text
+                .parse()
+                .with_context(|| format!("config file {} is not valid TOML", p.display()))?;
+            merge(&mut doc, file);
+        }
+        apply_env_overrides(&mut doc, vars)?;
+        let cfg: Config = toml::Value::Table(doc).try_into().with_context(|| match path {
+            Some(p) => format!("invalid configuration (file {} or BALANS_* environment)", p.display()),
+            None => "invalid configuration (BALANS_* environment)".to_string(),
+        })?;
+        cfg.method.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Deep-merge `over` into `base` (tables merge, other values replace).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_env_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "[method]\nk = 20\nbudget = 0.5\n[correct]\nbatch_col = \"Metadata_Week\"\n")
+            .unwrap();
+        let env = vec![
+            ("BALANS_METHOD__K".to_string(), "25".to_string()),
+            ("BALANS_METHOD__BUDGET".to_string(), "1".to_string()),
+            ("BALANS_CORRECT__NON_FINITE".to_string(), "impute".to_string()),
+            ("BALANS_UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load_with_env(Some(&p), env.into_iter()).unwrap();
+        assert_eq!(c.method.k, 25);
+        assert_eq!(c.method.budget, 1.0);
+        assert_eq!(c.method.m, Params::default().m);
+        assert_eq!(c.correct.batch_col.as_deref(), Some("Metadata_Week"));
+        assert_eq!(c.correct.non_finite, NonFinite::Impute);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "[method]\nkk = 20\n").unwrap();
+        let e = Config::load_with_env(Some(&p), std::iter::empty()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("b.toml") && msg.contains("kk"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
+        let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(c.method, Params::default());
+    }
+}

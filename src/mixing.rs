@@ -1,0 +1,171 @@
+//! Quick before/after figures for the `balans correct` summary.
+//!
+//! These are deliberately simple nearest-neighbour figures, computed on at
+//! most [`MAX_ROWS`] rows (a seeded sample) with exact search in PCA space,
+//! so a user sees at a glance whether batches mixed and biology held. The
+//! field's full metric set is `balans evaluate`.
+//!
+//! - `batch_mixing`: per row, the share of its k nearest neighbours from
+//!   other batches divided by that share under perfect mixing
+//!   (`1 - n_b / n`), capped at 1; averaged. 1 = mixed, 0 = segregated.
+//! - `label_agreement`: share of the k nearest neighbours with the row's
+//!   label.
+//! - `cross_batch_label_agreement`: the same among the k nearest neighbours
+//!   *from other batches* — retrieval across batches, the figure a batch
+//!   correction must raise without collapsing labels.
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::pca::Pca;
+
+/// Rows used at most.
+pub const MAX_ROWS: usize = 4000;
+/// Neighbours per row.
+pub const K: usize = 15;
+
+/// The figures; label figures are `None` without labels.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MixingFigures {
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Batch mixing in [0, 1].
+    pub batch_mixing: f64,
+    /// Same-label share among nearest neighbours.
+    pub label_agreement: Option<f64>,
+    /// Same-label share among nearest other-batch neighbours.
+    pub cross_batch_label_agreement: Option<f64>,
+}
+
+/// Compute the figures on the rows selected by `keep` (e.g. non-controls).
+pub fn mixing_figures(
+    z: ArrayView2<f64>,
+    batch_of: &[u32],
+    labels: Option<&[u32]>,
+    keep: &[bool],
+    seed: u64,
+) -> Option<MixingFigures> {
+    let mut rows: Vec<usize> = (0..z.nrows()).filter(|&i| keep[i]).collect();
+    if rows.len() < K + 2 {
+        return None;
+    }
+    if rows.len() > MAX_ROWS {
+        rows.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        rows.truncate(MAX_ROWS);
+        rows.sort_unstable();
+    }
+    let sub = z.select(Axis(0), &rows);
+    let pca = Pca::fit(sub.view(), 50, seed).ok()?;
+    let y: Array2<f32> = pca.transform_f32(sub.view());
+    let n = rows.len();
+    let b: Vec<u32> = rows.iter().map(|&i| batch_of[i]).collect();
+    let l: Option<Vec<u32>> = labels.map(|l| rows.iter().map(|&i| l[i]).collect());
+    let nb = b.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut size = vec![0usize; nb];
+    for &x in &b {
+        size[x as usize] += 1;
+    }
+    let per_row: Vec<(f64, f64, f64)> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut d: Vec<(f32, usize)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let dist = y
+                        .row(i)
+                        .iter()
+                        .zip(y.row(j).iter())
+                        .map(|(a, c)| (a - c) * (a - c))
+                        .sum::<f32>();
+                    (dist, j)
+                })
+                .collect();
+            d.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
+            let knn = &d[..K.min(d.len())];
+            let other = knn.iter().filter(|&&(_, j)| b[j] != b[i]).count() as f64 / knn.len() as f64;
+            let expected = 1.0 - (size[b[i] as usize] as f64 - 1.0) / (n as f64 - 1.0);
+            let mixing = if expected > 0.0 {
+                (other / expected).min(1.0)
+            } else {
+                1.0
+            };
+            let (same, cross) = match &l {
+                Some(l) => {
+                    let same =
+                        knn.iter().filter(|&&(_, j)| l[j] == l[i]).count() as f64 / knn.len() as f64;
+                    let cross_nb: Vec<usize> = d
+                        .iter()
+                        .filter(|&&(_, j)| b[j] != b[i])
+                        .take(K)
+                        .map(|&(_, j)| j)
+                        .collect();
+                    let cross = if cross_nb.is_empty() {
+                        0.0
+                    } else {
+                        cross_nb.iter().filter(|&&j| l[j] == l[i]).count() as f64
+                            / cross_nb.len() as f64
+                    };
+                    (same, cross)
+                }
+                None => (0.0, 0.0),
+            };
+            (mixing, same, cross)
+        })
+        .collect();
+    let mean = |f: fn(&(f64, f64, f64)) -> f64| per_row.iter().map(f).sum::<f64>() / n as f64;
+    Some(MixingFigures {
+        rows: n,
+        batch_mixing: mean(|r| r.0),
+        label_agreement: l.as_ref().map(|_| mean(|r| r.1)),
+        cross_batch_label_agreement: l.as_ref().map(|_| mean(|r| r.2)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn segregated_vs_mixed() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let n = 200;
+        let batch: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let label: Vec<u32> = (0..n).map(|i| ((i / 2) % 4) as u32).collect();
+        let seg = Array2::from_shape_fn((n, 5), |(i, j)| {
+            batch[i] as f64 * 50.0 + label[i] as f64 * 5.0 * (j == 0) as u8 as f64
+                + rng.gen_range(-0.5..0.5)
+        });
+        let mix = Array2::from_shape_fn((n, 5), |(i, j)| {
+            label[i] as f64 * 5.0 * (j == 0) as u8 as f64 + rng.gen_range(-0.5..0.5)
+        });
+        let keep = vec![true; n];
+        let a = mixing_figures(seg.view(), &batch, Some(&label), &keep, 1).unwrap();
+        let b = mixing_figures(mix.view(), &batch, Some(&label), &keep, 1).unwrap();
+        assert!(a.batch_mixing < 0.05, "{a:?}");
+        assert!(b.batch_mixing > 0.8, "{b:?}");
+        assert!(b.cross_batch_label_agreement.unwrap() > 0.9);
+        assert!(a.label_agreement.unwrap() > 0.9);
+    }
+}
+
+/// Global robust scaling (median/MAD over all rows, clipped to +-50) of the
+/// given columns — the "uncorrected" reference of the evaluation protocol.
+pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
+    let mut out = Array2::zeros((x.nrows(), cols.len()));
+    for (j, &c) in cols.iter().enumerate() {
+        let col = x.column(c);
+        let mut v: Vec<f64> = col.to_vec();
+        let med = crate::preprocess::median_inplace(&mut v);
+        let mut dev: Vec<f64> = col.iter().map(|a| (a - med).abs()).collect();
+        let mad = crate::preprocess::median_inplace(&mut dev) * 1.4826;
+        let s = if mad > 0.0 { mad } else { 1.0 };
+        for (o, a) in out.column_mut(j).iter_mut().zip(col.iter()) {
+            *o = ((a - med) / s).clamp(-50.0, 50.0);
+        }
+    }
+    out
+}
