@@ -6,3 +6,4 @@
 //! read and write profile tables.
 
 pub mod params;
+pub mod synth;
