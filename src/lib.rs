@@ -7,12 +7,13 @@
 
 pub mod align;
 pub mod balans;
+pub mod config;
 pub mod index;
 pub mod kernel;
-pub mod config;
 pub mod mixing;
 pub mod params;
 pub mod pca;
 pub mod preprocess;
 pub mod sampling;
 pub mod scales;
+pub mod synth;
