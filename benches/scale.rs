@@ -42,7 +42,8 @@ fn child(n: usize) -> anyhow::Result<()> {
         plate: Some(&table.plate),
         controls: None,
     };
-    let params = Params::default();
+    // Method parameters: defaults, overridable by BALANS_METHOD__* variables.
+    let params: Params = balans::config::Config::load(None)?.method;
     let t = Instant::now();
     let fit = correct(&data, &params, &NoProgress)?;
     let fit_s = t.elapsed().as_secs_f64();
@@ -58,12 +59,16 @@ fn child(n: usize) -> anyhow::Result<()> {
     );
     for (i, r) in fit.summary.rounds.iter().enumerate() {
         println!(
-            "  round {}: landmarks {} sampling rounds {} coverage min {:.2} median {:.2} {:.2}s",
+            "  round {}: landmarks {} sampling rounds {} coverage min {:.2} median {:.2} \
+             index {:.2}s sampling {:.2}s align {:.2}s total {:.2}s",
             i + 1,
             r.landmarks,
             r.sampling_rounds,
             r.coverage_min,
             r.coverage_median,
+            r.index_seconds,
+            r.sampling_seconds,
+            r.align_seconds,
             r.seconds
         );
     }

@@ -14,11 +14,63 @@
 //! Offsets are computed in the (normalised) feature space, so the output
 //! keeps every input feature, not just the neighbour-space dimensions.
 
+use std::ops::Range;
+
 use anyhow::Result;
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use crate::rows::RowSource;
 use crate::sampling::SparseRow;
+
+/// The space offsets are computed in: row `j`'s vector and batch.
+pub trait Features: Sync {
+    /// Dimensions.
+    fn dims(&self) -> usize;
+    /// Row `j`'s batch id.
+    fn batch(&self, j: usize) -> u32;
+    /// `acc += a * row_j`.
+    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]);
+}
+
+/// Dense f64 features (the offline fit's normalised feature space).
+pub struct DenseFeatures<'a> {
+    /// n x d values.
+    pub z: ArrayView2<'a, f64>,
+    /// Batch id of each row.
+    pub batch_of: &'a [u32],
+}
+
+impl Features for DenseFeatures<'_> {
+    fn dims(&self) -> usize {
+        self.z.ncols()
+    }
+    fn batch(&self, j: usize) -> u32 {
+        self.batch_of[j]
+    }
+    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
+        for (o, v) in acc.iter_mut().zip(self.z.row(j).iter()) {
+            *o += a * v;
+        }
+    }
+}
+
+/// Neighbour-space rows as features (the daemon corrects in that space).
+pub struct RowFeatures<'a, R: RowSource + ?Sized>(pub &'a R);
+
+impl<R: RowSource + ?Sized> Features for RowFeatures<'_, R> {
+    fn dims(&self) -> usize {
+        self.0.dims()
+    }
+    fn batch(&self, j: usize) -> u32 {
+        self.0.batch(j)
+    }
+    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
+        for (o, v) in acc.iter_mut().zip(self.0.row(j).iter()) {
+            *o += a * *v as f64;
+        }
+    }
+}
 
 /// Per-point offsets and how they were obtained.
 #[derive(Debug, Clone)]
@@ -30,13 +82,18 @@ pub struct Offsets {
 }
 
 /// `delta_l^(c)` for every landmark (row-major `L x B x d`, f32).
+///
+/// `frozen_consensus_of`: when set to batch `x`, the consensus is the mean
+/// of the *other* batches present (if any), so `x` moves all the way to
+/// rows that are already aligned and will not move (the daemon's plate in
+/// flight against published rows).
 pub fn landmark_deltas(
-    z: ArrayView2<f64>,
-    batch_of: &[u32],
+    z: &dyn Features,
     n_batches: usize,
     rows: &[SparseRow],
+    frozen_consensus_of: Option<u32>,
 ) -> Vec<f32> {
-    let d = z.ncols();
+    let d = z.dims();
     let mut out = vec![0f32; rows.len() * n_batches * d];
     out.par_chunks_mut(n_batches * d)
         .zip(rows.par_iter())
@@ -44,26 +101,27 @@ pub fn landmark_deltas(
             let mut sums = vec![0f64; n_batches * d];
             let mut mass = vec![0f64; n_batches];
             for &(j, a) in &row.entries {
-                let c = batch_of[j as usize] as usize;
+                let c = z.batch(j as usize) as usize;
                 mass[c] += a as f64;
-                let zj = z.row(j as usize);
-                let s = &mut sums[c * d..(c + 1) * d];
-                for (acc, v) in s.iter_mut().zip(zj.iter()) {
-                    *acc += a as f64 * v;
-                }
+                z.accumulate(j as usize, a as f64, &mut sums[c * d..(c + 1) * d]);
             }
             let present: Vec<usize> = (0..n_batches).filter(|&c| mass[c] > 0.0).collect();
             if present.len() < 2 {
                 return; // one batch around this landmark: nothing to align
             }
             let mut consensus = vec![0f64; d];
+            let mut np = 0.0;
             for &c in &present {
                 for t in 0..d {
                     sums[c * d + t] /= mass[c];
-                    consensus[t] += sums[c * d + t];
+                }
+                if frozen_consensus_of != Some(c as u32) {
+                    np += 1.0;
+                    for t in 0..d {
+                        consensus[t] += sums[c * d + t];
+                    }
                 }
             }
-            let np = present.len() as f64;
             for t in consensus.iter_mut() {
                 *t /= np;
             }
@@ -76,23 +134,30 @@ pub fn landmark_deltas(
     out
 }
 
-/// Per-point offsets from the landmark deltas. `own_batch_neighbors(j)`
+/// Offsets of the rows `targets` (row ids; output row `t` is id
+/// `targets.start + t`) from the landmark deltas. `own_batch_neighbors(j)`
 /// returns j's nearest rows in its own batch (nearest first) and is used
-/// only for points no landmark retained.
+/// only for targets no landmark retained; only covered targets lend.
 pub fn point_offsets(
-    z: ArrayView2<f64>,
-    batch_of: &[u32],
+    z: &dyn Features,
     n_batches: usize,
     rows: &[SparseRow],
+    targets: Range<usize>,
+    frozen_consensus_of: Option<u32>,
     own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
 ) -> Result<Offsets> {
-    let (n, d) = z.dim();
-    let deltas = landmark_deltas(z, batch_of, n_batches, rows);
-    // Transpose the sampled rows: for each point, (landmark index, A).
+    let d = z.dims();
+    let n = targets.len();
+    let start = targets.start;
+    let deltas = landmark_deltas(z, n_batches, rows, frozen_consensus_of);
+    let slot = |j: u32| (j as usize).checked_sub(start).filter(|&t| t < n);
+    // Transpose the sampled rows: for each target, (landmark index, A).
     let mut counts = vec![0usize; n + 1];
     for r in rows {
         for &(j, _) in &r.entries {
-            counts[j as usize + 1] += 1;
+            if let Some(t) = slot(j) {
+                counts[t + 1] += 1;
+            }
         }
     }
     for j in 0..n {
@@ -102,8 +167,10 @@ pub fn point_offsets(
     let mut cols = vec![(0u32, 0f32); counts[n]];
     for (li, r) in rows.iter().enumerate() {
         for &(j, a) in &r.entries {
-            cols[fill[j as usize]] = (li as u32, a);
-            fill[j as usize] += 1;
+            if let Some(t) = slot(j) {
+                cols[fill[t]] = (li as u32, a);
+                fill[t] += 1;
+            }
         }
     }
     let mut values = Array2::<f64>::zeros((n, d));
@@ -111,9 +178,9 @@ pub fn point_offsets(
         .axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
-        .map(|(j, mut out)| {
-            let c = batch_of[j] as usize;
-            let entries = &cols[counts[j]..counts[j + 1]];
+        .map(|(t, mut out)| {
+            let c = z.batch(start + t) as usize;
+            let entries = &cols[counts[t]..counts[t + 1]];
             let mut w = 0f64;
             for &(li, a) in entries {
                 let base = (li as usize * n_batches + c) * d;
@@ -131,16 +198,16 @@ pub fn point_offsets(
             }
         })
         .collect();
-    let uncovered: Vec<usize> = (0..n).filter(|&j| !covered[j]).collect();
+    let uncovered: Vec<usize> = (0..n).filter(|&t| !covered[t]).collect();
     let borrowed: Vec<(usize, Vec<f64>)> = uncovered
         .par_iter()
-        .map(|&j| {
-            let nb = own_batch_neighbors(j)?;
+        .map(|&t| {
+            let nb = own_batch_neighbors(start + t)?;
             let mut acc = vec![0f64; d];
             let mut cnt = 0usize;
-            for &q in &nb {
-                if covered[q as usize] {
-                    for (a, v) in acc.iter_mut().zip(values.row(q as usize)) {
+            for q in nb.iter().filter_map(|&q| slot(q)) {
+                if covered[q] {
+                    for (a, v) in acc.iter_mut().zip(values.row(q)) {
                         *a += v;
                     }
                     cnt += 1;
@@ -151,7 +218,7 @@ pub fn point_offsets(
                     *a /= cnt as f64;
                 }
             }
-            Ok((j, acc))
+            Ok((t, acc))
         })
         .collect::<Result<_>>()?;
     for (j, acc) in borrowed {
@@ -180,9 +247,12 @@ mod tests {
             landmark: 0,
             entries: vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)],
         }];
-        let deltas = landmark_deltas(z.view(), &b, 2, &rows);
+        let f = DenseFeatures { z: z.view(), batch_of: &b };
+        let deltas = landmark_deltas(&f, 2, &rows, None);
+        // Batch 1 moving to a frozen batch 0: delta of batch 1 is the full gap.
+        assert_eq!(landmark_deltas(&f, 2, &rows, Some(1)), vec![0.0, 10.0]);
         assert_eq!(deltas, vec![-5.0, 5.0]);
-        let off = point_offsets(z.view(), &b, 2, &rows, &|_| Ok(vec![])).unwrap();
+        let off = point_offsets(&f, 2, &rows, 0..4, None, &|_| Ok(vec![])).unwrap();
         let corrected = &z - &off.values;
         assert_eq!(corrected, array![[4.0], [6.0], [4.0], [6.0]]);
         assert_eq!(off.uncovered, 0);
@@ -196,7 +266,8 @@ mod tests {
             SparseRow { landmark: 0, entries: vec![(0, 1.0), (1, 0.5)] },
             SparseRow { landmark: 2, entries: vec![(0, 0.5), (2, 1.0), (3, 1.0)] },
         ];
-        let off = point_offsets(z.view(), &b, 2, &rows, &|j| {
+        let f = DenseFeatures { z: z.view(), batch_of: &b };
+        let off = point_offsets(&f, 2, &rows, 0..5, None, &|j| {
             Ok(if j == 4 { vec![4, 3, 2] } else { vec![] })
         })
         .unwrap();
@@ -206,5 +277,14 @@ mod tests {
         assert!((off.values[[4, 0]] - want).abs() < 1e-12);
         // Landmark 0's row is single-batch: contributes zero delta.
         assert!(off.values[[1, 0]].abs() < 1e-12);
+        // A target range: only rows 2..5, indexed from 0.
+        let part = point_offsets(&f, 2, &rows, 2..5, None, &|j| {
+            Ok(if j == 4 { vec![4, 3, 2] } else { vec![] })
+        })
+        .unwrap();
+        assert_eq!(part.values.nrows(), 3);
+        for t in 0..3 {
+            assert!((part.values[[t, 0]] - off.values[[t + 2, 0]]).abs() < 1e-12);
+        }
     }
 }

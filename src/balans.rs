@@ -21,8 +21,9 @@ use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 
-use crate::align::point_offsets;
-use crate::index::build_batch_indices;
+use crate::align::{point_offsets, DenseFeatures};
+use crate::index::{build_batch_indices, BatchIndex};
+use crate::rows::MatrixRows;
 use crate::params::{IndexKind, Params};
 use crate::pca::Pca;
 use crate::preprocess::{clipped, dense_ids, Normalizer};
@@ -74,6 +75,12 @@ pub struct RoundSummary {
     pub uncovered: usize,
     /// Mean Euclidean norm of the offsets applied (robust-z units).
     pub mean_offset: f64,
+    /// Seconds building the per-batch indices.
+    pub index_seconds: f64,
+    /// Seconds sampling affinity rows.
+    pub sampling_seconds: f64,
+    /// Seconds computing and applying offsets.
+    pub align_seconds: f64,
     /// Wall time of the round.
     pub seconds: f64,
 }
@@ -111,6 +118,16 @@ pub struct Correction {
     pub z_after: Array2<f64>,
     /// Indices (into the given features) of the corrected features.
     pub varying: Vec<usize>,
+    /// The fitted normalisation (frozen for later plates).
+    pub normalizer: Normalizer,
+    /// The frozen neighbour-space basis.
+    pub pca: Pca,
+    /// Corrected neighbour-space coordinates of every row (n x p).
+    pub y_after: Array2<f32>,
+    /// Batch names; row i's batch is `batch_names[batch_of[i]]`.
+    pub batch_names: Vec<String>,
+    /// Dense batch id of each row.
+    pub batch_of: Vec<u32>,
     /// Figures.
     pub summary: Summary,
 }
@@ -193,28 +210,35 @@ fn correct_in_pool(
         let y = pca.transform_f32(current.view());
         progress.stage(&format!("round {}/{}: indexing", round + 1, params.rounds), 1);
         let indices = build_batch_indices(y.view(), &batch_of, n_batches, kind, threads)?;
+        let index_seconds = t0.elapsed().as_secs_f64();
         progress.stage(
             &format!("round {}/{}: sampling", round + 1, params.rounds),
             budget_rows as u64,
         );
         let cache = ScaleCache::new(n, n_batches, params.k);
+        let rows = MatrixRows::new(y.view(), &batch_of)?;
+        let index_refs: Vec<&BatchIndex> = indices.iter().collect();
         let s = sample(
-            y.view(),
-            &batch_of,
-            &indices,
+            &rows,
+            &index_refs,
             &cache,
             &cfg,
             None,
             None,
             &|done| progress.set(done as u64),
         )?;
+        let sampling_seconds = t0.elapsed().as_secs_f64() - index_seconds;
         progress.stage(&format!("round {}/{}: aligning", round + 1, params.rounds), 1);
         let own = |j: usize| -> Result<Vec<u32>> {
             let q: Vec<f32> = y.row(j).iter().copied().collect();
             let nb = indices[batch_of[j] as usize].search(&q, params.k.max(params.m))?;
             Ok(nb.iter().map(|n| n.key as u32).collect())
         };
-        let off = point_offsets(current.view(), &batch_of, n_batches, &s.rows, &own)?;
+        let feats = DenseFeatures {
+            z: current.view(),
+            batch_of: &batch_of,
+        };
+        let off = point_offsets(&feats, n_batches, &s.rows, 0..n, None, &own)?;
         let mean_offset = off
             .values
             .rows()
@@ -237,10 +261,14 @@ fn correct_in_pool(
             covered_fraction: covered as f64 / n as f64,
             uncovered: off.uncovered,
             mean_offset,
+            index_seconds,
+            sampling_seconds,
+            align_seconds: t0.elapsed().as_secs_f64() - index_seconds - sampling_seconds,
             seconds: t0.elapsed().as_secs_f64(),
         });
         tracing::debug!(round, landmarks = s.rows.len(), mean_offset, "alignment round done");
     }
+    let y_after = pca.transform_f32((&w - &total).view());
     let z_after = &z - &total;
     let mut corrected = data.x.to_owned();
     norm.denormalise(z_after.view(), &varying, &mut corrected);
@@ -260,6 +288,11 @@ fn correct_in_pool(
         z_before: z,
         z_after,
         varying,
+        normalizer: norm,
+        pca,
+        y_after,
+        batch_names,
+        batch_of,
         summary,
     })
 }

@@ -14,7 +14,6 @@
 //! round in landmark order, so the result depends only on the seed.
 
 use anyhow::Result;
-use ndarray::ArrayView2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -22,6 +21,7 @@ use rayon::prelude::*;
 use crate::index::BatchIndex;
 use crate::kernel::affinity;
 use crate::params::{KernelKind, Retention};
+use crate::rows::RowSource;
 use crate::scales::{kth_scale, ScaleCache};
 
 /// One sampled row of the affinity: the landmark and its retained entries
@@ -84,18 +84,17 @@ impl Sampling {
 /// Compute the retained affinity row of point `i`.
 pub fn compute_row(
     i: usize,
-    y: ArrayView2<f32>,
-    batch_of: &[u32],
-    indices: &[BatchIndex],
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
     cache: &ScaleCache,
     cfg: &SamplingConfig,
 ) -> Result<SparseRow> {
-    let bi = batch_of[i] as usize;
-    let q: Vec<f32> = y.row(i).iter().copied().collect();
+    let bi = rows.batch(i) as usize;
+    let q = rows.row(i);
     let kq = cfg.k.max(cfg.m);
     let mut all: Vec<(u32, f32)> = Vec::new();
     for (c, index) in indices.iter().enumerate() {
-        let nb = index.search(&q, kq)?;
+        let nb = index.search(q, kq)?;
         if nb.is_empty() {
             continue;
         }
@@ -105,7 +104,7 @@ pub fn compute_row(
         for n in &nb {
             let j = n.key as usize;
             let s_j = match cfg.kernel {
-                KernelKind::Symmetric => cache.get_or_compute(j, bi, y, indices)?,
+                KernelKind::Symmetric => cache.get_or_compute(j, bi, rows, indices)?,
                 KernelKind::Asymmetric => 0.0,
             };
             let a = affinity(cfg.kernel, n.dist2 as f64, s_i, s_j);
@@ -140,16 +139,15 @@ fn keep_strongest(v: &mut Vec<(u32, f32)>, m: usize) {
 /// coverage; `eligible` restricts which rows may become landmarks.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
-    y: ArrayView2<f32>,
-    batch_of: &[u32],
-    indices: &[BatchIndex],
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
     cache: &ScaleCache,
     cfg: &SamplingConfig,
     initial_coverage: Option<Vec<f64>>,
     eligible: Option<&[bool]>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Sampling> {
-    let n = y.nrows();
+    let n = rows.len();
     let mut coverage = initial_coverage.unwrap_or_else(|| vec![0.0; n]);
     anyhow::ensure!(coverage.len() == n, "coverage length does not match rows");
     let mut rank: Vec<u32> = (0..n as u32).collect();
@@ -160,17 +158,17 @@ pub fn sample(
             *s = !ok;
         }
     }
-    let mut rows: Vec<SparseRow> = Vec::new();
+    let mut out: Vec<SparseRow> = Vec::new();
     let mut rounds = 0;
     let round_rows = cfg.round_rows.max(1);
-    while rows.len() < cfg.budget_rows {
+    while out.len() < cfg.budget_rows {
         let mut cand: Vec<u32> = (0..n as u32)
             .filter(|&j| !sampled[j as usize] && coverage[j as usize] < cfg.coverage_target)
             .collect();
         if cand.is_empty() {
             break;
         }
-        let take = round_rows.min(cfg.budget_rows - rows.len()).min(cand.len());
+        let take = round_rows.min(cfg.budget_rows - out.len()).min(cand.len());
         let cmp = |a: &u32, b: &u32| {
             coverage[*a as usize]
                 .total_cmp(&coverage[*b as usize])
@@ -183,7 +181,7 @@ pub fn sample(
         cand.sort_by(cmp);
         let new_rows: Vec<SparseRow> = cand
             .par_iter()
-            .map(|&i| compute_row(i as usize, y, batch_of, indices, cache, cfg))
+            .map(|&i| compute_row(i as usize, rows, indices, cache, cfg))
             .collect::<Result<_>>()?;
         for r in &new_rows {
             sampled[r.landmark as usize] = true;
@@ -191,12 +189,12 @@ pub fn sample(
                 coverage[j as usize] += a as f64;
             }
         }
-        rows.extend(new_rows);
+        out.extend(new_rows);
         rounds += 1;
-        progress(rows.len());
+        progress(out.len());
     }
     Ok(Sampling {
-        rows,
+        rows: out,
         coverage,
         rounds,
     })
@@ -207,6 +205,7 @@ mod tests {
     use super::*;
     use crate::index::build_batch_indices;
     use crate::params::IndexKind;
+    use crate::rows::MatrixRows;
     use ndarray::Array2;
     use rand::Rng;
 
@@ -236,9 +235,11 @@ mod tests {
     fn row_matches_brute_force_definition() {
         let (y, b) = data(60, 1);
         let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
         let cache = ScaleCache::new(60, 2, 5);
         let c = cfg(60, f64::INFINITY);
-        let row = compute_row(3, y.view(), &b, &idx, &cache, &c).unwrap();
+        let row = compute_row(3, &rows, &idx, &cache, &c).unwrap();
         // Oracle: all distances, per batch the 5th nearest distance (self counted).
         let d2 = |i: usize, j: usize| -> f64 {
             (0..3)
@@ -277,8 +278,10 @@ mod tests {
     fn coverage_sampling_covers_everything_and_respects_budget() {
         let (y, b) = data(200, 2);
         let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
         let cache = ScaleCache::new(200, 2, 5);
-        let s = sample(y.view(), &b, &idx, &cache, &cfg(200, 1.0), None, None, &|_| {}).unwrap();
+        let s = sample(&rows, &idx, &cache, &cfg(200, 1.0), None, None, &|_| {}).unwrap();
         assert!(s.rows.len() < 200, "coverage stops sampling early");
         assert!(s.coverage.iter().all(|&c| c >= 1.0));
         // Coverage equals the column sums of the retained rows.
@@ -291,10 +294,10 @@ mod tests {
         for (a, b) in sums.iter().zip(&s.coverage) {
             assert!((a - b).abs() < 1e-9);
         }
-        let small = sample(y.view(), &b, &idx, &cache, &cfg(10, 1.0), None, None, &|_| {}).unwrap();
+        let small = sample(&rows, &idx, &cache, &cfg(10, 1.0), None, None, &|_| {}).unwrap();
         assert_eq!(small.rows.len(), 10);
         // Lowest coverage first: the first round's landmarks all started at 0.
-        let exact = sample(y.view(), &b, &idx, &cache, &cfg(200, f64::INFINITY), None, None, &|_| {})
+        let exact = sample(&rows, &idx, &cache, &cfg(200, f64::INFINITY), None, None, &|_| {})
             .unwrap();
         assert_eq!(exact.rows.len(), 200, "exact mode samples every row");
     }
@@ -303,11 +306,13 @@ mod tests {
     fn deterministic_for_seed_and_threads() {
         let (y, b) = data(150, 3);
         let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Hnsw, 2).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let cache = ScaleCache::new(150, 2, 5);
-                sample(y.view(), &b, &idx, &cache, &cfg(150, 2.0), None, None, &|_| {}).unwrap()
+                sample(&rows, &idx, &cache, &cfg(150, 2.0), None, None, &|_| {}).unwrap()
             })
         };
         let a = run(2);
@@ -321,9 +326,11 @@ mod tests {
     fn eligible_rows_restrict_landmarks() {
         let (y, b) = data(100, 4);
         let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
         let cache = ScaleCache::new(100, 2, 5);
         let eligible: Vec<bool> = (0..100).map(|i| i >= 80).collect();
-        let s = sample(y.view(), &b, &idx, &cache, &cfg(100, f64::INFINITY), None, Some(&eligible), &|_| {})
+        let s = sample(&rows, &idx, &cache, &cfg(100, f64::INFINITY), None, Some(&eligible), &|_| {})
             .unwrap();
         assert_eq!(s.rows.len(), 20);
         assert!(s.rows.iter().all(|r| r.landmark >= 80));

@@ -13,12 +13,14 @@
 //! and memoised in a dense `n x B` table of atomics, so rows sampled in
 //! parallel share them without locks.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use anyhow::Result;
-use ndarray::ArrayView2;
 
 use crate::index::{BatchIndex, Neighbor};
+use crate::rows::RowSource;
 
 /// The scale from a sorted neighbour list: the distance to the k-th entry
 /// (or the last one when there are fewer than k). 0 for an empty list.
@@ -30,11 +32,14 @@ pub fn kth_scale(neighbors: &[Neighbor], k: usize) -> f64 {
     (neighbors[idx].dist2.max(0.0) as f64).sqrt()
 }
 
-/// Memoised `sigma_i^(c)` for all rows `i` and batches `c`.
+/// Memoised `sigma_i^(c)` for all rows `i` and batches `c`: a dense table
+/// (offline fits touch most entries) or a sparse map (the daemon touches a
+/// few entries per plate out of millions of rows).
 pub struct ScaleCache {
     n_batches: usize,
     k: usize,
     values: Vec<AtomicU32>,
+    sparse: Option<Mutex<HashMap<(u32, u32), f32>>>,
 }
 
 const UNKNOWN: u32 = u32::MAX; // a NaN bit pattern never produced by sqrt
@@ -47,6 +52,17 @@ impl ScaleCache {
             n_batches,
             k,
             values,
+            sparse: None,
+        }
+    }
+
+    /// An empty sparse cache (memory proportional to the entries computed).
+    pub fn sparse(n_batches: usize, k: usize) -> Self {
+        ScaleCache {
+            n_batches,
+            k,
+            values: Vec::new(),
+            sparse: Some(Mutex::new(HashMap::new())),
         }
     }
 
@@ -57,12 +73,21 @@ impl ScaleCache {
 
     /// A known scale, if computed.
     pub fn get(&self, i: usize, c: usize) -> Option<f64> {
+        if let Some(m) = &self.sparse {
+            let m = m.lock().unwrap_or_else(|e| e.into_inner());
+            return m.get(&(i as u32, c as u32)).map(|&v| v as f64);
+        }
         let bits = self.values[i * self.n_batches + c].load(Ordering::Relaxed);
         (bits != UNKNOWN).then(|| f32::from_bits(bits) as f64)
     }
 
     /// Record a scale.
     pub fn set(&self, i: usize, c: usize, v: f64) {
+        if let Some(m) = &self.sparse {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            m.insert((i as u32, c as u32), v as f32);
+            return;
+        }
         self.values[i * self.n_batches + c].store((v as f32).to_bits(), Ordering::Relaxed);
     }
 
@@ -71,15 +96,13 @@ impl ScaleCache {
         &self,
         i: usize,
         c: usize,
-        y: ArrayView2<f32>,
-        indices: &[BatchIndex],
+        rows: &dyn RowSource,
+        indices: &[&BatchIndex],
     ) -> Result<f64> {
         if let Some(v) = self.get(i, c) {
             return Ok(v);
         }
-        let row = y.row(i);
-        let q: Vec<f32> = row.iter().copied().collect();
-        let nb = indices[c].search(&q, self.k)?;
+        let nb = indices[c].search(rows.row(i), self.k)?;
         let v = kth_scale(&nb, self.k);
         self.set(i, c, v);
         Ok(self.get(i, c).unwrap_or(v))
@@ -87,6 +110,9 @@ impl ScaleCache {
 
     /// Number of scales computed so far (for the summary and metrics).
     pub fn computed(&self) -> usize {
+        if let Some(m) = &self.sparse {
+            return m.lock().unwrap_or_else(|e| e.into_inner()).len();
+        }
         self.values
             .iter()
             .filter(|v| v.load(Ordering::Relaxed) != UNKNOWN)
@@ -120,13 +146,16 @@ mod tests {
         a.add(&[0, 1, 2], y.slice(ndarray::s![0..3, ..]), 1).unwrap();
         let mut b = BatchIndex::new(IndexKind::Exact, 1, 1).unwrap();
         b.add(&[3, 4], y.slice(ndarray::s![3..5, ..]), 1).unwrap();
-        let idx = vec![a, b];
-        let cache = ScaleCache::new(5, 2, 2);
-        assert_eq!(cache.get(0, 1), None);
-        // Row 0 against batch 1: second nearest of {10, 12} is 12.
-        assert_eq!(cache.get_or_compute(0, 1, y.view(), &idx).unwrap(), 12.0);
-        // Row 0 against its own batch: itself then 1.0.
-        assert_eq!(cache.get_or_compute(0, 0, y.view(), &idx).unwrap(), 1.0);
-        assert_eq!(cache.computed(), 2);
+        let idx = vec![&a, &b];
+        let bo = [0, 0, 0, 1, 1];
+        let rows = crate::rows::MatrixRows::new(y.view(), &bo).unwrap();
+        for cache in [ScaleCache::new(5, 2, 2), ScaleCache::sparse(2, 2)] {
+            assert_eq!(cache.get(0, 1), None);
+            // Row 0 against batch 1: second nearest of {10, 12} is 12.
+            assert_eq!(cache.get_or_compute(0, 1, &rows, &idx).unwrap(), 12.0);
+            // Row 0 against its own batch: itself then 1.0.
+            assert_eq!(cache.get_or_compute(0, 0, &rows, &idx).unwrap(), 1.0);
+            assert_eq!(cache.computed(), 2);
+        }
     }
 }

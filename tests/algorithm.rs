@@ -2,7 +2,8 @@
 //! and property tests on invariants of the correction.
 
 use balans::balans::{correct, Correction, Dataset, NoProgress};
-use balans::index::build_batch_indices;
+use balans::index::{build_batch_indices, BatchIndex};
+use balans::rows::MatrixRows;
 use balans::mixing::mixing_figures;
 use balans::params::{IndexKind, Params};
 use balans::pca::Pca;
@@ -145,12 +146,15 @@ fn sampled_rows_match_exact_affinities() {
         round_rows: 16,
         seed: 1,
     };
+    let exact_idx: Vec<&BatchIndex> = exact_idx.iter().collect();
+    let hnsw_idx: Vec<&BatchIndex> = hnsw_idx.iter().collect();
+    let rows = MatrixRows::new(y.view(), &b).unwrap();
     let ce = ScaleCache::new(1200, 3, 10);
     let ch = ScaleCache::new(1200, 3, 10);
     let (mut matched, mut total, mut worst) = (0usize, 0usize, 0f64);
     for i in (0..1200).step_by(13) {
-        let re = compute_row(i, y.view(), &b, &exact_idx, &ce, &cfg).unwrap();
-        let rh = compute_row(i, y.view(), &b, &hnsw_idx, &ch, &cfg).unwrap();
+        let re = compute_row(i, &rows, &exact_idx, &ce, &cfg).unwrap();
+        let rh = compute_row(i, &rows, &hnsw_idx, &ch, &cfg).unwrap();
         total += re.entries.len();
         for (j, a) in &re.entries {
             if let Some((_, ah)) = rh.entries.iter().find(|(jj, _)| jj == j) {

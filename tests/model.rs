@@ -1,0 +1,149 @@
+//! The incremental model: plates corrected one at a time against a
+//! reference fit, published rows never move, replays are idempotent.
+
+use balans::balans::{correct, Dataset, NoProgress};
+use balans::model::{content_hash, Lookup, Model};
+use balans::params::Params;
+use balans::synth::{generate, SynthSpec, SynthTable};
+use ndarray::{Array2, Axis};
+
+fn table() -> SynthTable {
+    generate(&SynthSpec {
+        rows: 3000,
+        batches: 4,
+        features: 30,
+        plates_per_batch: 3,
+        seed: 11,
+        ..SynthSpec::default()
+    })
+    .unwrap()
+}
+
+fn rows_where(t: &SynthTable, f: impl Fn(usize) -> bool) -> Vec<usize> {
+    (0..t.rows()).filter(|&i| f(i)).collect()
+}
+
+fn params() -> Params {
+    Params { threads: 2, ..Params::default() }
+}
+
+/// Fit on batches 1-3 minus one plate of batch 2; return model and held-out plates.
+fn setup() -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
+    let t = table();
+    let held_plate = t.plate[rows_where(&t, |i| t.batch[i] == "Batch02")[0]].clone();
+    let reference = rows_where(&t, |i| t.batch[i] != "Batch04" && t.plate[i] != held_plate);
+    let plate_rows = rows_where(&t, |i| t.plate[i] == held_plate);
+    let new_batch_plate = t.plate[rows_where(&t, |i| t.batch[i] == "Batch04")[0]].clone();
+    let new_rows = rows_where(&t, |i| t.plate[i] == new_batch_plate);
+    let x = t.features.select(Axis(0), &reference);
+    let batch: Vec<String> = reference.iter().map(|&i| t.batch[i].clone()).collect();
+    let plate: Vec<String> = reference.iter().map(|&i| t.plate[i].clone()).collect();
+    let controls: Vec<bool> = reference.iter().map(|&i| t.label[i] == "DMSO").collect();
+    let data = Dataset { x: x.view(), batch: &batch, plate: Some(&plate), controls: Some(&controls) };
+    let fit = correct(&data, &params(), &NoProgress).unwrap();
+    let model = Model::from_fit(&fit, t.feature_names(), &params()).unwrap();
+    (t, model, plate_rows, new_rows)
+}
+
+fn plate_inputs(t: &SynthTable, rows: &[usize]) -> (Array2<f64>, Vec<bool>) {
+    (
+        t.features.select(Axis(0), rows),
+        rows.iter().map(|&i| t.label[i] == "DMSO").collect(),
+    )
+}
+
+#[test]
+fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
+    let (t, mut model, plate_rows, new_rows) = setup();
+    let n0 = model.len();
+    let (x, ctrl) = plate_inputs(&t, &plate_rows);
+    let pc = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap();
+    assert_eq!(pc.corrected.dim(), x.dim());
+    assert!(pc.corrected.iter().all(|v| v.is_finite()));
+    assert!(pc.qc.mixing_after > pc.qc.mixing_before, "{:?}", pc.qc);
+    model.apply(&pc.delta).unwrap();
+    assert_eq!(model.len(), n0 + plate_rows.len());
+
+    // A plate of a batch never seen: a new index appears; it mixes better.
+    let (x2, ctrl2) = plate_inputs(&t, &new_rows);
+    let pc2 = model.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 2).unwrap();
+    assert!(pc2.qc.new_batch);
+    assert!(
+        pc2.qc.cross_batch_distance_after < 0.8 * pc2.qc.cross_batch_distance_before,
+        "{:?}",
+        pc2.qc
+    );
+    assert!(pc2.qc.mean_offset > 0.0);
+    model.apply(&pc2.delta).unwrap();
+    assert_eq!(model.indexed_rows().len(), 4);
+
+    // P1's published output is unchanged by P2's arrival (inductive).
+    let rec = match model.lookup("P1", 1) {
+        Lookup::Replay(r) => r,
+        other => panic!("expected replay, got {other:?}"),
+    };
+    let again = model.replay_plate(&rec, x.view(), Some(&ctrl)).unwrap();
+    let diff = (&again - &pc.corrected).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    let spread = pc.corrected.mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    assert!(diff <= 1e-4 * spread.max(1.0), "replayed output moved by {diff}");
+    assert!(matches!(model.lookup("P1", 99), Lookup::Clash(_)));
+    assert_eq!(model.lookup("P3", 1), Lookup::New);
+}
+
+#[test]
+fn apply_is_idempotent_and_restore_reproduces_the_model() {
+    let (t, mut model, plate_rows, new_rows) = setup();
+    let (x, ctrl) = plate_inputs(&t, &plate_rows);
+    let pc = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 7).unwrap();
+    model.apply(&pc.delta).unwrap();
+    let n = model.len();
+    model.apply(&pc.delta).unwrap();
+    assert_eq!(model.len(), n, "applying twice adds nothing");
+
+    let restored = Model::restore(
+        model.meta().clone(),
+        model.rows_y().to_vec(),
+        model.rows_batch().to_vec(),
+        model.rows_coverage().to_vec(),
+    )
+    .unwrap();
+    let (x2, ctrl2) = plate_inputs(&t, &new_rows);
+    let a = model.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
+    let b = restored.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
+    let diff = (&a.corrected - &b.corrected).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+    assert!(diff < 1e-6, "restored model corrects differently by {diff}");
+    assert_eq!(a.delta.version, b.delta.version);
+}
+
+#[test]
+fn bad_plates_are_refused_with_reasons() {
+    let (t, model, plate_rows, _) = setup();
+    let (mut x, ctrl) = plate_inputs(&t, &plate_rows);
+    x[[2, 5]] = f64::NAN;
+    let e = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap_err();
+    assert!(format!("{e}").contains("row 3"), "{e}");
+    let empty = Array2::<f64>::zeros((0, 30));
+    assert!(model.correct_plate("P0", "Batch02", empty.view(), None, 1).is_err());
+    let narrow = Array2::<f64>::zeros((3, 29));
+    assert!(model.correct_plate("P0", "Batch02", narrow.view(), None, 1).is_err());
+    assert_ne!(content_hash(b"a"), content_hash(b"b"));
+}
+
+#[test]
+fn bootstrap_from_a_first_plate() {
+    let t = table();
+    let rows = rows_where(&t, |i| t.plate[i] == t.plate[0]);
+    let (x, ctrl) = plate_inputs(&t, &rows);
+    let mut model = Model::bootstrap(x.view(), Some(&ctrl), t.feature_names(), &params()).unwrap();
+    let pc = model.correct_plate("first", &t.batch[0], x.view(), Some(&ctrl), 1).unwrap();
+    // Nothing to align to: the plate is only normalised.
+    assert_eq!(pc.qc.mean_offset, 0.0);
+    model.apply(&pc.delta).unwrap();
+    assert_eq!(model.len(), rows.len());
+    let other = rows_where(&t, |i| t.batch[i] == "Batch03");
+    let other_plate = t.plate[other[0]].clone();
+    let rows2 = rows_where(&t, |i| t.plate[i] == other_plate);
+    let (x2, c2) = plate_inputs(&t, &rows2);
+    let pc2 = model.correct_plate("second", "Batch03", x2.view(), Some(&c2), 2).unwrap();
+    assert!(pc2.qc.mean_offset > 0.0);
+}
