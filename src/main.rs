@@ -1,1 +1,45 @@
-fn main() {}
+//! `balans` — the command-line front end. All work happens in the library;
+//! this file parses arguments, sets up logging and dispatches.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// BALANS batch correction for Cell Painting morphological profiles.
+///
+/// Tables follow pycytominer conventions: `Metadata_*` columns are metadata
+/// and pass through untouched; other numeric columns are features.
+/// Configuration precedence: defaults < --config FILE < BALANS_<SECTION>__<KEY>
+/// environment variables < flags.
+#[derive(Parser, Debug)]
+#[command(name = "balans", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: cli::logging::LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Correct batch effects in a profile table (Parquet, CSV, CSV.gz, Arrow IPC).
+    Correct(cli::correct::CorrectArgs),
+    /// Generate a synthetic profile table with known biology and batch effects.
+    Synth(cli::synth::SynthArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cli::logging::init(&cli.log);
+    let result = match cli.command {
+        Command::Correct(a) => cli::correct::run(a, &cli.log),
+        Command::Synth(a) => cli::synth::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

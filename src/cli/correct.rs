@@ -1,7 +1,7 @@
 //! `balans correct`: read a profile table, correct its features, write the
 //! same table back with corrected features.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -320,9 +320,4 @@ pub fn print_report(r: &RunReport) {
         }
     }
     println!("  time {:.2}s", f.seconds);
-}
-
-/// Used by tests and the demo: a path's display string.
-pub fn display(p: &Path) -> String {
-    p.display().to_string()
 }

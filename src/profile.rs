@@ -1,0 +1,411 @@
+//! pycytominer conventions over an Arrow table.
+//!
+//! `Metadata_*` columns are annotations and pass through untouched; every
+//! other numeric column (integers or floats) is a *feature*, unless an
+//! `--exclude` regex names it. This module picks the features, copies them
+//! into an `n x d` matrix (applying the non-finite policy), reads label
+//! columns as strings, and writes corrected values back in each column's
+//! original type. Every error names the source file, the column and, for
+//! values, the 1-based data row (the CSV line number minus the header).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
+};
+use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, PrimitiveArray, RecordBatch};
+use arrow_schema::{DataType, Schema};
+use ndarray::{Array2, ArrayView2};
+
+use crate::preprocess::median_inplace;
+use crate::table::METADATA_PREFIX;
+
+/// The feature columns of a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureColumns {
+    /// Column positions in the table.
+    pub indices: Vec<usize>,
+    /// Column names.
+    pub names: Vec<String>,
+}
+
+/// What to do with null, NaN or infinite feature values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Refuse, naming the column and row.
+    Error,
+    /// Replace with the column's median of finite values.
+    Impute,
+    /// Remove the affected feature columns.
+    DropFeatures,
+}
+
+/// Features as a dense matrix.
+#[derive(Debug, Clone)]
+pub struct FeatureMatrix {
+    /// n x d values.
+    pub values: Array2<f64>,
+    /// The columns kept (after `DropFeatures`).
+    pub columns: FeatureColumns,
+    /// Columns removed by `DropFeatures`.
+    pub dropped: Vec<String>,
+    /// Values replaced by `Impute`.
+    pub imputed: usize,
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+    )
+}
+
+/// Numeric non-`Metadata_` columns not matched by `exclude`.
+pub fn feature_columns(
+    batch: &RecordBatch,
+    exclude: Option<&regex::Regex>,
+    source: &str,
+) -> Result<FeatureColumns> {
+    let mut indices = Vec::new();
+    let mut names = Vec::new();
+    for (i, f) in batch.schema().fields().iter().enumerate() {
+        let name = f.name();
+        if name.starts_with(METADATA_PREFIX) || !is_numeric(f.data_type()) {
+            continue;
+        }
+        if exclude.is_some_and(|r| r.is_match(name)) {
+            continue;
+        }
+        indices.push(i);
+        names.push(name.clone());
+    }
+    if indices.is_empty() {
+        bail!(
+            "{source}: no feature columns (numeric columns whose name does not start with {METADATA_PREFIX}{})",
+            if exclude.is_some() { " and not matched by --exclude" } else { "" }
+        );
+    }
+    Ok(FeatureColumns { indices, names })
+}
+
+/// Column values as f64 with nulls as NaN.
+fn column_f64(col: &ArrayRef) -> Option<Vec<f64>> {
+    fn conv<T: arrow_array::ArrowPrimitiveType>(a: &PrimitiveArray<T>, f: impl Fn(T::Native) -> f64) -> Vec<f64> {
+        (0..a.len())
+            .map(|i| if a.is_null(i) { f64::NAN } else { f(a.value(i)) })
+            .collect()
+    }
+    Some(match col.data_type() {
+        DataType::Float64 => conv(col.as_primitive::<Float64Type>(), |v| v),
+        DataType::Float32 => conv(col.as_primitive::<Float32Type>(), |v| v as f64),
+        DataType::Int64 => conv(col.as_primitive::<Int64Type>(), |v| v as f64),
+        DataType::Int32 => conv(col.as_primitive::<Int32Type>(), |v| v as f64),
+        DataType::Int16 => conv(col.as_primitive::<Int16Type>(), |v| v as f64),
+        DataType::Int8 => conv(col.as_primitive::<Int8Type>(), |v| v as f64),
+        DataType::UInt64 => conv(col.as_primitive::<UInt64Type>(), |v| v as f64),
+        DataType::UInt32 => conv(col.as_primitive::<UInt32Type>(), |v| v as f64),
+        DataType::UInt16 => conv(col.as_primitive::<UInt16Type>(), |v| v as f64),
+        DataType::UInt8 => conv(col.as_primitive::<UInt8Type>(), |v| v as f64),
+        _ => return None,
+    })
+}
+
+/// Copy the features into an n x d matrix, applying `policy`.
+pub fn feature_matrix(
+    batch: &RecordBatch,
+    cols: FeatureColumns,
+    policy: NonFinitePolicy,
+    source: &str,
+) -> Result<FeatureMatrix> {
+    let n = batch.num_rows();
+    if n == 0 {
+        bail!("{source}: the table has no rows");
+    }
+    let mut kept = FeatureColumns {
+        indices: Vec::new(),
+        names: Vec::new(),
+    };
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    let mut dropped = Vec::new();
+    let mut imputed = 0usize;
+    for (&ci, name) in cols.indices.iter().zip(&cols.names) {
+        let mut v = column_f64(batch.column(ci))
+            .with_context(|| format!("{source}: column '{name}' is not numeric"))?;
+        let bad: Vec<usize> = (0..n).filter(|&r| !v[r].is_finite()).collect();
+        if !bad.is_empty() {
+            match policy {
+                NonFinitePolicy::Error => bail!(
+                    "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column); \
+                     use --impute or --drop-features to proceed",
+                    bad[0] + 1,
+                    describe(batch.column(ci), bad[0], v[bad[0]]),
+                    bad.len()
+                ),
+                NonFinitePolicy::DropFeatures => {
+                    dropped.push(name.clone());
+                    continue;
+                }
+                NonFinitePolicy::Impute => {
+                    let mut finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+                    if finite.is_empty() {
+                        bail!("{source}: column '{name}' has no finite value to impute from");
+                    }
+                    let med = median_inplace(&mut finite);
+                    for &r in &bad {
+                        v[r] = med;
+                    }
+                    imputed += bad.len();
+                }
+            }
+        }
+        kept.indices.push(ci);
+        kept.names.push(name.clone());
+        columns.push(v);
+    }
+    if kept.indices.is_empty() {
+        bail!("{source}: every feature column has non-finite values (all dropped)");
+    }
+    let d = columns.len();
+    let mut values = Array2::zeros((n, d));
+    for (j, col) in columns.iter().enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            values[[r, j]] = *v;
+        }
+    }
+    Ok(FeatureMatrix {
+        values,
+        columns: kept,
+        dropped,
+        imputed,
+    })
+}
+
+fn describe(col: &ArrayRef, row: usize, v: f64) -> String {
+    if col.is_null(row) {
+        "null (empty)".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A column rendered as strings (any type); nulls are errors.
+pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Vec<String>> {
+    let schema = batch.schema();
+    let Some((idx, _)) = schema.column_with_name(name) else {
+        let meta: Vec<&str> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|n| n.starts_with(METADATA_PREFIX))
+            .collect();
+        bail!(
+            "{source}: no column '{name}' (metadata columns present: {})",
+            if meta.is_empty() { "none".to_string() } else { meta.join(", ") }
+        );
+    };
+    let col = batch.column(idx);
+    let opts = arrow_cast::display::FormatOptions::default();
+    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts)
+        .with_context(|| format!("{source}: cannot render column '{name}' as text"))?;
+    (0..col.len())
+        .map(|r| {
+            if col.is_null(r) {
+                bail!("{source}: column '{name}', data row {}: value is empty (null)", r + 1);
+            }
+            Ok(fmt.value(r).to_string())
+        })
+        .collect()
+}
+
+/// Write corrected values back: same schema (minus `drop`), same order, each
+/// feature column in its original type (integers rounded, saturating).
+pub fn replace_features(
+    batch: &RecordBatch,
+    columns: &FeatureColumns,
+    values: ArrayView2<f64>,
+    drop: &[String],
+) -> Result<RecordBatch> {
+    anyhow::ensure!(
+        values.nrows() == batch.num_rows() && values.ncols() == columns.indices.len(),
+        "corrected values are {} x {}, expected {} x {}",
+        values.nrows(),
+        values.ncols(),
+        batch.num_rows(),
+        columns.indices.len()
+    );
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if drop.iter().any(|d| d == f.name()) {
+            continue;
+        }
+        fields.push(f.clone());
+        let Some(j) = columns.indices.iter().position(|&c| c == i) else {
+            arrays.push(batch.column(i).clone());
+            continue;
+        };
+        let col = values.column(j);
+        let orig = batch.column(i);
+        let v: Vec<f64> = col.to_vec();
+        let arr: ArrayRef = match f.data_type() {
+            DataType::Float64 => Arc::new(Float64Array::from(v)),
+            DataType::Float32 => Arc::new(Float32Array::from(v.iter().map(|x| *x as f32).collect::<Vec<_>>())),
+            t => arrow_cast::cast(&(Arc::new(Float64Array::from(v.iter().map(|x| x.round()).collect::<Vec<_>>())) as ArrayRef), t)
+                .with_context(|| format!("casting corrected column '{}' back to {t}", f.name()))?,
+        };
+        // Keep the input's nulls where it had them (only possible for features the
+        // policy imputed; the corrected value is kept there).
+        let _ = orig;
+        arrays.push(arr);
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+/// Negative-control selector `COLUMN=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSelector {
+    /// Column.
+    pub column: String,
+    /// Value marking controls.
+    pub value: String,
+}
+
+impl std::str::FromStr for ControlSelector {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('=') {
+            Some((c, v)) if !c.trim().is_empty() => Ok(ControlSelector {
+                column: c.trim().to_string(),
+                value: v.to_string(),
+            }),
+            _ => bail!("control selector {s:?} is not COLUMN=VALUE (e.g. Metadata_MoA=DMSO)"),
+        }
+    }
+}
+
+/// Rows whose `sel.column` renders as `sel.value`.
+pub fn control_mask(batch: &RecordBatch, sel: &ControlSelector, source: &str) -> Result<Vec<bool>> {
+    let schema = batch.schema();
+    let (idx, _) = schema
+        .column_with_name(&sel.column)
+        .with_context(|| format!("{source}: no column '{}' (from the control selector)", sel.column))?;
+    let col = batch.column(idx);
+    let opts = arrow_cast::display::FormatOptions::default();
+    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts)?;
+    Ok((0..col.len())
+        .map(|r| !col.is_null(r) && fmt.value(r).to_string() == sel.value)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::Field;
+
+    fn table() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Metadata_Plate", DataType::Utf8, true),
+            Field::new("Cells_A", DataType::Float64, true),
+            Field::new("Metadata_Dose", DataType::Float64, true),
+            Field::new("Cells_B", DataType::Float32, true),
+            Field::new("Nuclei_Count", DataType::Int64, true),
+            Field::new("Cells_Location_X", DataType::Float64, true),
+            Field::new("Note", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["p1", "p1", "p2"])),
+                Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)])),
+                Arc::new(Float64Array::from(vec![0.1, 0.2, 0.3])),
+                Arc::new(Float32Array::from(vec![1.5f32, 2.5, f32::NAN])),
+                Arc::new(Int64Array::from(vec![10, 20, 30])),
+                Arc::new(Float64Array::from(vec![5.0, 6.0, 7.0])),
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn features_are_numeric_non_metadata_minus_excluded() {
+        let t = table();
+        let re = regex::Regex::new("_Location_").unwrap();
+        let f = feature_columns(&t, Some(&re), "t.csv").unwrap();
+        assert_eq!(f.names, vec!["Cells_A", "Cells_B", "Nuclei_Count"]);
+        assert_eq!(f.indices, vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn non_finite_policies() {
+        let t = table();
+        let f = feature_columns(&t, None, "t.csv").unwrap();
+        let e = feature_matrix(&t, f.clone(), NonFinitePolicy::Error, "t.csv").unwrap_err();
+        let msg = format!("{e}");
+        assert!(msg.contains("t.csv") && msg.contains("Cells_A") && msg.contains("data row 2"), "{msg}");
+        let m = feature_matrix(&t, f.clone(), NonFinitePolicy::Impute, "t.csv").unwrap();
+        assert_eq!(m.imputed, 2);
+        assert_eq!(m.values[[1, 0]], 2.0);
+        assert_eq!(m.values[[2, 1]], 2.0);
+        let m = feature_matrix(&t, f, NonFinitePolicy::DropFeatures, "t.csv").unwrap();
+        assert_eq!(m.dropped, vec!["Cells_A", "Cells_B"]);
+        assert_eq!(m.columns.names, vec!["Nuclei_Count", "Cells_Location_X"]);
+    }
+
+    #[test]
+    fn replace_keeps_types_order_and_metadata() {
+        let t = table();
+        let f = feature_columns(&t, None, "t.csv").unwrap();
+        let m = feature_matrix(&t, f, NonFinitePolicy::Impute, "t.csv").unwrap();
+        let mut v = m.values.clone();
+        v.mapv_inplace(|x| x + 0.6);
+        let out = replace_features(&t, &m.columns, v.view(), &[]).unwrap();
+        assert_eq!(out.schema().fields().len(), 7);
+        for (a, b) in out.schema().fields().iter().zip(t.schema().fields()) {
+            assert_eq!(a.name(), b.name());
+            assert_eq!(a.data_type(), b.data_type());
+        }
+        let counts = out.column(4).as_primitive::<Int64Type>();
+        assert_eq!(counts.value(0), 11, "integers rounded");
+        assert_eq!(out.column(0).as_ref(), t.column(0).as_ref(), "metadata untouched");
+        assert_eq!(out.column(6).as_ref(), t.column(6).as_ref());
+        let dropped = replace_features(&t, &m.columns, v.view(), &["Note".to_string()]).unwrap();
+        assert_eq!(dropped.num_columns(), 6);
+    }
+
+    #[test]
+    fn string_columns_and_controls() {
+        let t = table();
+        assert_eq!(string_column(&t, "Metadata_Dose", "t").unwrap(), vec!["0.1", "0.2", "0.3"]);
+        let e = string_column(&t, "Metadata_Batch", "t.parquet").unwrap_err();
+        let msg = format!("{e}");
+        assert!(msg.contains("Metadata_Batch") && msg.contains("t.parquet") && msg.contains("Metadata_Plate"));
+        let sel: ControlSelector = "Metadata_Plate=p2".parse().unwrap();
+        assert_eq!(control_mask(&t, &sel, "t").unwrap(), vec![false, false, true]);
+        assert!("nonsense".parse::<ControlSelector>().is_err());
+        assert!(control_mask(&t, &"Metadata_X=1".parse().unwrap(), "t").is_err());
+    }
+
+    #[test]
+    fn empty_table_is_an_error() {
+        let t = table().slice(0, 0);
+        let f = feature_columns(&t, None, "e.csv").unwrap();
+        let e = feature_matrix(&t, f, NonFinitePolicy::Error, "e.csv").unwrap_err();
+        assert!(format!("{e}").contains("no rows"));
+    }
+}

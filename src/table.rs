@@ -1,0 +1,487 @@
+//! Reading and writing whole profile tables.
+//!
+//! A *table* is one Arrow [`RecordBatch`]: every command of balans loads a
+//! complete plate or experiment into memory, corrects it and writes it back.
+//! This module knows nothing about features or metadata; it only moves
+//! batches between files (or byte buffers) and memory.
+//!
+//! # Formats
+//!
+//! The format is chosen from the file extension ([`Format::from_path`]):
+//!
+//! | extension                      | format                                  |
+//! |--------------------------------|-----------------------------------------|
+//! | `.parquet`, `.pq`              | Parquet (written with zstd)             |
+//! | `.csv`                         | CSV with a header row                   |
+//! | `.csv.gz`                      | gzip-compressed CSV                     |
+//! | `.arrow`, `.ipc`, `.feather`   | Arrow IPC *file* format (Feather v2)    |
+//!
+//! # CSV conventions
+//!
+//! CSV carries no types, so they are inferred from **all** rows, following
+//! the pycytominer convention that `Metadata_*` columns are annotations:
+//!
+//! * `Metadata_*` columns are always read as `Utf8`, whatever they look like
+//!   (plate `22123` stays the text `"22123"`, well `A01` is text anyway).
+//! * Every other column becomes `Int64` if every non-empty cell is an
+//!   integer, else `Float64` if every non-empty cell parses as a float, else
+//!   `Utf8`. Float parsing accepts `NaN`, `nan`, `inf`, `-inf`, `Infinity`
+//!   (any case), so non-finite values reach the non-finite policy of
+//!   [`crate::profile`] instead of silently turning a feature into text.
+//!   A non-metadata column whose cells are all empty becomes an all-null
+//!   `Float64` column.
+//! * Empty cells are nulls (so an empty *string* does not survive a CSV
+//!   round trip; it comes back as null).
+//!
+//! CSV is read in two streaming passes (infer, then convert into typed
+//! builders), so memory peaks at the typed table plus one small chunk of text.
+//!
+//! # Atomic writes
+//!
+//! [`write_table`] never leaves a half-written output behind: it writes to
+//! `<path>.tmp-<pid>` in the destination directory, fsyncs, and renames over
+//! the destination; on any error the temporary file is removed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
+
+/// Prefix that marks a metadata (annotation) column in pycytominer tables.
+pub const METADATA_PREFIX: &str = "Metadata_";
+
+/// Number of CSV rows decoded per chunk while streaming.
+const CSV_CHUNK_ROWS: usize = 8192;
+
+/// An on-disk table format, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Apache Parquet (`.parquet`, `.pq`); written with zstd compression.
+    Parquet,
+    /// Comma-separated values with a header row (`.csv`).
+    Csv,
+    /// Gzip-compressed CSV (`.csv.gz`).
+    CsvGz,
+    /// Arrow IPC file format, also known as Feather v2
+    /// (`.arrow`, `.ipc`, `.feather`).
+    ArrowIpc,
+}
+
+impl Format {
+    /// Pick the format from the file name's extension (case-insensitive).
+    ///
+    /// Errors, naming the path and the accepted extensions, when the
+    /// extension is not one of those listed in the [module docs](self).
+    pub fn from_path(path: &Path) -> Result<Format> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let format = if name.ends_with(".csv.gz") {
+            Format::CsvGz
+        } else if name.ends_with(".csv") {
+            Format::Csv
+        } else if name.ends_with(".parquet") || name.ends_with(".pq") {
+            Format::Parquet
+        } else if name.ends_with(".arrow") || name.ends_with(".ipc") || name.ends_with(".feather")
+        {
+            Format::ArrowIpc
+        } else {
+            bail!(
+                "cannot tell the table format of {}: unknown extension \
+                 (expected .parquet, .pq, .csv, .csv.gz, .arrow, .ipc or .feather)",
+                path.display()
+            );
+        };
+        Ok(format)
+    }
+}
+
+/// Read a whole table into one [`RecordBatch`].
+///
+/// Multi-batch files (Parquet row groups, IPC record batches, CSV chunks)
+/// are concatenated. A file with a header but no rows yields an empty batch
+/// with the right schema. Every error names the file and the reason.
+pub fn read_table(path: &Path) -> Result<RecordBatch> {
+    let format = Format::from_path(path)?;
+    read_table_as(path, format).with_context(|| format!("cannot read table {}", path.display()))
+}
+
+fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
+    match format {
+        Format::Parquet => {
+            let file = File::open(path)?;
+            read_parquet(file)
+        }
+        Format::ArrowIpc => {
+            let file = File::open(path)?;
+            let reader = arrow_ipc::reader::FileReader::try_new_buffered(file, None)?;
+            let schema = reader.schema();
+            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+        }
+        Format::Csv | Format::CsvGz => {
+            let gz = format == Format::CsvGz;
+            let open = || -> Result<Box<dyn BufRead>> {
+                let file = File::open(path)?;
+                Ok(if gz {
+                    Box::new(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
+                } else {
+                    Box::new(BufReader::new(file))
+                })
+            };
+            read_csv(open)
+        }
+    }
+}
+
+/// Write `batch` to `path` atomically, in the format given by its extension.
+///
+/// The data goes to `<path>.tmp-<pid>` in the same directory, is fsynced and
+/// then renamed over `path`, so readers see either the old file or the
+/// complete new one. On error the temporary file is removed and `path` is
+/// left untouched.
+pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let format = Format::from_path(path)?;
+    let tmp = temp_path(path)?;
+    let result = write_file(&tmp, format, batch).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    });
+    match result {
+        Ok(()) => {
+            sync_parent_dir(path);
+            Ok(())
+        }
+        Err(err) => {
+            // Best effort: the temporary file may not even exist.
+            let _ = std::fs::remove_file(&tmp);
+            Err(err.context(format!("cannot write table {}", path.display())))
+        }
+    }
+}
+
+/// `<dir>/<name>.tmp-<pid>` next to `path`.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let Some(name) = path.file_name() else {
+        bail!("cannot write table {}: not a file path", path.display());
+    };
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Make the rename durable. Failing here cannot corrupt the (already
+/// complete) output, so it is best effort.
+fn sync_parent_dir(path: &Path) {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Create `tmp`, write the whole table into it and fsync it.
+fn write_file(tmp: &Path, format: Format, batch: &RecordBatch) -> Result<()> {
+    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file = match format {
+        Format::Parquet => {
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(parquet_props()))?;
+            writer.write(batch)?;
+            writer.into_inner()?
+        }
+        Format::ArrowIpc => {
+            let mut writer =
+                arrow_ipc::writer::FileWriter::try_new_buffered(file, batch.schema_ref())?;
+            writer.write(batch)?;
+            writer.finish()?;
+            writer.into_inner()?.into_inner().map_err(|e| e.into_error())?
+        }
+        Format::Csv => write_csv(BufWriter::new(file), batch)?
+            .into_inner()
+            .map_err(|e| e.into_error())?,
+        Format::CsvGz => {
+            let gz = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+            write_csv(gz, batch)?
+                .finish()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
+        }
+    };
+    file.sync_all()
+        .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    Ok(())
+}
+
+fn write_csv<W: Write>(out: W, batch: &RecordBatch) -> Result<W> {
+    let mut writer = arrow_csv::WriterBuilder::new().with_header(true).build(out);
+    writer.write(batch)?;
+    let mut out = writer.into_inner();
+    out.flush()?;
+    Ok(out)
+}
+
+fn parquet_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build()
+}
+
+/// Decode an Arrow IPC *stream* (as sent over the wire by the daemon's
+/// clients) into one batch, concatenating all its record batches.
+pub fn decode_ipc_stream(bytes: &[u8]) -> Result<RecordBatch> {
+    let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(bytes), None)
+        .context("cannot decode Arrow IPC stream: bad schema message")?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot decode Arrow IPC stream: bad record batch")?;
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+/// Encode one batch as an Arrow IPC *stream* (schema + one record batch).
+pub fn encode_ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), batch.schema_ref())
+        .context("cannot encode Arrow IPC stream")?;
+    writer
+        .write(batch)
+        .context("cannot encode Arrow IPC stream")?;
+    writer.finish().context("cannot encode Arrow IPC stream")?;
+    Ok(writer.into_inner()?)
+}
+
+/// Decode an in-memory Parquet file into one batch.
+pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
+    read_parquet(bytes::Bytes::copy_from_slice(bytes)).context("cannot decode Parquet bytes")
+}
+
+/// Encode one batch as an in-memory Parquet file (zstd-compressed).
+pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(parquet_props()))
+        .context("cannot encode Parquet")?;
+    writer.write(batch).context("cannot encode Parquet")?;
+    Ok(writer.into_inner().context("cannot encode Parquet")?)
+}
+
+/// Read all rows of a Parquet source as one batch: the batch size is the
+/// file's row count, and the reader crosses row-group boundaries, so no
+/// concatenation copy is needed.
+fn read_parquet<T: ChunkReader + 'static>(source: T) -> Result<RecordBatch> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(source)?;
+    let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let schema = builder.schema().clone();
+    let reader = builder.with_batch_size(rows.max(1)).build()?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+
+// ---------------------------------------------------------------------------
+// CSV reading
+// ---------------------------------------------------------------------------
+
+/// Type a non-metadata CSV column settles on, widened cell by cell:
+/// `Empty -> Int -> Float -> Text`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Inferred {
+    /// Only empty cells so far.
+    Empty,
+    Int,
+    Float,
+    Text,
+}
+
+impl Inferred {
+    fn update(self, cell: &str) -> Inferred {
+        match self {
+            Inferred::Text => Inferred::Text,
+            Inferred::Empty | Inferred::Int if cell.parse::<i64>().is_ok() => Inferred::Int,
+            _ if parse_float(cell).is_some() => Inferred::Float,
+            _ => Inferred::Text,
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        match self {
+            Inferred::Int => DataType::Int64,
+            Inferred::Empty | Inferred::Float => DataType::Float64,
+            Inferred::Text => DataType::Utf8,
+        }
+    }
+}
+
+/// Rust's float grammar: decimal and exponent forms plus `nan`, `inf`,
+/// `infinity` with optional sign, case-insensitive.
+fn parse_float(cell: &str) -> Option<f64> {
+    cell.trim().parse::<f64>().ok()
+}
+
+/// One column being filled during the second CSV pass.
+enum ColumnBuilder {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Text(StringBuilder),
+}
+
+/// Read a CSV table. `open` is called twice (infer, then convert), each time
+/// returning a fresh reader positioned at the start of the text.
+fn read_csv(open: impl Fn() -> Result<Box<dyn BufRead>>) -> Result<RecordBatch> {
+    let names = csv_header(open()?)?;
+    // Everything is decoded as text; typing is ours (see module docs).
+    let text_schema: SchemaRef = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let is_meta: Vec<bool> = names
+        .iter()
+        .map(|n| n.starts_with(METADATA_PREFIX))
+        .collect();
+
+    // Pass 1: infer the type of each non-metadata column over all rows.
+    let mut inferred = vec![Inferred::Empty; names.len()];
+    for chunk in csv_text_chunks(open()?, &text_schema)? {
+        let chunk = chunk?;
+        for (c, state) in inferred.iter_mut().enumerate() {
+            if is_meta[c] || *state == Inferred::Text {
+                continue;
+            }
+            let col = text_column(&chunk, c)?;
+            for cell in col.iter().flatten() {
+                *state = state.update(cell);
+                if *state == Inferred::Text {
+                    break;
+                }
+            }
+        }
+    }
+    let types: Vec<DataType> = (0..names.len())
+        .map(|c| {
+            if is_meta[c] {
+                DataType::Utf8
+            } else {
+                inferred[c].data_type()
+            }
+        })
+        .collect();
+
+    // Pass 2: convert into typed builders.
+    let mut builders: Vec<ColumnBuilder> = types
+        .iter()
+        .map(|t| match t {
+            DataType::Int64 => ColumnBuilder::Int(Int64Builder::new()),
+            DataType::Float64 => ColumnBuilder::Float(Float64Builder::new()),
+            _ => ColumnBuilder::Text(StringBuilder::new()),
+        })
+        .collect();
+    let mut rows_before = 0usize;
+    for chunk in csv_text_chunks(open()?, &text_schema)? {
+        let chunk = chunk?;
+        for (c, builder) in builders.iter_mut().enumerate() {
+            let col = text_column(&chunk, c)?;
+            for (r, cell) in col.iter().enumerate() {
+                let bad = || {
+                    anyhow::anyhow!(
+                        "column '{}', data row {}: value {:?} does not parse as {} \
+                         (did the file change while it was read?)",
+                        names[c],
+                        rows_before + r + 1,
+                        cell.unwrap_or_default(),
+                        types[c]
+                    )
+                };
+                match builder {
+                    ColumnBuilder::Text(b) => b.append_option(cell),
+                    ColumnBuilder::Int(b) => match cell {
+                        None => b.append_null(),
+                        Some(s) => b.append_value(s.parse::<i64>().map_err(|_| bad())?),
+                    },
+                    ColumnBuilder::Float(b) => match cell {
+                        None => b.append_null(),
+                        Some(s) => b.append_value(parse_float(s).ok_or_else(bad)?),
+                    },
+                }
+            }
+        }
+        rows_before += chunk.num_rows();
+    }
+
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .zip(&types)
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let columns: Vec<ArrayRef> = builders
+        .into_iter()
+        .map(|b| -> ArrayRef {
+            match b {
+                ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
+            }
+        })
+        .collect();
+    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows_before));
+    Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+}
+
+/// Column names from the header row; errors on a missing header or
+/// duplicate names (lookups by name would be ambiguous).
+fn csv_header(reader: Box<dyn BufRead>) -> Result<Vec<String>> {
+    let (schema, _) = arrow_csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(reader, Some(0))
+        .context("cannot read CSV header")?;
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    if names.is_empty() || (names.len() == 1 && names[0].is_empty()) {
+        bail!("CSV file is empty: a header row with column names is required");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for n in &names {
+        if !seen.insert(n.as_str()) {
+            bail!("CSV header has the column name '{n}' more than once");
+        }
+    }
+    Ok(names)
+}
+
+fn csv_text_chunks(
+    reader: Box<dyn BufRead>,
+    text_schema: &SchemaRef,
+) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+    let reader = arrow_csv::ReaderBuilder::new(Arc::clone(text_schema))
+        .with_header(true)
+        .with_batch_size(CSV_CHUNK_ROWS)
+        .build_buffered(reader)?;
+    Ok(reader.map(|r| r.context("malformed CSV")))
+}
+
+fn text_column(chunk: &RecordBatch, c: usize) -> Result<&StringArray> {
+    chunk
+        .column(c)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .context("internal error: CSV text chunk column is not Utf8")
+}
