@@ -17,9 +17,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -96,7 +98,10 @@ fn main() -> anyhow::Result<()> {
     );
     let exe = std::env::current_exe()?;
     for n in sizes {
-        let status = Command::new(&exe).arg("--child").arg(n.to_string()).status()?;
+        let status = Command::new(&exe)
+            .arg("--child")
+            .arg(n.to_string())
+            .status()?;
         if !status.success() {
             println!("n={n}: child failed ({status})");
         }

@@ -109,6 +109,14 @@ pub fn landmark_deltas(
             if present.len() < 2 {
                 return; // one batch around this landmark: nothing to align
             }
+            let own = z.batch(row.landmark as usize) as usize;
+            let trust = |c: usize| -> f64 {
+                if c == own {
+                    1.0
+                } else {
+                    row.trust.get(c).map_or(1.0, |&t| t as f64)
+                }
+            };
             let mut consensus = vec![0f64; d];
             let mut np = 0.0;
             for &c in &present {
@@ -116,18 +124,23 @@ pub fn landmark_deltas(
                     sums[c * d + t] /= mass[c];
                 }
                 if frozen_consensus_of != Some(c as u32) {
-                    np += 1.0;
+                    let w = trust(c);
+                    np += w;
                     for t in 0..d {
-                        consensus[t] += sums[c * d + t];
+                        consensus[t] += w * sums[c * d + t];
                     }
                 }
+            }
+            if np <= 0.0 {
+                return;
             }
             for t in consensus.iter_mut() {
                 *t /= np;
             }
             for &c in &present {
+                let w = trust(c);
                 for t in 0..d {
-                    slot[c * d + t] = (sums[c * d + t] - consensus[t]) as f32;
+                    slot[c * d + t] = (w * (sums[c * d + t] - consensus[t])) as f32;
                 }
             }
         });
@@ -246,8 +259,12 @@ mod tests {
         let rows = vec![SparseRow {
             landmark: 0,
             entries: vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)],
+            trust: vec![],
         }];
-        let f = DenseFeatures { z: z.view(), batch_of: &b };
+        let f = DenseFeatures {
+            z: z.view(),
+            batch_of: &b,
+        };
         let deltas = landmark_deltas(&f, 2, &rows, None);
         // Batch 1 moving to a frozen batch 0: delta of batch 1 is the full gap.
         assert_eq!(landmark_deltas(&f, 2, &rows, Some(1)), vec![0.0, 10.0]);
@@ -263,10 +280,21 @@ mod tests {
         let z = array![[0.0], [1.0], [5.0], [6.0], [100.0]];
         let b = [0, 0, 1, 1, 1];
         let rows = vec![
-            SparseRow { landmark: 0, entries: vec![(0, 1.0), (1, 0.5)] },
-            SparseRow { landmark: 2, entries: vec![(0, 0.5), (2, 1.0), (3, 1.0)] },
+            SparseRow {
+                landmark: 0,
+                entries: vec![(0, 1.0), (1, 0.5)],
+                trust: vec![],
+            },
+            SparseRow {
+                landmark: 2,
+                entries: vec![(0, 0.5), (2, 1.0), (3, 1.0)],
+                trust: vec![],
+            },
         ];
-        let f = DenseFeatures { z: z.view(), batch_of: &b };
+        let f = DenseFeatures {
+            z: z.view(),
+            batch_of: &b,
+        };
         let off = point_offsets(&f, 2, &rows, 0..5, None, &|j| {
             Ok(if j == 4 { vec![4, 3, 2] } else { vec![] })
         })

@@ -23,10 +23,10 @@ use serde::Serialize;
 
 use crate::align::{point_offsets, DenseFeatures};
 use crate::index::{build_batch_indices, BatchIndex};
-use crate::rows::MatrixRows;
 use crate::params::{IndexKind, Params};
 use crate::pca::Pca;
 use crate::preprocess::{clipped, dense_ids, Normalizer};
+use crate::rows::MatrixRows;
 use crate::sampling::{sample, SamplingConfig};
 use crate::scales::ScaleCache;
 
@@ -75,6 +75,8 @@ pub struct RoundSummary {
     pub uncovered: usize,
     /// Mean Euclidean norm of the offsets applied (robust-z units).
     pub mean_offset: f64,
+    /// Trust-test width used (calibrated on controls when given).
+    pub trust_width: f64,
     /// Seconds building the per-batch indices.
     pub index_seconds: f64,
     /// Seconds sampling affinity rows.
@@ -201,34 +203,46 @@ fn correct_in_pool(
         },
         round_rows: ((params.round_fraction * n as f64).ceil() as usize).max(16),
         seed: params.seed,
+        trust: params.trust,
+        trust_k: params.trust_k,
     };
     let mut total = Array2::<f64>::zeros(w.dim());
     let mut rounds = Vec::new();
+    let mut trust_widths = Vec::new();
     for round in 0..params.rounds {
         let t0 = Instant::now();
         let current = &w - &total;
         let y = pca.transform_f32(current.view());
-        progress.stage(&format!("round {}/{}: indexing", round + 1, params.rounds), 1);
+        progress.stage(
+            &format!("round {}/{}: indexing", round + 1, params.rounds),
+            1,
+        );
         let indices = build_batch_indices(y.view(), &batch_of, n_batches, kind, threads)?;
         let index_seconds = t0.elapsed().as_secs_f64();
         progress.stage(
             &format!("round {}/{}: sampling", round + 1, params.rounds),
             budget_rows as u64,
         );
+        let mut cfg = cfg.clone();
+        if let (Some(mask), true) = (data.controls, params.trust > 0.0) {
+            if let Some(width) =
+                calibrate_trust(y.view(), &batch_of, &indices, mask, params, round as u64)?
+            {
+                cfg.trust = params.trust * width;
+            }
+        }
+        trust_widths.push(cfg.trust);
         let cache = ScaleCache::new(n, n_batches, params.k);
         let rows = MatrixRows::new(y.view(), &batch_of)?;
         let index_refs: Vec<&BatchIndex> = indices.iter().collect();
-        let s = sample(
-            &rows,
-            &index_refs,
-            &cache,
-            &cfg,
-            None,
-            None,
-            &|done| progress.set(done as u64),
-        )?;
+        let s = sample(&rows, &index_refs, &cache, &cfg, None, None, &|done| {
+            progress.set(done as u64)
+        })?;
         let sampling_seconds = t0.elapsed().as_secs_f64() - index_seconds;
-        progress.stage(&format!("round {}/{}: aligning", round + 1, params.rounds), 1);
+        progress.stage(
+            &format!("round {}/{}: aligning", round + 1, params.rounds),
+            1,
+        );
         let own = |j: usize| -> Result<Vec<u32>> {
             let q: Vec<f32> = y.row(j).iter().copied().collect();
             let nb = indices[batch_of[j] as usize].search(&q, params.k.max(params.m))?;
@@ -261,12 +275,18 @@ fn correct_in_pool(
             covered_fraction: covered as f64 / n as f64,
             uncovered: off.uncovered,
             mean_offset,
+            trust_width: trust_widths.last().copied().unwrap_or(0.0),
             index_seconds,
             sampling_seconds,
             align_seconds: t0.elapsed().as_secs_f64() - index_seconds - sampling_seconds,
             seconds: t0.elapsed().as_secs_f64(),
         });
-        tracing::debug!(round, landmarks = s.rows.len(), mean_offset, "alignment round done");
+        tracing::debug!(
+            round,
+            landmarks = s.rows.len(),
+            mean_offset,
+            "alignment round done"
+        );
     }
     let y_after = pca.transform_f32((&w - &total).view());
     let z_after = &z - &total;
@@ -295,4 +315,58 @@ fn correct_in_pool(
         batch_of,
         summary,
     })
+}
+
+/// Calibrate the trust test on negative controls, which exist in every batch
+/// and must correspond across batches: for (up to 400, seeded) control rows,
+/// the ratio of the median distance to the nearest control-or-not row of
+/// each other batch to the row's own-batch `trust_k` scale; the width is the
+/// 90th percentile of that ratio, so 90% of controls would trust the other
+/// batches. Biology absent from a batch lies farther than controls do and
+/// stays untrusted. `None` when there are too few controls.
+fn calibrate_trust(
+    y: ndarray::ArrayView2<f32>,
+    batch_of: &[u32],
+    indices: &[BatchIndex],
+    controls: &[bool],
+    params: &Params,
+    salt: u64,
+) -> Result<Option<f64>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rows: Vec<usize> = (0..controls.len()).filter(|&i| controls[i]).collect();
+    if rows.len() < 10 || indices.len() < 2 {
+        return Ok(None);
+    }
+    rows.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        params.seed ^ salt,
+    ));
+    rows.truncate(400);
+    let mut ratios = Vec::new();
+    for &i in &rows {
+        let q: Vec<f32> = y.row(i).iter().copied().collect();
+        let own = indices[batch_of[i] as usize].search(&q, params.trust_k.max(1))?;
+        let s_own = crate::scales::kth_scale(&own, params.trust_k.max(1));
+        if s_own <= 0.0 {
+            continue;
+        }
+        let mut d: Vec<f64> = Vec::new();
+        for (c, index) in indices.iter().enumerate() {
+            if c as u32 == batch_of[i] || index.is_empty() {
+                continue;
+            }
+            if let Some(nb) = index.search(&q, 1)?.first() {
+                d.push((nb.dist2.max(0.0) as f64).sqrt());
+            }
+        }
+        if !d.is_empty() {
+            ratios.push(crate::preprocess::median_inplace(&mut d) / s_own);
+        }
+    }
+    if ratios.len() < 10 {
+        return Ok(None);
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let q = ratios[((ratios.len() as f64 * 0.9) as usize).min(ratios.len() - 1)];
+    Ok(Some(q.max(1e-3)))
 }

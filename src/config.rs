@@ -138,10 +138,15 @@ impl Config {
             merge(&mut doc, file);
         }
         apply_env_overrides(&mut doc, vars)?;
-        let cfg: Config = toml::Value::Table(doc).try_into().with_context(|| match path {
-            Some(p) => format!("invalid configuration (file {} or BALANS_* environment)", p.display()),
-            None => "invalid configuration (BALANS_* environment)".to_string(),
-        })?;
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .with_context(|| match path {
+                Some(p) => format!(
+                    "invalid configuration (file {} or BALANS_* environment)",
+                    p.display()
+                ),
+                None => "invalid configuration (BALANS_* environment)".to_string(),
+            })?;
         cfg.method.validate()?;
         Ok(cfg)
     }
@@ -167,12 +172,18 @@ mod tests {
     fn defaults_file_env_precedence() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b.toml");
-        std::fs::write(&p, "[method]\nk = 20\nbudget = 0.5\n[correct]\nbatch_col = \"Metadata_Week\"\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "[method]\nk = 20\nbudget = 0.5\n[correct]\nbatch_col = \"Metadata_Week\"\n",
+        )
+        .unwrap();
         let env = vec![
             ("BALANS_METHOD__K".to_string(), "25".to_string()),
             ("BALANS_METHOD__BUDGET".to_string(), "1".to_string()),
-            ("BALANS_CORRECT__NON_FINITE".to_string(), "impute".to_string()),
+            (
+                "BALANS_CORRECT__NON_FINITE".to_string(),
+                "impute".to_string(),
+            ),
             ("BALANS_UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load_with_env(Some(&p), env.into_iter()).unwrap();

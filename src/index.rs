@@ -289,7 +289,12 @@ mod tests {
         let got = idx.search(&q, 10).unwrap();
         let mut all: Vec<(f32, u64)> = (0..300)
             .map(|r| {
-                let d: f32 = y.row(r).iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum();
+                let d: f32 = y
+                    .row(r)
+                    .iter()
+                    .zip(&q)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
                 (d, r as u64)
             })
             .collect();
@@ -320,8 +325,12 @@ mod tests {
         let mut total = 0usize;
         for r in (0..2000).step_by(20) {
             let q = y.row(r).to_vec();
-            let a: std::collections::HashSet<u64> =
-                exact.search(&q, 15).unwrap().iter().map(|n| n.key).collect();
+            let a: std::collections::HashSet<u64> = exact
+                .search(&q, 15)
+                .unwrap()
+                .iter()
+                .map(|n| n.key)
+                .collect();
             let b = hnsw.search(&q, 15).unwrap();
             assert_eq!(b.len(), 15);
             hit += b.iter().filter(|n| a.contains(&n.key)).count();

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Correct batch effects in a profile table (Parquet, CSV, CSV.gz, Arrow IPC).
-    Correct(cli::correct::CorrectArgs),
+    Correct(Box<cli::correct::CorrectArgs>),
     /// Generate a synthetic profile table with known biology and batch effects.
     Synth(cli::synth::SynthArgs),
 }
@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli::logging::init(&cli.log);
     let result = match cli.command {
-        Command::Correct(a) => cli::correct::run(a, &cli.log),
+        Command::Correct(a) => cli::correct::run(*a, &cli.log),
         Command::Synth(a) => cli::synth::run(a),
     };
     match result {

@@ -85,7 +85,8 @@ pub fn mixing_figures(
                 .collect();
             d.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
             let knn = &d[..K.min(d.len())];
-            let other = knn.iter().filter(|&&(_, j)| b[j] != b[i]).count() as f64 / knn.len() as f64;
+            let other =
+                knn.iter().filter(|&&(_, j)| b[j] != b[i]).count() as f64 / knn.len() as f64;
             let expected = 1.0 - (size[b[i] as usize] as f64 - 1.0) / (n as f64 - 1.0);
             let mixing = if expected > 0.0 {
                 (other / expected).min(1.0)
@@ -94,8 +95,8 @@ pub fn mixing_figures(
             };
             let (same, cross) = match &l {
                 Some(l) => {
-                    let same =
-                        knn.iter().filter(|&&(_, j)| l[j] == l[i]).count() as f64 / knn.len() as f64;
+                    let same = knn.iter().filter(|&&(_, j)| l[j] == l[i]).count() as f64
+                        / knn.len() as f64;
                     let cross_nb: Vec<usize> = d
                         .iter()
                         .filter(|&&(_, j)| b[j] != b[i])
@@ -124,34 +125,6 @@ pub fn mixing_figures(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::Rng;
-
-    #[test]
-    fn segregated_vs_mixed() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let n = 200;
-        let batch: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
-        let label: Vec<u32> = (0..n).map(|i| ((i / 2) % 4) as u32).collect();
-        let seg = Array2::from_shape_fn((n, 5), |(i, j)| {
-            batch[i] as f64 * 50.0 + label[i] as f64 * 5.0 * (j == 0) as u8 as f64
-                + rng.gen_range(-0.5..0.5)
-        });
-        let mix = Array2::from_shape_fn((n, 5), |(i, j)| {
-            label[i] as f64 * 5.0 * (j == 0) as u8 as f64 + rng.gen_range(-0.5..0.5)
-        });
-        let keep = vec![true; n];
-        let a = mixing_figures(seg.view(), &batch, Some(&label), &keep, 1).unwrap();
-        let b = mixing_figures(mix.view(), &batch, Some(&label), &keep, 1).unwrap();
-        assert!(a.batch_mixing < 0.05, "{a:?}");
-        assert!(b.batch_mixing > 0.8, "{b:?}");
-        assert!(b.cross_batch_label_agreement.unwrap() > 0.9);
-        assert!(a.label_agreement.unwrap() > 0.9);
-    }
-}
-
 /// Global robust scaling (median/MAD over all rows, clipped to +-50) of the
 /// given columns — the "uncorrected" reference of the evaluation protocol.
 pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
@@ -168,4 +141,33 @@ pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn segregated_vs_mixed() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let n = 200;
+        let batch: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let label: Vec<u32> = (0..n).map(|i| ((i / 2) % 4) as u32).collect();
+        let seg = Array2::from_shape_fn((n, 5), |(i, j)| {
+            batch[i] as f64 * 50.0
+                + label[i] as f64 * 5.0 * (j == 0) as u8 as f64
+                + rng.gen_range(-0.5..0.5)
+        });
+        let mix = Array2::from_shape_fn((n, 5), |(i, j)| {
+            label[i] as f64 * 5.0 * (j == 0) as u8 as f64 + rng.gen_range(-0.5..0.5)
+        });
+        let keep = vec![true; n];
+        let a = mixing_figures(seg.view(), &batch, Some(&label), &keep, 1).unwrap();
+        let b = mixing_figures(mix.view(), &batch, Some(&label), &keep, 1).unwrap();
+        assert!(a.batch_mixing < 0.05, "{a:?}");
+        assert!(b.batch_mixing > 0.8, "{b:?}");
+        assert!(b.cross_batch_label_agreement.unwrap() > 0.9);
+        assert!(a.label_agreement.unwrap() > 0.9);
+    }
 }

@@ -226,7 +226,10 @@ impl Model {
         let plate_of = vec![0u32; n];
         let norm = crate::preprocess::Normalizer::fit(x, &plate_of, 1, controls)?;
         let varying = norm.varying_features();
-        anyhow::ensure!(!varying.is_empty(), "every feature of the first plate is constant");
+        anyhow::ensure!(
+            !varying.is_empty(),
+            "every feature of the first plate is constant"
+        );
         let z = norm.normalise(x, &plate_of, &varying);
         let pca = Pca::fit(clipped(&z).view(), params.neighbor_dims, params.seed)?;
         let meta = ModelMeta {
@@ -253,7 +256,12 @@ impl Model {
     }
 
     /// Rebuild a model from its meta and row arrays (checkpoint restore).
-    pub fn restore(meta: ModelMeta, y: Vec<f32>, batch_of: Vec<u32>, coverage: Vec<f32>) -> Result<Model> {
+    pub fn restore(
+        meta: ModelMeta,
+        y: Vec<f32>,
+        batch_of: Vec<u32>,
+        coverage: Vec<f32>,
+    ) -> Result<Model> {
         let nv = meta.varying.len();
         let components = Array2::from_shape_vec((nv, meta.dims), meta.pca_components.clone())
             .context("checkpoint: PCA loadings have the wrong shape")?;
@@ -277,10 +285,19 @@ impl Model {
     fn restore_rows(&mut self, y: Vec<f32>, batch_of: Vec<u32>, coverage: Vec<f32>) -> Result<()> {
         let p = self.meta.dims;
         let n = batch_of.len();
-        anyhow::ensure!(y.len() == n * p && coverage.len() == n, "row arrays disagree in length");
+        anyhow::ensure!(
+            y.len() == n * p && coverage.len() == n,
+            "row arrays disagree in length"
+        );
         let yv = ArrayView2::from_shape((n, p), &y).context("row array shape")?;
         let nb = self.meta.batches.len();
-        self.indices = crate::index::build_batch_indices(yv, &batch_of, nb, self.index_kind(), self.threads())?;
+        self.indices = crate::index::build_batch_indices(
+            yv,
+            &batch_of,
+            nb,
+            self.index_kind(),
+            self.threads(),
+        )?;
         self.y = y;
         self.batch_of = batch_of;
         self.coverage = coverage;
@@ -359,8 +376,11 @@ impl Model {
     /// Map a plate's columns to the model's feature order: `names` are the
     /// plate's feature names; returns, per model feature, its plate column.
     pub fn feature_positions(&self, names: &[String]) -> Result<Vec<usize>> {
-        let pos: std::collections::HashMap<&str, usize> =
-            names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let pos: std::collections::HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let mut missing = Vec::new();
         let out: Vec<usize> = self
             .meta
@@ -385,7 +405,11 @@ impl Model {
 
     /// Normalise a plate against its own controls with the frozen scale:
     /// returns z (rows x |varying|) and the number of controls used.
-    fn normalise_plate(&self, x: ArrayView2<f64>, controls: Option<&[bool]>) -> (Array2<f64>, usize) {
+    fn normalise_plate(
+        &self,
+        x: ArrayView2<f64>,
+        controls: Option<&[bool]>,
+    ) -> (Array2<f64>, usize) {
         let n = x.nrows();
         let ctrl: Vec<usize> = controls
             .map(|m| (0..n).filter(|&i| m[i]).collect())
@@ -456,6 +480,8 @@ impl Model {
             coverage_target: f64::INFINITY,
             round_rows: n_plate,
             seed: params.seed,
+            trust: params.trust,
+            trust_k: params.trust_k,
         };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
@@ -464,7 +490,9 @@ impl Model {
             for _round in 0..params.rounds {
                 let current = &y_raw - &offset;
                 let mut plate_index = BatchIndex::new(IndexKind::Exact, p, 1)?;
-                let keys: Vec<u64> = (self.len()..self.len() + n_plate).map(|k| k as u64).collect();
+                let keys: Vec<u64> = (self.len()..self.len() + n_plate)
+                    .map(|k| k as u64)
+                    .collect();
                 plate_index.add(&keys, current.view(), 1)?;
                 let plate_rows = MatrixRows::new(current.view(), &plate_ids)?;
                 let all = Concat {
@@ -482,7 +510,8 @@ impl Model {
                         .collect::<Result<_>>()?
                 };
                 let own = |j: usize| -> Result<Vec<u32>> {
-                    let nb: Vec<Neighbor> = plate_index.search(all.row(j), params.k.max(params.m))?;
+                    let nb: Vec<Neighbor> =
+                        plate_index.search(all.row(j), params.k.max(params.m))?;
                     Ok(nb.iter().map(|n| n.key as u32).collect())
                 };
                 let off = point_offsets(
@@ -613,7 +642,10 @@ impl Model {
             let other = all.iter().filter(|a| a.1).count() as f64 / all.len().max(1) as f64;
             total += (other / expected).min(1.0);
         }
-        Ok((total / y.nrows().max(1) as f64, median_inplace(&mut nearest_other)))
+        Ok((
+            total / y.nrows().max(1) as f64,
+            median_inplace(&mut nearest_other),
+        ))
     }
 
     /// Apply a plate's state change (live, or when replaying the log).
@@ -621,7 +653,10 @@ impl Model {
         let p = self.meta.dims;
         anyhow::ensure!(delta.y.len() % p == 0, "plate delta has a ragged row array");
         let n_new = delta.y.len() / p;
-        anyhow::ensure!(delta.plate_coverage.len() == n_new, "plate delta coverage length");
+        anyhow::ensure!(
+            delta.plate_coverage.len() == n_new,
+            "plate delta coverage length"
+        );
         if self.meta.plates.contains_key(&delta.plate) {
             return Ok(()); // idempotent
         }
@@ -629,7 +664,8 @@ impl Model {
             Some(b) => b,
             None => {
                 self.meta.batches.push(delta.batch.clone());
-                self.indices.push(BatchIndex::new(self.index_kind(), p, self.threads())?);
+                self.indices
+                    .push(BatchIndex::new(self.index_kind(), p, self.threads())?);
                 self.meta.batches.len() - 1
             }
         };
@@ -669,11 +705,16 @@ impl Model {
     ) -> Result<Array2<f64>> {
         let p = self.meta.dims;
         let n = record.rows as usize;
-        anyhow::ensure!(x.nrows() == n, "replayed plate has {} rows, recorded {n}", x.nrows());
+        anyhow::ensure!(
+            x.nrows() == n,
+            "replayed plate has {} rows, recorded {n}",
+            x.nrows()
+        );
         let (z, _) = self.normalise_plate(x, controls);
         let y_raw = self.pca.transform_f32(clipped(&z).view());
         let start = record.first_row as usize * p;
-        let stored = ArrayView2::from_shape((n, p), &self.y[start..start + n * p]).context("stored rows")?;
+        let stored =
+            ArrayView2::from_shape((n, p), &self.y[start..start + n * p]).context("stored rows")?;
         let offset = (&y_raw - &stored).mapv(|v| v as f64);
         let z_corr = &z - &offset.dot(&self.pca.components.t());
         let mut corrected = x.to_owned();

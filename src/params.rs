@@ -60,8 +60,15 @@ pub struct Params {
     pub coverage_target: f64,
     /// Rows sampled per sampling round, as a fraction of n (at least 16).
     pub round_fraction: f64,
-    /// Alignment rounds (each re-indexes the corrected neighbour space).
+    /// Alignment rounds (each re-indexes the corrected neighbour space);
+    /// 0 = per-plate normalisation only.
     pub rounds: usize,
+    /// Width of the kernel-mass trust test, in units of the landmark's
+    /// own-batch scale (0 = off: every batch is forced to align).
+    pub trust: f64,
+    /// Neighbour rank (self counted) of the own-batch scale the trust test
+    /// uses: small = replicate scale.
+    pub trust_k: usize,
     /// Kernel form.
     pub kernel: KernelKind,
     /// Retention rule.
@@ -87,6 +94,8 @@ impl Default for Params {
             coverage_target: 1.0,
             round_fraction: 0.02,
             rounds: 3,
+            trust: 0.5,
+            trust_k: 15,
             kernel: KernelKind::Symmetric,
             retention: Retention::PerBatch,
             index: IndexKind::Hnsw,
@@ -122,7 +131,11 @@ impl Params {
             "parameter coverage_target must be > 0 (got {})",
             self.coverage_target
         );
-        anyhow::ensure!(self.rounds >= 1, "parameter rounds must be >= 1");
+        anyhow::ensure!(
+            self.trust >= 0.0 && self.trust.is_finite(),
+            "parameter trust must be >= 0 (got {})",
+            self.trust
+        );
         Ok(())
     }
 }

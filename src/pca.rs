@@ -40,7 +40,10 @@ impl Pca {
         let cov = covariance(x, &mean);
         let (vals, vecs) = if d <= JACOBI_MAX_DIM {
             let (vals, vecs) = jacobi_eigen(&cov);
-            (vals.slice(s![..p]).to_owned(), vecs.slice(s![.., ..p]).to_owned())
+            (
+                vals.slice(s![..p]).to_owned(),
+                vecs.slice(s![.., ..p]).to_owned(),
+            )
         } else {
             subspace_eigen(&cov, p, seed)
         };
@@ -247,9 +250,17 @@ mod tests {
         let (v1, _) = jacobi_eigen(&a);
         let (v2, vec2) = subspace_eigen(&a, 5, 3);
         for j in 0..5 {
-            assert!((v1[j] - v2[j]).abs() / v1[j] < 1e-6, "{} vs {}", v1[j], v2[j]);
+            assert!(
+                (v1[j] - v2[j]).abs() / v1[j] < 1e-6,
+                "{} vs {}",
+                v1[j],
+                v2[j]
+            );
             let av = a.dot(&vec2.column(j));
-            let err = (&av - &(&vec2.column(j) * v2[j])).mapv(|x| x * x).sum().sqrt();
+            let err = (&av - &(&vec2.column(j) * v2[j]))
+                .mapv(|x| x * x)
+                .sum()
+                .sqrt();
             assert!(err / v2[j] < 1e-4);
         }
     }
@@ -267,7 +278,10 @@ mod tests {
         });
         let pca = Pca::fit(x.view(), 2, 1).unwrap();
         assert!(pca.components[[2, 0]].abs() > 0.99);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let pca1 = one.install(|| Pca::fit(x.view(), 2, 1).unwrap());
         assert_eq!(pca.components, pca1.components);
         let y = pca.transform_f32(x.view());

@@ -110,13 +110,21 @@ impl Normalizer {
                     .collect();
                 let mut g: Vec<f64> = all_refs.iter().map(|&i| col[i]).collect();
                 let global = median_inplace(&mut g);
-                let mut resid: Vec<f64> = all_refs
-                    .iter()
-                    .map(|&i| (col[i] - centres[plate_of[i] as usize]).abs())
+                // Scale: MAD of all rows after plate centring (not only the
+                // controls): control-only MADs are small, which blows treated
+                // wells' strong phenotypes up to the clip and lets a few
+                // features dominate every distance (measured on BBBC021,
+                // docs/ablation.md).
+                let mut resid: Vec<f64> = (0..col.len())
+                    .map(|i| (col[i] - centres[plate_of[i] as usize]).abs())
                     .collect();
                 let mad = median_inplace(&mut resid) * MAD_K;
                 let tol = 1e-12 * global.abs().max(1e-300);
-                let scale = if mad.is_finite() && mad > tol { mad } else { 0.0 };
+                let scale = if mad.is_finite() && mad > tol {
+                    mad
+                } else {
+                    0.0
+                };
                 (centres, global, scale)
             })
             .collect();
@@ -146,7 +154,12 @@ impl Normalizer {
     }
 
     /// Robust z-scores of the varying features: n x |varying|.
-    pub fn normalise(&self, x: ArrayView2<f64>, plate_of: &[u32], varying: &[usize]) -> Array2<f64> {
+    pub fn normalise(
+        &self,
+        x: ArrayView2<f64>,
+        plate_of: &[u32],
+        varying: &[usize],
+    ) -> Array2<f64> {
         let mut z = Array2::zeros((x.nrows(), varying.len()));
         z.axis_iter_mut(Axis(0))
             .into_par_iter()
@@ -241,8 +254,13 @@ mod tests {
     #[test]
     fn too_few_controls_falls_back_to_all_rows() {
         let x = array![[1.0], [2.0], [3.0], [4.0]];
-        let nz = Normalizer::fit(x.view(), &[0, 0, 0, 0], 1, Some(&[true, false, false, false]))
-            .unwrap();
+        let nz = Normalizer::fit(
+            x.view(),
+            &[0, 0, 0, 0],
+            1,
+            Some(&[true, false, false, false]),
+        )
+        .unwrap();
         assert_eq!(nz.plates_without_controls, vec![0]);
         assert_eq!(nz.plate_centre[[0, 0]], 2.5);
     }

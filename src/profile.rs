@@ -102,9 +102,18 @@ pub fn feature_columns(
 
 /// Column values as f64 with nulls as NaN.
 fn column_f64(col: &ArrayRef) -> Option<Vec<f64>> {
-    fn conv<T: arrow_array::ArrowPrimitiveType>(a: &PrimitiveArray<T>, f: impl Fn(T::Native) -> f64) -> Vec<f64> {
+    fn conv<T: arrow_array::ArrowPrimitiveType>(
+        a: &PrimitiveArray<T>,
+        f: impl Fn(T::Native) -> f64,
+    ) -> Vec<f64> {
         (0..a.len())
-            .map(|i| if a.is_null(i) { f64::NAN } else { f(a.value(i)) })
+            .map(|i| {
+                if a.is_null(i) {
+                    f64::NAN
+                } else {
+                    f(a.value(i))
+                }
+            })
             .collect()
     }
     Some(match col.data_type() {
@@ -212,7 +221,11 @@ pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Ve
             .collect();
         bail!(
             "{source}: no column '{name}' (metadata columns present: {})",
-            if meta.is_empty() { "none".to_string() } else { meta.join(", ") }
+            if meta.is_empty() {
+                "none".to_string()
+            } else {
+                meta.join(", ")
+            }
         );
     };
     let col = batch.column(idx);
@@ -222,7 +235,10 @@ pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Ve
     (0..col.len())
         .map(|r| {
             if col.is_null(r) {
-                bail!("{source}: column '{name}', data row {}: value is empty (null)", r + 1);
+                bail!(
+                    "{source}: column '{name}', data row {}: value is empty (null)",
+                    r + 1
+                );
             }
             Ok(fmt.value(r).to_string())
         })
@@ -262,9 +278,16 @@ pub fn replace_features(
         let v: Vec<f64> = col.to_vec();
         let arr: ArrayRef = match f.data_type() {
             DataType::Float64 => Arc::new(Float64Array::from(v)),
-            DataType::Float32 => Arc::new(Float32Array::from(v.iter().map(|x| *x as f32).collect::<Vec<_>>())),
-            t => arrow_cast::cast(&(Arc::new(Float64Array::from(v.iter().map(|x| x.round()).collect::<Vec<_>>())) as ArrayRef), t)
-                .with_context(|| format!("casting corrected column '{}' back to {t}", f.name()))?,
+            DataType::Float32 => Arc::new(Float32Array::from(
+                v.iter().map(|x| *x as f32).collect::<Vec<_>>(),
+            )),
+            t => arrow_cast::cast(
+                &(Arc::new(Float64Array::from(
+                    v.iter().map(|x| x.round()).collect::<Vec<_>>(),
+                )) as ArrayRef),
+                t,
+            )
+            .with_context(|| format!("casting corrected column '{}' back to {t}", f.name()))?,
         };
         // Keep the input's nulls where it had them (only possible for features the
         // policy imputed; the corrected value is kept there).
@@ -300,9 +323,12 @@ impl std::str::FromStr for ControlSelector {
 /// Rows whose `sel.column` renders as `sel.value`.
 pub fn control_mask(batch: &RecordBatch, sel: &ControlSelector, source: &str) -> Result<Vec<bool>> {
     let schema = batch.schema();
-    let (idx, _) = schema
-        .column_with_name(&sel.column)
-        .with_context(|| format!("{source}: no column '{}' (from the control selector)", sel.column))?;
+    let (idx, _) = schema.column_with_name(&sel.column).with_context(|| {
+        format!(
+            "{source}: no column '{}' (from the control selector)",
+            sel.column
+        )
+    })?;
     let col = batch.column(idx);
     let opts = arrow_cast::display::FormatOptions::default();
     let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts)?;
@@ -357,7 +383,10 @@ mod tests {
         let f = feature_columns(&t, None, "t.csv").unwrap();
         let e = feature_matrix(&t, f.clone(), NonFinitePolicy::Error, "t.csv").unwrap_err();
         let msg = format!("{e}");
-        assert!(msg.contains("t.csv") && msg.contains("Cells_A") && msg.contains("data row 2"), "{msg}");
+        assert!(
+            msg.contains("t.csv") && msg.contains("Cells_A") && msg.contains("data row 2"),
+            "{msg}"
+        );
         let m = feature_matrix(&t, f.clone(), NonFinitePolicy::Impute, "t.csv").unwrap();
         assert_eq!(m.imputed, 2);
         assert_eq!(m.values[[1, 0]], 2.0);
@@ -382,7 +411,11 @@ mod tests {
         }
         let counts = out.column(4).as_primitive::<Int64Type>();
         assert_eq!(counts.value(0), 11, "integers rounded");
-        assert_eq!(out.column(0).as_ref(), t.column(0).as_ref(), "metadata untouched");
+        assert_eq!(
+            out.column(0).as_ref(),
+            t.column(0).as_ref(),
+            "metadata untouched"
+        );
         assert_eq!(out.column(6).as_ref(), t.column(6).as_ref());
         let dropped = replace_features(&t, &m.columns, v.view(), &["Note".to_string()]).unwrap();
         assert_eq!(dropped.num_columns(), 6);
@@ -391,12 +424,22 @@ mod tests {
     #[test]
     fn string_columns_and_controls() {
         let t = table();
-        assert_eq!(string_column(&t, "Metadata_Dose", "t").unwrap(), vec!["0.1", "0.2", "0.3"]);
+        assert_eq!(
+            string_column(&t, "Metadata_Dose", "t").unwrap(),
+            vec!["0.1", "0.2", "0.3"]
+        );
         let e = string_column(&t, "Metadata_Batch", "t.parquet").unwrap_err();
         let msg = format!("{e}");
-        assert!(msg.contains("Metadata_Batch") && msg.contains("t.parquet") && msg.contains("Metadata_Plate"));
+        assert!(
+            msg.contains("Metadata_Batch")
+                && msg.contains("t.parquet")
+                && msg.contains("Metadata_Plate")
+        );
         let sel: ControlSelector = "Metadata_Plate=p2".parse().unwrap();
-        assert_eq!(control_mask(&t, &sel, "t").unwrap(), vec![false, false, true]);
+        assert_eq!(
+            control_mask(&t, &sel, "t").unwrap(),
+            vec![false, false, true]
+        );
         assert!("nonsense".parse::<ControlSelector>().is_err());
         assert!(control_mask(&t, &"Metadata_X=1".parse().unwrap(), "t").is_err());
     }

@@ -33,6 +33,9 @@ pub struct SparseRow {
     pub landmark: u32,
     /// Retained affinities.
     pub entries: Vec<(u32, f32)>,
+    /// Per batch, how much the landmark trusts that batch's correspondence
+    /// in [0, 1] (empty = trust every batch fully); see [`SamplingConfig::trust`].
+    pub trust: Vec<f32>,
 }
 
 /// Settings of one sampling run.
@@ -55,6 +58,15 @@ pub struct SamplingConfig {
     pub round_rows: usize,
     /// Seed of the tie-break ranks.
     pub seed: u64,
+    /// Kernel-mass trust test width (0 = off). A batch `c` is trusted at
+    /// landmark `l` by `min(1, M_c / M_own)`, where `M_c` sums
+    /// `exp(-d^2 / (trust * sigma_l^(own))^2)` over the retained entries of
+    /// batch `c` — the batch's mass under the landmark's *own-batch* scale,
+    /// which (unlike the batch-aware kernel) does not stretch to reach a
+    /// batch that has nothing nearby.
+    pub trust: f64,
+    /// Neighbour rank of the own-batch scale used by the trust test.
+    pub trust_k: usize,
 }
 
 /// What a sampling run produced.
@@ -93,6 +105,8 @@ pub fn compute_row(
     let q = rows.row(i);
     let kq = cfg.k.max(cfg.m);
     let mut all: Vec<(u32, f32)> = Vec::new();
+    let mut dist2: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+    let mut own_scale = 0.0;
     for (c, index) in indices.iter().enumerate() {
         let nb = index.search(q, kq)?;
         if nb.is_empty() {
@@ -100,6 +114,12 @@ pub fn compute_row(
         }
         let s_i = kth_scale(&nb, cfg.k);
         cache.set(i, c, s_i);
+        if c == bi {
+            own_scale = kth_scale(&nb, cfg.trust_k.max(1));
+        }
+        for n in &nb {
+            dist2.insert(n.key as u32, n.dist2);
+        }
         let mut scored: Vec<(u32, f32)> = Vec::with_capacity(nb.len());
         for n in &nb {
             let j = n.key as usize;
@@ -121,9 +141,22 @@ pub fn compute_row(
         keep_strongest(&mut all, cfg.m * indices.len());
     }
     all.sort_by_key(|e| e.0);
+    let trust = if cfg.trust > 0.0 {
+        let w = (cfg.trust * own_scale).max(crate::kernel::SCALE_FLOOR);
+        let mut mass = vec![0f64; indices.len()];
+        for &(j, _) in &all {
+            let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
+            mass[rows.batch(j as usize) as usize] += (-d2 / (w * w)).exp();
+        }
+        let own = mass.get(bi).copied().unwrap_or(0.0).max(1e-300);
+        mass.iter().map(|m| (m / own).min(1.0) as f32).collect()
+    } else {
+        Vec::new()
+    };
     Ok(SparseRow {
         landmark: i as u32,
         entries: all,
+        trust,
     })
 }
 
@@ -228,6 +261,8 @@ mod tests {
             coverage_target: target,
             round_rows: 8,
             seed: 7,
+            trust: 0.0,
+            trust_k: 5,
         }
     }
 
@@ -247,19 +282,27 @@ mod tests {
                 .sum()
         };
         let scale = |i: usize, batch: u32| -> f64 {
-            let mut v: Vec<f64> = (0..60).filter(|&j| b[j] == batch).map(|j| d2(i, j)).collect();
+            let mut v: Vec<f64> = (0..60)
+                .filter(|&j| b[j] == batch)
+                .map(|j| d2(i, j))
+                .collect();
             v.sort_by(|a, b| a.total_cmp(b));
             v[4].sqrt()
         };
         let mut want: Vec<(u32, f64)> = Vec::new();
         for batch in 0..2u32 {
-            let mut cands: Vec<(usize, f64)> =
-                (0..60).filter(|&j| b[j] == batch).map(|j| (j, d2(3, j))).collect();
+            let mut cands: Vec<(usize, f64)> = (0..60)
+                .filter(|&j| b[j] == batch)
+                .map(|j| (j, d2(3, j)))
+                .collect();
             cands.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
             let mut scored: Vec<(u32, f64)> = cands[..5]
                 .iter()
                 .map(|&(j, dd)| {
-                    (j as u32, affinity(KernelKind::Symmetric, dd, scale(3, batch), scale(j, b[3])))
+                    (
+                        j as u32,
+                        affinity(KernelKind::Symmetric, dd, scale(3, batch), scale(j, b[3])),
+                    )
                 })
                 .collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -297,8 +340,16 @@ mod tests {
         let small = sample(&rows, &idx, &cache, &cfg(10, 1.0), None, None, &|_| {}).unwrap();
         assert_eq!(small.rows.len(), 10);
         // Lowest coverage first: the first round's landmarks all started at 0.
-        let exact = sample(&rows, &idx, &cache, &cfg(200, f64::INFINITY), None, None, &|_| {})
-            .unwrap();
+        let exact = sample(
+            &rows,
+            &idx,
+            &cache,
+            &cfg(200, f64::INFINITY),
+            None,
+            None,
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(exact.rows.len(), 200, "exact mode samples every row");
     }
 
@@ -309,7 +360,10 @@ mod tests {
         let idx: Vec<&BatchIndex> = idx.iter().collect();
         let rows = MatrixRows::new(y.view(), &b).unwrap();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let cache = ScaleCache::new(150, 2, 5);
                 sample(&rows, &idx, &cache, &cfg(150, 2.0), None, None, &|_| {}).unwrap()
@@ -330,8 +384,16 @@ mod tests {
         let rows = MatrixRows::new(y.view(), &b).unwrap();
         let cache = ScaleCache::new(100, 2, 5);
         let eligible: Vec<bool> = (0..100).map(|i| i >= 80).collect();
-        let s = sample(&rows, &idx, &cache, &cfg(100, f64::INFINITY), None, Some(&eligible), &|_| {})
-            .unwrap();
+        let s = sample(
+            &rows,
+            &idx,
+            &cache,
+            &cfg(100, f64::INFINITY),
+            None,
+            Some(&eligible),
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(s.rows.len(), 20);
         assert!(s.rows.iter().all(|r| r.landmark >= 80));
     }

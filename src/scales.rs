@@ -47,7 +47,9 @@ const UNKNOWN: u32 = u32::MAX; // a NaN bit pattern never produced by sqrt
 impl ScaleCache {
     /// An empty cache for `n` rows and `n_batches` batches.
     pub fn new(n: usize, n_batches: usize, k: usize) -> Self {
-        let values = (0..n * n_batches).map(|_| AtomicU32::new(UNKNOWN)).collect();
+        let values = (0..n * n_batches)
+            .map(|_| AtomicU32::new(UNKNOWN))
+            .collect();
         ScaleCache {
             n_batches,
             k,
@@ -143,7 +145,8 @@ mod tests {
     fn cache_computes_once_against_the_right_batch() {
         let y = array![[0.0f32], [1.0], [3.0], [10.0], [12.0]];
         let mut a = BatchIndex::new(IndexKind::Exact, 1, 1).unwrap();
-        a.add(&[0, 1, 2], y.slice(ndarray::s![0..3, ..]), 1).unwrap();
+        a.add(&[0, 1, 2], y.slice(ndarray::s![0..3, ..]), 1)
+            .unwrap();
         let mut b = BatchIndex::new(IndexKind::Exact, 1, 1).unwrap();
         b.add(&[3, 4], y.slice(ndarray::s![3..5, ..]), 1).unwrap();
         let idx = vec![&a, &b];

@@ -95,8 +95,7 @@ impl Format {
             Format::Csv
         } else if name.ends_with(".parquet") || name.ends_with(".pq") {
             Format::Parquet
-        } else if name.ends_with(".arrow") || name.ends_with(".ipc") || name.ends_with(".feather")
-        {
+        } else if name.ends_with(".arrow") || name.ends_with(".ipc") || name.ends_with(".feather") {
             Format::ArrowIpc
         } else {
             bail!(
@@ -214,7 +213,10 @@ fn write_file(tmp: &Path, format: Format, batch: &RecordBatch) -> Result<()> {
                 arrow_ipc::writer::FileWriter::try_new_buffered(file, batch.schema_ref())?;
             writer.write(batch)?;
             writer.finish()?;
-            writer.into_inner()?.into_inner().map_err(|e| e.into_error())?
+            writer
+                .into_inner()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
         }
         Format::Csv => write_csv(BufWriter::new(file), batch)?
             .into_inner()
@@ -279,7 +281,7 @@ pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(parquet_props()))
         .context("cannot encode Parquet")?;
     writer.write(batch).context("cannot encode Parquet")?;
-    Ok(writer.into_inner().context("cannot encode Parquet")?)
+    writer.into_inner().context("cannot encode Parquet")
 }
 
 /// Read all rows of a Parquet source as one batch: the batch size is the
@@ -293,7 +295,6 @@ fn read_parquet<T: ChunkReader + 'static>(source: T) -> Result<RecordBatch> {
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
-
 
 // ---------------------------------------------------------------------------
 // CSV reading
@@ -444,7 +445,9 @@ fn read_csv(open: impl Fn() -> Result<Box<dyn BufRead>>) -> Result<RecordBatch> 
         })
         .collect();
     let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows_before));
-    Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
 }
 
 /// Column names from the header row; errors on a missing header or

@@ -3,11 +3,11 @@
 
 use balans::balans::{correct, Correction, Dataset, NoProgress};
 use balans::index::{build_batch_indices, BatchIndex};
-use balans::rows::MatrixRows;
 use balans::mixing::mixing_figures;
 use balans::params::{IndexKind, Params};
 use balans::pca::Pca;
 use balans::preprocess::dense_ids;
+use balans::rows::MatrixRows;
 use balans::sampling::{compute_row, SamplingConfig};
 use balans::scales::ScaleCache;
 use ndarray::{Array2, Axis};
@@ -16,22 +16,33 @@ use rand::{Rng, SeedableRng};
 
 /// Clustered profiles: `groups` centres in a 4-d latent space mapped to `d`
 /// features, noise, and per-batch shift + scaling.
-fn table(n: usize, d: usize, batches: usize, shift: f64, seed: u64) -> (Array2<f64>, Vec<String>, Vec<u32>) {
+fn table(
+    n: usize,
+    d: usize,
+    batches: usize,
+    shift: f64,
+    seed: u64,
+) -> (Array2<f64>, Vec<String>, Vec<u32>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let groups = 6;
     let load = Array2::from_shape_fn((4, d), |_| rng.gen_range(-1.0..1.0));
     let centres = Array2::from_shape_fn((groups, 4), |_| rng.gen_range(-4.0..4.0));
     let shifts = Array2::from_shape_fn((batches, d), |_| rng.gen_range(-1.0..1.0) * shift);
-    let scales = Array2::from_shape_fn((batches, d), |_| 1.0 + rng.gen_range(-0.2..0.2) * (shift > 0.0) as u8 as f64);
+    let scales = Array2::from_shape_fn((batches, d), |_| {
+        1.0 + rng.gen_range(-0.2..0.2) * (shift > 0.0) as u8 as f64
+    });
     let mut x = Array2::zeros((n, d));
     let mut batch = Vec::with_capacity(n);
     let mut label = Vec::with_capacity(n);
     for i in 0..n {
         let g = rng.gen_range(0..groups);
         let b = i % batches;
-        let lat: Vec<f64> = (0..4).map(|t| centres[[g, t]] + rng.gen_range(-0.6..0.6)).collect();
+        let lat: Vec<f64> = (0..4)
+            .map(|t| centres[[g, t]] + rng.gen_range(-0.6..0.6))
+            .collect();
         for f in 0..d {
-            let v: f64 = (0..4).map(|t| lat[t] * load[[t, f]]).sum::<f64>() + rng.gen_range(-0.2..0.2);
+            let v: f64 =
+                (0..4).map(|t| lat[t] * load[[t, f]]).sum::<f64>() + rng.gen_range(-0.2..0.2);
             x[[i, f]] = v * scales[[b, f]] + shifts[[b, f]];
         }
         batch.push(format!("B{b}"));
@@ -41,12 +52,25 @@ fn table(n: usize, d: usize, batches: usize, shift: f64, seed: u64) -> (Array2<f
 }
 
 fn run(x: &Array2<f64>, batch: &[String], plate: Option<&[String]>, p: &Params) -> Correction {
-    let data = Dataset { x: x.view(), batch, plate, controls: None };
+    let data = Dataset {
+        x: x.view(),
+        batch,
+        plate,
+        controls: None,
+    };
     correct(&data, p, &NoProgress).expect("correction runs")
 }
 
 fn exact() -> Params {
-    Params { exact: true, threads: 2, k: 8, m: 6, rounds: 2, ..Params::default() }
+    Params {
+        exact: true,
+        threads: 2,
+        k: 8,
+        m: 6,
+        rounds: 2,
+        trust: 0.0,
+        ..Params::default()
+    }
 }
 
 fn one_plate(n: usize) -> Vec<String> {
@@ -54,7 +78,10 @@ fn one_plate(n: usize) -> Vec<String> {
 }
 
 fn max_abs_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -62,7 +89,13 @@ fn single_batch_is_left_unchanged() {
     let (x, _, _) = table(300, 12, 1, 0.0, 1);
     let batch = vec!["only".to_string(); 300];
     let plate = one_plate(300);
-    for p in [exact(), Params { threads: 2, ..Params::default() }] {
+    for p in [
+        exact(),
+        Params {
+            threads: 2,
+            ..Params::default()
+        },
+    ] {
         let c = run(&x, &batch, Some(&plate), &p);
         assert!(max_abs_diff(&c.corrected, &x) < 1e-9, "single batch moved");
     }
@@ -72,16 +105,23 @@ fn single_batch_is_left_unchanged() {
 fn duplicated_batch_changes_nothing() {
     let (a, _, _) = table(200, 10, 1, 0.0, 2);
     let x = ndarray::concatenate![Axis(0), a.view(), a.view()];
-    let batch: Vec<String> = (0..400).map(|i| if i < 200 { "A".into() } else { "B".into() }).collect();
+    let batch: Vec<String> = (0..400)
+        .map(|i| if i < 200 { "A".into() } else { "B".into() })
+        .collect();
     let plate = one_plate(400);
     let c = run(&x, &batch, Some(&plate), &exact());
-    assert!(max_abs_diff(&c.corrected, &x) < 1e-6, "identical batches moved");
+    assert!(
+        max_abs_diff(&c.corrected, &x) < 1e-6,
+        "identical batches moved"
+    );
 }
 
 #[test]
 fn shifted_identical_batches_come_back_aligned() {
     let (a, _, _) = table(300, 10, 1, 0.0, 3);
-    let shift: Vec<f64> = (0..10).map(|f| if f % 2 == 0 { 3.0 } else { -2.0 }).collect();
+    let shift: Vec<f64> = (0..10)
+        .map(|f| if f % 2 == 0 { 3.0 } else { -2.0 })
+        .collect();
     let mut b = a.clone();
     for mut row in b.rows_mut() {
         for (v, s) in row.iter_mut().zip(&shift) {
@@ -89,10 +129,19 @@ fn shifted_identical_batches_come_back_aligned() {
         }
     }
     let x = ndarray::concatenate![Axis(0), a.view(), b.view()];
-    let batch: Vec<String> = (0..600).map(|i| if i < 300 { "A".into() } else { "B".into() }).collect();
+    let batch: Vec<String> = (0..600)
+        .map(|i| if i < 300 { "A".into() } else { "B".into() })
+        .collect();
     let plate = one_plate(600);
     let shift_norm = shift.iter().map(|s| s * s).sum::<f64>().sqrt();
-    for p in [exact(), Params { threads: 2, ..Params::default() }] {
+    for p in [
+        exact(),
+        Params {
+            threads: 2,
+            trust: 0.0,
+            ..Params::default()
+        },
+    ] {
         let c = run(&x, &batch, Some(&plate), &p);
         // Twins (row i and i + 300) end up close relative to the shift.
         let mut gap = 0.0;
@@ -103,7 +152,10 @@ fn shifted_identical_batches_come_back_aligned() {
                 .sqrt();
             gap += d / 300.0;
         }
-        assert!(gap < 0.25 * shift_norm, "mean twin gap {gap} vs shift {shift_norm}");
+        assert!(
+            gap < 0.25 * shift_norm,
+            "mean twin gap {gap} vs shift {shift_norm}"
+        );
     }
 }
 
@@ -112,7 +164,16 @@ fn approximate_path_matches_exact_oracle() {
     let (x, batch, _) = table(1500, 16, 3, 1.5, 4);
     let plate = one_plate(1500);
     let ex = run(&x, &batch, Some(&plate), &exact());
-    let approx_p = Params { threads: 2, k: 8, m: 6, rounds: 2, budget: 1.0, coverage_target: 1e9, ..Params::default() };
+    let approx_p = Params {
+        threads: 2,
+        k: 8,
+        m: 6,
+        rounds: 2,
+        trust: 0.0,
+        budget: 1.0,
+        coverage_target: 1e9,
+        ..Params::default()
+    };
     let ap = run(&x, &batch, Some(&plate), &approx_p);
     // Same sampling (all rows), HNSW neighbours: corrected profiles close.
     let off_ex = &ex.z_before - &ex.z_after;
@@ -120,12 +181,27 @@ fn approximate_path_matches_exact_oracle() {
     let rel = (diff.mapv(|v| v * v).sum() / off_ex.mapv(|v| v * v).sum()).sqrt();
     assert!(rel < 0.1, "HNSW vs exact relative offset error {rel}");
     // Default sampling (coverage-driven, a fraction of rows) stays close too.
-    let sampled = run(&x, &batch, Some(&plate), &Params { threads: 2, k: 8, m: 6, rounds: 2, ..Params::default() });
+    let sampled = run(
+        &x,
+        &batch,
+        Some(&plate),
+        &Params {
+            threads: 2,
+            k: 8,
+            m: 6,
+            rounds: 2,
+            trust: 0.0,
+            ..Params::default()
+        },
+    );
     let landmarks = sampled.summary.rounds[0].landmarks;
     assert!(landmarks < 1500, "coverage sampling used every row");
     let diff = &sampled.z_after - &ex.z_after;
     let rel = (diff.mapv(|v| v * v).sum() / off_ex.mapv(|v| v * v).sum()).sqrt();
-    assert!(rel < 0.5, "sampled vs exact relative offset error {rel} ({landmarks} landmarks)");
+    assert!(
+        rel < 0.5,
+        "sampled vs exact relative offset error {rel} ({landmarks} landmarks)"
+    );
 }
 
 #[test]
@@ -145,6 +221,8 @@ fn sampled_rows_match_exact_affinities() {
         coverage_target: 1.0,
         round_rows: 16,
         seed: 1,
+        trust: 0.0,
+        trust_k: 5,
     };
     let exact_idx: Vec<&BatchIndex> = exact_idx.iter().collect();
     let hnsw_idx: Vec<&BatchIndex> = hnsw_idx.iter().collect();
@@ -172,25 +250,46 @@ fn sampled_rows_match_exact_affinities() {
 fn correction_mixes_batches_and_keeps_labels() {
     let (x, batch, label) = table(2000, 20, 4, 2.0, 6);
     let plate = one_plate(2000);
-    let c = run(&x, &batch, Some(&plate), &Params { threads: 2, ..Params::default() });
+    let c = run(
+        &x,
+        &batch,
+        Some(&plate),
+        &Params {
+            threads: 2,
+            trust: 0.0,
+            ..Params::default()
+        },
+    );
     let (b, _) = dense_ids(&batch);
     let keep = vec![true; 2000];
     let before = mixing_figures(c.z_before.view(), &b, Some(&label), &keep, 1).unwrap();
     let after = mixing_figures(c.z_after.view(), &b, Some(&label), &keep, 1).unwrap();
-    assert!(after.batch_mixing > before.batch_mixing + 0.2, "{before:?} -> {after:?}");
-    assert!(after.cross_batch_label_agreement.unwrap() >= before.cross_batch_label_agreement.unwrap() - 0.01);
+    assert!(
+        after.batch_mixing > before.batch_mixing + 0.2,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.cross_batch_label_agreement.unwrap()
+            >= before.cross_batch_label_agreement.unwrap() - 0.01
+    );
     assert!(after.label_agreement.unwrap() > 0.9, "{after:?}");
 }
 
 #[test]
 fn deterministic_for_seed_and_thread_count() {
     let (x, batch, _) = table(800, 12, 3, 1.0, 7);
-    let p = Params { threads: 2, ..Params::default() };
+    let p = Params {
+        threads: 2,
+        ..Params::default()
+    };
     let a = run(&x, &batch, None, &p);
     let b = run(&x, &batch, None, &p);
     assert_eq!(a.corrected, b.corrected);
     let c = run(&x, &batch, None, &Params { seed: 43, ..p });
-    assert!(max_abs_diff(&a.corrected, &c.corrected) > 0.0, "seed has an effect");
+    assert!(
+        max_abs_diff(&a.corrected, &c.corrected) > 0.0,
+        "seed has an effect"
+    );
 }
 
 #[test]
@@ -200,7 +299,15 @@ fn batch_smaller_than_k_is_handled() {
     let extra = x.slice(ndarray::s![0..3, ..]).to_owned() + 0.5;
     x = ndarray::concatenate![Axis(0), x.view(), extra.view()];
     batch.extend(["tiny".to_string(), "tiny".to_string(), "tiny".to_string()]);
-    let c = run(&x, &batch, None, &Params { threads: 2, ..Params::default() });
+    let c = run(
+        &x,
+        &batch,
+        None,
+        &Params {
+            threads: 2,
+            ..Params::default()
+        },
+    );
     assert!(c.corrected.iter().all(|v| v.is_finite()));
     assert_eq!(c.summary.batches, 3);
 }
@@ -229,4 +336,65 @@ proptest! {
         prop_assert_eq!(c.corrected.dim(), x.dim());
         prop_assert!(c.corrected.iter().all(|v| v.is_finite()));
     }
+}
+
+/// A biological state present in one batch only must not be dragged onto
+/// another batch's states: the trust test keeps it apart; forcing alignment
+/// (trust 0) pulls it in.
+#[test]
+fn trust_protects_batch_specific_biology() {
+    use balans::synth::{generate, SynthSpec};
+    let t = generate(&SynthSpec {
+        rows: 3000,
+        batches: 3,
+        features: 30,
+        batch_specific_groups: 2,
+        seed: 5,
+        ..SynthSpec::default()
+    })
+    .unwrap();
+    let controls: Vec<bool> = t.label.iter().map(|l| l == "DMSO").collect();
+    let data = Dataset {
+        x: t.features.view(),
+        batch: &t.batch,
+        plate: Some(&t.plate),
+        controls: Some(&controls),
+    };
+    let (lab, _) = dense_ids(&t.label);
+    let (b, _) = dense_ids(&t.batch);
+    let special: Vec<bool> = t
+        .label
+        .iter()
+        .map(|l| t.batch_specific_labels.contains(l))
+        .collect();
+    // Share of a batch-specific row's neighbours carrying another label.
+    let intrusion = |c: &Correction| {
+        let f = mixing_figures(c.z_after.view(), &b, Some(&lab), &special, 1).unwrap();
+        1.0 - f.label_agreement.unwrap()
+    };
+    let forced = correct(
+        &data,
+        &Params {
+            threads: 2,
+            trust: 0.0,
+            ..Params::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    let guarded = correct(
+        &data,
+        &Params {
+            threads: 2,
+            ..Params::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(
+        intrusion(&guarded) < intrusion(&forced),
+        "trust did not protect: {} vs {}",
+        intrusion(&guarded),
+        intrusion(&forced)
+    );
 }

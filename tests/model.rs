@@ -24,7 +24,10 @@ fn rows_where(t: &SynthTable, f: impl Fn(usize) -> bool) -> Vec<usize> {
 }
 
 fn params() -> Params {
-    Params { threads: 2, ..Params::default() }
+    Params {
+        threads: 2,
+        ..Params::default()
+    }
 }
 
 /// Fit on batches 1-3 minus one plate of batch 2; return model and held-out plates.
@@ -39,7 +42,12 @@ fn setup() -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
     let batch: Vec<String> = reference.iter().map(|&i| t.batch[i].clone()).collect();
     let plate: Vec<String> = reference.iter().map(|&i| t.plate[i].clone()).collect();
     let controls: Vec<bool> = reference.iter().map(|&i| t.label[i] == "DMSO").collect();
-    let data = Dataset { x: x.view(), batch: &batch, plate: Some(&plate), controls: Some(&controls) };
+    let data = Dataset {
+        x: x.view(),
+        batch: &batch,
+        plate: Some(&plate),
+        controls: Some(&controls),
+    };
     let fit = correct(&data, &params(), &NoProgress).unwrap();
     let model = Model::from_fit(&fit, t.feature_names(), &params()).unwrap();
     (t, model, plate_rows, new_rows)
@@ -57,7 +65,9 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
     let (t, mut model, plate_rows, new_rows) = setup();
     let n0 = model.len();
     let (x, ctrl) = plate_inputs(&t, &plate_rows);
-    let pc = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap();
+    let pc = model
+        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1)
+        .unwrap();
     assert_eq!(pc.corrected.dim(), x.dim());
     assert!(pc.corrected.iter().all(|v| v.is_finite()));
     assert!(pc.qc.mixing_after > pc.qc.mixing_before, "{:?}", pc.qc);
@@ -66,7 +76,9 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
 
     // A plate of a batch never seen: a new index appears; it mixes better.
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
-    let pc2 = model.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 2).unwrap();
+    let pc2 = model
+        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 2)
+        .unwrap();
     assert!(pc2.qc.new_batch);
     assert!(
         pc2.qc.cross_batch_distance_after < 0.8 * pc2.qc.cross_batch_distance_before,
@@ -83,9 +95,14 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
         other => panic!("expected replay, got {other:?}"),
     };
     let again = model.replay_plate(&rec, x.view(), Some(&ctrl)).unwrap();
-    let diff = (&again - &pc.corrected).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    let diff = (&again - &pc.corrected)
+        .mapv(f64::abs)
+        .fold(0.0f64, |a, &b| a.max(b));
     let spread = pc.corrected.mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
-    assert!(diff <= 1e-4 * spread.max(1.0), "replayed output moved by {diff}");
+    assert!(
+        diff <= 1e-4 * spread.max(1.0),
+        "replayed output moved by {diff}"
+    );
     assert!(matches!(model.lookup("P1", 99), Lookup::Clash(_)));
     assert_eq!(model.lookup("P3", 1), Lookup::New);
 }
@@ -94,7 +111,9 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
 fn apply_is_idempotent_and_restore_reproduces_the_model() {
     let (t, mut model, plate_rows, new_rows) = setup();
     let (x, ctrl) = plate_inputs(&t, &plate_rows);
-    let pc = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 7).unwrap();
+    let pc = model
+        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 7)
+        .unwrap();
     model.apply(&pc.delta).unwrap();
     let n = model.len();
     model.apply(&pc.delta).unwrap();
@@ -108,9 +127,15 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
     )
     .unwrap();
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
-    let a = model.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
-    let b = restored.correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
-    let diff = (&a.corrected - &b.corrected).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+    let a = model
+        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3)
+        .unwrap();
+    let b = restored
+        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3)
+        .unwrap();
+    let diff = (&a.corrected - &b.corrected)
+        .mapv(f64::abs)
+        .fold(0.0f64, |m, &v| m.max(v));
     assert!(diff < 1e-6, "restored model corrects differently by {diff}");
     assert_eq!(a.delta.version, b.delta.version);
 }
@@ -120,12 +145,18 @@ fn bad_plates_are_refused_with_reasons() {
     let (t, model, plate_rows, _) = setup();
     let (mut x, ctrl) = plate_inputs(&t, &plate_rows);
     x[[2, 5]] = f64::NAN;
-    let e = model.correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap_err();
+    let e = model
+        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1)
+        .unwrap_err();
     assert!(format!("{e}").contains("row 3"), "{e}");
     let empty = Array2::<f64>::zeros((0, 30));
-    assert!(model.correct_plate("P0", "Batch02", empty.view(), None, 1).is_err());
+    assert!(model
+        .correct_plate("P0", "Batch02", empty.view(), None, 1)
+        .is_err());
     let narrow = Array2::<f64>::zeros((3, 29));
-    assert!(model.correct_plate("P0", "Batch02", narrow.view(), None, 1).is_err());
+    assert!(model
+        .correct_plate("P0", "Batch02", narrow.view(), None, 1)
+        .is_err());
     assert_ne!(content_hash(b"a"), content_hash(b"b"));
 }
 
@@ -135,7 +166,9 @@ fn bootstrap_from_a_first_plate() {
     let rows = rows_where(&t, |i| t.plate[i] == t.plate[0]);
     let (x, ctrl) = plate_inputs(&t, &rows);
     let mut model = Model::bootstrap(x.view(), Some(&ctrl), t.feature_names(), &params()).unwrap();
-    let pc = model.correct_plate("first", &t.batch[0], x.view(), Some(&ctrl), 1).unwrap();
+    let pc = model
+        .correct_plate("first", &t.batch[0], x.view(), Some(&ctrl), 1)
+        .unwrap();
     // Nothing to align to: the plate is only normalised.
     assert_eq!(pc.qc.mean_offset, 0.0);
     model.apply(&pc.delta).unwrap();
@@ -144,6 +177,8 @@ fn bootstrap_from_a_first_plate() {
     let other_plate = t.plate[other[0]].clone();
     let rows2 = rows_where(&t, |i| t.plate[i] == other_plate);
     let (x2, c2) = plate_inputs(&t, &rows2);
-    let pc2 = model.correct_plate("second", "Batch03", x2.view(), Some(&c2), 2).unwrap();
+    let pc2 = model
+        .correct_plate("second", "Batch03", x2.view(), Some(&c2), 2)
+        .unwrap();
     assert!(pc2.qc.mean_offset > 0.0);
 }

@@ -79,6 +79,12 @@ pub struct CorrectArgs {
     /// Alignment rounds [default: 3].
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Width of the kernel-mass trust test; 0 forces alignment [default: 2.0].
+    #[arg(long)]
+    pub trust: Option<f64>,
+    /// Neighbour rank of the own-batch scale in the trust test [default: 15].
+    #[arg(long)]
+    pub trust_k: Option<usize>,
     /// Kernel form [default: symmetric].
     #[arg(long, value_parser = parse_kernel)]
     pub kernel: Option<KernelKind>,
@@ -153,7 +159,18 @@ impl CorrectArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { m.$f = v; } )* };
         }
-        set!(k, m, neighbor_dims, budget, min_landmarks, coverage_target, round_fraction, rounds);
+        set!(
+            k,
+            m,
+            neighbor_dims,
+            budget,
+            min_landmarks,
+            coverage_target,
+            round_fraction,
+            rounds,
+            trust,
+            trust_k
+        );
         set!(kernel, retention, index, seed, threads);
         if self.exact {
             m.exact = true;
@@ -243,7 +260,10 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
     };
     let fm = profile::feature_matrix(&batch, cols, policy, &source)?;
     if !fm.dropped.is_empty() {
-        tracing::warn!(count = fm.dropped.len(), "dropping features with non-finite values");
+        tracing::warn!(
+            count = fm.dropped.len(),
+            "dropping features with non-finite values"
+        );
     }
     let bar = Bar::new(quiet);
     let data = Dataset {
@@ -275,8 +295,21 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         None => vec![true; batch_labels.len()],
     };
     let scaled = balans::mixing::global_robust_scale(fm.values.view(), &fit.varying);
-    let before = mixing_figures(scaled.view(), &batch_ids, labels.as_deref(), &keep, cfg.method.seed);
-    let after = mixing_figures(fit.z_after.view(), &batch_ids, labels.as_deref(), &keep, cfg.method.seed);
+    let before = mixing_figures(
+        scaled.view(),
+        &batch_ids,
+        labels.as_deref(),
+        &keep,
+        cfg.method.seed,
+    );
+    let after_clipped = balans::preprocess::clipped(&fit.z_after);
+    let after = mixing_figures(
+        after_clipped.view(),
+        &batch_ids,
+        labels.as_deref(),
+        &keep,
+        cfg.method.seed,
+    );
     Ok(RunReport {
         input: source,
         output: args.output.display().to_string(),
@@ -310,13 +343,22 @@ pub fn print_report(r: &RunReport) {
         );
     }
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
-        println!("  {:<34} {:>8} {:>8}", "figure (non-control rows)", "before", "after");
-        println!("  {:<34} {:>8.3} {:>8.3}", "batch mixing (kNN, 1 = mixed)", b.batch_mixing, a.batch_mixing);
+        println!(
+            "  {:<34} {:>8} {:>8}",
+            "figure (non-control rows)", "before", "after"
+        );
+        println!(
+            "  {:<34} {:>8.3} {:>8.3}",
+            "batch mixing (kNN, 1 = mixed)", b.batch_mixing, a.batch_mixing
+        );
         if let (Some(x), Some(y)) = (b.label_agreement, a.label_agreement) {
             println!("  {:<34} {:>8.3} {:>8.3}", "label agreement (kNN)", x, y);
         }
         if let (Some(x), Some(y)) = (b.cross_batch_label_agreement, a.cross_batch_label_agreement) {
-            println!("  {:<34} {:>8.3} {:>8.3}", "cross-batch label agreement", x, y);
+            println!(
+                "  {:<34} {:>8.3} {:>8.3}",
+                "cross-batch label agreement", x, y
+            );
         }
     }
     println!("  time {:.2}s", f.seconds);

@@ -16,7 +16,13 @@ pub enum LogFormat {
 #[derive(Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "BALANS_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "BALANS_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
