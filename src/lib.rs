@@ -5,4 +5,5 @@
 //! data, parallel with rayon and free of I/O; the table and profile modules
 //! read and write profile tables.
 
+pub mod metrics;
 pub mod params;
