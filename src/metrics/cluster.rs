@@ -61,14 +61,24 @@ fn assign(x: &Array2<f64>, centres: &Array2<f64>) -> (Vec<usize>, Vec<f64>) {
         .unzip()
 }
 
-fn kmeans_once(x: &Array2<f64>, k: usize, opts: &KMeansOptions, rng: &mut ChaCha8Rng, tol: f64) -> (Vec<usize>, f64) {
+fn kmeans_once(
+    x: &Array2<f64>,
+    k: usize,
+    opts: &KMeansOptions,
+    rng: &mut ChaCha8Rng,
+    tol: f64,
+) -> (Vec<usize>, f64) {
     let (n, d) = x.dim();
     // k-means++ seeding.
     let mut centres = Array2::zeros((k, d));
     let first = rng.gen_range(0..n);
     centres.row_mut(0).assign(&x.row(first));
     let first_row = x.row(first).to_vec();
-    let mut closest: Vec<f64> = x.rows().into_iter().map(|r| sqdist(&r.to_vec(), &first_row)).collect();
+    let mut closest: Vec<f64> = x
+        .rows()
+        .into_iter()
+        .map(|r| sqdist(&r.to_vec(), &first_row))
+        .collect();
     for c in 1..k {
         let total: f64 = closest.iter().sum();
         let pick = if total > 0.0 {
@@ -105,7 +115,9 @@ fn kmeans_once(x: &Array2<f64>, k: usize, opts: &KMeansOptions, rng: &mut ChaCha
         let mut new_centres = Array2::zeros((k, d));
         for c in 0..k {
             if counts[c] > 0 {
-                new_centres.row_mut(c).assign(&(&sums.row(c) / counts[c] as f64));
+                new_centres
+                    .row_mut(c)
+                    .assign(&(&sums.row(c) / counts[c] as f64));
             } else {
                 // Empty cluster: move it to the point farthest from its centre.
                 let far = dists
@@ -246,7 +258,9 @@ mod tests {
 
     #[test]
     fn kmeans_recovers_separated_blobs_deterministically() {
-        let x = Array2::from_shape_fn((90, 2), |(i, j)| (i / 30) as f64 * 100.0 + ((i * 7 + j * 3) % 5) as f64);
+        let x = Array2::from_shape_fn((90, 2), |(i, j)| {
+            (i / 30) as f64 * 100.0 + ((i * 7 + j * 3) % 5) as f64
+        });
         let opts = KMeansOptions::default();
         let l1 = kmeans(&x, 3, &opts).unwrap();
         let l2 = kmeans(&x, 3, &opts).unwrap();

@@ -71,7 +71,11 @@ pub fn strong_component_sizes(adj: &[Vec<usize>]) -> Vec<usize> {
 /// Graph connectivity of `labels` on the neighbour graph `nn`.
 pub fn graph_connectivity(nn: &Neighbors, labels: &Codes) -> Result<f64> {
     if labels.codes.len() != nn.n {
-        bail!("graph connectivity: {} labels for {} rows", labels.codes.len(), nn.n);
+        bail!(
+            "graph connectivity: {} labels for {} rows",
+            labels.codes.len(),
+            nn.n
+        );
     }
     let members = labels.members();
     if members.is_empty() {

@@ -62,12 +62,25 @@ pub fn procrustes_rotation(a: &Array2<f64>, b: &Array2<f64>) -> Result<Array2<f6
 
 /// Median cosine displacement of treated rows between two embeddings of the
 /// same rows, after the control-based gauge fix (when `gauge_fix`).
-pub fn representation_drift(before: &Array2<f64>, after: &Array2<f64>, is_control: &[bool], gauge_fix: bool) -> Result<f64> {
+pub fn representation_drift(
+    before: &Array2<f64>,
+    after: &Array2<f64>,
+    is_control: &[bool],
+    gauge_fix: bool,
+) -> Result<f64> {
     if before.dim() != after.dim() {
-        bail!("drift: shape mismatch {:?} vs {:?}", before.dim(), after.dim());
+        bail!(
+            "drift: shape mismatch {:?} vs {:?}",
+            before.dim(),
+            after.dim()
+        );
     }
     if is_control.len() != before.nrows() {
-        bail!("drift: control mask has {} entries for {} rows", is_control.len(), before.nrows());
+        bail!(
+            "drift: control mask has {} entries for {} rows",
+            is_control.len(),
+            before.nrows()
+        );
     }
     if before.iter().chain(after.iter()).any(|v| !v.is_finite()) {
         bail!("drift: embeddings contain non-finite values");
@@ -88,8 +101,12 @@ pub fn representation_drift(before: &Array2<f64>, after: &Array2<f64>, is_contro
         }
         let ac = before.select(Axis(0), &ctrl);
         let bc = after.select(Axis(0), &ctrl);
-        let ma: Array1<f64> = ac.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(before.ncols()));
-        let mb: Array1<f64> = bc.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(before.ncols()));
+        let ma: Array1<f64> = ac
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(before.ncols()));
+        let mb: Array1<f64> = bc
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(before.ncols()));
         let r = procrustes_rotation(&(&ac - &ma), &(&bc - &mb))?;
         a = (&a - &ma).dot(&r) + &mb;
     }
@@ -108,7 +125,13 @@ pub fn representation_drift(before: &Array2<f64>, after: &Array2<f64>, is_contro
 /// perturbation (the assay's noise floor). Groups (batch, perturbation) with
 /// fewer than 2 rows are ignored; at most `max_perts` groups and 8 rows per
 /// group are used (seeded sample). `None` if no group has 2 rows.
-pub fn replicate_distance(z: &Array2<f64>, perts: &Codes, batch: Option<&Codes>, max_perts: usize, seed: u64) -> Option<f64> {
+pub fn replicate_distance(
+    z: &Array2<f64>,
+    perts: &Codes,
+    batch: Option<&Codes>,
+    max_perts: usize,
+    seed: u64,
+) -> Option<f64> {
     let zn = unit_rows(z);
     let mut groups: std::collections::BTreeMap<(usize, usize), Vec<usize>> = Default::default();
     for i in 0..z.nrows() {
@@ -141,7 +164,12 @@ pub fn replicate_distance(z: &Array2<f64>, perts: &Codes, batch: Option<&Codes>,
 
 /// `representation_drift / replicate distance`; `None` when the replicate
 /// distance is missing or not positive.
-pub fn normalised_drift(before: &Array2<f64>, after: &Array2<f64>, is_control: &[bool], repl_dist: Option<f64>) -> Result<Option<f64>> {
+pub fn normalised_drift(
+    before: &Array2<f64>,
+    after: &Array2<f64>,
+    is_control: &[bool],
+    repl_dist: Option<f64>,
+) -> Result<Option<f64>> {
     let d = representation_drift(before, after, is_control, true)?;
     Ok(match repl_dist {
         Some(r) if r > 0.0 && r.is_finite() => Some(d / r),
@@ -192,7 +220,9 @@ mod tests {
     fn refuses_without_enough_controls() {
         let (x, _) = setup();
         let few: Vec<bool> = (0..300).map(|i| i < 9).collect();
-        let e = representation_drift(&x, &x, &few, true).unwrap_err().to_string();
+        let e = representation_drift(&x, &x, &few, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(">= 10 control rows"), "{e}");
     }
 

@@ -18,7 +18,7 @@
 
 use super::cluster::{ari, kmeans, nmi, KMeansOptions};
 use super::connectivity::graph_connectivity;
-use super::drift::{representation_drift, replicate_distance};
+use super::drift::{replicate_distance, representation_drift};
 use super::kbet::kbet_per_label;
 use super::knn::{knn, Metric};
 use super::labels::Codes;
@@ -159,12 +159,20 @@ fn embed(x: &Array2<f64>, fit_rows: &[usize], opts: &EvalOptions) -> Result<Arra
 pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     let n = input.features.nrows();
     if n == 0 || input.features.ncols() == 0 {
-        bail!("evaluate: empty feature table ({} rows x {} columns)", n, input.features.ncols());
+        bail!(
+            "evaluate: empty feature table ({} rows x {} columns)",
+            n,
+            input.features.ncols()
+        );
     }
     check_len("batch labels", input.batch.len(), n)?;
     check_len("bio labels", input.label.len(), n)?;
     check_len("control mask", input.is_control.len(), n)?;
-    for (name, col) in [("compound", &input.compound), ("treatment", &input.treatment), ("plate", &input.plate)] {
+    for (name, col) in [
+        ("compound", &input.compound),
+        ("treatment", &input.treatment),
+        ("plate", &input.plate),
+    ] {
         if let Some(c) = col {
             check_len(name, c.len(), n)?;
         }
@@ -173,14 +181,20 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     for (name, m) in [("baseline", &input.baseline), ("previous", &input.previous)] {
         if let Some(m) = m {
             if m.nrows() != n {
-                bail!("{name} has {} rows but the feature table has {n}", m.nrows());
+                bail!(
+                    "{name} has {} rows but the feature table has {n}",
+                    m.nrows()
+                );
             }
             check_finite(name, m)?;
         }
     }
     let treated: Vec<usize> = (0..n).filter(|&i| !input.is_control[i]).collect();
     if treated.len() < 3 {
-        bail!("evaluate: need at least 3 non-control rows, got {}", treated.len());
+        bail!(
+            "evaluate: need at least 3 non-control rows, got {}",
+            treated.len()
+        );
     }
     let sub = |v: &[String]| treated.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
     let batches = Codes::new(&sub(&input.batch));
@@ -207,19 +221,31 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     }
     let singletons = labels.counts().iter().filter(|&&c| c == 1).count();
     if singletons > 0 {
-        notes.push(format!("{singletons} label(s) have a single row (silhouette 0, kBET skips them)"));
+        notes.push(format!(
+            "{singletons} label(s) have a single row (silhouette 0, kBET skips them)"
+        ));
     }
 
     // Neighbour graphs.
     let k_max = opts.k_lisi.max(opts.k_kbet).max(opts.k_connectivity);
     let nn = knn(&emb, k_max, opts.knn_metric)?;
     let nn_at = |k: usize| nn.subset(k.min(nn.k));
-    rep.ilisi = soft(&mut notes, "iLISI", || ilisi(&nn_at(opts.k_lisi)?, &batches));
+    rep.ilisi = soft(&mut notes, "iLISI", || {
+        ilisi(&nn_at(opts.k_lisi)?, &batches)
+    });
     rep.clisi = soft(&mut notes, "cLISI", || clisi(&nn_at(opts.k_lisi)?, &labels));
-    rep.graph_connectivity = soft(&mut notes, "graph connectivity", || graph_connectivity(&nn_at(opts.k_connectivity)?, &labels));
+    rep.graph_connectivity = soft(&mut notes, "graph connectivity", || {
+        graph_connectivity(&nn_at(opts.k_connectivity)?, &labels)
+    });
     rep.kbet = soft(&mut notes, "kBET", || {
-        kbet_per_label(&nn_at(opts.k_kbet)?, &batches, &labels, opts.kbet_alpha, opts.kbet_diffusion_comps)
-            .map(|(m, _)| m)
+        kbet_per_label(
+            &nn_at(opts.k_kbet)?,
+            &batches,
+            &labels,
+            opts.kbet_alpha,
+            opts.kbet_diffusion_comps,
+        )
+        .map(|(m, _)| m)
     })
     .flatten();
 
@@ -231,7 +257,10 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
             idx.shuffle(&mut rng);
             idx.truncate(m);
             idx.sort_unstable();
-            notes.push(format!("silhouettes computed on a seeded sample of {m} of {} rows", treated.len()));
+            notes.push(format!(
+                "silhouettes computed on a seeded sample of {m} of {} rows",
+                treated.len()
+            ));
             idx
         }
         _ => (0..treated.len()).collect(),
@@ -239,7 +268,9 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     let sx = emb.select(Axis(0), &sil_rows);
     let sl = labels.subset(&sil_rows);
     let sb = batches.subset(&sil_rows);
-    rep.silhouette_label = soft(&mut notes, "silhouette label", || silhouette_label(&sx, &sl, Metric::Euclidean, true));
+    rep.silhouette_label = soft(&mut notes, "silhouette label", || {
+        silhouette_label(&sx, &sl, Metric::Euclidean, true)
+    });
     rep.bras = soft(&mut notes, "BRAS", || bras(&sx, &sl, &sb)).flatten();
     rep.silhouette_batch = soft(&mut notes, "silhouette batch", || {
         silhouette_batch(&sx, &sl, &sb, Metric::Euclidean, Between::Nearest)
@@ -259,7 +290,9 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
 
     // Clustering.
     if labels.n_levels() >= 2 {
-        if let Some(cl) = soft(&mut notes, "k-means", || kmeans(&emb, labels.n_levels(), &opts.kmeans)) {
+        if let Some(cl) = soft(&mut notes, "k-means", || {
+            kmeans(&emb, labels.n_levels(), &opts.kmeans)
+        }) {
             rep.nmi = soft(&mut notes, "NMI", || nmi(&labels.codes, &cl));
             rep.ari = soft(&mut notes, "ARI", || ari(&labels.codes, &cl));
         }
@@ -270,7 +303,11 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     let mut cols = Columns::new();
     cols.insert("batch".into(), Codes::new(&input.batch));
     cols.insert("label".into(), Codes::new(&input.label));
-    let ctrl_str: Vec<&str> = input.is_control.iter().map(|&c| if c { "control" } else { "treated" }).collect();
+    let ctrl_str: Vec<&str> = input
+        .is_control
+        .iter()
+        .map(|&c| if c { "control" } else { "treated" })
+        .collect();
     cols.insert("control".into(), Codes::new(&ctrl_str));
     if let Some(c) = &input.compound {
         cols.insert("compound".into(), Codes::new(c));
@@ -287,19 +324,25 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     let map_x = &emb_all;
     if input.compound.is_some() {
         let spec = MapSpec::cross_batch("label", "batch", "compound");
-        if let Some(r) = soft(&mut notes, "cross-batch mAP", || evaluate_map(map_x, &cols, &spec, &treated, &opts.map)) {
+        if let Some(r) = soft(&mut notes, "cross-batch mAP", || {
+            evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+        }) {
             rep.map_cross_batch = Some(r.mean_map);
             rep.map_cross_batch_fraction = Some(r.fraction_retrieved);
         }
         if input.plate.is_some() {
             let spec = MapSpec::arevalo_nonrep("compound", "plate");
-            if let Some(r) = soft(&mut notes, "mAP (non-rep)", || evaluate_map(map_x, &cols, &spec, &treated, &opts.map)) {
+            if let Some(r) = soft(&mut notes, "mAP (non-rep)", || {
+                evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+            }) {
                 rep.map_nonrep = Some(r.mean_map);
                 rep.map_nonrep_fraction = Some(r.fraction_retrieved);
             }
             if treated.len() < n {
                 let spec = MapSpec::arevalo_control("compound", "plate", "control");
-                if let Some(r) = soft(&mut notes, "mAP (control)", || evaluate_map(map_x, &cols, &spec, &treated, &opts.map)) {
+                if let Some(r) = soft(&mut notes, "mAP (control)", || {
+                    evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+                }) {
                     rep.map_control = Some(r.mean_map);
                     rep.map_control_fraction = Some(r.fraction_retrieved);
                 }
@@ -314,7 +357,9 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
             Some(t) => Codes::new(&sub(t)),
             None => comp.clone(),
         };
-        if let Some(r) = soft(&mut notes, "NSC", || nsc(&emb, &treat, &comp, &labels, &batches)) {
+        if let Some(r) = soft(&mut notes, "NSC", || {
+            nsc(&emb, &treat, &comp, &labels, &batches)
+        }) {
             rep.nsc = r.nsc;
             rep.nscb = r.nscb;
         }
@@ -366,11 +411,21 @@ mod tests {
             let l = if is_ctrl { 0 } else { (i / 2) % 3 };
             for j in 0..8 {
                 let signal = if is_ctrl { 7 } else { l };
-                x[[i, j]] = rng.gen_range(-0.3..0.3) + if j == signal { 3.0 } else { 0.0 } + batch_shift * b as f64 * (j == 5) as u8 as f64;
+                x[[i, j]] = rng.gen_range(-0.3..0.3)
+                    + if j == signal { 3.0 } else { 0.0 }
+                    + batch_shift * b as f64 * (j == 5) as u8 as f64;
             }
             batch.push(format!("w{b}"));
-            label.push(if is_ctrl { "DMSO".to_string() } else { labels[l].to_string() });
-            compound.push(if is_ctrl { "DMSO".to_string() } else { format!("c{}_{}", l, (i / 6) % 4) });
+            label.push(if is_ctrl {
+                "DMSO".to_string()
+            } else {
+                labels[l].to_string()
+            });
+            compound.push(if is_ctrl {
+                "DMSO".to_string()
+            } else {
+                format!("c{}_{}", l, (i / 6) % 4)
+            });
             plate.push(format!("p{}", i % 4));
             ctrl.push(is_ctrl);
         }
@@ -390,7 +445,10 @@ mod tests {
     fn quick() -> EvalOptions {
         EvalOptions {
             pca_components: Some(5),
-            map: MapOptions { null_size: 200, ..Default::default() },
+            map: MapOptions {
+                null_size: 200,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -402,7 +460,11 @@ mod tests {
         input.previous = Some(input.features.clone());
         let r = evaluate(&input, &quick()).unwrap();
         assert!(r.ilisi.unwrap() > 0.7, "{}", r.to_text());
-        assert!(r.nmi.unwrap() > 0.9 && r.ari.unwrap() > 0.9, "{}", r.to_text());
+        assert!(
+            r.nmi.unwrap() > 0.9 && r.ari.unwrap() > 0.9,
+            "{}",
+            r.to_text()
+        );
         assert!(r.pcr_comparison.unwrap() > 0.5, "{}", r.to_text());
         assert!(r.map_cross_batch.unwrap() > 0.9);
         assert_eq!(r.drift, Some(0.0));
@@ -431,7 +493,10 @@ mod tests {
         assert!(e.contains("row 7") && e.contains("column 3"), "{e}");
         let mut short = toy(60, 0.0);
         short.label.pop();
-        assert!(evaluate(&short, &quick()).unwrap_err().to_string().contains("bio labels"));
+        assert!(evaluate(&short, &quick())
+            .unwrap_err()
+            .to_string()
+            .contains("bio labels"));
         // Missing optional columns: documented skips.
         let mut bare = toy(60, 0.0);
         bare.compound = None;
@@ -444,6 +509,10 @@ mod tests {
         few.previous = Some(few.features.clone());
         let r = evaluate(&few, &quick()).unwrap();
         assert!(r.drift.is_none());
-        assert!(r.notes.iter().any(|n| n.contains("control rows")), "{:?}", r.notes);
+        assert!(
+            r.notes.iter().any(|n| n.contains("control rows")),
+            "{:?}",
+            r.notes
+        );
     }
 }

@@ -243,7 +243,8 @@ fn top_eigen(t: &[Vec<(usize, f64)>], m: usize, seed: u64) -> Result<(Vec<f64>, 
     let steps = (2 * m + 100).min(n);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut q: Vec<ndarray::Array1<f64>> = Vec::with_capacity(steps + 1);
-    let mut v: ndarray::Array1<f64> = ndarray::Array1::from_shape_fn(n, |_| rng.gen_range(-1.0..1.0));
+    let mut v: ndarray::Array1<f64> =
+        ndarray::Array1::from_shape_fn(n, |_| rng.gen_range(-1.0..1.0));
     let norm: f64 = v.dot(&v).sqrt();
     v /= norm;
     q.push(v);
@@ -407,7 +408,11 @@ pub fn kbet_acceptance(nn: &Neighbors, batches: &Codes, alpha: f64) -> f64 {
             for &j in nn.row(i) {
                 obs[batches.codes[j]] += 1.0;
             }
-            let stat: f64 = obs.iter().zip(&expected).map(|(o, e)| (o - e) * (o - e) / e).sum();
+            let stat: f64 = obs
+                .iter()
+                .zip(&expected)
+                .map(|(o, e)| (o - e) * (o - e) / e)
+                .sum();
             gamma_q(dof / 2.0, stat / 2.0) >= alpha
         })
         .count();
@@ -446,7 +451,11 @@ pub fn kbet_per_label(
         let sub_b = batches.subset(&rows);
         let n_obs = rows.len();
         if n_obs < 10 || sub_b.n_levels() == 1 {
-            out.push(KbetLabel { label: name, score: None, k0: 0 });
+            out.push(KbetLabel {
+                label: name,
+                score: None,
+                k0: 0,
+            });
             continue;
         }
         let mean_per_batch = n_obs as f64 / sub_b.n_levels() as f64;
@@ -462,20 +471,32 @@ pub fn kbet_per_label(
             }
             let keep: Vec<usize> = (0..n_obs).filter(|&i| sizes[comp[i]] >= 3 * k0).collect();
             if (keep.len() as f64) / (n_obs as f64) < 0.75 {
-                out.push(KbetLabel { label: name, score: Some(0.0), k0 });
+                out.push(KbetLabel {
+                    label: name,
+                    score: Some(0.0),
+                    k0,
+                });
                 continue;
             }
             (g.subgraph(&keep), sub_b.subset(&keep))
         };
         let n_sub = graph.adj.len();
         if k0 + 1 > n_sub {
-            out.push(KbetLabel { label: name, score: Some(0.0), k0 });
+            out.push(KbetLabel {
+                label: name,
+                score: Some(0.0),
+                k0,
+            });
             continue;
         }
         let emb = diffusion_embedding(&graph, diffusion_n_comps.min(n_sub - 1))?;
         let dnn = knn(&emb, k0 + 1, Metric::Euclidean)?;
         let score = kbet_acceptance(&dnn, &b, alpha);
-        out.push(KbetLabel { label: name, score: Some(score), k0 });
+        out.push(KbetLabel {
+            label: name,
+            score: Some(score),
+            k0,
+        });
     }
     let scores: Vec<f64> = out.iter().map(|l| l.score.unwrap_or(f64::NAN)).collect();
     let mean = nanmean(&scores);
@@ -519,7 +540,13 @@ mod tests {
     fn mixed_batches_accept_and_separated_reject() {
         // One label, two batches. Mixed: batches alternate along a line.
         let n = 200;
-        let x = Array2::from_shape_fn((n, 2), |(i, j)| if j == 0 { i as f64 } else { ((i * 7) % 5) as f64 });
+        let x = Array2::from_shape_fn((n, 2), |(i, j)| {
+            if j == 0 {
+                i as f64
+            } else {
+                ((i * 7) % 5) as f64
+            }
+        });
         let mixed: Vec<String> = (0..n).map(|i| format!("b{}", i % 2)).collect();
         let labels = Codes::new(&vec!["a"; n]);
         let nn = knn(&x, 50, Metric::Euclidean).unwrap();
@@ -531,7 +558,17 @@ mod tests {
         let (s, _) = kbet_per_label(&nn, &Codes::new(&sep), &labels, 0.05, 100).unwrap();
         assert!(s.unwrap() < 0.3, "separated kBET {:?}", s);
         // Tiny label skipped.
-        let few = Codes::new(&(0..n).map(|i| if i < 5 { "t".to_string() } else { "a".to_string() }).collect::<Vec<_>>());
+        let few = Codes::new(
+            &(0..n)
+                .map(|i| {
+                    if i < 5 {
+                        "t".to_string()
+                    } else {
+                        "a".to_string()
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
         let (_, detail) = kbet_per_label(&nn, &Codes::new(&mixed), &few, 0.05, 100).unwrap();
         assert!(detail.iter().any(|d| d.label == "t" && d.score.is_none()));
     }

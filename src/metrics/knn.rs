@@ -221,7 +221,9 @@ mod tests {
                     .map(|j| (distance(x.row(i), x.row(j), metric), j))
                     .collect();
                 v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                std::iter::once(i).chain(v.into_iter().take(k - 1).map(|p| p.1)).collect()
+                std::iter::once(i)
+                    .chain(v.into_iter().take(k - 1).map(|p| p.1))
+                    .collect()
             })
             .collect()
     }

@@ -34,7 +34,11 @@ impl Codes {
     pub fn from_codes(raw: &[usize]) -> Codes {
         let strs: Vec<String> = raw.iter().map(|c| format!("{c:020}")).collect();
         let mut c = Codes::new(&strs);
-        c.levels = c.levels.iter().map(|s| s.trim_start_matches('0').to_string()).collect();
+        c.levels = c
+            .levels
+            .iter()
+            .map(|s| s.trim_start_matches('0').to_string())
+            .collect();
         c
     }
 

@@ -25,7 +25,11 @@ use ndarray::{Array1, Array2};
 pub fn sym_eigen(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>)> {
     let n = a.nrows();
     if n != a.ncols() {
-        bail!("sym_eigen: matrix is {}x{}, not square", a.nrows(), a.ncols());
+        bail!(
+            "sym_eigen: matrix is {}x{}, not square",
+            a.nrows(),
+            a.ncols()
+        );
     }
     if a.iter().any(|v| !v.is_finite()) {
         bail!("sym_eigen: matrix has non-finite entries");
@@ -238,7 +242,11 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
 pub fn svd_jacobi(m: &Array2<f64>) -> Result<(Array2<f64>, Array1<f64>, Array2<f64>)> {
     let n = m.nrows();
     if n != m.ncols() {
-        bail!("svd_jacobi: matrix is {}x{}, not square", m.nrows(), m.ncols());
+        bail!(
+            "svd_jacobi: matrix is {}x{}, not square",
+            m.nrows(),
+            m.ncols()
+        );
     }
     if m.iter().any(|v| !v.is_finite()) {
         bail!("svd_jacobi: matrix has non-finite entries");
@@ -271,7 +279,10 @@ pub fn svd_jacobi(m: &Array2<f64>) -> Result<(Array2<f64>, Array1<f64>, Array2<f
             break;
         }
     }
-    let sigma: Vec<f64> = w.iter().map(|col| col.iter().map(|x| x * x).sum::<f64>().sqrt()).collect();
+    let sigma: Vec<f64> = w
+        .iter()
+        .map(|col| col.iter().map(|x| x * x).sum::<f64>().sqrt())
+        .collect();
     let smax = sigma.iter().copied().fold(0.0, f64::max);
     let tol = smax * 1e-12 * n as f64;
     let mut u = Array2::zeros((n, n));
@@ -398,7 +409,12 @@ mod tests {
         let z = Array2::<f64>::zeros((4, 4));
         let (vals, vecs) = sym_eigen(&z).unwrap();
         assert!(vals.iter().all(|v| v.abs() < 1e-15));
-        assert!((vecs.t().dot(&vecs) - Array2::<f64>::eye(4)).mapv(f64::abs).sum() < 1e-12);
+        assert!(
+            (vecs.t().dot(&vecs) - Array2::<f64>::eye(4))
+                .mapv(f64::abs)
+                .sum()
+                < 1e-12
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub fn lisi(nn: &Neighbors, labels: &Codes, perplexity: Option<f64>) -> Result<V
     }
     let perplexity = perplexity.unwrap_or((nn.k / 3) as f64);
     if perplexity <= 0.0 {
-        bail!("LISI: perplexity must be positive (k = {} neighbours)", nn.k);
+        bail!(
+            "LISI: perplexity must be positive (k = {} neighbours)",
+            nn.k
+        );
     }
     let target = perplexity.ln();
     let n_labels = labels.n_levels();
@@ -66,10 +69,18 @@ pub fn lisi(nn: &Neighbors, labels: &Codes, perplexity: Option<f64>) -> Result<V
             while hdiff.abs() >= TOL && tries < MAX_TRIES {
                 if hdiff > 0.0 {
                     betamin = beta;
-                    beta = if betamax == f64::INFINITY { beta * 2.0 } else { (beta + betamax) / 2.0 };
+                    beta = if betamax == f64::INFINITY {
+                        beta * 2.0
+                    } else {
+                        (beta + betamax) / 2.0
+                    };
                 } else {
                     betamax = beta;
-                    beta = if betamin == f64::NEG_INFINITY { beta / 2.0 } else { (beta + betamin) / 2.0 };
+                    beta = if betamin == f64::NEG_INFINITY {
+                        beta / 2.0
+                    } else {
+                        (beta + betamin) / 2.0
+                    };
                 }
                 h = h_beta(dists, &mask, beta, &mut p);
                 hdiff = h - target;
@@ -124,8 +135,16 @@ mod tests {
         let il = ilisi(&nn, &Codes::new(&mixed)).unwrap();
         assert!(il > 0.99, "mixed iLISI {il}");
         // Two far-apart blobs, one per batch -> LISI 1 -> iLISI 0, cLISI 1.
-        let y = Array2::from_shape_fn((n, 1), |(i, _)| if i < n / 2 { i as f64 * 1e-3 } else { 1e3 + i as f64 * 1e-3 });
-        let sep: Vec<String> = (0..n).map(|i| if i < n / 2 { "a".into() } else { "b".into() }).collect();
+        let y = Array2::from_shape_fn((n, 1), |(i, _)| {
+            if i < n / 2 {
+                i as f64 * 1e-3
+            } else {
+                1e3 + i as f64 * 1e-3
+            }
+        });
+        let sep: Vec<String> = (0..n)
+            .map(|i| if i < n / 2 { "a".into() } else { "b".into() })
+            .collect();
         let nn = knn(&y, 30, Metric::Euclidean).unwrap();
         assert!(ilisi(&nn, &Codes::new(&sep)).unwrap().abs() < 1e-9);
         assert!((clisi(&nn, &Codes::new(&sep)).unwrap() - 1.0).abs() < 1e-9);

@@ -196,7 +196,10 @@ fn lookup<'a>(cols: &'a Columns, names: &[String]) -> Result<Vec<&'a [usize]>> {
         .iter()
         .map(|c| match cols.get(c) {
             Some(codes) => Ok(codes.codes.as_slice()),
-            None => bail!("mAP: column '{c}' is not available (have: {:?})", cols.keys().collect::<Vec<_>>()),
+            None => bail!(
+                "mAP: column '{c}' is not available (have: {:?})",
+                cols.keys().collect::<Vec<_>>()
+            ),
         })
         .collect()
 }
@@ -235,12 +238,20 @@ pub fn ap_from_sims(pos: &mut [f64], neg: &[f64]) -> Option<f64> {
 }
 
 /// AP of each query row (rows without positives are omitted).
-pub fn average_precision(x: &Array2<f64>, cols: &Columns, spec: &MapSpec, queries: &[usize]) -> Result<Vec<QueryAp>> {
+pub fn average_precision(
+    x: &Array2<f64>,
+    cols: &Columns,
+    spec: &MapSpec,
+    queries: &[usize],
+) -> Result<Vec<QueryAp>> {
     let n = x.nrows();
     for c in spec.columns() {
         if let Some(codes) = cols.get(c) {
             if codes.codes.len() != n {
-                bail!("mAP: column '{c}' has {} values for {n} rows", codes.codes.len());
+                bail!(
+                    "mAP: column '{c}' has {} values for {n} rows",
+                    codes.codes.len()
+                );
             }
         }
     }
@@ -300,7 +311,12 @@ pub fn null_aps(n_pos: usize, n_total: usize, null_size: usize, seed: u64) -> Ve
         .map(|_| {
             let mut ranks: Vec<usize> = sample(&mut rng, n_total, n_pos).into_vec();
             ranks.sort_unstable();
-            ranks.iter().enumerate().map(|(k, &r)| (k + 1) as f64 / (r + 1) as f64).sum::<f64>() / n_pos as f64
+            ranks
+                .iter()
+                .enumerate()
+                .map(|(k, &r)| (k + 1) as f64 / (r + 1) as f64)
+                .sum::<f64>()
+                / n_pos as f64
         })
         .collect()
 }
@@ -322,7 +338,12 @@ pub fn bh_fdr(p: &[f64]) -> Vec<f64> {
 }
 
 /// Group APs into mAP per group, with p-values, FDR and fraction retrieved.
-pub fn mean_average_precision(aps: &[QueryAp], cols: &Columns, spec: &MapSpec, opts: &MapOptions) -> Result<MapResult> {
+pub fn mean_average_precision(
+    aps: &[QueryAp],
+    cols: &Columns,
+    spec: &MapSpec,
+    opts: &MapOptions,
+) -> Result<MapResult> {
     if aps.is_empty() {
         bail!("mAP '{}': no query has a positive pair", spec.name);
     }
@@ -373,7 +394,10 @@ pub fn mean_average_precision(aps: &[QueryAp], cols: &Columns, spec: &MapSpec, o
         g.corrected_p_value = c;
     }
     let mean_map = out.iter().map(|g| g.map).sum::<f64>() / out.len() as f64;
-    let retrieved = out.iter().filter(|g| g.corrected_p_value < opts.threshold).count();
+    let retrieved = out
+        .iter()
+        .filter(|g| g.corrected_p_value < opts.threshold)
+        .count();
     Ok(MapResult {
         name: spec.name.clone(),
         mean_map,
@@ -396,7 +420,13 @@ pub fn sample_queries(candidates: &[usize], max: Option<usize>, seed: u64) -> Ve
 }
 
 /// AP + mAP in one call.
-pub fn evaluate_map(x: &Array2<f64>, cols: &Columns, spec: &MapSpec, queries: &[usize], opts: &MapOptions) -> Result<MapResult> {
+pub fn evaluate_map(
+    x: &Array2<f64>,
+    cols: &Columns,
+    spec: &MapSpec,
+    queries: &[usize],
+    opts: &MapOptions,
+) -> Result<MapResult> {
     let q = sample_queries(queries, opts.max_queries, opts.seed);
     let aps = average_precision(x, cols, spec, &q)?;
     mean_average_precision(&aps, cols, spec, opts)
@@ -412,7 +442,11 @@ mod tests {
         if pos.is_empty() {
             return None;
         }
-        let mut all: Vec<(f64, bool)> = pos.iter().map(|&s| (s, true)).chain(neg.iter().map(|&s| (s, false))).collect();
+        let mut all: Vec<(f64, bool)> = pos
+            .iter()
+            .map(|&s| (s, true))
+            .chain(neg.iter().map(|&s| (s, false)))
+            .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
         let mut tp = 0;
         let mut sum = 0.0;
@@ -467,13 +501,18 @@ mod tests {
         cols.insert("batch".into(), Codes::new(&["1", "2", "1", "2"]));
         cols.insert("compound".into(), Codes::new(&["a", "b", "c", "d"]));
         let spec = MapSpec::cross_batch("label", "batch", "compound");
-        let opts = MapOptions { null_size: 100, ..Default::default() };
+        let opts = MapOptions {
+            null_size: 100,
+            ..Default::default()
+        };
         let r = evaluate_map(&x, &cols, &spec, &[0, 1, 2, 3], &opts).unwrap();
         assert_eq!(r.mean_map, 1.0);
         assert_eq!(r.groups.len(), 2);
         // Missing column is a clear error.
         let bad = MapSpec::arevalo_nonrep("compound", "plate");
-        let e = evaluate_map(&x, &cols, &bad, &[0], &opts).unwrap_err().to_string();
+        let e = evaluate_map(&x, &cols, &bad, &[0], &opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("plate"), "{e}");
     }
 

@@ -38,9 +38,20 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Compute NSC and NSCB. All label slices describe the rows of `x`.
-pub fn nsc(x: &Array2<f64>, treatment: &Codes, compound: &Codes, moa: &Codes, batch: &Codes) -> Result<NscResult> {
+pub fn nsc(
+    x: &Array2<f64>,
+    treatment: &Codes,
+    compound: &Codes,
+    moa: &Codes,
+    batch: &Codes,
+) -> Result<NscResult> {
     let n = x.nrows();
-    for (name, c) in [("treatment", treatment), ("compound", compound), ("MoA", moa), ("batch", batch)] {
+    for (name, c) in [
+        ("treatment", treatment),
+        ("compound", compound),
+        ("MoA", moa),
+        ("batch", batch),
+    ] {
         if c.codes.len() != n {
             bail!("NSC: {name} has {} values for {n} rows", c.codes.len());
         }
@@ -72,7 +83,11 @@ pub fn nsc(x: &Array2<f64>, treatment: &Codes, compound: &Codes, moa: &Codes, ba
             profiles[[ti, j]] = median(&mut v);
         }
     }
-    let norms: Array1<f64> = profiles.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
+    let norms: Array1<f64> = profiles
+        .rows()
+        .into_iter()
+        .map(|r| r.dot(&r).sqrt())
+        .collect();
     let sim = |a: usize, b: usize| {
         let den = norms[a] * norms[b];
         if den == 0.0 {
@@ -106,11 +121,23 @@ pub fn nsc(x: &Array2<f64>, treatment: &Codes, compound: &Codes, moa: &Codes, ba
                 }
             }
         }
-        (if total > 0 { Some(hits as f64 / total as f64) } else { None }, total)
+        (
+            if total > 0 {
+                Some(hits as f64 / total as f64)
+            } else {
+                None
+            },
+            total,
+        )
     };
     let (nsc, n_nsc) = score(false);
     let (nscb, n_nscb) = score(true);
-    Ok(NscResult { nsc, nscb, n_nsc, n_nscb })
+    Ok(NscResult {
+        nsc,
+        nscb,
+        n_nsc,
+        n_nscb,
+    })
 }
 
 #[cfg(test)]

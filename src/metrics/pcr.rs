@@ -46,7 +46,11 @@ fn anova(col: ArrayView1<f64>, groups: &Codes) -> (f64, f64) {
 /// Variance-weighted R^2 of `batches` on the principal components of `x`.
 pub fn pcr(x: &Array2<f64>, batches: &Codes, n_components: Option<usize>) -> Result<f64> {
     if batches.codes.len() != x.nrows() {
-        bail!("PCR: {} batch labels for {} rows", batches.codes.len(), x.nrows());
+        bail!(
+            "PCR: {} batch labels for {} rows",
+            batches.codes.len(),
+            x.nrows()
+        );
     }
     if x.nrows() < 2 {
         bail!("PCR needs at least 2 rows");
@@ -71,7 +75,11 @@ pub fn pcr(x: &Array2<f64>, batches: &Codes, n_components: Option<usize>) -> Res
             let mut den = 0.0;
             for (j, col) in coords.columns().into_iter().enumerate() {
                 let (b, t) = anova(col, batches);
-                let r2 = if t > 0.0 { (b / t).clamp(0.0, 1.0) } else { 0.0 };
+                let r2 = if t > 0.0 {
+                    (b / t).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 num += r2 * p.variance[j];
                 den += p.variance[j];
             }
@@ -86,7 +94,11 @@ pub fn pcr(x: &Array2<f64>, batches: &Codes, n_components: Option<usize>) -> Res
 /// PCR comparison of a correction against a baseline of the same rows.
 pub fn pcr_comparison(pre: &Array2<f64>, post: &Array2<f64>, batches: &Codes) -> Result<f64> {
     if pre.nrows() != post.nrows() {
-        bail!("PCR comparison: baseline has {} rows, corrected data {}", pre.nrows(), post.nrows());
+        bail!(
+            "PCR comparison: baseline has {} rows, corrected data {}",
+            pre.nrows(),
+            post.nrows()
+        );
     }
     let a = pcr(pre, batches, None)?;
     let b = pcr(post, batches, None)?;
@@ -107,7 +119,9 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let b: Vec<String> = (0..60).map(|i| format!("b{}", i % 3)).collect();
         let codes = Codes::new(&b);
-        let x = Array2::from_shape_fn((60, 5), |(i, j)| rng.gen_range(-1.0..1.0) + (i % 3) as f64 * j as f64 * 0.3);
+        let x = Array2::from_shape_fn((60, 5), |(i, j)| {
+            rng.gen_range(-1.0..1.0) + (i % 3) as f64 * j as f64 * 0.3
+        });
         let closed = pcr(&x, &codes, None).unwrap();
         let explicit = pcr(&x, &codes, Some(5)).unwrap();
         assert!((closed - explicit).abs() < 1e-10, "{closed} vs {explicit}");

@@ -64,7 +64,12 @@ mod tests {
 
     #[test]
     fn scales_clips_and_drops_zero_mad() {
-        let x = array![[1.0, 5.0, 0.0], [2.0, 5.0, 0.0], [3.0, 5.0, 0.0], [1000.0, 5.0, 1.0]];
+        let x = array![
+            [1.0, 5.0, 0.0],
+            [2.0, 5.0, 0.0],
+            [3.0, 5.0, 0.0],
+            [1000.0, 5.0, 1.0]
+        ];
         let s = robust_scale(&x, 50.0).unwrap();
         assert_eq!(s.kept, vec![0]);
         // median 2.5, |dev| = 1.5,0.5,0.5,997.5 -> MAD 1.0

@@ -80,7 +80,12 @@ pub struct Report {
 }
 
 fn mean(values: &[Option<f64>]) -> Option<f64> {
-    let v: Vec<f64> = values.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+    let v: Vec<f64> = values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
     if v.is_empty() {
         None
     } else {
@@ -95,7 +100,13 @@ fn fmt(v: Option<f64>) -> String {
 impl Report {
     /// Fill `batch`, `bio` and `total` from the individual metrics.
     pub fn aggregate(&mut self) {
-        self.batch = mean(&[self.bras, self.ilisi, self.kbet, self.graph_connectivity, self.pcr_comparison]);
+        self.batch = mean(&[
+            self.bras,
+            self.ilisi,
+            self.kbet,
+            self.graph_connectivity,
+            self.pcr_comparison,
+        ]);
         self.bio = mean(&[self.nmi, self.ari, self.silhouette_label, self.clisi]);
         self.total = match (self.batch, self.bio) {
             (Some(b), Some(o)) => Some(0.4 * b + 0.6 * o),
@@ -118,11 +129,23 @@ impl Report {
             ("bio", "silhouette label", self.silhouette_label),
             ("bio", "cLISI", self.clisi),
             ("retrieval", "cross-batch mAP", self.map_cross_batch),
-            ("retrieval", "cross-batch fraction retrieved", self.map_cross_batch_fraction),
+            (
+                "retrieval",
+                "cross-batch fraction retrieved",
+                self.map_cross_batch_fraction,
+            ),
             ("retrieval", "mAP (non-rep negatives)", self.map_nonrep),
-            ("retrieval", "fraction retrieved (non-rep)", self.map_nonrep_fraction),
+            (
+                "retrieval",
+                "fraction retrieved (non-rep)",
+                self.map_nonrep_fraction,
+            ),
             ("retrieval", "mAP (control negatives)", self.map_control),
-            ("retrieval", "fraction retrieved (control)", self.map_control_fraction),
+            (
+                "retrieval",
+                "fraction retrieved (control)",
+                self.map_control_fraction,
+            ),
             ("retrieval", "NSC", self.nsc),
             ("retrieval", "NSCB", self.nscb),
             ("drift", "drift", self.drift),

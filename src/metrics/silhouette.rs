@@ -100,7 +100,8 @@ pub fn silhouette_samples(
                         .map(|c| sums[c] / freq[c] as f64)
                         .fold(f64::NEG_INFINITY, f64::max),
                     Between::MeanOther => {
-                        let total: f64 = (0..n_clusters).filter(|&c| c != own).map(|c| sums[c]).sum();
+                        let total: f64 =
+                            (0..n_clusters).filter(|&c| c != own).map(|c| sums[c]).sum();
                         total / (n - freq[own]) as f64
                     }
                 };
@@ -115,9 +116,17 @@ pub fn silhouette_samples(
 
 /// Silhouette label: mean silhouette of the labels, rescaled to `(s + 1) / 2`
 /// when `rescale`. scib-metrics' default metric here is Euclidean.
-pub fn silhouette_label(x: &Array2<f64>, labels: &Codes, metric: Metric, rescale: bool) -> Result<f64> {
+pub fn silhouette_label(
+    x: &Array2<f64>,
+    labels: &Codes,
+    metric: Metric,
+    rescale: bool,
+) -> Result<f64> {
     if labels.n_levels() < 2 {
-        bail!("silhouette label needs at least 2 labels, got {}", labels.n_levels());
+        bail!(
+            "silhouette label needs at least 2 labels, got {}",
+            labels.n_levels()
+        );
     }
     let s = silhouette_samples(x, &labels.codes, metric, Between::Nearest)?;
     let mean = s.iter().sum::<f64>() / s.len() as f64;
@@ -137,7 +146,10 @@ pub fn silhouette_batch(
     between: Between,
 ) -> Result<Option<f64>> {
     if labels.codes.len() != x.nrows() || batches.codes.len() != x.nrows() {
-        bail!("silhouette batch: label/batch lengths do not match {} rows", x.nrows());
+        bail!(
+            "silhouette batch: label/batch lengths do not match {} rows",
+            x.nrows()
+        );
     }
     let mut per_label = Vec::new();
     for rows in labels.members() {
@@ -178,16 +190,26 @@ mod tests {
             .map(|i| {
                 let mean_to = |k: usize| {
                     let js: Vec<usize> = (0..n).filter(|&j| j != i && labels[j] == k).collect();
-                    js.iter().map(|&j| distance(x.row(i), x.row(j), metric)).sum::<f64>() / js.len() as f64
+                    js.iter()
+                        .map(|&j| distance(x.row(i), x.row(j), metric))
+                        .sum::<f64>()
+                        / js.len() as f64
                 };
                 let own = labels[i];
                 if labels.iter().filter(|&&l| l == own).count() == 1 {
                     return 0.0;
                 }
                 let a = mean_to(own);
-                let b = (0..c).filter(|&k| k != own).map(mean_to).fold(f64::INFINITY, f64::min);
+                let b = (0..c)
+                    .filter(|&k| k != own)
+                    .map(mean_to)
+                    .fold(f64::INFINITY, f64::min);
                 let s = (b - a) / a.max(b);
-                if s.is_finite() { s } else { 0.0 }
+                if s.is_finite() {
+                    s
+                } else {
+                    0.0
+                }
             })
             .collect()
     }
