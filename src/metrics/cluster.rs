@@ -113,11 +113,11 @@ fn kmeans_once(
             counts[l] += 1;
         }
         let mut new_centres = Array2::zeros((k, d));
-        for c in 0..k {
-            if counts[c] > 0 {
+        for (c, &count) in counts.iter().enumerate() {
+            if count > 0 {
                 new_centres
                     .row_mut(c)
-                    .assign(&(&sums.row(c) / counts[c] as f64));
+                    .assign(&(&sums.row(c) / count as f64));
             } else {
                 // Empty cluster: move it to the point farthest from its centre.
                 let far = dists

@@ -42,7 +42,15 @@ pub fn sym_eigen(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>)> {
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
     tred2(n, &mut v, &mut d, &mut e);
-    tql2(n, &mut v, &mut d, &mut e)?;
+    // QL updates pairs of eigenvector columns across all rows: store the
+    // accumulated transform transposed so those sweeps are contiguous.
+    let mut vt = vec![0.0; n * n];
+    for r in 0..n {
+        for c in 0..n {
+            vt[c * n + r] = v[r * n + c];
+        }
+    }
+    tql2(n, &mut vt, &mut d, &mut e)?;
     // Sort descending.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| d[j].total_cmp(&d[i]));
@@ -50,7 +58,7 @@ pub fn sym_eigen(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>)> {
     let mut vectors = Array2::zeros((n, n));
     for (new_c, &old_c) in order.iter().enumerate() {
         for r in 0..n {
-            vectors[[r, new_c]] = v[r * n + old_c];
+            vectors[[r, new_c]] = vt[old_c * n + r];
         }
     }
     Ok((values, vectors))
@@ -153,9 +161,10 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
     e[0] = 0.0;
 }
 
-/// Implicit QL iterations on the tridiagonal matrix (JAMA `tql2`).
+/// Implicit QL iterations on the tridiagonal matrix (JAMA `tql2`). `v`
+/// holds the transform **transposed** (`V[r][c]` at `v[c * n + r]`).
 fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    let idx = |r: usize, c: usize| r * n + c;
+    let idx = |r: usize, c: usize| c * n + r;
     for i in 1..n {
         e[i - 1] = e[i];
     }

@@ -166,6 +166,6 @@ mod tests {
     fn single_batch_is_an_error() {
         let x = Array2::from_shape_fn((10, 1), |(i, _)| i as f64);
         let nn = knn(&x, 5, Metric::Euclidean).unwrap();
-        assert!(ilisi(&nn, &Codes::new(&vec!["a"; 10])).is_err());
+        assert!(ilisi(&nn, &Codes::new(&["a"; 10])).is_err());
     }
 }

@@ -269,35 +269,40 @@ pub fn average_precision(
             r.mapv_inplace(|v| v / norm);
         }
     }
+    // Similarities of a block of queries against all rows by one GEMM.
+    const QB: usize = 128;
     let out: Vec<Option<QueryAp>> = queries
-        .par_iter()
-        .map(|&i| {
-            let qi = unit.row(i);
-            let mut pos = Vec::new();
-            let mut neg = Vec::new();
-            for j in 0..n {
-                if j == i {
-                    continue;
-                }
-                let is_pos = matches(&ps, &pd, i, j);
-                let is_neg = matches(&ns, &nd, i, j);
-                if is_pos || is_neg {
-                    let s = qi.dot(&unit.row(j));
-                    if is_pos {
-                        pos.push(s);
+        .par_chunks(QB)
+        .flat_map_iter(|block| {
+            let q = unit.select(Axis(0), block);
+            let sims = q.dot(&unit.t());
+            block
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| {
+                    let srow = sims.row(r);
+                    let mut pos = Vec::new();
+                    let mut neg = Vec::new();
+                    for (j, &s) in srow.iter().enumerate() {
+                        if j == i {
+                            continue;
+                        }
+                        if matches(&ps, &pd, i, j) {
+                            pos.push(s);
+                        }
+                        if matches(&ns, &nd, i, j) {
+                            neg.push(s);
+                        }
                     }
-                    if is_neg {
-                        neg.push(s);
-                    }
-                }
-            }
-            let n_pos = pos.len();
-            ap_from_sims(&mut pos, &neg).map(|ap| QueryAp {
-                row: i,
-                ap,
-                n_pos,
-                n_total: n_pos + neg.len(),
-            })
+                    let n_pos = pos.len();
+                    ap_from_sims(&mut pos, &neg).map(|ap| QueryAp {
+                        row: i,
+                        ap,
+                        n_pos,
+                        n_total: n_pos + neg.len(),
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     Ok(out.into_iter().flatten().collect())
