@@ -42,23 +42,43 @@ fn sqdist(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
+/// Nearest centre of every row and the squared distance to it, with the
+/// cross terms from one GEMM per block of rows.
 fn assign(x: &Array2<f64>, centres: &Array2<f64>) -> (Vec<usize>, Vec<f64>) {
-    let k = centres.nrows();
-    let cs: Vec<Vec<f64>> = centres.rows().into_iter().map(|r| r.to_vec()).collect();
-    x.axis_iter(Axis(0))
+    const BLOCK: usize = 4096;
+    let csq: Vec<f64> = centres.rows().into_iter().map(|c| c.dot(&c)).collect();
+    let n = x.nrows();
+    let blocks: Vec<(Vec<usize>, Vec<f64>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
-        .map(|row| {
-            let r = row.to_vec();
-            let mut best = (0, f64::INFINITY);
-            for (c, centre) in cs.iter().enumerate().take(k) {
-                let d = sqdist(&r, centre);
-                if d < best.1 {
-                    best = (c, d);
+        .map(|b| {
+            let r0 = b * BLOCK;
+            let r1 = (r0 + BLOCK).min(n);
+            let xb = x.slice(ndarray::s![r0..r1, ..]);
+            let g = xb.dot(&centres.t());
+            let mut labels = Vec::with_capacity(r1 - r0);
+            let mut dists = Vec::with_capacity(r1 - r0);
+            for (row, grow) in xb.rows().into_iter().zip(g.rows()) {
+                let xsq = row.dot(&row);
+                let mut best = (0, f64::INFINITY);
+                for (c, (&dot, &cs)) in grow.iter().zip(&csq).enumerate() {
+                    let d = xsq + cs - 2.0 * dot;
+                    if d < best.1 {
+                        best = (c, d);
+                    }
                 }
+                labels.push(best.0);
+                dists.push(best.1.max(0.0));
             }
-            best
+            (labels, dists)
         })
-        .unzip()
+        .collect();
+    let mut labels = Vec::with_capacity(n);
+    let mut dists = Vec::with_capacity(n);
+    for (l, d) in blocks {
+        labels.extend(l);
+        dists.extend(d);
+    }
+    (labels, dists)
 }
 
 fn kmeans_once(

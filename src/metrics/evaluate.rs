@@ -317,7 +317,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     }
     if treated.len() > opts.map.max_queries.unwrap_or(usize::MAX) {
         notes.push(format!(
-            "mAP computed on a seeded sample of {} query rows",
+            "mAP computed on a seeded sample of about {} query rows (stratified by group)",
             opts.map.max_queries.unwrap_or(0)
         ));
     }

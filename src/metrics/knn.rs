@@ -119,7 +119,8 @@ pub fn knn(x: &Array2<f64>, k: usize, metric: Metric) -> Result<Neighbors> {
         bail!("kNN: non-finite value {v} at row {r}, column {c}");
     }
     let k = k.min(n);
-    let keep = (k + SLACK).min(n);
+    // +1: the query itself is among the candidates.
+    let keep = (k + SLACK + 1).min(n);
     // f32 working copy; cosine works on unit rows.
     let mut xf: Array2<f32> = x.mapv(|v| v as f32);
     if metric == Metric::Cosine {
@@ -144,23 +145,30 @@ pub fn knn(x: &Array2<f64>, k: usize, metric: Metric) -> Result<Neighbors> {
                 let c1 = (c0 + CANDIDATE_BLOCK).min(n);
                 let c = xf.slice(s![c0..c1, ..]);
                 let g = q.dot(&c.t());
+                // Ranking key: |y|^2 - 2 x.y (|x|^2 is constant per query) or
+                // -x.y for unit rows. Self is kept like any candidate and
+                // dropped in the exact re-ranking below.
+                let csq = &sq[c0..c1];
                 for (r, grow) in g.axis_iter(Axis(0)).enumerate() {
                     let list = &mut best[r];
-                    let qi = q0 + r;
-                    for (cc, &dot) in grow.iter().enumerate() {
-                        let j = c0 + cc;
-                        if j == qi {
-                            continue;
-                        }
-                        let dist = match metric {
-                            Metric::Euclidean => sq[qi] + sq[j] - 2.0 * dot,
-                            Metric::Cosine => 1.0 - dot,
+                    let mut worst = if list.len() < keep {
+                        f32::INFINITY
+                    } else {
+                        list[list.len() - 1].0
+                    };
+                    for (cc, (&dot, &s2)) in grow.iter().zip(csq).enumerate() {
+                        let key = match metric {
+                            Metric::Euclidean => s2 - 2.0 * dot,
+                            Metric::Cosine => -dot,
                         };
-                        if list.len() < keep || dist < list[list.len() - 1].0 {
-                            let pos = list.partition_point(|&(dd, _)| dd <= dist);
-                            list.insert(pos, (dist, j));
+                        if key < worst {
+                            let pos = list.partition_point(|&(dd, _)| dd <= key);
+                            list.insert(pos, (key, c0 + cc));
                             if list.len() > keep {
                                 list.pop();
+                            }
+                            if list.len() == keep {
+                                worst = list[keep - 1].0;
                             }
                         }
                     }
@@ -173,6 +181,7 @@ pub fn knn(x: &Array2<f64>, k: usize, metric: Metric) -> Result<Neighbors> {
                     let qi = q0 + r;
                     let mut exact: Vec<(f64, usize)> = list
                         .into_iter()
+                        .filter(|&(_, j)| j != qi)
                         .map(|(_, j)| (distance(x.row(qi), x.row(j), metric), j))
                         .collect();
                     exact.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

@@ -142,7 +142,7 @@ impl Default for MapOptions {
             null_size: 10_000,
             seed: 0,
             threshold: 0.05,
-            max_queries: Some(20_000),
+            max_queries: Some(5_000),
         }
     }
 }
@@ -411,17 +411,35 @@ pub fn mean_average_precision(
     })
 }
 
-/// Pick query rows: `candidates`, or a seeded sample of `max` of them.
-pub fn sample_queries(candidates: &[usize], max: Option<usize>, seed: u64) -> Vec<usize> {
-    match max {
-        Some(m) if candidates.len() > m => {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut v: Vec<usize> = candidates.choose_multiple(&mut rng, m).copied().collect();
-            v.sort_unstable();
-            v
-        }
-        _ => candidates.to_vec(),
+/// Pick query rows: all `candidates`, or — when there are more than `max` —
+/// a seeded sample stratified by `groups` (each group keeps
+/// `max(1, round(max * size / total))` rows, so no group disappears).
+pub fn sample_queries(
+    candidates: &[usize],
+    groups: Option<&[usize]>,
+    max: Option<usize>,
+    seed: u64,
+) -> Vec<usize> {
+    let m = match max {
+        Some(m) if candidates.len() > m => m,
+        _ => return candidates.to_vec(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut by_group: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &c in candidates {
+        by_group
+            .entry(groups.map_or(0, |g| g[c]))
+            .or_default()
+            .push(c);
     }
+    let total = candidates.len() as f64;
+    let mut v = Vec::with_capacity(m + by_group.len());
+    for rows in by_group.values() {
+        let quota = ((m as f64 * rows.len() as f64 / total).round() as usize).clamp(1, rows.len());
+        v.extend(rows.choose_multiple(&mut rng, quota).copied());
+    }
+    v.sort_unstable();
+    v
 }
 
 /// AP + mAP in one call.
@@ -432,7 +450,13 @@ pub fn evaluate_map(
     queries: &[usize],
     opts: &MapOptions,
 ) -> Result<MapResult> {
-    let q = sample_queries(queries, opts.max_queries, opts.seed);
+    // Stratify the sample by the first grouping column.
+    let groups = spec
+        .group_by
+        .first()
+        .and_then(|g| cols.get(g))
+        .map(|c| c.codes.as_slice());
+    let q = sample_queries(queries, groups, opts.max_queries, opts.seed);
     let aps = average_precision(x, cols, spec, &q)?;
     mean_average_precision(&aps, cols, spec, opts)
 }
@@ -519,6 +543,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("plate"), "{e}");
+    }
+
+    #[test]
+    fn stratified_sampling_keeps_every_group() {
+        let groups: Vec<usize> = (0..1000).map(|i| if i < 990 { 0 } else { 1 }).collect();
+        let cands: Vec<usize> = (0..1000).collect();
+        let q = sample_queries(&cands, Some(&groups), Some(50), 7);
+        assert!(q.iter().any(|&i| groups[i] == 1));
+        assert!(q.len() >= 50 && q.len() <= 52);
+        assert_eq!(q, sample_queries(&cands, Some(&groups), Some(50), 7));
+        assert_eq!(sample_queries(&cands, None, None, 7).len(), 1000);
     }
 
     proptest! {
