@@ -10,6 +10,7 @@ pub mod balans;
 pub mod config;
 pub mod index;
 pub mod kernel;
+pub mod metrics;
 pub mod mixing;
 pub mod model;
 pub mod params;

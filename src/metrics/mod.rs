@@ -1,0 +1,48 @@
+//! Batch-correction metrics for `balans evaluate`.
+//!
+//! Pure computations over `ndarray` (no I/O), parallel with rayon. Each file
+//! holds one concern:
+//!
+//! | file | metric(s) | reference |
+//! |---|---|---|
+//! | [`knn`] | exact blocked k-NN (Euclidean / cosine) | sklearn brute force |
+//! | [`pca`], [`linalg`] | PCA, symmetric eigen, Jacobi SVD | — |
+//! | [`preprocess`] | robust median/MAD scaling, clip ±50 | protocol |
+//! | [`silhouette`] | silhouette label, silhouette batch, BRAS | scib-metrics 0.5.10 |
+//! | [`lisi`] | iLISI, cLISI | scib-metrics 0.5.10 |
+//! | [`kbet`] | kBET per label | scib-metrics 0.5.10 |
+//! | [`connectivity`] | graph connectivity | scib-metrics 0.5.10 |
+//! | [`pcr`] | PCR batch, PCR comparison | scib-metrics 0.5.10 |
+//! | [`cluster`] | k-means, NMI, ARI | scikit-learn |
+//! | [`map`] | AP, mAP, p-values, FDR | copairs 0.5.5 |
+//! | [`nsc`] | NSC, NSCB | Ljosa et al. 2013 |
+//! | [`drift`] | representation drift | cpdrift 1.0.0 |
+//! | [`report`] | `Report` + JSON / text / Markdown | — |
+//! | [`evaluate`](mod@evaluate) | the protocol end to end | evaluation.md |
+//!
+//! Agreement with the reference packages is tested in
+//! `tests/metrics_reference.rs` against fixtures produced by
+//! `scripts/reference_metrics.py`; definitions and tolerances are in
+//! `docs/metrics.md`.
+
+pub mod cluster;
+pub mod connectivity;
+pub mod drift;
+pub mod evaluate;
+pub mod kbet;
+pub mod knn;
+pub mod labels;
+pub mod linalg;
+pub mod lisi;
+pub mod map;
+pub mod nsc;
+pub mod pca;
+pub mod pcr;
+pub mod preprocess;
+pub mod report;
+pub mod silhouette;
+
+pub use evaluate::{evaluate, EvalInput, EvalOptions};
+pub use knn::Metric;
+pub use labels::Codes;
+pub use report::Report;
