@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Correct batch effects in a profile table (Parquet, CSV, CSV.gz, Arrow IPC).
     Correct(Box<cli::correct::CorrectArgs>),
+    /// Score a table with the field's batch-correction metrics (or `drift`).
+    Evaluate(Box<cli::evaluate::EvaluateArgs>),
     /// Generate a synthetic profile table with known biology and batch effects.
     Synth(cli::synth::SynthArgs),
 }
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Correct(a) => cli::correct::run(*a, &cli.log),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Evaluate(a) => cli::evaluate::run(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

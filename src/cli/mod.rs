@@ -2,6 +2,7 @@
 //! reads tables, calls the library and writes results.
 
 pub mod correct;
+pub mod evaluate;
 pub mod logging;
 pub mod progress;
 pub mod synth;

@@ -1,0 +1,406 @@
+//! End-to-end tests of the `balans` binary: formats, bad input, the bundled
+//! BBBC021 run and `evaluate`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use balans::table::read_table;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_balans"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().arg("-q").args(args).output().expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "balans {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "balans {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn synth(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    ok(&[
+        "synth",
+        "--rows",
+        "600",
+        "--batches",
+        "3",
+        "--features",
+        "12",
+        "--output",
+        s(&p),
+    ]);
+    p
+}
+
+fn bbbc021() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bbbc021/bbbc021_wells_annotated.csv.gz")
+}
+
+#[test]
+fn correct_keeps_every_column_and_row_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = synth(dir.path(), "in.csv");
+    let original = read_table(&input).unwrap();
+    for ext in ["parquet", "csv", "csv.gz", "arrow"] {
+        let out = dir.path().join(format!("out.{ext}"));
+        let summary = dir.path().join("summary.json");
+        let text = ok(&[
+            "correct",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            "--batch-col",
+            "Metadata_Batch",
+            "--control",
+            "Metadata_Label=DMSO",
+            "--label-col",
+            "Metadata_Label",
+            "--summary-json",
+            s(&summary),
+        ]);
+        assert!(text.contains("batch mixing"), "{text}");
+        let corrected = read_table(&out).unwrap();
+        assert_eq!(corrected.num_rows(), original.num_rows());
+        assert_eq!(
+            corrected.schema().fields().len(),
+            original.schema().fields().len()
+        );
+        for (i, f) in original.schema().fields().iter().enumerate() {
+            assert_eq!(corrected.schema().field(i).name(), f.name());
+            assert_eq!(corrected.schema().field(i).data_type(), f.data_type());
+            if f.name().starts_with("Metadata_") {
+                assert_eq!(
+                    corrected.column(i).as_ref(),
+                    original.column(i).as_ref(),
+                    "{} changed",
+                    f.name()
+                );
+            }
+        }
+        let feat = original.schema().index_of("Feature_000").unwrap();
+        assert_ne!(
+            corrected.column(feat).as_ref(),
+            original.column(feat).as_ref(),
+            "features corrected"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(j["fit"]["rows"], 600);
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_file_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(
+        &csv,
+        "Metadata_Batch,Metadata_Plate,F1,F2,F3\nA,p1,1,2,5\nA,p1,2,nan,5\nB,p2,3,4,5\nB,p2,4,5,5\nA,p1,1.5,2,5\nB,p2,2.5,3,5\n",
+    )
+    .unwrap();
+    // Missing batch column: names the column and the file; nothing written.
+    let e = fails(&[
+        "correct",
+        "--input",
+        s(&csv),
+        "--output",
+        s(&out),
+        "--batch-col",
+        "Metadata_Week",
+    ]);
+    assert!(e.contains("Metadata_Week") && e.contains("bad.csv"), "{e}");
+    assert!(!out.exists());
+    // NaN feature: names column and data row.
+    let e = fails(&[
+        "correct",
+        "--input",
+        s(&csv),
+        "--output",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch",
+    ]);
+    assert!(e.contains("F2") && e.contains("data row 2"), "{e}");
+    assert!(!out.exists());
+    // Policies make it pass; the constant feature F3 comes back unchanged.
+    ok(&[
+        "correct",
+        "--input",
+        s(&csv),
+        "--output",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch",
+        "--impute",
+        "--k",
+        "2",
+        "--m",
+        "2",
+    ]);
+    let t = read_table(&out).unwrap();
+    assert_eq!(t.num_rows(), 6);
+    let f3 = t.column(t.schema().index_of("F3").unwrap());
+    assert!(f3
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .unwrap()
+        .iter()
+        .all(|v| v == Some(5)));
+    ok(&[
+        "correct",
+        "--input",
+        s(&csv),
+        "--output",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch",
+        "--drop-features",
+    ]);
+    assert!(read_table(&out).unwrap().schema().index_of("F2").is_err());
+    // No features, empty table, unreadable file, unknown extension, bad selector.
+    let nofeat = dir.path().join("nofeat.csv");
+    std::fs::write(&nofeat, "Metadata_Batch,Metadata_X\nA,x\nB,y\n").unwrap();
+    assert!(fails(&[
+        "correct",
+        "-i",
+        s(&nofeat),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch"
+    ])
+    .contains("no feature columns"));
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "Metadata_Batch,F1\n").unwrap();
+    assert!(fails(&[
+        "correct",
+        "-i",
+        s(&empty),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch"
+    ])
+    .contains("no rows"));
+    let missing = dir.path().join("missing.parquet");
+    assert!(fails(&[
+        "correct",
+        "-i",
+        s(&missing),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "B"
+    ])
+    .contains("missing.parquet"));
+    let garbage = dir.path().join("garbage.parquet");
+    std::fs::write(&garbage, b"not a parquet file").unwrap();
+    assert!(fails(&[
+        "correct",
+        "-i",
+        s(&garbage),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "B"
+    ])
+    .contains("garbage.parquet"));
+    assert!(fails(&[
+        "correct",
+        "-i",
+        s(&csv),
+        "-o",
+        "x.txt",
+        "--batch-col",
+        "Metadata_Batch",
+        "--impute"
+    ])
+    .contains("x.txt"));
+    let e = fails(&[
+        "correct",
+        "-i",
+        s(&csv),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch",
+        "--impute",
+        "--control",
+        "Metadata_Batch=Z",
+    ]);
+    assert!(e.contains("Metadata_Batch=Z"), "{e}");
+}
+
+#[test]
+fn config_file_and_environment_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = synth(dir.path(), "in.parquet");
+    let cfg = dir.path().join("b.toml");
+    std::fs::write(
+        &cfg,
+        "[method]\nrounds = 1\n[correct]\nbatch_col = \"Metadata_Batch\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o.parquet");
+    let summary = dir.path().join("s.json");
+    let o = bin()
+        .args([
+            "-q",
+            "correct",
+            "-i",
+            s(&input),
+            "-o",
+            s(&out),
+            "--config",
+            s(&cfg),
+            "--summary-json",
+            s(&summary),
+        ])
+        .env("BALANS_METHOD__ROUNDS", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(
+        j["fit"]["rounds"].as_array().unwrap().len(),
+        2,
+        "environment overrides the file"
+    );
+    let e = fails(&[
+        "correct",
+        "-i",
+        s(&input),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "Metadata_Batch",
+        "--budget",
+        "3",
+    ]);
+    assert!(e.contains("budget"), "{e}");
+}
+
+/// The README's main job: BBBC021 weeks mix better while MoA structure holds.
+#[test]
+fn bbbc021_weeks_mix_better_and_moa_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bbbc021.parquet");
+    let data = bbbc021();
+    ok(&[
+        "correct",
+        "-i",
+        s(&data),
+        "-o",
+        s(&out),
+        "--batch-col",
+        "Metadata_Week",
+        "--control",
+        "Metadata_MoA=DMSO",
+        "--exclude",
+        "_Location_|_Center_",
+        "--label-col",
+        "Metadata_MoA",
+    ]);
+    let score = |table: &Path| -> serde_json::Value {
+        let j = dir.path().join("r.json");
+        ok(&[
+            "evaluate",
+            "-i",
+            s(table),
+            "--baseline",
+            s(&data),
+            "--batch-col",
+            "Metadata_Week",
+            "--label-col",
+            "Metadata_MoA",
+            "--control",
+            "Metadata_MoA=DMSO",
+            "--exclude",
+            "_Location_|_Center_",
+            "--json",
+            s(&j),
+        ]);
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap()
+    };
+    let before = score(&data);
+    let after = score(&out);
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        f(&after, "batch") > f(&before, "batch") + 0.1,
+        "batch {} -> {}",
+        f(&before, "batch"),
+        f(&after, "batch")
+    );
+    assert!(f(&after, "kbet") > f(&before, "kbet"));
+    assert!(
+        f(&after, "bio") > f(&before, "bio") - 0.03,
+        "bio {} -> {}",
+        f(&before, "bio"),
+        f(&after, "bio")
+    );
+    assert!(f(&after, "total") > f(&before, "total"));
+}
+
+#[test]
+fn evaluate_reports_every_aggregate_and_drift_is_zero_for_identical_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = synth(dir.path(), "in.parquet");
+    let j = dir.path().join("r.json");
+    let text = ok(&[
+        "evaluate",
+        "-i",
+        s(&input),
+        "--batch-col",
+        "Metadata_Batch",
+        "--label-col",
+        "Metadata_Label",
+        "--control",
+        "Metadata_Label=DMSO",
+        "--json",
+        s(&j),
+    ]);
+    assert!(text.contains("total"));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    for k in ["batch", "bio", "total", "ilisi", "kbet", "nmi", "ari"] {
+        assert!(r[k].is_number(), "{k} missing in {r}");
+    }
+    let text = ok(&[
+        "evaluate",
+        "drift",
+        "--before",
+        s(&input),
+        "--after",
+        s(&input),
+        "--control",
+        "Metadata_Label=DMSO",
+        "--batch-col",
+        "Metadata_Batch",
+    ]);
+    assert!(
+        text.contains("drift (median cosine displacement, gauge-fixed on controls): 0.000000"),
+        "{text}"
+    );
+    let e = fails(&["evaluate", "-i", s(&input), "--batch-col", "Metadata_Nope"]);
+    assert!(e.contains("Metadata_Nope"), "{e}");
+}
