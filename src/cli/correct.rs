@@ -76,10 +76,10 @@ pub struct CorrectArgs {
     /// Landmarks per sampling round as a fraction of rows [default: 0.02].
     #[arg(long)]
     pub round_fraction: Option<f64>,
-    /// Alignment rounds [default: 3].
+    /// Alignment rounds; 0 = per-plate normalisation only [default: 3].
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Width of the kernel-mass trust test; 0 forces alignment [default: 2.0].
+    /// Width of the kernel-mass trust test (x the control-calibrated width when --control is given); 0 forces alignment [default: 0.5].
     #[arg(long)]
     pub trust: Option<f64>,
     /// Neighbour rank of the own-batch scale in the trust test [default: 15].
