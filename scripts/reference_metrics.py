@@ -115,26 +115,36 @@ def nsc_oracle(x, treatment, compound, moa, batch):
 
 
 def copairs_presets(meta, emb):
+    """The three mAP presets. Cross-batch and non-replicate mAP rank the
+    non-control rows only (as the anchors of evaluation.md); the
+    control-negative preset needs the controls as candidates. Queries are the
+    non-control rows; "ap" is keyed by row index within the candidate set."""
     meta = meta.reset_index(drop=True).copy()
     meta["is_control"] = meta["control"].astype(str)
+    treated = (meta["control"] == 0).to_numpy()
     presets = {
-        "map_cross_batch": (["label"], ["batch", "compound"], [], ["label"], ["label"]),
-        "map_nonrep": (["compound"], [], ["plate"], ["compound"], ["compound"]),
-        "map_control": (["compound"], [], ["plate"], ["compound", "is_control"], ["compound"]),
+        "map_cross_batch": (["label"], ["batch", "compound"], [], ["label"], ["label"], "treated"),
+        "map_nonrep": (["compound"], [], ["plate"], ["compound"], ["compound"], "treated"),
+        "map_control": (["compound"], [], ["plate"], ["compound", "is_control"], ["compound"], "all"),
     }
     out = {}
-    for name, (ps, pd_, ns, nd, group) in presets.items():
-        ap = cmap.average_precision(meta, emb, ps, pd_, ns, nd, distance="cosine", progress_bar=False)
+    for name, (ps, pd_, ns, nd, group, cands) in presets.items():
+        if cands == "treated":
+            m, x = meta[treated].reset_index(drop=True), emb[treated]
+        else:
+            m, x = meta, emb
+        ap = cmap.average_precision(m, x, ps, pd_, ns, nd, distance="cosine", progress_bar=False)
         ap = ap[ap["control"] == 0]
         ap = ap.dropna(subset=["average_precision"])
         ap = ap[ap["n_pos_pairs"] > 0]
         res = cmap.mean_average_precision(ap, group, null_size=10000, threshold=0.05, seed=0, progress_bar=False)
         out[name] = {
+            "candidates": cands,
             "mean_map": float(res["mean_average_precision"].mean()),
             "fraction_retrieved": float(res["below_corrected_p"].mean()),
             "groups": {
-                str(k): {"map": float(m), "p_value": float(p), "corrected_p_value": float(c)}
-                for k, m, p, c in zip(
+                str(k): {"map": float(mp), "p_value": float(p), "corrected_p_value": float(c)}
+                for k, mp, p, c in zip(
                     res[group[0]], res["mean_average_precision"], res["p_value"], res["corrected_p_value"]
                 )
             },

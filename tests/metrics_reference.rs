@@ -140,12 +140,11 @@ fn sub(v: &[String], rows: &[usize]) -> Vec<String> {
     rows.iter().map(|&i| v[i].clone()).collect()
 }
 
-fn columns(t: &Table) -> Columns {
+fn columns(t: &Table, rows: &[usize]) -> Columns {
     let mut cols = Columns::new();
-    for c in ["batch", "label", "compound", "plate"] {
-        cols.insert(c.to_string(), Codes::new(t.col(c)));
+    for c in ["batch", "label", "compound", "plate", "control"] {
+        cols.insert(c.to_string(), Codes::new(&sub(t.col(c), rows)));
     }
-    cols.insert("control".to_string(), Codes::new(t.col("control")));
     cols
 }
 
@@ -284,7 +283,10 @@ fn check_dataset(c: &mut Checker, ds: &str, emb: &Table, base: Option<&Table>, r
         1e-12,
     );
     // copairs presets.
-    let cols = columns(emb);
+    let all: Vec<usize> = (0..emb.x.nrows()).collect();
+    let local: Vec<usize> = (0..treated.len()).collect();
+    let cols_all = columns(emb, &all);
+    let cols_treated = columns(emb, &treated);
     let opts = MapOptions {
         null_size: 10_000,
         seed: 0,
@@ -297,7 +299,14 @@ fn check_dataset(c: &mut Checker, ds: &str, emb: &Table, base: Option<&Table>, r
         MapSpec::arevalo_control("compound", "plate", "control"),
     ] {
         let want = &r[&spec.name];
-        let aps = average_precision(&emb.x, &cols, &spec, &treated).unwrap();
+        // Candidates as in the reference: non-control rows only, except for
+        // the control-negative preset.
+        let (sx, cols, queries) = if want["candidates"] == "all" {
+            (&emb.x, &cols_all, &treated)
+        } else {
+            (&x, &cols_treated, &local)
+        };
+        let aps = average_precision(sx, cols, &spec, queries).unwrap();
         let ref_ap = want["ap"].as_object().unwrap();
         assert_eq!(
             aps.len(),
@@ -315,7 +324,7 @@ fn check_dataset(c: &mut Checker, ds: &str, emb: &Table, base: Option<&Table>, r
             0.0,
             1e-5,
         );
-        let m = mean_average_precision(&aps, &cols, &spec, &opts).unwrap();
+        let m = mean_average_precision(&aps, cols, &spec, &opts).unwrap();
         c.check(
             &format!("{ds} {} mAP", spec.name),
             m.mean_map,

@@ -151,3 +151,42 @@ fn metrics_at_100k_rows() {
     );
     println!("{}", rep.to_text());
 }
+
+#[test]
+#[ignore = "micro-benchmark of the kNN tile GEMM"]
+fn knn_tile_gemm_throughput() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let q = Array2::<f32>::from_shape_fn((256, 50), |_| rng.gen_range(-1.0..1.0));
+    let c = Array2::<f32>::from_shape_fn((2048, 50), |_| rng.gen_range(-1.0..1.0));
+    let t = Instant::now();
+    let mut acc = 0.0f32;
+    let reps = 400;
+    for _ in 0..reps {
+        let g = q.dot(&c.t());
+        acc += g[[0, 0]];
+    }
+    let s = t.elapsed().as_secs_f64();
+    let flops = 2.0 * 256.0 * 2048.0 * 50.0 * reps as f64;
+    println!(
+        "tile GEMM: {:.1} GFLOP/s single thread ({acc})",
+        flops / s / 1e9
+    );
+    let t = Instant::now();
+    let mut cnt = 0usize;
+    let g = q.dot(&c.t());
+    for _ in 0..reps {
+        for row in g.rows() {
+            let mut worst = f32::INFINITY;
+            for &v in row.iter() {
+                if v < worst {
+                    worst = v - 1.0;
+                    cnt += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "tile scan: {:.2} ns/entry ({cnt})",
+        t.elapsed().as_secs_f64() * 1e9 / (256.0 * 2048.0 * reps as f64)
+    );
+}

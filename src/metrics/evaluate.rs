@@ -8,9 +8,10 @@
 //!    embedding, as in Arevalo et al. and evaluation.md.
 //! 4. One exact 90-NN graph (Euclidean by default, like scib's pynndescent
 //!    graphs) serves iLISI/cLISI (90), kBET (50) and graph connectivity (15).
-//! 5. Retrieval metrics (mAP presets, NSC/NSCB) and drift when the needed
-//!    columns / previous embedding are present; otherwise a note says why
-//!    they were skipped.
+//! 5. Retrieval metrics (mAP presets, NSC/NSCB) on the (scaled) features, as
+//!    the anchors of evaluation.md, and drift when the needed columns /
+//!    previous embedding are present; otherwise a note says why they were
+//!    skipped.
 //!
 //! Large inputs: silhouettes are O(n^2) and run on a seeded subsample of
 //! `max_silhouette_rows` rows (as scikit-learn's `sample_size`); mAP uses at
@@ -87,6 +88,10 @@ pub struct EvalOptions {
     pub map: MapOptions,
     /// Subsample silhouettes to this many rows (`None` = all).
     pub max_silhouette_rows: Option<usize>,
+    /// Compute mAP and NSC in the PCA embedding instead of on the
+    /// (optionally robust-scaled) features. Default `false`, which is how
+    /// the anchor numbers of evaluation.md were measured.
+    pub retrieval_on_embedding: bool,
     /// Seed for all subsampling.
     pub seed: u64,
 }
@@ -106,6 +111,7 @@ impl Default for EvalOptions {
             kmeans: KMeansOptions::default(),
             map: MapOptions::default(),
             max_silhouette_rows: Some(20_000),
+            retrieval_on_embedding: false,
             seed: 0,
         }
     }
@@ -298,34 +304,59 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         }
     }
 
-    // Retrieval: columns over all rows (controls are candidates for the
-    // control-negative preset), queries = non-control rows.
-    let mut cols = Columns::new();
-    cols.insert("batch".into(), Codes::new(&input.batch));
-    cols.insert("label".into(), Codes::new(&input.label));
-    let ctrl_str: Vec<&str> = input
-        .is_control
-        .iter()
-        .map(|&c| if c { "control" } else { "treated" })
-        .collect();
-    cols.insert("control".into(), Codes::new(&ctrl_str));
-    if let Some(c) = &input.compound {
-        cols.insert("compound".into(), Codes::new(c));
-    }
-    if let Some(p) = &input.plate {
-        cols.insert("plate".into(), Codes::new(p));
-    }
+    // Retrieval metrics (as the anchor numbers of evaluation.md): on the
+    // features themselves (after optional robust scaling) unless
+    // `retrieval_on_embedding`; cross-batch and non-replicate mAP rank
+    // non-control rows only, the control-negative preset needs the controls
+    // as candidates. Queries are always the non-control rows.
+    let features_scaled;
+    let space_all: &Array2<f64> = if opts.retrieval_on_embedding {
+        &emb_all
+    } else if opts.robust_scale {
+        features_scaled = robust_scale(&input.features, opts.clip)?.values;
+        &features_scaled
+    } else {
+        &input.features
+    };
+    let space_treated = space_all.select(Axis(0), &treated);
+    let make_cols = |rows: &[usize]| {
+        let pick = |v: &[String]| rows.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+        let mut cols = Columns::new();
+        cols.insert("batch".into(), Codes::new(&pick(&input.batch)));
+        cols.insert("label".into(), Codes::new(&pick(&input.label)));
+        let ctrl: Vec<&str> = rows
+            .iter()
+            .map(|&i| {
+                if input.is_control[i] {
+                    "control"
+                } else {
+                    "treated"
+                }
+            })
+            .collect();
+        cols.insert("control".into(), Codes::new(&ctrl));
+        if let Some(c) = &input.compound {
+            cols.insert("compound".into(), Codes::new(&pick(c)));
+        }
+        if let Some(p) = &input.plate {
+            cols.insert("plate".into(), Codes::new(&pick(p)));
+        }
+        cols
+    };
+    let all_rows: Vec<usize> = (0..n).collect();
+    let cols_all = make_cols(&all_rows);
+    let cols_treated = make_cols(&treated);
+    let local: Vec<usize> = (0..treated.len()).collect();
     if treated.len() > opts.map.max_queries.unwrap_or(usize::MAX) {
         notes.push(format!(
             "mAP computed on a seeded sample of about {} query rows (stratified by group)",
             opts.map.max_queries.unwrap_or(0)
         ));
     }
-    let map_x = &emb_all;
     if input.compound.is_some() {
         let spec = MapSpec::cross_batch("label", "batch", "compound");
         if let Some(r) = soft(&mut notes, "cross-batch mAP", || {
-            evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+            evaluate_map(&space_treated, &cols_treated, &spec, &local, &opts.map)
         }) {
             rep.map_cross_batch = Some(r.mean_map);
             rep.map_cross_batch_fraction = Some(r.fraction_retrieved);
@@ -333,7 +364,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         if input.plate.is_some() {
             let spec = MapSpec::arevalo_nonrep("compound", "plate");
             if let Some(r) = soft(&mut notes, "mAP (non-rep)", || {
-                evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+                evaluate_map(&space_treated, &cols_treated, &spec, &local, &opts.map)
             }) {
                 rep.map_nonrep = Some(r.mean_map);
                 rep.map_nonrep_fraction = Some(r.fraction_retrieved);
@@ -341,7 +372,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
             if treated.len() < n {
                 let spec = MapSpec::arevalo_control("compound", "plate", "control");
                 if let Some(r) = soft(&mut notes, "mAP (control)", || {
-                    evaluate_map(map_x, &cols, &spec, &treated, &opts.map)
+                    evaluate_map(space_all, &cols_all, &spec, &treated, &opts.map)
                 }) {
                     rep.map_control = Some(r.mean_map);
                     rep.map_control_fraction = Some(r.fraction_retrieved);
@@ -358,7 +389,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
             None => comp.clone(),
         };
         if let Some(r) = soft(&mut notes, "NSC", || {
-            nsc(&emb, &treat, &comp, &labels, &batches)
+            nsc(&space_treated, &treat, &comp, &labels, &batches)
         }) {
             rep.nsc = r.nsc;
             rep.nscb = r.nscb;
