@@ -60,14 +60,47 @@ impl Default for CorrectConfig {
     }
 }
 
+/// Options of `balans serve` (the embedded directory mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Directory watched for plate files (.parquet, .arrow/.ipc, .csv, .csv.gz).
+    pub inbox: std::path::PathBuf,
+    /// Directory receiving `<plate>.parquet` and `<plate>.qc.json`.
+    pub outbox: std::path::PathBuf,
+    /// Directory of the durable state (snapshot + write-ahead log).
+    pub state_dir: std::path::PathBuf,
+    /// Optional reference table for a warm start (fitted offline).
+    pub reference: Option<std::path::PathBuf>,
+    /// Milliseconds between inbox scans.
+    pub poll_ms: u64,
+    /// Plates between full snapshots (the log is replayed in between).
+    pub snapshot_every: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            inbox: "inbox".into(),
+            outbox: "outbox".into(),
+            state_dir: "state".into(),
+            reference: None,
+            poll_ms: 500,
+            snapshot_every: 50,
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Method parameters.
     pub method: Params,
-    /// `balans correct` options.
+    /// `balans correct` options (table layout; also used by `serve`).
     pub correct: CorrectConfig,
+    /// `balans serve` options.
+    pub serve: ServeConfig,
 }
 
 /// Parse an environment value as the TOML scalar it looks like.

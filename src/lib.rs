@@ -20,5 +20,7 @@ pub mod profile;
 pub mod rows;
 pub mod sampling;
 pub mod scales;
+pub mod serve;
+pub mod state;
 pub mod synth;
 pub mod table;

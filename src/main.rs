@@ -26,6 +26,8 @@ enum Command {
     Correct(Box<cli::correct::CorrectArgs>),
     /// Score a table with the field's batch-correction metrics (or `drift`).
     Evaluate(Box<cli::evaluate::EvaluateArgs>),
+    /// The streaming daemon (embedded directory mode: inbox -> outbox).
+    Serve(Box<cli::serve::ServeArgs>),
     /// Generate a synthetic profile table with known biology and batch effects.
     Synth(cli::synth::SynthArgs),
 }
@@ -36,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Correct(a) => cli::correct::run(*a, &cli.log),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Serve(a) => cli::serve::run(*a),
         Command::Evaluate(a) => cli::evaluate::run(*a),
     };
     match result {

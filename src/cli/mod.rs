@@ -5,4 +5,5 @@ pub mod correct;
 pub mod evaluate;
 pub mod logging;
 pub mod progress;
+pub mod serve;
 pub mod synth;

@@ -1,0 +1,107 @@
+//! `balans serve`: the daemon. Without a broker (the embedded default) it
+//! watches a local inbox directory; see docs/serve.md.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use balans::config::Config;
+use balans::serve::dir::DirServer;
+
+/// Options of `balans serve` (keys of `[serve]`, `[correct]`, `[method]`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "BALANS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Reference table for a warm start (ignored when the state directory has state).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// State directory (snapshot + write-ahead log) [default: state].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Inbox directory watched for plate files [default: inbox].
+    #[arg(long)]
+    pub inbox: Option<PathBuf>,
+    /// Outbox directory for corrected plates and QC [default: outbox].
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// Batch column of the plates (and of the reference table).
+    #[arg(long)]
+    pub batch_col: Option<String>,
+    /// Negative controls COLUMN=VALUE.
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Regex of feature columns passed through uncorrected.
+    #[arg(long)]
+    pub exclude: Option<String>,
+    /// Milliseconds between inbox scans [default: 500].
+    #[arg(long)]
+    pub poll_ms: Option<u64>,
+    /// Plates between snapshots [default: 50].
+    #[arg(long)]
+    pub snapshot_every: Option<usize>,
+    /// Process what is in the inbox, then exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Run the daemon until SIGTERM/SIGINT (or once).
+pub fn run(a: ServeArgs) -> Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    let s = &mut cfg.serve;
+    if let Some(v) = &a.reference {
+        s.reference = Some(v.clone());
+    }
+    if let Some(v) = &a.state_dir {
+        s.state_dir = v.clone();
+    }
+    if let Some(v) = &a.inbox {
+        s.inbox = v.clone();
+    }
+    if let Some(v) = &a.outbox {
+        s.outbox = v.clone();
+    }
+    if let Some(v) = a.poll_ms {
+        s.poll_ms = v;
+    }
+    if let Some(v) = a.snapshot_every {
+        s.snapshot_every = v;
+    }
+    let c = &mut cfg.correct;
+    if let Some(v) = &a.batch_col {
+        c.batch_col = Some(v.clone());
+    }
+    if let Some(v) = &a.control {
+        c.control = Some(v.clone());
+    }
+    if let Some(v) = &a.exclude {
+        c.exclude = Some(v.clone());
+    }
+    anyhow::ensure!(
+        cfg.correct.batch_col.is_some(),
+        "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
+    let mut server = DirServer::open(cfg)?;
+    let report = server.run(stop, a.once)?;
+    tracing::info!(
+        corrected = report.corrected,
+        replayed = report.replayed,
+        rejected = report.rejected,
+        "stopped"
+    );
+    println!(
+        "balans serve: corrected {} plates, re-published {}, rejected {}",
+        report.corrected, report.replayed, report.rejected
+    );
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! One plate through the model: decode its table, check it, correct it (or
+//! re-derive a replayed plate's output), encode the result.
+
+use anyhow::Result;
+use arrow_array::RecordBatch;
+use serde::Serialize;
+
+use crate::config::CorrectConfig;
+use crate::model::{content_hash, Lookup, Model, PlateQc};
+use crate::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+
+/// Why a plate was rejected (it goes to the dead-letter destination).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection(pub String);
+
+/// A plate ready for the model.
+pub struct DecodedPlate {
+    /// Plate id.
+    pub plate: String,
+    /// Batch (all rows share it).
+    pub batch: String,
+    /// The input table.
+    pub table: RecordBatch,
+    /// Its feature columns.
+    pub columns: FeatureColumns,
+    /// Feature values, in the table's column order.
+    pub x: ndarray::Array2<f64>,
+    /// Control rows.
+    pub controls: Option<Vec<bool>>,
+    /// Hash of the input bytes.
+    pub hash: u64,
+}
+
+/// The QC record published per plate.
+#[derive(Debug, Clone, Serialize)]
+pub struct QcRecord {
+    /// Plate id.
+    pub plate: String,
+    /// Batch.
+    pub batch: String,
+    /// Model version the plate was corrected with.
+    pub model_version: String,
+    /// Whether this is a re-publication of an already incorporated plate.
+    pub replay: bool,
+    /// Figures (absent for replays).
+    pub qc: Option<PlateQc>,
+    /// Seconds spent correcting.
+    pub seconds: f64,
+}
+
+/// Decode and check a plate table. `fallback_id` names the plate when the
+/// table has no single-valued plate column.
+pub fn decode(
+    table: RecordBatch,
+    bytes: &[u8],
+    fallback_id: &str,
+    cfg: &CorrectConfig,
+    source: &str,
+) -> std::result::Result<DecodedPlate, Rejection> {
+    let bad = |e: anyhow::Error| Rejection(format!("{e:#}"));
+    if table.num_rows() == 0 {
+        return Err(Rejection(format!("{source}: empty plate (no rows)")));
+    }
+    let batch_col = cfg
+        .batch_col
+        .as_deref()
+        .ok_or_else(|| Rejection("no batch column configured ([correct] batch_col)".into()))?;
+    let batches = profile::string_column(&table, batch_col, source).map_err(bad)?;
+    let batch = batches[0].clone();
+    if let Some(other) = batches.iter().find(|b| **b != batch) {
+        return Err(Rejection(format!(
+            "{source}: plate rows span several batches ({batch}, {other}); one plate = one batch"
+        )));
+    }
+    let plate = match profile::string_column(&table, &cfg.plate_col, source) {
+        Ok(p) if p.iter().all(|x| *x == p[0]) => p[0].clone(),
+        Ok(_) => {
+            return Err(Rejection(format!(
+                "{source}: column {} has several values; one message/file = one plate",
+                cfg.plate_col
+            )))
+        }
+        Err(_) => fallback_id.to_string(),
+    };
+    let exclude = cfg
+        .exclude
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| Rejection(format!("invalid exclude regex: {e}")))?;
+    let columns = profile::feature_columns(&table, exclude.as_ref(), source).map_err(bad)?;
+    let fm =
+        profile::feature_matrix(&table, columns, NonFinitePolicy::Error, source).map_err(bad)?;
+    let controls = match cfg.control.as_deref() {
+        Some(sel) => {
+            let sel: ControlSelector = sel.parse().map_err(bad)?;
+            Some(profile::control_mask(&table, &sel, source).map_err(bad)?)
+        }
+        None => None,
+    };
+    Ok(DecodedPlate {
+        plate,
+        batch,
+        table,
+        columns: fm.columns,
+        x: fm.values,
+        controls,
+        hash: content_hash(bytes),
+    })
+}
+
+/// Outcome of running a plate through the model.
+pub struct Corrected {
+    /// Output table (same layout as the input).
+    pub table: RecordBatch,
+    /// QC record.
+    pub qc: QcRecord,
+    /// The state change to log and apply (None for replays).
+    pub delta: Option<crate::model::PlateDelta>,
+}
+
+/// Correct a decoded plate (pure: the model is not changed).
+pub fn correct(
+    model: &Model,
+    p: &DecodedPlate,
+) -> std::result::Result<Result<Corrected>, Rejection> {
+    let started = std::time::Instant::now();
+    let bad = |e: anyhow::Error| Rejection(format!("{e:#}"));
+    // Model feature order -> plate columns.
+    let pos = model.feature_positions(&p.columns.names).map_err(bad)?;
+    let x = p.x.select(ndarray::Axis(1), &pos);
+    let (values, qc, delta, version, replay) = match model.lookup(&p.plate, p.hash) {
+        Lookup::Clash(r) => {
+            return Err(Rejection(format!(
+                "duplicate plate id {}: already incorporated (version {}) with different content",
+                p.plate, r.version
+            )))
+        }
+        Lookup::Replay(r) => {
+            let v = model
+                .replay_plate(&r, x.view(), p.controls.as_deref())
+                .map_err(bad)?;
+            (v, None, None, r.version.clone(), true)
+        }
+        Lookup::New => {
+            let pc = model
+                .correct_plate(&p.plate, &p.batch, x.view(), p.controls.as_deref(), p.hash)
+                .map_err(bad)?;
+            let v = pc.delta.version.clone();
+            (pc.corrected, Some(pc.qc), Some(pc.delta), v, false)
+        }
+    };
+    // Back to the plate's column order.
+    let mut out = p.x.clone();
+    for (model_j, &plate_j) in pos.iter().enumerate() {
+        out.column_mut(plate_j).assign(&values.column(model_j));
+    }
+    let table = match profile::replace_features(&p.table, &p.columns, out.view(), &[]) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(Corrected {
+        table,
+        qc: QcRecord {
+            plate: p.plate.clone(),
+            batch: p.batch.clone(),
+            model_version: version,
+            replay,
+            qc,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        delta,
+    }))
+}
