@@ -188,12 +188,13 @@ fn run_table(a: TableArgs) -> Result<()> {
         baseline,
         previous: None,
     };
-    let opts = EvalOptions {
+    let mut opts = EvalOptions {
         seed: a.seed,
         robust_scale: !a.no_robust_scale,
         pca_components: (a.pca > 0).then_some(a.pca),
         ..EvalOptions::default()
     };
+    opts.kmeans.seed = a.seed;
     let started = std::time::Instant::now();
     let report = evaluate(&input_data, &opts)?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "evaluated");
