@@ -27,15 +27,7 @@ pub struct NscResult {
     pub n_nscb: usize,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
+use crate::preprocess::median_inplace as median;
 
 /// Compute NSC and NSCB. All label slices describe the rows of `x`.
 pub fn nsc(

@@ -18,15 +18,7 @@ pub struct Scaled {
     pub kept: Vec<usize>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
+use crate::preprocess::median_inplace as median;
 
 /// Robust global scaling: `(x - median) / MAD`, clipped to `±clip`, zero-MAD
 /// features dropped. Errors on empty or non-finite input, naming the cell.
