@@ -101,6 +101,10 @@ pub struct Config {
     pub correct: CorrectConfig,
     /// `balans serve` options.
     pub serve: ServeConfig,
+    /// `/metrics`, `/healthz`, `/readyz` listener (`balans serve`).
+    pub metrics: crate::telemetry::MetricsConfig,
+    /// Per-plate QC outlier thresholds.
+    pub qc: crate::qc::QcConfig,
 }
 
 /// Parse an environment value as the TOML scalar it looks like.
@@ -181,6 +185,8 @@ impl Config {
                 None => "invalid configuration (BALANS_* environment)".to_string(),
             })?;
         cfg.method.validate()?;
+        cfg.qc.validate()?;
+        cfg.metrics.address()?;
         Ok(cfg)
     }
 }
@@ -242,5 +248,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
         let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
         assert_eq!(c.method, Params::default());
+        assert_eq!(c.qc, crate::qc::QcConfig::default());
+        assert_eq!(c.metrics, crate::telemetry::MetricsConfig::default());
     }
 }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use balans::config::Config;
 use balans::serve::dir::DirServer;
+use balans::telemetry::Telemetry;
 
 /// Options of `balans serve` (keys of `[serve]`, `[correct]`, `[method]`).
 #[derive(Args, Debug, Clone, Default)]
@@ -47,6 +48,9 @@ pub struct ServeArgs {
     /// Process what is in the inbox, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Listen address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464; "off" disables ([metrics] listen) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 /// Run the daemon until SIGTERM/SIGINT (or once).
@@ -81,6 +85,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if let Some(v) = &a.exclude {
         c.exclude = Some(v.clone());
     }
+    if let Some(v) = &a.metrics_addr {
+        cfg.metrics.listen = v.clone();
+    }
     anyhow::ensure!(
         cfg.correct.batch_col.is_some(),
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
@@ -91,7 +98,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .context("cannot install signal handlers")?;
     }
     tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
-    let mut server = DirServer::open(cfg)?;
+    // The listener starts before the state is restored: /healthz answers
+    // and /readyz says 503 during a long restore or warm start.
+    let telemetry = Telemetry::new()?;
+    let _http = match cfg.metrics.address()? {
+        Some(addr) => Some(telemetry.serve_http(addr)?),
+        None => None,
+    };
+    let mut server = DirServer::open_with(cfg, telemetry)?;
     let report = server.run(stop, a.once)?;
     tracing::info!(
         corrected = report.corrected,
