@@ -165,7 +165,7 @@ impl DirServer {
                     tracing::warn!(
                         file = %f.display(),
                         reason = %rejection.reason,
-                        message = %rejection.message,
+                        detail = %rejection.message,
                         rows,
                         "plate rejected to dlq"
                     );
