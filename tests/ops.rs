@@ -389,19 +389,23 @@ fn metrics_health_and_qc_over_http() {
     std::fs::create_dir_all(&inbox).unwrap();
 
     let daemon = Daemon::start(&st, &config);
-    // Ready once the warm start is done and the inbox is being scanned.
-    let mut saw_503 = false;
+    // The listener starts before the warm start (an offline fit of the
+    // reference, hundreds of ms even on an idle machine): /healthz is 200
+    // and /readyz 503 meanwhile; 200 once the state is restored and the
+    // inbox is being scanned.
+    let mut saw_503 = None;
     wait_until("/readyz 200", 120, || {
         match http_get(&daemon.addr, "/readyz") {
-            Some((503, _)) => {
-                saw_503 = true;
+            Some((503, body)) => {
+                saw_503.get_or_insert(body);
                 false
             }
             Some((200, _)) => true,
             _ => false,
         }
     });
-    eprintln!("/readyz said 503 during start-up: {saw_503}");
+    let body = saw_503.expect("/readyz never answered 503 during the warm start");
+    assert!(body.contains("state_restored false"), "{body}");
     assert_eq!(http_get(&daemon.addr, "/nothing").unwrap().0, 404);
     let m0 = daemon.scrape();
     assert_eq!(m0.get("balans_plates_consumed_total", &[]), 0.0);
@@ -584,6 +588,7 @@ fn metrics_health_and_qc_over_http() {
         .map(|r| r.as_str().unwrap().to_string())
         .collect();
     assert!(!reasons.is_empty());
+    eprintln!("scaled plate flagged for {reasons:?}");
     let first = qc_json(&outbox, &st.new_batch[0].0);
     assert_eq!(first["outlier"]["history"], 0);
     assert_eq!(first["outlier"]["outlier"], false);
