@@ -801,3 +801,52 @@ impl Model {
         self.meta.generation += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_written_before_qc_figures_still_loads() {
+        // A plate record and a log record as written before the QC history
+        // existed: no `qc` field.
+        let r: PlateRecord = serde_json::from_str(
+            r#"{"batch":"B1","first_row":0,"rows":2,"content_hash":7,"version":"g1.p0"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.qc, None);
+        let d: PlateDelta = serde_json::from_str(
+            r#"{"plate":"P","batch":"B1","content_hash":7,"version":"g1.p0","y":[],
+                "coverage_updates":[],"plate_coverage":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.qc, None);
+        // And the new field round-trips (NaN-free: figures are Options).
+        let q = QcFigures {
+            mean_offset: Some(0.5),
+            mixing_after: None,
+            ..QcFigures::default()
+        };
+        let d2 = PlateDelta { qc: Some(q), ..d };
+        let back: PlateDelta = serde_json::from_str(&serde_json::to_string(&d2).unwrap()).unwrap();
+        assert_eq!(back.qc, Some(q));
+    }
+
+    #[test]
+    fn figures_map_nan_to_none() {
+        let qc = PlateQc {
+            mean_offset: 1.5,
+            mixing_after: f64::NAN,
+            cross_batch_distance_after: f64::INFINITY,
+            control_dispersion: Some(0.25),
+            coverage_median: 2.0,
+            ..PlateQc::default()
+        };
+        let f = qc.figures();
+        assert_eq!(f.mean_offset, Some(1.5));
+        assert_eq!(f.mixing_after, None);
+        assert_eq!(f.cross_batch_distance_after, None);
+        assert_eq!(f.control_dispersion, Some(0.25));
+        assert_eq!(f.coverage_median, Some(2.0));
+    }
+}

@@ -709,6 +709,42 @@ fn deploy_artefacts_parse_and_agree_with_the_repo() {
     }
     assert!(!alert_metric_names().is_empty());
     assert!(!dashboard_metric_names().is_empty());
+    // kubectl, when installed: the kustomization renders.
+    if let Ok(o) = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join("deploy/k8s"))
+        .output()
+    {
+        assert!(
+            o.status.success(),
+            "kubectl kustomize deploy/k8s failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("kind: StatefulSet") && out.contains("namespace: balans"));
+    }
+    // systemd-analyze, when installed: the unit verifies (with ExecStart
+    // pointing at this build's binary, since /usr/local/bin/balans is not
+    // installed here).
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/balans.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("balans.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/balans", env!("CARGO_BIN_EXE_balans")),
+    )
+    .unwrap();
+    if let Ok(o) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    {
+        assert!(
+            o.status.success(),
+            "systemd-analyze verify failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     // promtool, when installed (Debian: apt-get install prometheus):
     // syntax, then the alert unit tests (stalled feed, dead-letter rate, ...).
     for (what, file) in [
