@@ -301,6 +301,29 @@ mod tests {
     }
 
     #[test]
+    fn qc_and_metrics_sections_from_the_environment() {
+        let env = vec![
+            ("BALANS_QC__Z_THRESHOLD".to_string(), "4".to_string()),
+            ("BALANS_QC__MIN_HISTORY".to_string(), "8".to_string()),
+            (
+                "BALANS_METRICS__LISTEN".to_string(),
+                "0.0.0.0:9464".to_string(),
+            ),
+        ];
+        let c = crate::config::Config::load_with_env(None, env.into_iter()).unwrap();
+        assert_eq!(c.qc.z_threshold, 4.0);
+        assert_eq!(c.qc.min_history, 8);
+        assert_eq!(
+            c.metrics.address().unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        let bad = vec![("BALANS_QC__MIN_HISTORY".to_string(), "1".to_string())];
+        assert!(crate::config::Config::load_with_env(None, bad.into_iter()).is_err());
+        let bad = vec![("BALANS_METRICS__LISTEN".to_string(), "nope".to_string())];
+        assert!(crate::config::Config::load_with_env(None, bad.into_iter()).is_err());
+    }
+
+    #[test]
     fn missing_figures_are_skipped() {
         let h: Vec<QcFigures> = (0..6)
             .map(|_| QcFigures {
