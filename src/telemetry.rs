@@ -195,7 +195,6 @@ struct Inner {
     model_plates: IntGauge,
     model_batches: IntGauge,
     model_generation: IntGauge,
-    model_info: IntGaugeVec,
     landmarks: IntCounter,
     model_coverage: GaugeVec,
     commit: Histogram,
@@ -209,7 +208,6 @@ struct Inner {
     qc_last: GaugeVec,
     qc_mixing: HistogramVec,
     ready_gauge: IntGauge,
-    model_version: std::sync::Mutex<String>,
 }
 
 /// The telemetry handle (clone freely).
@@ -340,7 +338,10 @@ impl Telemetry {
             )?,
             model_plates: reg(
                 &r,
-                IntGauge::new("balans_model_plates", "Plates incorporated in the model.")?,
+                IntGauge::new(
+                    "balans_model_plates",
+                    "Plates incorporated in the model (the model version is g<generation>.p<plates>).",
+                )?,
             )?,
             model_batches: reg(
                 &r,
@@ -350,17 +351,7 @@ impl Telemetry {
                 &r,
                 IntGauge::new(
                     "balans_model_generation",
-                    "Model generation (bumped by a realignment).",
-                )?,
-            )?,
-            model_info: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "balans_model_info",
-                        "The model version the next plate is corrected with (value 1).",
-                    ),
-                    &["version"],
+                    "Model generation (bumped by a realignment; the model version is g<generation>.p<plates>).",
                 )?,
             )?,
             landmarks: reg(
@@ -467,7 +458,6 @@ impl Telemetry {
                 IntGauge::new("balans_ready", "1 when /readyz answers 200.")?,
             )?,
             ready: Readiness::default(),
-            model_version: std::sync::Mutex::new(String::new()),
             registry: r,
         };
         for v in ["false", "true"] {
@@ -597,14 +587,6 @@ impl Telemetry {
         i.model_plates.set(m.meta().plates.len() as i64);
         i.model_batches.set(m.meta().batches.len() as i64);
         i.model_generation.set(m.meta().generation as i64);
-        let v = m.version();
-        if let Ok(mut last) = i.model_version.lock() {
-            if *last != v {
-                i.model_info.reset();
-                i.model_info.with_label_values(&[&v]).set(1);
-                *last = v;
-            }
-        }
     }
 
     /// Coverage distribution over the model's rows (cost: O(rows log rows);

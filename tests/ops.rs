@@ -417,7 +417,9 @@ fn metrics_health_and_qc_over_http() {
         ),
         1.0
     );
-    assert_eq!(m0.get("balans_model_info", &[("version", "g1.p0")]), 1.0);
+    // Model version g1.p0.
+    assert_eq!(m0.get("balans_model_generation", &[]), 1.0);
+    assert_eq!(m0.get("balans_model_plates", &[]), 0.0);
     assert_eq!(
         m0.get("balans_checkpoint_duration_seconds_count", &[]),
         1.0,
@@ -552,10 +554,12 @@ fn metrics_health_and_qc_over_http() {
     );
     assert_eq!(m.get("balans_model_rows", &[]), ref_rows + good_rows as f64);
     assert_eq!(m.get("balans_model_plates", &[]), n_good as f64);
-    let version = format!("g1.p{n_good}");
+    assert_eq!(m.get("balans_model_generation", &[]), 1.0);
+    let last = qc_json(&outbox, &st.known[st.known.len() - 1].0);
     assert_eq!(
-        m.get("balans_model_info", &[("version", version.as_str())]),
-        1.0
+        last["model_version"].as_str().unwrap(),
+        format!("g1.p{}", n_good - 1),
+        "the last plate was corrected with the version before it was added"
     );
     assert!(m.get("balans_landmarks_total", &[]) >= good_rows as f64);
     assert_eq!(
