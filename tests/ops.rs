@@ -461,6 +461,16 @@ fn metrics_health_and_qc_over_http() {
         count_files(&inbox.join("done"), ".parquet") == n_good
             && count_files(&inbox.join("dlq"), ".reason.txt") == n_bad
     });
+    // The reason files start with the reason kind (the metric label).
+    for (f, kind) in [
+        ("z_garbage.parquet", "unreadable: "),
+        ("z_empty.parquet", "empty: "),
+        ("z_nan.csv", "non_finite: "),
+    ] {
+        let why =
+            std::fs::read_to_string(inbox.join("dlq").join(format!("{f}.reason.txt"))).unwrap();
+        assert!(why.starts_with(kind), "{f}: {why}");
+    }
     // The counters move after the acknowledgement: give the last one a beat.
     wait_until("counters", 10, || {
         daemon

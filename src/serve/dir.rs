@@ -344,8 +344,7 @@ impl DirServer {
         let dest = self.inbox.join("dlq").join(name);
         let mut why = dest.clone().into_os_string();
         why.push(".reason.txt");
-        std::fs::write(&why, format!("{}\n", rejection.message))
-            .context("cannot write the dlq reason")?;
+        std::fs::write(&why, format!("{rejection}\n")).context("cannot write the dlq reason")?;
         std::fs::rename(path, &dest)
             .with_context(|| format!("cannot move {} to dlq/", path.display()))
     }
