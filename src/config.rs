@@ -97,14 +97,14 @@ impl Default for ServeConfig {
 pub struct Config {
     /// Method parameters.
     pub method: Params,
-    /// `balans correct` options (table layout; also used by `serve`).
-    pub correct: CorrectConfig,
-    /// `balans serve` options.
-    pub serve: ServeConfig,
     /// `/metrics`, `/healthz`, `/readyz` listener (`balans serve`).
     pub metrics: crate::telemetry::MetricsConfig,
     /// Per-plate QC outlier thresholds.
     pub qc: crate::qc::QcConfig,
+    /// `balans correct` options (table layout; also used by `serve`).
+    pub correct: CorrectConfig,
+    /// `balans serve` options.
+    pub serve: ServeConfig,
 }
 
 /// Parse an environment value as the TOML scalar it looks like.
@@ -248,7 +248,5 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
         let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
         assert_eq!(c.method, Params::default());
-        assert_eq!(c.qc, crate::qc::QcConfig::default());
-        assert_eq!(c.metrics, crate::telemetry::MetricsConfig::default());
     }
 }

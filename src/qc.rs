@@ -301,6 +301,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_has_the_default_qc_and_metrics_sections() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
+        let c = crate::config::Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(c.qc, QcConfig::default());
+        assert_eq!(c.metrics, crate::telemetry::MetricsConfig::default());
+    }
+
+    #[test]
     fn qc_and_metrics_sections_from_the_environment() {
         let env = vec![
             ("BALANS_QC__Z_THRESHOLD".to_string(), "4".to_string()),

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Regex of feature columns passed through uncorrected.
     #[arg(long)]
     pub exclude: Option<String>,
+    /// Listen address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464; "off" disables ([metrics] listen) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Milliseconds between inbox scans [default: 500].
     #[arg(long)]
     pub poll_ms: Option<u64>,
@@ -48,14 +51,14 @@ pub struct ServeArgs {
     /// Process what is in the inbox, then exit.
     #[arg(long)]
     pub once: bool,
-    /// Listen address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464; "off" disables ([metrics] listen) [default: off].
-    #[arg(long)]
-    pub metrics_addr: Option<String>,
 }
 
 /// Run the daemon until SIGTERM/SIGINT (or once).
 pub fn run(a: ServeArgs) -> Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(v) = &a.metrics_addr {
+        cfg.metrics.listen = v.clone();
+    }
     let s = &mut cfg.serve;
     if let Some(v) = &a.reference {
         s.reference = Some(v.clone());
@@ -84,9 +87,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = &a.exclude {
         c.exclude = Some(v.clone());
-    }
-    if let Some(v) = &a.metrics_addr {
-        cfg.metrics.listen = v.clone();
     }
     anyhow::ensure!(
         cfg.correct.batch_col.is_some(),
