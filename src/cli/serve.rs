@@ -10,7 +10,6 @@ use clap::Args;
 
 use balans::config::Config;
 use balans::serve::dir::DirServer;
-use balans::telemetry::Telemetry;
 
 /// Options of `balans serve` (keys of `[serve]`, `[correct]`, `[method]`).
 #[derive(Args, Debug, Clone, Default)]
@@ -92,19 +91,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cfg.correct.batch_col.is_some(),
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
     );
+    // The metrics listener (every mode) starts before the state is
+    // restored: /healthz answers and /readyz says 503 during a long restore
+    // or warm start.
+    let telemetry = balans::telemetry::Telemetry::new()?;
+    let _http = match cfg.metrics.address()? {
+        Some(addr) => Some(telemetry.serve_http(addr)?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
     tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
-    // The listener starts before the state is restored: /healthz answers
-    // and /readyz says 503 during a long restore or warm start.
-    let telemetry = Telemetry::new()?;
-    let _http = match cfg.metrics.address()? {
-        Some(addr) => Some(telemetry.serve_http(addr)?),
-        None => None,
-    };
     let mut server = DirServer::open_with(cfg, telemetry)?;
     let report = server.run(stop, a.once)?;
     tracing::info!(

@@ -56,6 +56,16 @@ pub struct DirServer {
     telemetry: Telemetry,
 }
 
+/// Report the restored model to `t` and mark the state restored.
+fn restored(t: Telemetry, model: Option<&Model>) -> Telemetry {
+    if let Some(m) = model {
+        t.model(m);
+        t.model_coverage(m);
+    }
+    t.set_state_restored(true);
+    t
+}
+
 /// The `topic` label of the inbox backlog in `balans_consumer_lag`.
 pub const INBOX_TOPIC: &str = "inbox";
 
@@ -80,18 +90,13 @@ impl DirServer {
             std::fs::create_dir_all(sc.inbox.join(sub))?;
         }
         let (state, model) = open_state(&cfg)?;
-        if let Some(m) = &model {
-            telemetry.model(m);
-            telemetry.model_coverage(m);
-        }
-        telemetry.set_state_restored(true);
         Ok(DirServer {
             inbox: sc.inbox.clone(),
             outbox: sc.outbox.clone(),
             cfg,
             state,
+            telemetry: restored(telemetry, model.as_ref()),
             model,
-            telemetry,
         })
     }
 
