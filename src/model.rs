@@ -38,6 +38,7 @@ use crate::index::{BatchIndex, Neighbor};
 use crate::params::{IndexKind, Params};
 use crate::pca::Pca;
 use crate::preprocess::{clipped, median_inplace, MIN_CONTROLS_PER_PLATE};
+use crate::qc::{finite, QcFigures};
 use crate::rows::{Concat, MatrixRows, RowSource};
 use crate::sampling::{compute_row, SamplingConfig, SparseRow};
 use crate::scales::ScaleCache;
@@ -55,6 +56,10 @@ pub struct PlateRecord {
     pub content_hash: u64,
     /// Model version the plate was corrected with.
     pub version: String,
+    /// QC figures of the plate (the batch's QC history; absent in state
+    /// written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<QcFigures>,
 }
 
 /// The state change of incorporating one plate (the write-ahead record).
@@ -74,6 +79,9 @@ pub struct PlateDelta {
     pub coverage_updates: Vec<(u64, f32)>,
     /// Coverage of the plate's own rows.
     pub plate_coverage: Vec<f32>,
+    /// QC figures of the plate, kept as its batch's QC history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<QcFigures>,
 }
 
 /// Per-plate quality figures computed while correcting.
@@ -107,6 +115,33 @@ pub struct PlateQc {
     pub new_batch: bool,
 }
 
+impl PlateQc {
+    /// The figures the outlier test uses (NaN -> None).
+    pub fn figures(&self) -> QcFigures {
+        QcFigures {
+            mean_offset: finite(self.mean_offset),
+            mixing_after: finite(self.mixing_after),
+            cross_batch_distance_after: finite(self.cross_batch_distance_after),
+            control_dispersion: self.control_dispersion.and_then(finite),
+            coverage_median: finite(self.coverage_median),
+        }
+    }
+}
+
+/// Seconds spent in the stages of [`Model::correct_plate`] (returned, not
+/// reported: the core does no I/O; the pipeline feeds them to telemetry).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PlateTimings {
+    /// Affinity-row sampling (landmark rows against every batch index).
+    pub sampling: f64,
+    /// Offsets from the sampled rows and the map back to features.
+    pub correction: f64,
+    /// The QC figures (mixing before/after, dispersion, coverage).
+    pub qc: f64,
+    /// Landmark rows sampled (plate rows x rounds).
+    pub landmarks: usize,
+}
+
 /// A corrected plate.
 #[derive(Debug, Clone)]
 pub struct PlateCorrection {
@@ -116,6 +151,8 @@ pub struct PlateCorrection {
     pub qc: PlateQc,
     /// The state change to apply.
     pub delta: PlateDelta,
+    /// Stage timings.
+    pub timings: PlateTimings,
 }
 
 /// Serialisable scalar state (the large arrays are stored separately).
@@ -485,9 +522,14 @@ impl Model {
         };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
+        let mut timings = PlateTimings::default();
+        let t_qc = std::time::Instant::now();
         let (mixing_before, cross_batch_distance_before) = self.plate_mixing(&y_raw, batch_id)?;
+        timings.qc += t_qc.elapsed().as_secs_f64();
+        let t_correction = std::time::Instant::now();
         if !self.is_empty() {
             for _round in 0..params.rounds {
+                let t_sampling = std::time::Instant::now();
                 let current = &y_raw - &offset;
                 let mut plate_index = BatchIndex::new(IndexKind::Exact, p, 1)?;
                 let keys: Vec<u64> = (self.len()..self.len() + n_plate)
@@ -509,6 +551,8 @@ impl Model {
                         .map(|i| compute_row(i, &all, &refs, &cache, &cfg))
                         .collect::<Result<_>>()?
                 };
+                timings.sampling += t_sampling.elapsed().as_secs_f64();
+                timings.landmarks += rows.len();
                 let own = |j: usize| -> Result<Vec<u32>> {
                     let nb: Vec<Neighbor> =
                         plate_index.search(all.row(j), params.k.max(params.m))?;
@@ -527,7 +571,10 @@ impl Model {
             }
         }
         let y_corr = &y_raw - &offset;
+        let t_qc = std::time::Instant::now();
         let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
+        let qc_mixing_after = t_qc.elapsed().as_secs_f64();
+        timings.qc += qc_mixing_after;
         // Back to features: z - offset * V^T (only the neighbour subspace moves).
         let off64 = offset.mapv(|v| v as f64);
         let z_corr = &z - &off64.dot(&self.pca.components.t());
@@ -538,6 +585,9 @@ impl Model {
                 corrected[[i, f]] = z_corr[[i, j]] * s + g;
             }
         }
+        timings.correction =
+            (t_correction.elapsed().as_secs_f64() - qc_mixing_after - timings.sampling).max(0.0);
+        let t_qc = std::time::Instant::now();
         // Coverage contributions.
         let mut plate_coverage = vec![0f32; n_plate];
         let mut updates: BTreeMap<u64, f32> = BTreeMap::new();
@@ -596,6 +646,7 @@ impl Model {
             coverage_median,
             new_batch: batch_id.is_none(),
         };
+        timings.qc += t_qc.elapsed().as_secs_f64();
         let delta = PlateDelta {
             plate: plate.to_string(),
             batch: batch.to_string(),
@@ -604,11 +655,13 @@ impl Model {
             y: y_corr.iter().copied().collect(),
             coverage_updates: updates.into_iter().collect(),
             plate_coverage,
+            qc: Some(qc.figures()),
         };
         Ok(PlateCorrection {
             corrected,
             qc,
             delta,
+            timings,
         })
     }
 
@@ -690,6 +743,7 @@ impl Model {
                 rows: n_new as u64,
                 content_hash: delta.content_hash,
                 version: delta.version.clone(),
+                qc: delta.qc,
             },
         );
         Ok(())
@@ -727,8 +781,72 @@ impl Model {
         Ok(corrected)
     }
 
+    /// QC figures of the batch's incorporated plates, oldest first (plates
+    /// recorded without figures are skipped). Cost: one pass over the
+    /// plate records.
+    pub fn qc_history(&self, batch: &str) -> Vec<QcFigures> {
+        let mut v: Vec<(u64, QcFigures)> = self
+            .meta
+            .plates
+            .values()
+            .filter(|r| r.batch == batch)
+            .filter_map(|r| r.qc.map(|q| (r.first_row, q)))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v.into_iter().map(|x| x.1).collect()
+    }
+
     /// Start a new generation (after a deliberate realignment).
     pub fn bump_generation(&mut self) {
         self.meta.generation += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_written_before_qc_figures_still_loads() {
+        // A plate record and a log record as written before the QC history
+        // existed: no `qc` field.
+        let r: PlateRecord = serde_json::from_str(
+            r#"{"batch":"B1","first_row":0,"rows":2,"content_hash":7,"version":"g1.p0"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.qc, None);
+        let d: PlateDelta = serde_json::from_str(
+            r#"{"plate":"P","batch":"B1","content_hash":7,"version":"g1.p0","y":[],
+                "coverage_updates":[],"plate_coverage":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.qc, None);
+        // And the new field round-trips (NaN-free: figures are Options).
+        let q = QcFigures {
+            mean_offset: Some(0.5),
+            mixing_after: None,
+            ..QcFigures::default()
+        };
+        let d2 = PlateDelta { qc: Some(q), ..d };
+        let back: PlateDelta = serde_json::from_str(&serde_json::to_string(&d2).unwrap()).unwrap();
+        assert_eq!(back.qc, Some(q));
+    }
+
+    #[test]
+    fn figures_map_nan_to_none() {
+        let qc = PlateQc {
+            mean_offset: 1.5,
+            mixing_after: f64::NAN,
+            cross_batch_distance_after: f64::INFINITY,
+            control_dispersion: Some(0.25),
+            coverage_median: 2.0,
+            ..PlateQc::default()
+        };
+        let f = qc.figures();
+        assert_eq!(f.mean_offset, Some(1.5));
+        assert_eq!(f.mixing_after, None);
+        assert_eq!(f.cross_batch_distance_after, None);
+        assert_eq!(f.control_dispersion, Some(0.25));
+        assert_eq!(f.coverage_median, Some(2.0));
     }
 }

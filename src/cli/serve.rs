@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Regex of feature columns passed through uncorrected.
     #[arg(long)]
     pub exclude: Option<String>,
+    /// Listen address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464; "off" disables ([metrics] listen) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Milliseconds between inbox scans [default: 500].
     #[arg(long)]
     pub poll_ms: Option<u64>,
@@ -52,6 +55,9 @@ pub struct ServeArgs {
 /// Run the daemon until SIGTERM/SIGINT (or once).
 pub fn run(a: ServeArgs) -> Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(v) = &a.metrics_addr {
+        cfg.metrics.listen = v.clone();
+    }
     let s = &mut cfg.serve;
     if let Some(v) = &a.reference {
         s.reference = Some(v.clone());
@@ -85,13 +91,21 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cfg.correct.batch_col.is_some(),
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
     );
+    // The metrics listener (every mode) starts before the state is
+    // restored: /healthz answers and /readyz says 503 during a long restore
+    // or warm start.
+    let telemetry = balans::telemetry::Telemetry::new()?;
+    let _http = match cfg.metrics.address()? {
+        Some(addr) => Some(telemetry.serve_http(addr)?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
     tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
-    let mut server = DirServer::open(cfg)?;
+    let mut server = DirServer::open_with(cfg, telemetry)?;
     let report = server.run(stop, a.once)?;
     tracing::info!(
         corrected = report.corrected,
