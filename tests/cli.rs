@@ -322,29 +322,64 @@ fn bbbc021_weeks_mix_better_and_moa_is_kept() {
         "--label-col",
         "Metadata_MoA",
     ]);
-    let score = |table: &Path| -> serde_json::Value {
-        let j = dir.path().join("r.json");
-        ok(&[
-            "evaluate",
-            "-i",
-            s(table),
-            "--baseline",
-            s(&data),
-            "--batch-col",
-            "Metadata_Week",
-            "--label-col",
-            "Metadata_MoA",
-            "--control",
-            "Metadata_MoA=DMSO",
-            "--exclude",
-            "_Location_|_Center_",
-            "--json",
-            s(&j),
-        ]);
-        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap()
-    };
-    let before = score(&data);
-    let after = score(&out);
+    // One call scores the corrected table and (as "before") the baseline,
+    // and writes every report format.
+    let j = dir.path().join("r.json");
+    let html = dir.path().join("r.html");
+    let md = dir.path().join("r.md");
+    let text = ok(&[
+        "evaluate",
+        "-i",
+        s(&out),
+        "--baseline",
+        s(&data),
+        "--batch-col",
+        "Metadata_Week",
+        "--label-col",
+        "Metadata_MoA",
+        "--control",
+        "Metadata_MoA=DMSO",
+        "--exclude",
+        "_Location_|_Center_",
+        "--json",
+        s(&j),
+        "--html",
+        s(&html),
+        "--markdown",
+        s(&md),
+    ]);
+    assert!(text.contains("before") && text.contains("after"), "{text}");
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let before = after["before"].clone();
+    assert!(before.is_object(), "no baseline scores in {after}");
+    // The baseline against itself: PCR comparison 0 by definition.
+    assert_eq!(before["pcr_comparison"].as_f64(), Some(0.0));
+    let page = std::fs::read_to_string(&html).unwrap();
+    // 4 scatters (batch/label x before/after) + the metric bars.
+    assert_eq!(
+        page.matches("<svg").count(),
+        5,
+        "figures in the HTML report"
+    );
+    for caption in [
+        "before: PCA coloured by batch",
+        "after: PCA coloured by label",
+        "metrics before and after",
+        "Week10",
+    ] {
+        assert!(page.contains(caption), "missing {caption}");
+    }
+    let mdt = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        mdt.contains("| section | metric | before | after |"),
+        "{mdt}"
+    );
+    for fig in ["pca_batch_before", "pca_label_after", "metrics"] {
+        let svg = dir.path().join(format!("r.{fig}.svg"));
+        assert!(mdt.contains(&format!("(r.{fig}.svg)")), "{mdt}");
+        assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    }
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     assert!(
         f(&after, "batch") > f(&before, "batch") + 0.1,

@@ -333,11 +333,14 @@ fn check_dataset(c: &mut Checker, ds: &str, emb: &Table, base: Option<&Table>, r
             1e-5,
         );
         let n_groups = m.groups.len() as f64;
+        // Independent null streams: the groups whose p-value straddles the
+        // BH line may flip (the p-values themselves are checked to 4 standard
+        // errors below); up to two such groups are tolerated.
         c.check(
             &format!("{ds} {} fraction retrieved", spec.name),
             m.fraction_retrieved,
             num(&want["fraction_retrieved"]),
-            1.0 / n_groups + 1e-9,
+            2.0 / n_groups + 1e-9,
         );
         for g in &m.groups {
             let wp = num(&want["groups"][&g.key]["p_value"]);

@@ -578,7 +578,7 @@ def render_markdown(results, info, reference, ref_path, tol, env, seurat_note) -
         out.append(f"Reference table not available ({ref_path}): no comparison made.\n")
     else:
         out.append(
-            f"Reference: `{ref_path}` (BBBC021 table). Tolerance {tol:g} per metric (k-means NMI/ARI "
+            f"Reference: `{ref_path}` (BBBC021 table). Tolerance {tol:g} per metric, {KBET_TOLERANCE:g} for kBET (one label's weight; docs/metrics.md shows scib's own kBET moving that much under 0.1 % noise) (k-means NMI/ARI "
             "alone move by about +-0.02 between seeds). Deviation = this run - evaluation.md.\n"
         )
         out.append(
@@ -641,6 +641,9 @@ def render_markdown(results, info, reference, ref_path, tol, env, seurat_note) -
     return "\n".join(out)
 
 
+KBET_TOLERANCE = 0.1
+
+
 def compare(rep: dict, ref: dict, tol: float, rep_spread: dict | None = None) -> dict:
     devs = {}
     for _, k in METRICS:
@@ -650,7 +653,9 @@ def compare(rep: dict, ref: dict, tol: float, rep_spread: dict | None = None) ->
         return {"error": "no metric in common with the reference row"}
     label = {k: h for h, k in METRICS}
     kmax = max(devs, key=lambda k: abs(devs[k]))
-    outside = [label[k] for k, d in devs.items() if abs(d) > tol]
+    # kBET flips a whole label's weight (1 / scored labels = 0.1 on BBBC021)
+    # under last-bit perturbations of scib itself: see docs/metrics.md.
+    outside = [label[k] for k, d in devs.items() if abs(d) > (max(tol, KBET_TOLERANCE) if k == "kbet" else tol)]
     res = {
         "n_compared": len(devs),
         "deviations": devs,

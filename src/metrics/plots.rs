@@ -246,7 +246,7 @@ mod tests {
         // 4 points + 3 legend markers.
         assert_eq!(svg.matches("<circle").count(), 7, "{svg}");
         for label in ["a", "b", "c", "PC1", "PC2", "test"] {
-            assert!(svg.contains(&format!(">{label}<")), "missing {label}");
+            assert!(svg.contains(&format!(">\n{label}\n<")), "missing {label}");
         }
         assert!(scatter("x", &xy, &g[..2]).is_err());
     }
@@ -260,7 +260,7 @@ mod tests {
         ];
         let svg = metric_bars("scores", &rows).unwrap();
         for label in ["iLISI", "kBET", "NMI", "after", "before (baseline)"] {
-            assert!(svg.contains(&format!(">{label}<")), "missing {label}");
+            assert!(svg.contains(&format!(">\n{label}\n<")), "missing {label}");
         }
         // 4 bars + background + plotting-area fill + 2 legend swatches.
         let rects = svg.matches("<rect").count();
