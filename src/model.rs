@@ -432,6 +432,16 @@ impl Model {
         (z, ctrl.len())
     }
 
+    /// Project a block of rows into the neighbour space the way a plate is
+    /// projected (normalised against its own controls with the frozen
+    /// scale, clipped, PCA) — without aligning it. With [`Model::restore`]
+    /// this seeds a model with many indexed rows cheaply (the streaming
+    /// bench's warm start) when an offline fit would take too long.
+    pub fn project(&self, x: ArrayView2<f64>, controls: Option<&[bool]>) -> Array2<f32> {
+        let (z, _) = self.normalise_plate(x, controls);
+        self.pca.transform_f32(clipped(&z).view())
+    }
+
     /// Correct one plate (all rows share `batch`). `x` is rows x features in
     /// the model's feature order. Does not change the model: apply the
     /// returned delta with [`Model::apply`].
@@ -461,6 +471,7 @@ impl Model {
         }
         let params = &self.meta.params;
         let p = self.meta.dims;
+        let t_start = std::time::Instant::now();
         let (z, n_controls) = self.normalise_plate(x, controls);
         let y_raw = self.pca.transform_f32(clipped(&z).view());
         let batch_id = self.meta.batches.iter().position(|b| b == batch);
@@ -485,7 +496,9 @@ impl Model {
         };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
+        let t_project = t_start.elapsed();
         let (mixing_before, cross_batch_distance_before) = self.plate_mixing(&y_raw, batch_id)?;
+        let t_mixing_before = t_start.elapsed();
         if !self.is_empty() {
             for _round in 0..params.rounds {
                 let current = &y_raw - &offset;
@@ -527,7 +540,9 @@ impl Model {
             }
         }
         let y_corr = &y_raw - &offset;
+        let t_rounds = t_start.elapsed();
         let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
+        let t_mixing_after = t_start.elapsed();
         // Back to features: z - offset * V^T (only the neighbour subspace moves).
         let off64 = offset.mapv(|v| v as f64);
         let z_corr = &z - &off64.dot(&self.pca.components.t());
@@ -596,6 +611,17 @@ impl Model {
             coverage_median,
             new_batch: batch_id.is_none(),
         };
+        tracing::debug!(
+            plate,
+            rows = n_plate,
+            indexed = self.len(),
+            project_s = t_project.as_secs_f64(),
+            mixing_before_s = (t_mixing_before - t_project).as_secs_f64(),
+            rounds_s = (t_rounds - t_mixing_before).as_secs_f64(),
+            mixing_after_s = (t_mixing_after - t_rounds).as_secs_f64(),
+            rest_s = (t_start.elapsed() - t_mixing_after).as_secs_f64(),
+            "correct_plate stages"
+        );
         let delta = PlateDelta {
             plate: plate.to_string(),
             batch: batch.to_string(),

@@ -67,39 +67,7 @@ impl DirServer {
         for sub in ["done", "dlq"] {
             std::fs::create_dir_all(sc.inbox.join(sub))?;
         }
-        let mut state = StateDir::open(&sc.state_dir)?;
-        let model = match state.restore()? {
-            Some((m, replayed)) => {
-                tracing::info!(
-                    rows = m.len(),
-                    plates = m.meta().plates.len(),
-                    wal_records = replayed,
-                    "state restored"
-                );
-                if sc.reference.is_some() {
-                    tracing::info!("state exists: the reference table is not refitted");
-                }
-                Some(m)
-            }
-            None => {
-                match &sc.reference {
-                    Some(r) => {
-                        let m = warm_start(&cfg, r)?;
-                        state.snapshot(&m)?;
-                        tracing::info!(
-                            rows = m.len(),
-                            batches = m.meta().batches.len(),
-                            "warm-started from the reference table"
-                        );
-                        Some(m)
-                    }
-                    None => {
-                        tracing::info!("no state and no reference: the first plate fixes normalisation and basis");
-                        None
-                    }
-                }
-            }
-        };
+        let (state, model) = open_state(&cfg)?;
         Ok(DirServer {
             inbox: sc.inbox.clone(),
             outbox: sc.outbox.clone(),
@@ -273,6 +241,48 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Open the state directory and restore the model from it, or warm-start
+/// it from the reference table (fitted offline, then snapshotted), or
+/// start with no model (the first plate bootstraps one). Shared by every
+/// source (directory and Kafka).
+pub fn open_state(cfg: &Config) -> Result<(StateDir, Option<Model>)> {
+    let sc = &cfg.serve;
+    let mut state = StateDir::open(&sc.state_dir)?;
+    let model = match state.restore()? {
+        Some((m, replayed)) => {
+            tracing::info!(
+                rows = m.len(),
+                plates = m.meta().plates.len(),
+                wal_records = replayed,
+                "state restored"
+            );
+            if sc.reference.is_some() {
+                tracing::info!("state exists: the reference table is not refitted");
+            }
+            Some(m)
+        }
+        None => match &sc.reference {
+            Some(r) => {
+                let m = warm_start(cfg, r)?;
+                state.snapshot(&m)?;
+                tracing::info!(
+                    rows = m.len(),
+                    batches = m.meta().batches.len(),
+                    "warm-started from the reference table"
+                );
+                Some(m)
+            }
+            None => {
+                tracing::info!(
+                    "no state and no reference: the first plate fixes normalisation and basis"
+                );
+                None
+            }
+        },
+    };
+    Ok((state, model))
 }
 
 /// Fit the reference table offline and seed the model with it.
