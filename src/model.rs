@@ -39,7 +39,7 @@ use crate::params::{IndexKind, Params};
 use crate::pca::Pca;
 use crate::preprocess::{clipped, median_inplace, MIN_CONTROLS_PER_PLATE};
 use crate::rows::{Concat, MatrixRows, RowSource};
-use crate::sampling::{compute_row, SamplingConfig, SparseRow};
+use crate::sampling::{compute_row_observed, SamplingConfig, SparseRow};
 use crate::scales::ScaleCache;
 
 /// What the model remembers of an incorporated plate.
@@ -165,6 +165,10 @@ pub enum Lookup {
     /// Same id, different content.
     Clash(PlateRecord),
 }
+
+/// One plate row's nearest rows in every batch index: (squared distance,
+/// batch id).
+type RowHits = Vec<(f32, usize)>;
 
 /// FNV-1a hash of bytes (stable across runs and platforms).
 pub fn content_hash(bytes: &[u8]) -> u64 {
@@ -497,10 +501,12 @@ impl Model {
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
         let t_project = t_start.elapsed();
-        let (mixing_before, cross_batch_distance_before) = self.plate_mixing(&y_raw, batch_id)?;
-        let t_mixing_before = t_start.elapsed();
+        // Mixing before correction needs each row's k nearest rows of every
+        // batch index at y_raw: exactly round 1's candidate queries, so they
+        // are recorded there instead of repeated (same figures).
+        let mut hits_before: Option<Vec<RowHits>> = None;
         if !self.is_empty() {
-            for _round in 0..params.rounds {
+            for round in 0..params.rounds {
                 let current = &y_raw - &offset;
                 let mut plate_index = BatchIndex::new(IndexKind::Exact, p, 1)?;
                 let keys: Vec<u64> = (self.len()..self.len() + n_plate)
@@ -515,13 +521,34 @@ impl Model {
                 let mut refs: Vec<&BatchIndex> = self.indices.iter().collect();
                 refs.push(&plate_index);
                 let cache = ScaleCache::sparse(n_batches + 1, params.k);
-                let rows: Vec<SparseRow> = {
+                let k = params.k;
+                let record = round == 0;
+                let (rows, hits): (Vec<SparseRow>, Vec<RowHits>) = {
                     use rayon::prelude::*;
-                    (self.len()..self.len() + n_plate)
+                    let out: Vec<(SparseRow, RowHits)> = (self.len()..self.len() + n_plate)
                         .into_par_iter()
-                        .map(|i| compute_row(i, &all, &refs, &cache, &cfg))
-                        .collect::<Result<_>>()?
+                        .map(|i| {
+                            let mut hits: RowHits = Vec::new();
+                            let row = compute_row_observed(
+                                i,
+                                &all,
+                                &refs,
+                                &cache,
+                                &cfg,
+                                &mut |c, nb| {
+                                    if record && c < n_batches {
+                                        hits.extend(nb.iter().take(k).map(|n| (n.dist2, c)));
+                                    }
+                                },
+                            )?;
+                            Ok((row, hits))
+                        })
+                        .collect::<Result<_>>()?;
+                    out.into_iter().unzip()
                 };
+                if record {
+                    hits_before = Some(hits);
+                }
                 let own = |j: usize| -> Result<Vec<u32>> {
                     let nb: Vec<Neighbor> =
                         plate_index.search(all.row(j), params.k.max(params.m))?;
@@ -539,6 +566,11 @@ impl Model {
                 last_rows = rows;
             }
         }
+        let (mixing_before, cross_batch_distance_before) = match hits_before {
+            Some(h) => self.mixing_from_hits(h, batch_id),
+            None => self.plate_mixing(&y_raw, batch_id)?,
+        };
+        let t_mixing_before = t_start.elapsed();
         let y_corr = &y_raw - &offset;
         let t_rounds = t_start.elapsed();
         let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
@@ -616,8 +648,8 @@ impl Model {
             rows = n_plate,
             indexed = self.len(),
             project_s = t_project.as_secs_f64(),
-            mixing_before_s = (t_mixing_before - t_project).as_secs_f64(),
-            rounds_s = (t_rounds - t_mixing_before).as_secs_f64(),
+            rounds_s = (t_mixing_before - t_project).as_secs_f64(),
+            mixing_before_s = (t_rounds - t_mixing_before).as_secs_f64(),
             mixing_after_s = (t_mixing_after - t_rounds).as_secs_f64(),
             rest_s = (t_start.elapsed() - t_mixing_after).as_secs_f64(),
             "correct_plate stages"
@@ -642,24 +674,48 @@ impl Model {
     /// share of their k nearest neighbours (over all batch indices) from
     /// other batches, relative to the share of other-batch rows; and the
     /// median distance to the nearest other-batch row. NaN for an empty
-    /// model (or a model holding only the plate's batch).
-    fn plate_mixing(&self, y: &Array2<f32>, batch_id: Option<usize>) -> Result<(f64, f64)> {
+    /// model (or a model holding only the plate's batch). `batch` is the
+    /// plate's batch (None = a batch the model has not seen). Rows are
+    /// queried in parallel.
+    pub fn plate_mixing(&self, y: &Array2<f32>, batch: Option<usize>) -> Result<(f64, f64)> {
+        use rayon::prelude::*;
+        let k = self.meta.params.k;
+        if self.is_empty() {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let hits: Vec<RowHits> = (0..y.nrows())
+            .into_par_iter()
+            .map(|i| {
+                let q: Vec<f32> = y.row(i).iter().copied().collect();
+                let mut all: RowHits = Vec::new();
+                for (c, index) in self.indices.iter().enumerate() {
+                    for nb in index.search(&q, k)? {
+                        all.push((nb.dist2, c));
+                    }
+                }
+                Ok(all)
+            })
+            .collect::<Result<_>>()?;
+        Ok(self.mixing_from_hits(hits, batch))
+    }
+
+    /// The mixing figures from each plate row's k nearest rows of every
+    /// batch index, `(dist2, batch)` (see [`Model::plate_mixing`]).
+    fn mixing_from_hits(&self, hits: Vec<RowHits>, batch_id: Option<usize>) -> (f64, f64) {
         let k = self.meta.params.k;
         let own_rows = batch_id.map_or(0, |b| self.indices[b].len());
         let expected = 1.0 - own_rows as f64 / self.len().max(1) as f64;
         if self.is_empty() || expected <= 0.0 {
-            return Ok((f64::NAN, f64::NAN));
+            return (f64::NAN, f64::NAN);
         }
+        let n = hits.len();
         let mut total = 0.0;
-        let mut nearest_other: Vec<f64> = Vec::with_capacity(y.nrows());
-        for r in y.rows() {
-            let q: Vec<f32> = r.iter().copied().collect();
-            let mut all: Vec<(f32, bool)> = Vec::new();
-            for (c, index) in self.indices.iter().enumerate() {
-                for nb in index.search(&q, k)? {
-                    all.push((nb.dist2, Some(c) != batch_id));
-                }
-            }
+        let mut nearest_other: Vec<f64> = Vec::with_capacity(n);
+        for row in hits {
+            let mut all: Vec<(f32, bool)> = row
+                .into_iter()
+                .map(|(d, c)| (d, Some(c) != batch_id))
+                .collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0));
             if let Some(d) = all.iter().find(|a| a.1) {
                 nearest_other.push((d.0 as f64).sqrt());
@@ -668,10 +724,7 @@ impl Model {
             let other = all.iter().filter(|a| a.1).count() as f64 / all.len().max(1) as f64;
             total += (other / expected).min(1.0);
         }
-        Ok((
-            total / y.nrows().max(1) as f64,
-            median_inplace(&mut nearest_other),
-        ))
+        (total / n.max(1) as f64, median_inplace(&mut nearest_other))
     }
 
     /// Apply a plate's state change (live, or when replaying the log).
