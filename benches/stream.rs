@@ -231,7 +231,14 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
     cfg.serve.state_dir = state.path().join("state");
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
+    // with_model writes the first snapshot: the one step whose cost grows
+    // with the model (every `snapshot_every` plates), timed here.
+    let t_snap = Instant::now();
     let mut server = KafkaServer::with_model(cfg, model)?;
+    println!(
+        "  n={n}: daemon start incl. full snapshot {:.2}s",
+        t_snap.elapsed().as_secs_f64()
+    );
     server.set_telemetry(Box::new(Events(tx)));
     let stop2 = Arc::clone(&stop);
     let daemon = std::thread::spawn(move || server.run(stop2));

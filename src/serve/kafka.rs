@@ -831,13 +831,28 @@ impl KafkaServer {
                     break;
                 }
             }
-            let flushed = self.producer.flush(timeout);
+            // Wait for the delivery reports, polling finely: `flush` polls
+            // in 100 ms steps, which would add up to 100 ms per plate.
+            let deadline = Instant::now() + timeout;
+            let flushed = loop {
+                self.producer.poll(Duration::from_millis(2));
+                if self.producer.in_flight_count() == 0 {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    break Err(format!(
+                        "{} messages unacknowledged after {:.0} s",
+                        self.producer.in_flight_count(),
+                        timeout.as_secs_f64()
+                    ));
+                }
+            };
             let failed = ctx.failed.load(Ordering::SeqCst);
             if send_error.is_none() && flushed.is_ok() && failed == 0 {
                 return Ok(true);
             }
             let why = send_error
-                .or_else(|| flushed.err().map(|e| format!("flush: {e}")))
+                .or_else(|| flushed.err())
                 .or_else(|| ctx.last_error.lock().ok().and_then(|g| g.clone()))
                 .unwrap_or_else(|| "unknown".into());
             tracing::warn!(reason = %why, failed, "outputs not acknowledged; retrying");
