@@ -560,6 +560,9 @@ fn kill_nine_mid_stream_then_restart_loses_nothing() {
         let input = &d.plates.iter().find(|p| p.0 == g.key).unwrap().1;
         check_same_layout(input, &g.payload, &g.key);
     }
+    // The restarted daemon continued from its state (snapshot + log), not
+    // from a fresh warm start.
+    assert!(daemon.log().contains("state restored"), "{}", daemon.log());
     assert!(daemon.term());
 }
 
