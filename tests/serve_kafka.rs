@@ -392,6 +392,12 @@ impl Reader {
         }
     }
 
+    /// Keep reading for `d` (to check that nothing more arrives).
+    fn read_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        self.until("nothing (time-boxed read)", None, |_| Instant::now() > end);
+    }
+
     fn aligned_keys(&self) -> BTreeSet<String> {
         self.aligned.iter().map(|g| g.key.clone()).collect()
     }
@@ -516,8 +522,15 @@ fn streams_every_plate_once_with_chunks_and_parquet() {
     assert_eq!(new_batch, 1, "exactly one plate opened the unseen batch");
     assert!(r.dlq.is_empty(), "{:?}", r.dlq);
     assert!(daemon.term(), "SIGTERM exits 0");
-    // State survives: a restart with the same group publishes nothing new.
+    // Offsets were committed: a restart with the same group and state
+    // publishes nothing new.
     assert!(state.join("snapshot").join("meta.json").exists());
+    let n_out = r.aligned.len();
+    let daemon = start_daemon(&d, &b, &cfg, &state, "b");
+    r.read_for(Duration::from_secs(6));
+    assert_eq!(r.aligned.len(), n_out, "re-published after a clean restart");
+    assert!(daemon.log().contains("state restored"), "{}", daemon.log());
+    assert!(daemon.term());
 }
 
 #[test]
