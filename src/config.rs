@@ -152,6 +152,10 @@ impl Default for KafkaConfig {
 pub struct Config {
     /// Method parameters.
     pub method: Params,
+    /// `/metrics`, `/healthz`, `/readyz` listener (`balans serve`).
+    pub metrics: crate::telemetry::MetricsConfig,
+    /// Per-plate QC outlier thresholds.
+    pub qc: crate::qc::QcConfig,
     /// `balans correct` options (table layout; also used by `serve`).
     pub correct: CorrectConfig,
     /// `balans serve` options.
@@ -238,6 +242,8 @@ impl Config {
                 None => "invalid configuration (BALANS_* environment)".to_string(),
             })?;
         cfg.method.validate()?;
+        cfg.qc.validate()?;
+        cfg.metrics.address()?;
         Ok(cfg)
     }
 }

@@ -38,6 +38,7 @@ use crate::index::{BatchIndex, Neighbor};
 use crate::params::{IndexKind, Params};
 use crate::pca::Pca;
 use crate::preprocess::{clipped, median_inplace, MIN_CONTROLS_PER_PLATE};
+use crate::qc::{finite, QcFigures};
 use crate::rows::{Concat, MatrixRows, RowSource};
 use crate::sampling::{compute_row_observed, SamplingConfig, SparseRow};
 use crate::scales::ScaleCache;
@@ -55,6 +56,10 @@ pub struct PlateRecord {
     pub content_hash: u64,
     /// Model version the plate was corrected with.
     pub version: String,
+    /// QC figures of the plate (the batch's QC history; absent in state
+    /// written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<QcFigures>,
 }
 
 /// The state change of incorporating one plate (the write-ahead record).
@@ -74,6 +79,9 @@ pub struct PlateDelta {
     pub coverage_updates: Vec<(u64, f32)>,
     /// Coverage of the plate's own rows.
     pub plate_coverage: Vec<f32>,
+    /// QC figures of the plate, kept as its batch's QC history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<QcFigures>,
 }
 
 /// Per-plate quality figures computed while correcting.
@@ -107,6 +115,33 @@ pub struct PlateQc {
     pub new_batch: bool,
 }
 
+impl PlateQc {
+    /// The figures the outlier test uses (NaN -> None).
+    pub fn figures(&self) -> QcFigures {
+        QcFigures {
+            mean_offset: finite(self.mean_offset),
+            mixing_after: finite(self.mixing_after),
+            cross_batch_distance_after: finite(self.cross_batch_distance_after),
+            control_dispersion: self.control_dispersion.and_then(finite),
+            coverage_median: finite(self.coverage_median),
+        }
+    }
+}
+
+/// Seconds spent in the stages of [`Model::correct_plate`] (returned, not
+/// reported: the core does no I/O; the pipeline feeds them to telemetry).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PlateTimings {
+    /// Affinity-row sampling (landmark rows against every batch index).
+    pub sampling: f64,
+    /// Offsets from the sampled rows and the map back to features.
+    pub correction: f64,
+    /// The QC figures (mixing before/after, dispersion, coverage).
+    pub qc: f64,
+    /// Landmark rows sampled (plate rows x rounds).
+    pub landmarks: usize,
+}
+
 /// A corrected plate.
 #[derive(Debug, Clone)]
 pub struct PlateCorrection {
@@ -116,6 +151,8 @@ pub struct PlateCorrection {
     pub qc: PlateQc,
     /// The state change to apply.
     pub delta: PlateDelta,
+    /// Stage timings.
+    pub timings: PlateTimings,
 }
 
 /// Serialisable scalar state (the large arrays are stored separately).
@@ -475,7 +512,6 @@ impl Model {
         }
         let params = &self.meta.params;
         let p = self.meta.dims;
-        let t_start = std::time::Instant::now();
         let (z, n_controls) = self.normalise_plate(x, controls);
         let y_raw = self.pca.transform_f32(clipped(&z).view());
         let batch_id = self.meta.batches.iter().position(|b| b == batch);
@@ -500,13 +536,16 @@ impl Model {
         };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
-        let t_project = t_start.elapsed();
+        let mut timings = PlateTimings::default();
         // Mixing before correction needs each row's k nearest rows of every
         // batch index at y_raw: exactly round 1's candidate queries, so they
-        // are recorded there instead of repeated (same figures).
+        // are recorded there instead of repeated (same figures; their time
+        // counts as sampling).
         let mut hits_before: Option<Vec<RowHits>> = None;
+        let t_correction = std::time::Instant::now();
         if !self.is_empty() {
             for round in 0..params.rounds {
+                let t_sampling = std::time::Instant::now();
                 let current = &y_raw - &offset;
                 let mut plate_index = BatchIndex::new(IndexKind::Exact, p, 1)?;
                 let keys: Vec<u64> = (self.len()..self.len() + n_plate)
@@ -549,6 +588,8 @@ impl Model {
                 if record {
                     hits_before = Some(hits);
                 }
+                timings.sampling += t_sampling.elapsed().as_secs_f64();
+                timings.landmarks += rows.len();
                 let own = |j: usize| -> Result<Vec<u32>> {
                     let nb: Vec<Neighbor> =
                         plate_index.search(all.row(j), params.k.max(params.m))?;
@@ -566,15 +607,15 @@ impl Model {
                 last_rows = rows;
             }
         }
+        let y_corr = &y_raw - &offset;
+        let t_qc = std::time::Instant::now();
         let (mixing_before, cross_batch_distance_before) = match hits_before {
             Some(h) => self.mixing_from_hits(h, batch_id),
             None => self.plate_mixing(&y_raw, batch_id)?,
         };
-        let t_mixing_before = t_start.elapsed();
-        let y_corr = &y_raw - &offset;
-        let t_rounds = t_start.elapsed();
         let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
-        let t_mixing_after = t_start.elapsed();
+        let qc_mixing_after = t_qc.elapsed().as_secs_f64();
+        timings.qc += qc_mixing_after;
         // Back to features: z - offset * V^T (only the neighbour subspace moves).
         let off64 = offset.mapv(|v| v as f64);
         let z_corr = &z - &off64.dot(&self.pca.components.t());
@@ -585,6 +626,9 @@ impl Model {
                 corrected[[i, f]] = z_corr[[i, j]] * s + g;
             }
         }
+        timings.correction =
+            (t_correction.elapsed().as_secs_f64() - qc_mixing_after - timings.sampling).max(0.0);
+        let t_qc = std::time::Instant::now();
         // Coverage contributions.
         let mut plate_coverage = vec![0f32; n_plate];
         let mut updates: BTreeMap<u64, f32> = BTreeMap::new();
@@ -643,17 +687,7 @@ impl Model {
             coverage_median,
             new_batch: batch_id.is_none(),
         };
-        tracing::debug!(
-            plate,
-            rows = n_plate,
-            indexed = self.len(),
-            project_s = t_project.as_secs_f64(),
-            rounds_s = (t_mixing_before - t_project).as_secs_f64(),
-            mixing_before_s = (t_rounds - t_mixing_before).as_secs_f64(),
-            mixing_after_s = (t_mixing_after - t_rounds).as_secs_f64(),
-            rest_s = (t_start.elapsed() - t_mixing_after).as_secs_f64(),
-            "correct_plate stages"
-        );
+        timings.qc += t_qc.elapsed().as_secs_f64();
         let delta = PlateDelta {
             plate: plate.to_string(),
             batch: batch.to_string(),
@@ -662,11 +696,13 @@ impl Model {
             y: y_corr.iter().copied().collect(),
             coverage_updates: updates.into_iter().collect(),
             plate_coverage,
+            qc: Some(qc.figures()),
         };
         Ok(PlateCorrection {
             corrected,
             qc,
             delta,
+            timings,
         })
     }
 
@@ -674,9 +710,10 @@ impl Model {
     /// share of their k nearest neighbours (over all batch indices) from
     /// other batches, relative to the share of other-batch rows; and the
     /// median distance to the nearest other-batch row. NaN for an empty
-    /// model (or a model holding only the plate's batch). `batch` is the
-    /// plate's batch (None = a batch the model has not seen). Rows are
-    /// queried in parallel.
+    /// model (or a model holding only the plate's batch).
+    ///
+    /// `batch` is the plate's batch (None = a batch the model has not seen).
+    /// Rows are queried in parallel.
     pub fn plate_mixing(&self, y: &Array2<f32>, batch: Option<usize>) -> Result<(f64, f64)> {
         use rayon::prelude::*;
         let k = self.meta.params.k;
@@ -769,6 +806,7 @@ impl Model {
                 rows: n_new as u64,
                 content_hash: delta.content_hash,
                 version: delta.version.clone(),
+                qc: delta.qc,
             },
         );
         Ok(())
@@ -806,8 +844,72 @@ impl Model {
         Ok(corrected)
     }
 
+    /// QC figures of the batch's incorporated plates, oldest first (plates
+    /// recorded without figures are skipped). Cost: one pass over the
+    /// plate records.
+    pub fn qc_history(&self, batch: &str) -> Vec<QcFigures> {
+        let mut v: Vec<(u64, QcFigures)> = self
+            .meta
+            .plates
+            .values()
+            .filter(|r| r.batch == batch)
+            .filter_map(|r| r.qc.map(|q| (r.first_row, q)))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v.into_iter().map(|x| x.1).collect()
+    }
+
     /// Start a new generation (after a deliberate realignment).
     pub fn bump_generation(&mut self) {
         self.meta.generation += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_written_before_qc_figures_still_loads() {
+        // A plate record and a log record as written before the QC history
+        // existed: no `qc` field.
+        let r: PlateRecord = serde_json::from_str(
+            r#"{"batch":"B1","first_row":0,"rows":2,"content_hash":7,"version":"g1.p0"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.qc, None);
+        let d: PlateDelta = serde_json::from_str(
+            r#"{"plate":"P","batch":"B1","content_hash":7,"version":"g1.p0","y":[],
+                "coverage_updates":[],"plate_coverage":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.qc, None);
+        // And the new field round-trips (NaN-free: figures are Options).
+        let q = QcFigures {
+            mean_offset: Some(0.5),
+            mixing_after: None,
+            ..QcFigures::default()
+        };
+        let d2 = PlateDelta { qc: Some(q), ..d };
+        let back: PlateDelta = serde_json::from_str(&serde_json::to_string(&d2).unwrap()).unwrap();
+        assert_eq!(back.qc, Some(q));
+    }
+
+    #[test]
+    fn figures_map_nan_to_none() {
+        let qc = PlateQc {
+            mean_offset: 1.5,
+            mixing_after: f64::NAN,
+            cross_batch_distance_after: f64::INFINITY,
+            control_dispersion: Some(0.25),
+            coverage_median: 2.0,
+            ..PlateQc::default()
+        };
+        let f = qc.figures();
+        assert_eq!(f.mean_offset, Some(1.5));
+        assert_eq!(f.mixing_after, None);
+        assert_eq!(f.cross_batch_distance_after, None);
+        assert_eq!(f.control_dispersion, Some(0.25));
+        assert_eq!(f.coverage_median, Some(2.0));
     }
 }

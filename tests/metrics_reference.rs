@@ -292,6 +292,7 @@ fn check_dataset(c: &mut Checker, ds: &str, emb: &Table, base: Option<&Table>, r
         seed: 0,
         threshold: 0.05,
         max_queries: None,
+        ..Default::default()
     };
     for spec in [
         MapSpec::cross_batch("label", "batch", "compound"),

@@ -8,7 +8,7 @@
 use balans::metrics::cluster::{kmeans, KMeansOptions};
 use balans::metrics::connectivity::graph_connectivity;
 use balans::metrics::kbet::kbet_per_label;
-use balans::metrics::knn::{knn, Metric};
+use balans::metrics::knn::{knn, knn_hnsw, recall, Metric};
 use balans::metrics::lisi::{clisi, ilisi};
 use balans::metrics::map::{evaluate_map, Columns, MapOptions, MapSpec};
 use balans::metrics::silhouette::{bras, silhouette_label};
@@ -92,6 +92,9 @@ fn metrics_at_100k_rows() {
     let mut t = Instant::now();
     let nn = knn(&x, 90, Metric::Euclidean).unwrap();
     lap("exact 90-NN", &mut t);
+    let approx = knn_hnsw(&x, 90, Metric::Euclidean, 128).unwrap();
+    lap("HNSW 90-NN (evaluate above 50k rows)", &mut t);
+    println!("HNSW recall@90 vs exact: {:.4}", recall(&approx, &nn));
     let il = ilisi(&nn, &batches).unwrap();
     let cl = clisi(&nn, &labels).unwrap();
     lap("iLISI + cLISI", &mut t);

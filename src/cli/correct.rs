@@ -55,6 +55,9 @@ pub struct CorrectArgs {
     /// Write the run summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Write the per-plate QC table (plate, batch, rows, controls, mixing before/after, mean offset, control dispersion, outlier flag and reasons; thresholds from [qc]) to this file (.csv, .parquet, ...).
+    #[arg(long)]
+    pub qc: Option<PathBuf>,
     /// k of the batch-aware local scale [default: 15].
     #[arg(long)]
     pub k: Option<usize>,
@@ -283,6 +286,30 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
     let out = profile::replace_features(&batch, &fm.columns, fit.corrected.view(), &fm.dropped)?;
     table::write_table(&args.output, &out)?;
     tracing::info!(output = %args.output.display(), "wrote corrected table");
+    if let Some(qc_path) = &args.qc {
+        let plates = plate_labels.clone().unwrap_or_else(|| batch_labels.clone());
+        let y_before = fit
+            .pca
+            .transform_f32(balans::preprocess::clipped(&fit.z_before).view());
+        let kind = if cfg.method.exact {
+            IndexKind::Exact
+        } else {
+            cfg.method.index
+        };
+        let rows = balans::qc::offline_plate_qc(
+            y_before.view(),
+            fit.y_after.view(),
+            &batch_labels,
+            &plates,
+            controls.as_deref(),
+            cfg.method.k,
+            kind,
+            &cfg.qc,
+        )?;
+        let outliers = rows.iter().filter(|r| r.verdict.outlier).count();
+        table::write_table(qc_path, &qc_table(&rows)?)?;
+        tracing::info!(output = %qc_path.display(), plates = rows.len(), outliers, "wrote per-plate QC table");
+    }
 
     // Quick before/after figures on non-control rows.
     let (batch_ids, _) = dense_ids(&batch_labels);
@@ -319,6 +346,77 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         dropped_features: fm.dropped,
         imputed_values: fm.imputed,
     })
+}
+
+/// The per-plate QC table as Arrow columns.
+fn qc_table(rows: &[balans::qc::PlateQcRow]) -> Result<arrow_array::RecordBatch> {
+    use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
+    let schema = Schema::new(vec![
+        f("plate", DataType::Utf8, false),
+        f("batch", DataType::Utf8, false),
+        f("rows", DataType::UInt64, false),
+        f("controls", DataType::UInt64, false),
+        f("mixing_before", DataType::Float64, true),
+        f("mixing_after", DataType::Float64, true),
+        f("cross_batch_distance_before", DataType::Float64, true),
+        f("cross_batch_distance_after", DataType::Float64, true),
+        f("mean_offset", DataType::Float64, true),
+        f("control_dispersion", DataType::Float64, true),
+        f("history", DataType::UInt64, false),
+        f("outlier", DataType::Boolean, false),
+        f("outlier_reasons", DataType::Utf8, false),
+    ]);
+    let opt = |v: f64| v.is_finite().then_some(v);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.plate.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.batch.as_str()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.rows as u64),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.controls as u64),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| opt(r.mixing_before)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| opt(r.mixing_after)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| opt(r.cross_batch_distance_before)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| opt(r.cross_batch_distance_after)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| opt(r.mean_offset)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.control_dispersion.and_then(opt)),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.verdict.history as u64),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.verdict.outlier)),
+        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
+            r.verdict
+                .reasons
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(";")
+        }))),
+    ];
+    Ok(arrow_array::RecordBatch::try_new(Arc::new(schema), cols)?)
 }
 
 /// Print the human summary on stdout.

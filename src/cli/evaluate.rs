@@ -9,8 +9,10 @@ use clap::{Args, Subcommand};
 use ndarray::{concatenate, Array2, Axis};
 
 use balans::metrics::drift::{replicate_distance, representation_drift};
+use balans::metrics::plots::{metric_bars, sample_rows, scatter, MAX_SCATTER_POINTS};
 use balans::metrics::preprocess::robust_scale;
-use balans::metrics::{evaluate, Codes, EvalInput, EvalOptions};
+use balans::metrics::report::Figure;
+use balans::metrics::{evaluate_full, Codes, EvalInput, EvalOptions, Evaluation};
 use balans::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
 use balans::table;
 
@@ -65,9 +67,19 @@ pub struct TableArgs {
     /// Write the report as JSON (one key per metric plus batch, bio, total).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write a Markdown report.
+    /// Write a Markdown report; its figures are saved as SVG files next to
+    /// it (`<stem>.<figure>.svg`).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Write a self-contained HTML report with figures (2-D PCA coloured by
+    /// batch and by label, before/after when a baseline is given, and
+    /// before/after metric bars).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// With --baseline: do not score the baseline itself (it is then used for
+    /// PCR comparison only, and the report has no "before" column).
+    #[arg(long)]
+    pub no_baseline_scores: bool,
     /// Seed of the stochastic parts (k-means, null distributions, subsampling).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -196,16 +208,111 @@ fn run_table(a: TableArgs) -> Result<()> {
     };
     opts.kmeans.seed = a.seed;
     let started = std::time::Instant::now();
-    let report = evaluate(&input_data, &opts)?;
+    let after = evaluate_full(&input_data, &opts)?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "evaluated");
+    let before = match (&input_data.baseline, a.no_baseline_scores) {
+        (Some(base), false) => {
+            let started = std::time::Instant::now();
+            // The baseline scored against itself: PCR comparison 0 by
+            // definition, so its batch mean covers the same five metrics.
+            let base_input = EvalInput {
+                features: base.clone(),
+                ..input_data.clone()
+            };
+            let ev = evaluate_full(&base_input, &opts)
+                .context("scoring the baseline (use --no-baseline-scores to skip)")?;
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "baseline evaluated"
+            );
+            Some(ev)
+        }
+        _ => None,
+    };
+    let mut report = after.report.clone();
+    report.before = before.as_ref().map(|b| Box::new(b.report.clone()));
     println!("{}", report.to_text());
     if let Some(p) = &a.json {
         write_text(p, &report.to_json()?)?;
     }
-    if let Some(p) = &a.markdown {
-        write_text(p, &report.to_markdown())?;
+    if a.markdown.is_some() || a.html.is_some() {
+        let figures = figures(&input_data, &after, before.as_ref(), &report, a.seed)?;
+        if let Some(p) = &a.markdown {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "report".into());
+            let dir = p.parent().unwrap_or_else(|| Path::new(""));
+            let mut links = Vec::new();
+            for f in &figures {
+                let name = format!("{stem}.{}.svg", f.stem);
+                write_text(&dir.join(&name), &f.svg)?;
+                links.push((f.title.clone(), name));
+            }
+            write_text(p, &report.to_markdown_with(&links))?;
+        }
+        if let Some(p) = &a.html {
+            write_text(
+                p,
+                &report.to_html(&format!("balans evaluate: {source}"), &figures),
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The report's figures: PCA scatter by batch and by label (after, and
+/// before when the baseline was scored), and the before/after metric bars.
+fn figures(
+    input: &EvalInput,
+    after: &Evaluation,
+    before: Option<&Evaluation>,
+    report: &balans::metrics::Report,
+    seed: u64,
+) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let pick = sample_rows(after.rows.len(), MAX_SCATTER_POINTS, seed);
+    let sampled_note = if after.rows.len() > pick.len() {
+        format!(" ({} of {} rows)", pick.len(), after.rows.len())
+    } else {
+        String::new()
+    };
+    let mut versions = vec![("after", after)];
+    if let Some(b) = before {
+        versions.insert(0, ("before", b));
+    }
+    for (colour_by, values) in [("batch", &input.batch), ("label", &input.label)] {
+        for (when, ev) in &versions {
+            if ev.embedding.ncols() < 2 {
+                continue;
+            }
+            let xy: Vec<(f64, f64)> = pick
+                .iter()
+                .map(|&r| (ev.embedding[[r, 0]], ev.embedding[[r, 1]]))
+                .collect();
+            let groups: Vec<String> = pick.iter().map(|&r| values[ev.rows[r]].clone()).collect();
+            let title = format!("{when}: PCA coloured by {colour_by}{sampled_note}");
+            out.push(Figure {
+                svg: scatter(&title, &xy, &groups)?,
+                title,
+                stem: format!("pca_{colour_by}_{when}"),
+            });
+        }
+    }
+    let rows = report.bar_rows();
+    if !rows.is_empty() {
+        let title = if before.is_some() {
+            "metrics before and after".to_string()
+        } else {
+            "metrics".to_string()
+        };
+        out.push(Figure {
+            svg: metric_bars(&title, &rows)?,
+            title,
+            stem: "metrics".into(),
+        });
+    }
+    Ok(out)
 }
 
 fn write_text(p: &Path, text: &str) -> Result<()> {

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Regex of feature columns passed through uncorrected.
     #[arg(long)]
     pub exclude: Option<String>,
+    /// Listen address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464; "off" disables ([metrics] listen) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Milliseconds between inbox scans [default: 500].
     #[arg(long)]
     pub poll_ms: Option<u64>,
@@ -63,6 +66,9 @@ pub struct ServeArgs {
 /// Run the daemon until SIGTERM/SIGINT (or once).
 pub fn run(a: ServeArgs) -> Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(v) = &a.metrics_addr {
+        cfg.metrics.listen = v.clone();
+    }
     let s = &mut cfg.serve;
     if let Some(v) = &a.reference {
         s.reference = Some(v.clone());
@@ -102,6 +108,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cfg.correct.batch_col.is_some(),
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
     );
+    // The metrics listener (every mode) starts before the state is
+    // restored: /healthz answers and /readyz says 503 during a long restore
+    // or warm start.
+    let telemetry = balans::telemetry::Telemetry::new()?;
+    let _http = match cfg.metrics.address()? {
+        Some(addr) => Some(telemetry.serve_http(addr)?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -110,7 +124,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if !cfg.kafka.brokers.is_empty() {
         anyhow::ensure!(!a.once, "--once applies to the directory mode only");
         let mut server = KafkaServer::open(cfg)?;
-        let report = server.run(stop)?;
+        telemetry.set_state_restored(true);
+        telemetry.set_consuming(true);
+        server.set_telemetry(Box::new(telemetry.clone()));
+        let report = server.run(stop);
+        telemetry.set_consuming(false);
+        let report = report?;
         tracing::info!(
             corrected = report.corrected,
             replayed = report.replayed,
@@ -124,7 +143,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         return Ok(());
     }
     tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
-    let mut server = DirServer::open(cfg)?;
+    let mut server = DirServer::open_with(cfg, telemetry)?;
     let report = server.run(stop, a.once)?;
     tracing::info!(
         corrected = report.corrected,

@@ -21,7 +21,7 @@ use super::cluster::{ari, kmeans, nmi, KMeansOptions};
 use super::connectivity::graph_connectivity;
 use super::drift::{replicate_distance, representation_drift};
 use super::kbet::kbet_per_label;
-use super::knn::{knn, Metric};
+use super::knn::{knn, knn_hnsw, Metric};
 use super::labels::Codes;
 use super::lisi::{clisi, ilisi};
 use super::map::{evaluate_map, Columns, MapOptions, MapSpec};
@@ -92,6 +92,12 @@ pub struct EvalOptions {
     /// (optionally robust-scaled) features. Default `false`, which is how
     /// the anchor numbers of evaluation.md were measured.
     pub retrieval_on_embedding: bool,
+    /// Above this many evaluated rows the neighbour graph is approximate
+    /// (usearch HNSW, [`super::knn::knn_hnsw`]) instead of exact; the
+    /// reference (scib-metrics) always uses approximate pynndescent graphs.
+    pub exact_knn_max_rows: usize,
+    /// HNSW search beam for the approximate graph (raised to at least 2k).
+    pub hnsw_expansion: usize,
     /// Seed for all subsampling.
     pub seed: u64,
 }
@@ -112,6 +118,8 @@ impl Default for EvalOptions {
             map: MapOptions::default(),
             max_silhouette_rows: Some(20_000),
             retrieval_on_embedding: false,
+            exact_knn_max_rows: 50_000,
+            hnsw_expansion: 128,
             seed: 0,
         }
     }
@@ -163,6 +171,23 @@ fn embed(x: &Array2<f64>, fit_rows: &[usize], opts: &EvalOptions) -> Result<Arra
 
 /// Compute every metric the input allows. See the module docs.
 pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
+    Ok(evaluate_full(input, opts)?.report)
+}
+
+/// The report plus what the figures need: the embedding the metrics saw.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Every metric.
+    pub report: Report,
+    /// The evaluated (non-control) rows, as indices into the input.
+    pub rows: Vec<usize>,
+    /// Their embedding (PCA components in decreasing variance, or the
+    /// features themselves), one row per entry of `rows`.
+    pub embedding: Array2<f64>,
+}
+
+/// [`evaluate`], also returning the embedding (for plots).
+pub fn evaluate_full(input: &EvalInput, opts: &EvalOptions) -> Result<Evaluation> {
     let n = input.features.nrows();
     if n == 0 || input.features.ncols() == 0 {
         bail!(
@@ -212,7 +237,17 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         );
     }
     let mut notes = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut stage = |name: &str| {
+        tracing::debug!(
+            stage = name,
+            seconds = clock.elapsed().as_secs_f64(),
+            "evaluate stage"
+        );
+        clock = std::time::Instant::now();
+    };
     let emb_all = embed(&input.features, &treated, opts)?;
+    stage("embedding");
     let emb = emb_all.select(Axis(0), &treated);
     let mut rep = Report {
         n_rows: n,
@@ -234,8 +269,18 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
 
     // Neighbour graphs.
     let k_max = opts.k_lisi.max(opts.k_kbet).max(opts.k_connectivity);
-    let nn = knn(&emb, k_max, opts.knn_metric)?;
+    let nn = if emb.nrows() > opts.exact_knn_max_rows {
+        notes.push(format!(
+            "neighbour graph approximate (HNSW, beam {}) above {} rows, as the reference's pynndescent graphs",
+            opts.hnsw_expansion.max(2 * k_max),
+            opts.exact_knn_max_rows
+        ));
+        knn_hnsw(&emb, k_max, opts.knn_metric, opts.hnsw_expansion)?
+    } else {
+        knn(&emb, k_max, opts.knn_metric)?
+    };
     let nn_at = |k: usize| nn.subset(k.min(nn.k));
+    stage("knn");
     rep.ilisi = soft(&mut notes, "iLISI", || {
         ilisi(&nn_at(opts.k_lisi)?, &batches)
     });
@@ -243,6 +288,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     rep.graph_connectivity = soft(&mut notes, "graph connectivity", || {
         graph_connectivity(&nn_at(opts.k_connectivity)?, &labels)
     });
+    stage("lisi_connectivity");
     rep.kbet = soft(&mut notes, "kBET", || {
         kbet_per_label(
             &nn_at(opts.k_kbet)?,
@@ -255,6 +301,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     })
     .flatten();
 
+    stage("kbet");
     // Silhouettes (subsampled when large).
     let sil_rows: Vec<usize> = match opts.max_silhouette_rows {
         Some(m) if treated.len() > m => {
@@ -283,6 +330,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
     })
     .flatten();
 
+    stage("silhouettes");
     // PCR.
     rep.pcr_batch = soft(&mut notes, "PCR batch", || pcr(&emb, &batches, None));
     if let Some(base) = &input.baseline {
@@ -294,6 +342,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         notes.push("PCR comparison skipped: no baseline given".into());
     }
 
+    stage("pcr");
     // Clustering.
     if labels.n_levels() >= 2 {
         if let Some(cl) = soft(&mut notes, "k-means", || {
@@ -304,6 +353,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         }
     }
 
+    stage("kmeans");
     // Retrieval metrics (as the anchor numbers of evaluation.md): on the
     // features themselves (after optional robust scaling) unless
     // `retrieval_on_embedding`; cross-batch and non-replicate mAP rank
@@ -344,6 +394,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         cols
     };
     let all_rows: Vec<usize> = (0..n).collect();
+    let mut null_draws = opts.map.null_size;
     let cols_all = make_cols(&all_rows);
     let cols_treated = make_cols(&treated);
     let local: Vec<usize> = (0..treated.len()).collect();
@@ -359,6 +410,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
             evaluate_map(&space_treated, &cols_treated, &spec, &local, &opts.map)
         }) {
             rep.map_cross_batch = Some(r.mean_map);
+            null_draws = null_draws.min(r.null_draws);
             rep.map_cross_batch_fraction = Some(r.fraction_retrieved);
         }
         if input.plate.is_some() {
@@ -367,6 +419,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
                 evaluate_map(&space_treated, &cols_treated, &spec, &local, &opts.map)
             }) {
                 rep.map_nonrep = Some(r.mean_map);
+                null_draws = null_draws.min(r.null_draws);
                 rep.map_nonrep_fraction = Some(r.fraction_retrieved);
             }
             if treated.len() < n {
@@ -375,6 +428,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
                     evaluate_map(space_all, &cols_all, &spec, &treated, &opts.map)
                 }) {
                     rep.map_control = Some(r.mean_map);
+                    null_draws = null_draws.min(r.null_draws);
                     rep.map_control_fraction = Some(r.fraction_retrieved);
                 }
             } else {
@@ -383,6 +437,7 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         } else {
             notes.push("Arevalo mAP presets skipped: no plate column".into());
         }
+        stage("map");
         let comp = Codes::new(&sub(input.compound.as_deref().unwrap_or(&[])));
         let treat = match &input.treatment {
             Some(t) => Codes::new(&sub(t)),
@@ -398,6 +453,13 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         notes.push("mAP and NSC skipped: no compound column".into());
     }
 
+    if null_draws < opts.map.null_size {
+        notes.push(format!(
+            "mAP p-values of large configurations from at least {null_draws} null draws instead of {} (work budget)",
+            opts.map.null_size
+        ));
+    }
+    stage("retrieval");
     // Drift against a previous embedding of the same rows.
     if let Some(prev) = &input.previous {
         rep.drift = soft(&mut notes, "drift", || {
@@ -417,9 +479,14 @@ pub fn evaluate(input: &EvalInput, opts: &EvalOptions) -> Result<Report> {
         }
     }
 
+    stage("drift");
     rep.notes = notes;
     rep.aggregate();
-    Ok(rep)
+    Ok(Evaluation {
+        report: rep,
+        rows: treated,
+        embedding: emb,
+    })
 }
 
 #[cfg(test)]

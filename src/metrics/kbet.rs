@@ -21,14 +21,15 @@
 //!    (labels that are skipped do not count).
 //!
 //! Deliberate differences: scib finds the diffusion-space neighbours with
-//! pynndescent (approximate); we search exactly. For label subsets larger than
-//! [`DENSE_MAX`] rows the eigenpairs come from block subspace iteration instead
-//! of ARPACK come from `2m + 100` Lanczos steps with full
+//! pynndescent (approximate); we search exactly up to
+//! [`DIFFUSION_EXACT_MAX_ROWS`] rows per label and with HNSW above. For label
+//! subsets larger than [`DENSE_MAX`] rows the eigenpairs, instead of ARPACK's,
+//! come from `2m + 100` Lanczos steps with full
 //! re-orthogonalisation (extremal eigenpairs, which carry almost all the
 //! weight, converge first). A subset too small for `k0 + 1` neighbours scores 0, which
 //! is what scib's `except ValueError` path yields.
 
-use super::knn::{knn, Metric, Neighbors};
+use super::knn::{knn, knn_hnsw, Metric, Neighbors};
 use super::labels::{nanmean, Codes};
 use super::linalg::sym_eigen;
 use anyhow::{bail, Result};
@@ -39,6 +40,9 @@ use rayon::prelude::*;
 
 /// Largest label subset whose diffusion map uses a dense eigen-solver.
 pub const DENSE_MAX: usize = 200;
+/// Label subsets above this size find their diffusion-space neighbours
+/// with HNSW instead of exactly.
+pub const DIFFUSION_EXACT_MAX_ROWS: usize = 20_000;
 const SMOOTH_K_TOLERANCE: f64 = 1e-5;
 const MIN_K_DIST_SCALE: f64 = 1e-3;
 
@@ -528,7 +532,12 @@ fn kbet_one_label(
         });
     }
     let emb = diffusion_embedding(&graph, diffusion_n_comps.min(n_sub - 1))?;
-    let dnn = knn(&emb, k0 + 1, Metric::Euclidean)?;
+    // Like scib (pynndescent), approximate on large label subsets.
+    let dnn = if n_sub > DIFFUSION_EXACT_MAX_ROWS {
+        knn_hnsw(&emb, k0 + 1, Metric::Euclidean, 128)?
+    } else {
+        knn(&emb, k0 + 1, Metric::Euclidean)?
+    };
     let score = kbet_acceptance(&dnn, &b, alpha);
     Ok(KbetLabel {
         label,

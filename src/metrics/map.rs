@@ -31,9 +31,8 @@
 use super::labels::Codes;
 use anyhow::{bail, Result};
 use ndarray::{Array2, Axis};
-use rand::seq::index::sample;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -134,6 +133,14 @@ pub struct MapOptions {
     pub threshold: f64,
     /// Cap on the number of query rows (seeded sample); `None` = all.
     pub max_queries: Option<usize>,
+    /// Work budget per null configuration, in units of one draw's cost
+    /// (`n_pos + n_total / 64`). A configuration whose `null_size` draws
+    /// would exceed it gets fewer draws, never fewer than
+    /// `min_null_size`. Small tables (all of copairs' test cases and
+    /// BBBC021) never reach it; 100k-row tables do.
+    pub null_budget: usize,
+    /// Floor on the draws of a budget-limited configuration.
+    pub min_null_size: usize,
 }
 
 impl Default for MapOptions {
@@ -143,6 +150,8 @@ impl Default for MapOptions {
             seed: 0,
             threshold: 0.05,
             max_queries: Some(5_000),
+            null_budget: 2_000_000,
+            min_null_size: 1_000,
         }
     }
 }
@@ -186,6 +195,9 @@ pub struct MapResult {
     pub fraction_retrieved: f64,
     /// Per-group detail, sorted by key.
     pub groups: Vec<MapGroup>,
+    /// Fewest null draws behind any group's p-value (`null_size` unless the
+    /// work budget cut it).
+    pub null_draws: usize,
 }
 
 /// Metadata columns by name.
@@ -308,20 +320,60 @@ pub fn average_precision(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Null APs for one `(n_pos, n_total)` configuration.
+/// Null APs for one `(n_pos, n_total)` configuration: `null_size` APs of
+/// `n_pos` positives placed uniformly at random among `n_total` ranks.
+///
+/// Each draw picks the positive ranks with Floyd's algorithm (`O(n_pos)`
+/// random numbers, membership in a reused bit set) and reads them back in
+/// rank order from the bit set (or by sorting when `n_pos` is small against
+/// `n_total`), so a draw costs `O(n_pos + n_total / 64)` instead of the
+/// `O(n_total)` of an in-place shuffle — this is what makes mAP p-values
+/// affordable on 100k-row tables.
 pub fn null_aps(n_pos: usize, n_total: usize, null_size: usize, seed: u64) -> Vec<f64> {
     let mix = seed ^ ((n_pos as u64) << 32 | n_total as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = ChaCha8Rng::seed_from_u64(mix);
+    let n_pos = n_pos.min(n_total);
+    if n_pos == 0 {
+        return vec![0.0; null_size];
+    }
+    let words = n_total.div_ceil(64);
+    let mut bits = vec![0u64; words];
+    let mut picks: Vec<usize> = Vec::with_capacity(n_pos);
+    let sparse = n_pos.saturating_mul(8) < words;
     (0..null_size)
         .map(|_| {
-            let mut ranks: Vec<usize> = sample(&mut rng, n_total, n_pos).into_vec();
-            ranks.sort_unstable();
-            ranks
-                .iter()
-                .enumerate()
-                .map(|(k, &r)| (k + 1) as f64 / (r + 1) as f64)
-                .sum::<f64>()
-                / n_pos as f64
+            picks.clear();
+            for j in (n_total - n_pos)..n_total {
+                let r = rng.gen_range(0..=j);
+                let pick = if (bits[r / 64] >> (r % 64)) & 1 == 1 {
+                    j
+                } else {
+                    r
+                };
+                bits[pick / 64] |= 1u64 << (pick % 64);
+                picks.push(pick);
+            }
+            let mut sum = 0.0;
+            if sparse {
+                picks.sort_unstable();
+                for (k, &r) in picks.iter().enumerate() {
+                    sum += (k + 1) as f64 / (r + 1) as f64;
+                    bits[r / 64] = 0;
+                }
+            } else {
+                let mut k = 0usize;
+                for (w, word) in bits.iter_mut().enumerate() {
+                    let mut x = *word;
+                    while x != 0 {
+                        let r = w * 64 + x.trailing_zeros() as usize;
+                        k += 1;
+                        sum += k as f64 / (r + 1) as f64;
+                        x &= x - 1;
+                    }
+                    *word = 0;
+                }
+            }
+            sum / n_pos as f64
         })
         .collect()
 }
@@ -367,15 +419,37 @@ pub fn mean_average_precision(
     let mut confs: Vec<(usize, usize)> = aps.iter().map(|q| (q.n_pos, q.n_total)).collect();
     confs.sort_unstable();
     confs.dedup();
+    tracing::debug!(
+        configurations = confs.len(),
+        queries = aps.len(),
+        "mAP null distributions"
+    );
     let nulls: HashMap<(usize, usize), Vec<f64>> = confs
         .par_iter()
-        .map(|&(p, t)| ((p, t), null_aps(p, t, opts.null_size, opts.seed)))
+        .map(|&(p, t)| {
+            let cost = p + t / 64 + 1;
+            let draws = if cost.saturating_mul(opts.null_size) > opts.null_budget {
+                (opts.null_budget / cost)
+                    .clamp(opts.min_null_size.min(opts.null_size), opts.null_size)
+            } else {
+                opts.null_size
+            };
+            ((p, t), null_aps(p, t, draws, opts.seed))
+        })
         .collect();
+    let mut null_draws = opts.null_size;
     let mut out: Vec<MapGroup> = groups
         .into_iter()
         .map(|(key, members)| {
             let map = members.iter().map(|q| q.ap).sum::<f64>() / members.len() as f64;
-            let mut null = vec![0.0; opts.null_size];
+            // Draws shared by every member's configuration.
+            let len = members
+                .iter()
+                .filter_map(|q| nulls.get(&(q.n_pos, q.n_total)).map(Vec::len))
+                .min()
+                .unwrap_or(opts.null_size);
+            null_draws = null_draws.min(len);
+            let mut null = vec![0.0; len];
             for q in &members {
                 if let Some(d) = nulls.get(&(q.n_pos, q.n_total)) {
                     for (a, b) in null.iter_mut().zip(d) {
@@ -388,7 +462,7 @@ pub fn mean_average_precision(
             MapGroup {
                 key,
                 map,
-                p_value: (above + 1) as f64 / (opts.null_size + 1) as f64,
+                p_value: (above + 1) as f64 / (len + 1) as f64,
                 corrected_p_value: f64::NAN,
                 n_queries: members.len(),
             }
@@ -408,6 +482,7 @@ pub fn mean_average_precision(
         mean_map,
         fraction_retrieved: retrieved as f64 / out.len() as f64,
         groups: out,
+        null_draws,
     })
 }
 
@@ -519,6 +594,48 @@ mod tests {
         let mean = null.iter().sum::<f64>() / null.len() as f64;
         let h: f64 = (1..=t).map(|r| 1.0 / r as f64).sum::<f64>() / t as f64;
         assert!((mean - h).abs() < 0.01, "{mean} vs {h}");
+    }
+
+    /// Exact null mean by enumerating every placement of 2 positives.
+    fn exact_null_mean_two(t: usize) -> f64 {
+        let mut sum = 0.0;
+        let mut count = 0.0;
+        for a in 0..t {
+            for b in (a + 1)..t {
+                sum += (1.0 / (a + 1) as f64 + 2.0 / (b + 1) as f64) / 2.0;
+                count += 1.0;
+            }
+        }
+        sum / count
+    }
+
+    #[test]
+    fn null_draws_match_enumeration_on_both_paths() {
+        // t = 6: dense bit-set path; t = 3000: sparse (sorted picks) path.
+        for t in [6usize, 3000] {
+            let null = null_aps(2, t, 40_000, 11);
+            let mean = null.iter().sum::<f64>() / null.len() as f64;
+            let want = exact_null_mean_two(t);
+            assert!(
+                (mean - want).abs() < 0.02 * want.max(0.05),
+                "t {t}: {mean} vs {want}"
+            );
+            assert!(null.iter().all(|&v| v > 0.0 && v <= 1.0));
+        }
+        // Every placement of 2 among 4 is equally likely (6 distinct APs).
+        let null = null_aps(2, 4, 60_000, 5);
+        let mut freq = std::collections::BTreeMap::new();
+        for v in &null {
+            *freq.entry((v * 1e9).round() as i64).or_insert(0usize) += 1;
+        }
+        assert_eq!(freq.len(), 6, "{freq:?}");
+        for &c in freq.values() {
+            assert!((c as f64 / 60_000.0 - 1.0 / 6.0).abs() < 0.01, "{freq:?}");
+        }
+        // All positives: AP 1.
+        assert!(null_aps(5, 5, 10, 1)
+            .iter()
+            .all(|&v| (v - 1.0).abs() < 1e-12));
     }
 
     #[test]

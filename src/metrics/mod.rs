@@ -17,7 +17,8 @@
 //! | [`map`] | AP, mAP, p-values, FDR | copairs 0.5.5 |
 //! | [`nsc`] | NSC, NSCB | Ljosa et al. 2013 |
 //! | [`drift`] | representation drift | cpdrift 1.0.0 |
-//! | [`report`] | `Report` + JSON / text / Markdown | — |
+//! | [`report`] | `Report` + JSON / text / Markdown / HTML | — |
+//! | [`plots`] | SVG figures (PCA scatter, metric bars) | — |
 //! | [`evaluate`](mod@evaluate) | the protocol end to end | evaluation.md |
 //!
 //! Agreement with the reference packages is tested in
@@ -38,11 +39,12 @@ pub mod map;
 pub mod nsc;
 pub mod pca;
 pub mod pcr;
+pub mod plots;
 pub mod preprocess;
 pub mod report;
 pub mod silhouette;
 
-pub use evaluate::{evaluate, EvalInput, EvalOptions};
+pub use evaluate::{evaluate, evaluate_full, EvalInput, EvalOptions, Evaluation};
 pub use knn::Metric;
 pub use labels::Codes;
 pub use report::Report;

@@ -77,6 +77,28 @@ pub struct Report {
     pub total: Option<f64>,
     /// Skipped metrics, sampling and other remarks.
     pub notes: Vec<String>,
+    /// The same metrics on the uncorrected baseline (when it was scored),
+    /// for before/after comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Box<Report>>,
+}
+
+/// A figure of the report: a title and an SVG document.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Caption.
+    pub title: String,
+    /// File-name stem used when the figure is saved next to a Markdown report.
+    pub stem: String,
+    /// The SVG document.
+    pub svg: String,
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn mean(values: &[Option<f64>]) -> Option<f64> {
@@ -161,19 +183,41 @@ impl Report {
         Ok(serde_json::to_string_pretty(self)?)
     }
 
-    /// Plain-text two-column table.
+    /// `(section, name, before, after)` rows; `before` is `None` without a
+    /// scored baseline.
+    fn compare_rows(&self) -> Vec<(&'static str, &'static str, Option<f64>, Option<f64>)> {
+        let before = self.before.as_ref().map(|b| b.rows());
+        self.rows()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (sec, name, v))| {
+                let b = before.as_ref().and_then(|r| r.get(i)).and_then(|r| r.2);
+                (sec, name, b, v)
+            })
+            .collect()
+    }
+
+    /// Plain-text table (a `before` column when the baseline was scored).
     pub fn to_text(&self) -> String {
         let mut s = format!(
             "rows {} (evaluated {}), batches {}, labels {}, dims {}\n",
             self.n_rows, self.n_evaluated, self.n_batches, self.n_labels, self.embedding_dims
         );
+        let has_before = self.before.is_some();
+        if has_before {
+            s.push_str(&format!("  {:<32} {:>8} {:>8}\n", "", "before", "after"));
+        }
         let mut section = "";
-        for (sec, name, v) in self.rows() {
+        for (sec, name, b, v) in self.compare_rows() {
             if sec != section {
                 s.push_str(&format!("[{sec}]\n"));
                 section = sec;
             }
-            s.push_str(&format!("  {name:<32} {:>8}\n", fmt(v)));
+            if has_before {
+                s.push_str(&format!("  {name:<32} {:>8} {:>8}\n", fmt(b), fmt(v)));
+            } else {
+                s.push_str(&format!("  {name:<32} {:>8}\n", fmt(v)));
+            }
         }
         for n in &self.notes {
             s.push_str(&format!("note: {n}\n"));
@@ -181,21 +225,41 @@ impl Report {
         s
     }
 
-    /// Markdown report: a summary line, one table, notes.
+    /// Markdown report: a summary line, one table (with a `before` column
+    /// when the baseline was scored), figures linked by relative path, notes.
     pub fn to_markdown(&self) -> String {
+        self.to_markdown_with(&[])
+    }
+
+    /// [`Report::to_markdown`] with figure links `(caption, relative path)`.
+    pub fn to_markdown_with(&self, figures: &[(String, String)]) -> String {
         let mut s = String::from("# balans evaluation\n\n");
         s.push_str(&format!(
             "{} rows, {} evaluated (non-control), {} batches, {} labels, {}-dimensional embedding.\n\n",
             self.n_rows, self.n_evaluated, self.n_batches, self.n_labels, self.embedding_dims
         ));
         s.push_str(&format!(
-            "**batch {} · bio {} · total {}**\n\n| section | metric | value |\n|---|---|---|\n",
+            "**batch {} · bio {} · total {}**\n\n",
             fmt(self.batch),
             fmt(self.bio),
             fmt(self.total)
         ));
-        for (sec, name, v) in self.rows() {
-            s.push_str(&format!("| {sec} | {name} | {} |\n", fmt(v)));
+        if self.before.is_some() {
+            s.push_str("| section | metric | before | after |\n|---|---|---|---|\n");
+            for (sec, name, b, v) in self.compare_rows() {
+                s.push_str(&format!("| {sec} | {name} | {} | {} |\n", fmt(b), fmt(v)));
+            }
+        } else {
+            s.push_str("| section | metric | value |\n|---|---|---|\n");
+            for (sec, name, v) in self.rows() {
+                s.push_str(&format!("| {sec} | {name} | {} |\n", fmt(v)));
+            }
+        }
+        if !figures.is_empty() {
+            s.push_str("\n## Figures\n\n");
+            for (caption, path) in figures {
+                s.push_str(&format!("![{caption}]({path})\n\n"));
+            }
         }
         if !self.notes.is_empty() {
             s.push_str("\n## Notes\n\n");
@@ -204,6 +268,91 @@ impl Report {
             }
         }
         s
+    }
+
+    /// A self-contained HTML page: summary, metric table, inline SVG figures,
+    /// notes.
+    pub fn to_html(&self, title: &str, figures: &[Figure]) -> String {
+        let mut s =
+            String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+        s.push_str(&format!("<title>{}</title>", html_escape(title)));
+        s.push_str(
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}\
+             table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}\
+             td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}\
+             .figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{margin:0}</style></head><body>\n",
+        );
+        s.push_str(&format!("<h1>{}</h1>\n", html_escape(title)));
+        s.push_str(&format!(
+            "<p>{} rows, {} evaluated (non-control), {} batches, {} labels, {}-dimensional embedding.</p>\n",
+            self.n_rows, self.n_evaluated, self.n_batches, self.n_labels, self.embedding_dims
+        ));
+        s.push_str(&format!(
+            "<p><b>batch {} · bio {} · total {}</b></p>\n",
+            fmt(self.batch),
+            fmt(self.bio),
+            fmt(self.total)
+        ));
+        let has_before = self.before.is_some();
+        s.push_str("<table><tr><th>section</th><th>metric</th>");
+        if has_before {
+            s.push_str("<th>before</th>");
+        }
+        s.push_str("<th>after</th></tr>\n");
+        for (sec, name, b, v) in self.compare_rows() {
+            s.push_str(&format!("<tr><td>{sec}</td><td>{}</td>", html_escape(name)));
+            if has_before {
+                s.push_str(&format!("<td>{}</td>", fmt(b)));
+            }
+            s.push_str(&format!("<td>{}</td></tr>\n", fmt(v)));
+        }
+        s.push_str("</table>\n");
+        if !figures.is_empty() {
+            s.push_str("<h2>Figures</h2><div class=\"figs\">\n");
+            for f in figures {
+                s.push_str(&format!(
+                    "<figure>{}<figcaption>{}</figcaption></figure>\n",
+                    f.svg,
+                    html_escape(&f.title)
+                ));
+            }
+            s.push_str("</div>\n");
+        }
+        if !self.notes.is_empty() {
+            s.push_str("<h2>Notes</h2><ul>\n");
+            for n in &self.notes {
+                s.push_str(&format!("<li>{}</li>\n", html_escape(n)));
+            }
+            s.push_str("</ul>\n");
+        }
+        s.push_str("</body></html>\n");
+        s
+    }
+
+    /// `(name, before, after)` of the metrics that enter the aggregates and
+    /// the retrieval scores — the rows of the before/after bar figure.
+    pub fn bar_rows(&self) -> Vec<(String, Option<f64>, Option<f64>)> {
+        const SHOWN: [&str; 14] = [
+            "BRAS",
+            "iLISI",
+            "kBET",
+            "graph connectivity",
+            "PCR comparison",
+            "NMI",
+            "ARI",
+            "silhouette label",
+            "cLISI",
+            "cross-batch mAP",
+            "NSCB",
+            "batch",
+            "bio",
+            "total",
+        ];
+        self.compare_rows()
+            .into_iter()
+            .filter(|(_, name, b, v)| SHOWN.contains(name) && (b.is_some() || v.is_some()))
+            .map(|(_, name, b, v)| (name.to_string(), b, v))
+            .collect()
     }
 }
 

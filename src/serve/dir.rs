@@ -22,6 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -29,9 +30,10 @@ use crate::balans::{correct as fit, Dataset, NoProgress};
 use crate::config::Config;
 use crate::model::Model;
 use crate::profile::{self, ControlSelector, NonFinitePolicy};
-use crate::serve::plate::{self, Rejection};
+use crate::serve::plate::{self, RejectReason, Rejection};
 use crate::state::StateDir;
 use crate::table;
+use crate::telemetry::{Stage, Telemetry};
 
 /// What one scan did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -51,7 +53,21 @@ pub struct DirServer {
     model: Option<Model>,
     inbox: PathBuf,
     outbox: PathBuf,
+    telemetry: Telemetry,
 }
+
+/// Report the restored model to `t` and mark the state restored.
+fn restored(t: Telemetry, model: Option<&Model>) -> Telemetry {
+    if let Some(m) = model {
+        t.model(m);
+        t.model_coverage(m);
+    }
+    t.set_state_restored(true);
+    t
+}
+
+/// The `topic` label of the inbox backlog in `balans_consumer_lag`.
+pub const INBOX_TOPIC: &str = "inbox";
 
 fn is_plate_file(p: &Path) -> bool {
     table::Format::from_path(p).is_ok() && p.is_file()
@@ -60,6 +76,12 @@ fn is_plate_file(p: &Path) -> bool {
 impl DirServer {
     /// Open the state (restoring it), or warm-start from the reference table.
     pub fn open(cfg: Config) -> Result<DirServer> {
+        DirServer::open_with(cfg, Telemetry::new()?)
+    }
+
+    /// [`DirServer::open`] reporting to `telemetry` (sets "state restored"
+    /// when done).
+    pub fn open_with(cfg: Config, telemetry: Telemetry) -> Result<DirServer> {
         let sc = &cfg.serve;
         for d in [&sc.inbox, &sc.outbox] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -73,6 +95,7 @@ impl DirServer {
             outbox: sc.outbox.clone(),
             cfg,
             state,
+            telemetry: restored(telemetry, model.as_ref()),
             model,
         })
     }
@@ -80,6 +103,11 @@ impl DirServer {
     /// The model, once it exists.
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
+    }
+
+    /// The telemetry handle (metrics, readiness).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// Process every plate file in the inbox once (name order).
@@ -91,32 +119,62 @@ impl DirServer {
             .collect();
         files.sort();
         let mut report = ScanReport::default();
-        for f in files {
+        let total = files.len();
+        self.telemetry
+            .consumer_lag(INBOX_TOPIC, 0, i64::try_from(total).unwrap_or(i64::MAX));
+        for (i, f) in files.into_iter().enumerate() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            match self.process(&f)? {
+            let started = Instant::now();
+            self.telemetry.plate_consumed();
+            match self.process(&f, started)? {
                 Ok(true) => report.replayed += 1,
                 Ok(false) => report.corrected += 1,
-                Err(Rejection(reason)) => {
-                    tracing::warn!(file = %f.display(), %reason, "plate rejected to dlq");
-                    self.dead_letter(&f, &reason)?;
+                Err((rejection, rows)) => {
+                    tracing::warn!(
+                        file = %f.display(),
+                        reason = %rejection.reason,
+                        detail = %rejection.message,
+                        rows,
+                        "plate rejected to dlq"
+                    );
+                    self.dead_letter(&f, &rejection)?;
+                    self.telemetry.plate_dead_lettered(rejection.reason, rows);
                     report.rejected += 1;
                 }
             }
+            self.telemetry.consumer_lag(
+                INBOX_TOPIC,
+                0,
+                i64::try_from(total - i - 1).unwrap_or(i64::MAX),
+            );
         }
         Ok(report)
     }
 
     /// One file. Outer error: infrastructure failure (stop the daemon);
-    /// inner: a rejected plate. `Ok(Ok(replayed))` when acknowledged.
-    fn process(&mut self, path: &Path) -> Result<std::result::Result<bool, Rejection>> {
+    /// inner: a rejected plate and its row count (0 when unreadable).
+    /// `Ok(Ok(replayed))` when acknowledged.
+    fn process(
+        &mut self,
+        path: &Path,
+        started: Instant,
+    ) -> Result<std::result::Result<bool, (Rejection, usize)>> {
         let source = path.display().to_string();
+        let t_decode = Instant::now();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {source}"))?;
         let t = match table::read_table(path) {
             Ok(t) => t,
-            Err(e) => return Ok(Err(Rejection(format!("{e:#}")))),
+            Err(e) => {
+                return Ok(Err((
+                    Rejection::from_error(RejectReason::Unreadable, &e),
+                    0,
+                )))
+            }
         };
+        let rows = t.num_rows();
+        self.telemetry.rows_consumed(rows);
         let stem = path
             .file_name()
             .map(|n| {
@@ -129,8 +187,10 @@ impl DirServer {
             .unwrap_or_else(|| "plate".into());
         let decoded = match plate::decode(t, &bytes, &stem, &self.cfg.correct, &source) {
             Ok(d) => d,
-            Err(r) => return Ok(Err(r)),
+            Err(r) => return Ok(Err((r, rows))),
         };
+        let decode_seconds = t_decode.elapsed().as_secs_f64();
+        self.telemetry.stage(Stage::Decode, decode_seconds);
         if self.model.is_none() {
             let m = match Model::bootstrap(
                 decoded.x.view(),
@@ -140,9 +200,13 @@ impl DirServer {
             ) {
                 Ok(m) => m,
                 Err(e) => {
-                    return Ok(Err(Rejection(format!(
-                        "cannot start a model from {source}: {e:#}"
-                    ))))
+                    return Ok(Err((
+                        Rejection::new(
+                            RejectReason::Model,
+                            format!("cannot start a model from {source}: {e:#}"),
+                        ),
+                        rows,
+                    )))
                 }
             };
             self.model = Some(m);
@@ -150,14 +214,24 @@ impl DirServer {
         let Some(model) = self.model.as_ref() else {
             anyhow::bail!("internal: no model");
         };
-        let started = std::time::Instant::now();
-        let out = match plate::correct(model, &decoded) {
+        let out = match plate::correct(model, &decoded, &self.cfg.qc) {
             Ok(r) => r?,
-            Err(r) => return Ok(Err(r)),
+            Err(r) => return Ok(Err((r, rows))),
         };
+        let tm = &self.telemetry;
+        if !out.qc.replay {
+            tm.stage(Stage::Sampling, out.timings.sampling);
+            tm.stage(Stage::Correction, out.timings.correction);
+            tm.stage(Stage::Qc, out.timings.qc);
+            tm.landmarks(out.timings.landmarks);
+        }
+        tm.stage(Stage::Encode, out.encode_seconds);
+        let t_wal = Instant::now();
         if let Some(delta) = &out.delta {
             self.state.append(delta)?;
         }
+        let wal_seconds = t_wal.elapsed().as_secs_f64();
+        let t_write = Instant::now();
         let name = sanitize(&decoded.plate);
         table::write_table(&self.outbox.join(format!("{name}.parquet")), &out.table)?;
         let qc_path = self.outbox.join(format!("{name}.qc.json"));
@@ -165,47 +239,111 @@ impl DirServer {
         std::fs::write(&tmp, serde_json::to_vec_pretty(&out.qc)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &qc_path)?;
+        let write_seconds = t_write.elapsed().as_secs_f64();
+        let t_apply = Instant::now();
         if let (Some(delta), Some(model)) = (&out.delta, self.model.as_mut()) {
             model.apply(delta)?;
         }
-        if let Some(model) = &self.model {
-            if self.state.since_snapshot() >= self.cfg.serve.snapshot_every.max(1) {
-                self.state.snapshot(model)?;
+        let apply_seconds = t_apply.elapsed().as_secs_f64();
+        let tm = &self.telemetry;
+        if out.delta.is_some() {
+            tm.stage(Stage::Wal, wal_seconds);
+            tm.stage(Stage::IndexUpdate, apply_seconds);
+        }
+        tm.stage(Stage::Write, write_seconds);
+        if self.state.since_snapshot() >= self.cfg.serve.snapshot_every.max(1) {
+            // A failed periodic snapshot is not fatal: the log still holds
+            // every plate since the last one. It is counted and retried.
+            if let Err(e) = self.snapshot() {
+                tracing::error!(error = %format!("{e:#}"), "checkpoint failed; the write-ahead log keeps the state");
             }
         }
         let done = self
             .inbox
             .join("done")
             .join(path.file_name().unwrap_or_default());
-        std::fs::rename(path, &done).with_context(|| format!("cannot move {source} to done/"))?;
+        let t_commit = Instant::now();
+        let moved = std::fs::rename(path, &done);
+        let commit_seconds = t_commit.elapsed().as_secs_f64();
+        self.telemetry.commit(commit_seconds, moved.is_ok());
+        moved.with_context(|| format!("cannot move {source} to done/"))?;
+        let latency = started.elapsed().as_secs_f64();
+        let tm = &self.telemetry;
+        tm.plate_published(rows, out.qc.replay, latency);
+        if let Some(model) = &self.model {
+            tm.model(model);
+        }
+        if let (Some(qc), Some(verdict)) = (&out.qc.qc, &out.qc.outlier) {
+            tm.plate_qc(qc, verdict);
+        }
+        let reasons: Vec<&str> = out
+            .qc
+            .outlier
+            .as_ref()
+            .map(|v| v.reasons.iter().map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        let outlier = !reasons.is_empty();
+        if outlier {
+            tracing::warn!(
+                plate = %decoded.plate,
+                batch = %decoded.batch,
+                reasons = %reasons.join(","),
+                "QC outlier plate"
+            );
+        }
         tracing::info!(
             plate = %decoded.plate,
             batch = %decoded.batch,
-            rows = decoded.x.nrows(),
+            rows,
             version = %out.qc.model_version,
             replay = out.qc.replay,
-            seconds = started.elapsed().as_secs_f64(),
+            outlier,
+            decode_s = decode_seconds,
+            correct_s = out.qc.seconds,
+            wal_s = wal_seconds,
+            write_s = write_seconds,
+            commit_s = commit_seconds,
+            latency_s = latency,
             "plate published"
         );
         Ok(Ok(out.qc.replay))
     }
 
-    fn dead_letter(&self, path: &Path, reason: &str) -> Result<()> {
+    fn dead_letter(&self, path: &Path, rejection: &Rejection) -> Result<()> {
         let name = path.file_name().unwrap_or_default();
         let dest = self.inbox.join("dlq").join(name);
         let mut why = dest.clone().into_os_string();
         why.push(".reason.txt");
-        std::fs::write(&why, format!("{reason}\n")).context("cannot write the dlq reason")?;
+        std::fs::write(&why, format!("{rejection}\n")).context("cannot write the dlq reason")?;
         std::fs::rename(path, &dest)
             .with_context(|| format!("cannot move {} to dlq/", path.display()))
     }
 
+    /// Snapshot the model, timed and counted.
+    fn snapshot(&mut self) -> Result<()> {
+        let Some(m) = &self.model else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let r = self.state.snapshot(m);
+        self.telemetry
+            .checkpoint(t.elapsed().as_secs_f64(), r.is_ok());
+        if r.is_ok() {
+            self.telemetry.model_coverage(m);
+            tracing::info!(
+                rows = m.len(),
+                plates = m.meta().plates.len(),
+                seconds = t.elapsed().as_secs_f64(),
+                "checkpoint written"
+            );
+        }
+        r
+    }
+
     /// Write a snapshot now (on shutdown).
     pub fn checkpoint(&mut self) -> Result<()> {
-        if let Some(m) = &self.model {
-            if self.state.since_snapshot() > 0 {
-                self.state.snapshot(m)?;
-            }
+        if self.model.is_some() && self.state.since_snapshot() > 0 {
+            self.snapshot()?;
         }
         Ok(())
     }
@@ -213,8 +351,15 @@ impl DirServer {
     /// Poll until `stop` is set (or once).
     pub fn run(&mut self, stop: Arc<AtomicBool>, once: bool) -> Result<ScanReport> {
         let mut total = ScanReport::default();
+        self.telemetry.set_consuming(true);
         loop {
-            let r = self.scan(&stop)?;
+            let r = match self.scan(&stop) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.telemetry.set_consuming(false);
+                    return Err(e);
+                }
+            };
             total.corrected += r.corrected;
             total.replayed += r.replayed;
             total.rejected += r.rejected;
@@ -226,6 +371,7 @@ impl DirServer {
                 break;
             }
         }
+        self.telemetry.set_consuming(false);
         self.checkpoint()?;
         Ok(total)
     }

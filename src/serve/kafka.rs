@@ -49,7 +49,7 @@ use crate::config::{Config, KafkaConfig};
 use crate::model::Model;
 use crate::serve::chunks::{self, Added, Assembler, Chunk};
 use crate::serve::offsets::OffsetTracker;
-use crate::serve::plate::{self, Rejection};
+use crate::serve::plate::{self, RejectReason, Rejection};
 use crate::serve::wire::{self, *};
 use crate::state::StateDir;
 
@@ -74,8 +74,8 @@ pub enum Outcome {
     Corrected,
     /// Re-published from the stored state.
     Replayed,
-    /// Dead-lettered.
-    Rejected,
+    /// Dead-lettered, with the kind of rejection.
+    Rejected(RejectReason),
 }
 
 /// Per-stage durations of one plate (telemetry hook).
@@ -126,6 +126,45 @@ pub trait Telemetry: Send {
     /// (tansu's high watermark is the base offset of its last batch + 1, so
     /// lag is approximate against tansu; exact against real Kafka.)
     fn lag(&self, _topic: &str, _partition: i32, _lag: i64) {}
+    /// The model changed (a plate was applied, or it was restored).
+    fn model_changed(&self, _model: &Model) {}
+    /// Whether the broker answered the last offset commit.
+    fn broker_reachable(&self, _ok: bool) {}
+}
+
+/// The daemon's Prometheus telemetry ([`crate::telemetry`]) fed from the
+/// Kafka loop's hooks.
+impl Telemetry for crate::telemetry::Telemetry {
+    fn plate(&self, e: &PlateEvent) {
+        use crate::telemetry::Stage;
+        let s = &e.stages;
+        self.plate_consumed();
+        self.rows_consumed(e.rows);
+        match e.outcome {
+            Outcome::Rejected(kind) => self.plate_dead_lettered(kind, e.rows),
+            Outcome::Corrected | Outcome::Replayed => {
+                self.plate_published(
+                    e.rows,
+                    e.outcome == Outcome::Replayed,
+                    s.total.as_secs_f64(),
+                );
+                self.stage(Stage::Decode, s.decode.as_secs_f64());
+                self.stage(Stage::Correction, s.correct.as_secs_f64());
+                self.stage(Stage::Wal, s.wal.as_secs_f64());
+                self.stage(Stage::Produce, s.publish.as_secs_f64());
+                self.stage(Stage::IndexUpdate, s.apply.as_secs_f64());
+            }
+        }
+    }
+    fn lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag(topic, partition, lag);
+    }
+    fn model_changed(&self, model: &Model) {
+        crate::telemetry::Telemetry::model(self, model);
+    }
+    fn broker_reachable(&self, ok: bool) {
+        self.set_broker_reachable(ok);
+    }
 }
 
 /// No telemetry.
@@ -372,6 +411,9 @@ impl KafkaServer {
 
     /// Install telemetry hooks.
     pub fn set_telemetry(&mut self, t: Box<dyn Telemetry>) {
+        if let Some(m) = &self.model {
+            t.model_changed(m);
+        }
         self.telemetry = t;
     }
 
@@ -464,7 +506,7 @@ impl KafkaServer {
                 input.bytes.len(),
                 self.cfg.kafka.max_plate_bytes
             );
-            return self.reject(&input, &reason, stop);
+            return self.reject(&input, RejectReason::Oversized, &reason, stop);
         }
         self.process(input, stop)
     }
@@ -483,7 +525,7 @@ impl KafkaServer {
         let parsed = num(H_CHUNK_INDEX).and_then(|i| num(H_CHUNK_COUNT).map(|c| (i, c)));
         let (index, count) = match parsed {
             Ok(x) => x,
-            Err(reason) => return self.reject(&input, &reason, stop),
+            Err(reason) => return self.reject(&input, RejectReason::Oversized, &reason, stop),
         };
         let plate = input
             .headers
@@ -554,14 +596,20 @@ impl KafkaServer {
                 headers: h,
                 consumed: Instant::now(),
             };
-            self.reject(&input, &r.reason, stop)?;
+            self.reject(&input, RejectReason::Oversized, &r.reason, stop)?;
         }
         Ok(())
     }
 
     /// Send an input to the DLQ (original bytes, headers, reason) and, once
     /// acknowledged, release its offsets.
-    fn reject(&mut self, input: &Input, reason: &str, stop: &AtomicBool) -> Result<()> {
+    fn reject(
+        &mut self,
+        input: &Input,
+        kind: RejectReason,
+        reason: &str,
+        stop: &AtomicBool,
+    ) -> Result<()> {
         let k = &self.cfg.kafka;
         tracing::warn!(
             plate = %input.plate_key,
@@ -572,7 +620,7 @@ impl KafkaServer {
         );
         let t = Instant::now();
         let mut base: Vec<(&'static str, String)> = vec![
-            (H_DLQ_REASON, reason.to_string()),
+            (H_DLQ_REASON, format!("{kind}: {reason}")),
             (H_SOURCE_TOPIC, k.plates_topic.clone()),
             (H_SOURCE_PARTITION, input.partition.to_string()),
             (H_SOURCE_OFFSET, input.first_offset().to_string()),
@@ -621,7 +669,7 @@ impl KafkaServer {
             partition: input.partition,
             offset: input.first_offset(),
             rows: 0,
-            outcome: Outcome::Rejected,
+            outcome: Outcome::Rejected(kind),
             version: String::new(),
             stages: StageTimes {
                 publish,
@@ -643,7 +691,7 @@ impl KafkaServer {
                 .and_then(|_| {
                     wire::encoding_of(input.headers.get(H_CONTENT_TYPE).map(String::as_str))
                 })
-                .map_err(|Rejection(r)| Rejection(format!("{source}: {r}")))
+                .map_err(|r| Rejection::new(r.reason, format!("{source}: {}", r.message)))
                 .and_then(|enc| wire::decode_payload(&input.bytes, enc, &source))
                 .and_then(|table| {
                     let fallback = if input.plate_key.is_empty() {
@@ -655,16 +703,19 @@ impl KafkaServer {
                 })
                 .and_then(|d| {
                     if !input.plate_key.is_empty() && d.plate != input.plate_key {
-                        return Err(Rejection(format!(
-                            "{source}: message key {:?} but column {} says plate {:?}",
-                            input.plate_key, self.cfg.correct.plate_col, d.plate
-                        )));
+                        return Err(Rejection::new(
+                            RejectReason::Schema,
+                            format!(
+                                "{source}: message key {:?} but column {} says plate {:?}",
+                                input.plate_key, self.cfg.correct.plate_col, d.plate
+                            ),
+                        ));
                     }
                     Ok(d)
                 });
         let decoded = match decoded {
             Ok(d) => d,
-            Err(Rejection(r)) => return self.reject(&input, &r, stop),
+            Err(r) => return self.reject(&input, r.reason, &r.message, stop),
         };
         st.decode = t.elapsed();
         if self.model.is_none() {
@@ -677,7 +728,7 @@ impl KafkaServer {
                 Ok(m) => self.model = Some(m),
                 Err(e) => {
                     let r = format!("{source}: cannot start a model from this plate: {e:#}");
-                    return self.reject(&input, &r, stop);
+                    return self.reject(&input, RejectReason::Model, &r, stop);
                 }
             }
         }
@@ -685,9 +736,12 @@ impl KafkaServer {
             anyhow::bail!("internal: no model");
         };
         let t = Instant::now();
-        let out = match plate::correct(model, &decoded) {
+        let out = match plate::correct(model, &decoded, &self.cfg.qc) {
             Ok(r) => r.with_context(|| format!("{source}: cannot encode the corrected plate"))?,
-            Err(Rejection(r)) => return self.reject(&input, &format!("{source}: {r}"), stop),
+            Err(r) => {
+                let msg = format!("{source}: {}", r.message);
+                return self.reject(&input, r.reason, &msg, stop);
+            }
         };
         st.correct = t.elapsed();
         let t = Instant::now();
@@ -734,6 +788,7 @@ impl KafkaServer {
         let t = Instant::now();
         if let (Some(delta), Some(model)) = (&out.delta, self.model.as_mut()) {
             model.apply(delta)?;
+            self.telemetry.model_changed(model);
         }
         if let Some(model) = &self.model {
             if self.state.since_snapshot() >= self.cfg.serve.snapshot_every.max(1) {
@@ -879,9 +934,11 @@ impl KafkaServer {
             match self.consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
                     self.tracker.committed(part, pos);
+                    self.telemetry.broker_reachable(true);
                     tracing::debug!(partition = part, position = pos, "offset committed");
                 }
                 Err(e) => {
+                    self.telemetry.broker_reachable(false);
                     tracing::warn!(partition = part, position = pos, error = %e, "offset commit failed (retried)")
                 }
             }

@@ -6,12 +6,41 @@ use arrow_array::RecordBatch;
 use serde::Serialize;
 
 use crate::config::CorrectConfig;
-use crate::model::{content_hash, Lookup, Model, PlateQc};
+use crate::model::{content_hash, Lookup, Model, PlateQc, PlateTimings};
 use crate::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use crate::qc::{assess, OutlierVerdict, QcConfig};
+pub use crate::telemetry::RejectReason;
 
-/// Why a plate was rejected (it goes to the dead-letter destination).
+/// Why a plate was rejected (it goes to the dead-letter destination): a
+/// reason kind (the metric label, the DLQ header) and a message for people.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejection(pub String);
+pub struct Rejection {
+    /// The kind.
+    pub reason: RejectReason,
+    /// What exactly was wrong (column, row, ...).
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection of kind `reason`.
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A rejection from an error, with its context chain as the message.
+    pub fn from_error(reason: RejectReason, e: &anyhow::Error) -> Rejection {
+        Rejection::new(reason, format!("{e:#}"))
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
 
 /// A plate ready for the model.
 pub struct DecodedPlate {
@@ -44,6 +73,8 @@ pub struct QcRecord {
     pub replay: bool,
     /// Figures (absent for replays).
     pub qc: Option<PlateQc>,
+    /// Outlier verdict against the batch's previous plates (absent for replays).
+    pub outlier: Option<OutlierVerdict>,
     /// Seconds spent correcting.
     pub seconds: f64,
 }
@@ -57,28 +88,39 @@ pub fn decode(
     cfg: &CorrectConfig,
     source: &str,
 ) -> std::result::Result<DecodedPlate, Rejection> {
-    let bad = |e: anyhow::Error| Rejection(format!("{e:#}"));
+    let schema = |e: anyhow::Error| Rejection::from_error(RejectReason::Schema, &e);
     if table.num_rows() == 0 {
-        return Err(Rejection(format!("{source}: empty plate (no rows)")));
+        return Err(Rejection::new(
+            RejectReason::Empty,
+            format!("{source}: empty plate (no rows)"),
+        ));
     }
-    let batch_col = cfg
-        .batch_col
-        .as_deref()
-        .ok_or_else(|| Rejection("no batch column configured ([correct] batch_col)".into()))?;
-    let batches = profile::string_column(&table, batch_col, source).map_err(bad)?;
+    let batch_col = cfg.batch_col.as_deref().ok_or_else(|| {
+        Rejection::new(
+            RejectReason::Schema,
+            "no batch column configured ([correct] batch_col)",
+        )
+    })?;
+    let batches = profile::string_column(&table, batch_col, source).map_err(schema)?;
     let batch = batches[0].clone();
     if let Some(other) = batches.iter().find(|b| **b != batch) {
-        return Err(Rejection(format!(
+        return Err(Rejection::new(
+            RejectReason::Schema,
+            format!(
             "{source}: plate rows span several batches ({batch}, {other}); one plate = one batch"
-        )));
+        ),
+        ));
     }
     let plate = match profile::string_column(&table, &cfg.plate_col, source) {
         Ok(p) if p.iter().all(|x| *x == p[0]) => p[0].clone(),
         Ok(_) => {
-            return Err(Rejection(format!(
-                "{source}: column {} has several values; one message/file = one plate",
-                cfg.plate_col
-            )))
+            return Err(Rejection::new(
+                RejectReason::Schema,
+                format!(
+                    "{source}: column {} has several values; one message/file = one plate",
+                    cfg.plate_col
+                ),
+            ))
         }
         Err(_) => fallback_id.to_string(),
     };
@@ -87,14 +129,16 @@ pub fn decode(
         .as_deref()
         .map(regex::Regex::new)
         .transpose()
-        .map_err(|e| Rejection(format!("invalid exclude regex: {e}")))?;
-    let columns = profile::feature_columns(&table, exclude.as_ref(), source).map_err(bad)?;
-    let fm =
-        profile::feature_matrix(&table, columns, NonFinitePolicy::Error, source).map_err(bad)?;
+        .map_err(|e| Rejection::new(RejectReason::Schema, format!("invalid exclude regex: {e}")))?;
+    let columns = profile::feature_columns(&table, exclude.as_ref(), source).map_err(schema)?;
+    // The rows are non-empty (checked above): the only failure left is a
+    // non-finite value.
+    let fm = profile::feature_matrix(&table, columns, NonFinitePolicy::Error, source)
+        .map_err(|e| Rejection::from_error(RejectReason::NonFinite, &e))?;
     let controls = match cfg.control.as_deref() {
         Some(sel) => {
-            let sel: ControlSelector = sel.parse().map_err(bad)?;
-            Some(profile::control_mask(&table, &sel, source).map_err(bad)?)
+            let sel: ControlSelector = sel.parse().map_err(schema)?;
+            Some(profile::control_mask(&table, &sel, source).map_err(schema)?)
         }
         None => None,
     };
@@ -117,39 +161,58 @@ pub struct Corrected {
     pub qc: QcRecord,
     /// The state change to log and apply (None for replays).
     pub delta: Option<crate::model::PlateDelta>,
+    /// Seconds per stage of the core (zero for replays), plus the encode
+    /// stage in [`Corrected::encode_seconds`].
+    pub timings: PlateTimings,
+    /// Seconds spent building the output table.
+    pub encode_seconds: f64,
 }
 
-/// Correct a decoded plate (pure: the model is not changed).
+/// Correct a decoded plate (pure: the model is not changed) and judge its QC
+/// figures against the batch's history with `qc`.
 pub fn correct(
     model: &Model,
     p: &DecodedPlate,
+    qc_cfg: &QcConfig,
 ) -> std::result::Result<Result<Corrected>, Rejection> {
     let started = std::time::Instant::now();
-    let bad = |e: anyhow::Error| Rejection(format!("{e:#}"));
+    let schema = |e: anyhow::Error| Rejection::from_error(RejectReason::Schema, &e);
+    let bad = |e: anyhow::Error| Rejection::from_error(RejectReason::Model, &e);
     // Model feature order -> plate columns.
-    let pos = model.feature_positions(&p.columns.names).map_err(bad)?;
+    let pos = model.feature_positions(&p.columns.names).map_err(schema)?;
     let x = p.x.select(ndarray::Axis(1), &pos);
+    let mut timings = PlateTimings::default();
+    let mut outlier = None;
     let (values, qc, delta, version, replay) = match model.lookup(&p.plate, p.hash) {
         Lookup::Clash(r) => {
-            return Err(Rejection(format!(
+            return Err(Rejection::new(
+                RejectReason::Duplicate,
+                format!(
                 "duplicate plate id {}: already incorporated (version {}) with different content",
                 p.plate, r.version
-            )))
+            ),
+            ))
         }
         Lookup::Replay(r) => {
             let v = model
                 .replay_plate(&r, x.view(), p.controls.as_deref())
-                .map_err(bad)?;
+                .map_err(schema)?;
             (v, None, None, r.version.clone(), true)
         }
         Lookup::New => {
             let pc = model
                 .correct_plate(&p.plate, &p.batch, x.view(), p.controls.as_deref(), p.hash)
                 .map_err(bad)?;
+            timings = pc.timings;
+            let t = std::time::Instant::now();
+            let history = model.qc_history(&p.batch);
+            outlier = Some(assess(&history, &pc.qc.figures(), qc_cfg));
+            timings.qc += t.elapsed().as_secs_f64();
             let v = pc.delta.version.clone();
             (pc.corrected, Some(pc.qc), Some(pc.delta), v, false)
         }
     };
+    let t_encode = std::time::Instant::now();
     // Back to the plate's column order.
     let mut out = p.x.clone();
     for (model_j, &plate_j) in pos.iter().enumerate() {
@@ -167,8 +230,11 @@ pub fn correct(
             model_version: version,
             replay,
             qc,
+            outlier,
             seconds: started.elapsed().as_secs_f64(),
         },
         delta,
+        timings,
+        encode_seconds: t_encode.elapsed().as_secs_f64(),
     }))
 }

@@ -8,7 +8,7 @@
 
 use arrow_array::RecordBatch;
 
-use crate::serve::plate::Rejection;
+use crate::serve::plate::{RejectReason, Rejection};
 
 /// Header: the payload's content type.
 pub const H_CONTENT_TYPE: &str = "content-type";
@@ -70,9 +70,10 @@ pub fn encoding_of(content_type: Option<&str>) -> Result<Encoding, Rejection> {
             Ok(Encoding::ArrowStream)
         }
         CT_PARQUET | "application/x-parquet" | "application/parquet" => Ok(Encoding::Parquet),
-        _ => Err(Rejection(format!(
-            "unsupported content type {ct:?} (expected {CT_ARROW_STREAM} or {CT_PARQUET})"
-        ))),
+        _ => Err(Rejection::new(
+            RejectReason::Unreadable,
+            format!("unsupported content type {ct:?} (expected {CT_ARROW_STREAM} or {CT_PARQUET})"),
+        )),
     }
 }
 
@@ -81,9 +82,10 @@ pub fn check_schema_version(v: Option<&str>) -> Result<(), Rejection> {
     match v {
         None => Ok(()),
         Some(v) if v.trim() == SCHEMA_VERSION => Ok(()),
-        Some(v) => Err(Rejection(format!(
-            "unsupported schema version {v:?} (this daemon reads {SCHEMA_VERSION})"
-        ))),
+        Some(v) => Err(Rejection::new(
+            RejectReason::Schema,
+            format!("unsupported schema version {v:?} (this daemon reads {SCHEMA_VERSION})"),
+        )),
     }
 }
 
@@ -95,36 +97,48 @@ pub fn decode_payload(
     source: &str,
 ) -> Result<RecordBatch, Rejection> {
     if bytes.is_empty() {
-        return Err(Rejection(format!("{source}: empty message (no bytes)")));
+        return Err(Rejection::new(
+            RejectReason::Empty,
+            format!("{source}: empty message (no bytes)"),
+        ));
     }
     let looks_parquet = bytes.len() >= 8 && bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1");
     let r = match encoding {
         Encoding::Parquet => {
             if !looks_parquet {
-                return Err(Rejection(format!(
-                    "{source}: not a Parquet file (content type says Parquet; no PAR1 magic)"
-                )));
+                return Err(Rejection::new(
+                    RejectReason::Unreadable,
+                    format!(
+                        "{source}: not a Parquet file (content type says Parquet; no PAR1 magic)"
+                    ),
+                ));
             }
             crate::table::decode_parquet(bytes)
         }
         Encoding::ArrowStream => {
             if looks_parquet {
-                return Err(Rejection(format!(
-                    "{source}: payload is Parquet but the content type says Arrow IPC stream"
-                )));
+                return Err(Rejection::new(
+                    RejectReason::Unreadable,
+                    format!(
+                        "{source}: payload is Parquet but the content type says Arrow IPC stream"
+                    ),
+                ));
             }
             check_ipc_prefix(bytes, source)?;
             crate::table::decode_ipc_stream(bytes)
         }
     };
     r.map_err(|e| {
-        Rejection(format!(
-            "{source}: not a readable {} plate: {e:#}",
-            match encoding {
-                Encoding::ArrowStream => "Arrow IPC stream",
-                Encoding::Parquet => "Parquet",
-            }
-        ))
+        Rejection::new(
+            RejectReason::Unreadable,
+            format!(
+                "{source}: not a readable {} plate: {e:#}",
+                match encoding {
+                    Encoding::ArrowStream => "Arrow IPC stream",
+                    Encoding::Parquet => "Parquet",
+                }
+            ),
+        )
     })
 }
 
@@ -143,10 +157,13 @@ fn check_ipc_prefix(bytes: &[u8], source: &str) -> Result<(), Rejection> {
     };
     match len {
         Some(l) if l > 0 && (l as usize) <= bytes.len().saturating_sub(body) => Ok(()),
-        _ => Err(Rejection(format!(
-            "{source}: not an Arrow IPC stream (no valid schema message at the start; {} bytes)",
-            bytes.len()
-        ))),
+        _ => Err(Rejection::new(
+            RejectReason::Unreadable,
+            format!(
+                "{source}: not an Arrow IPC stream (no valid schema message at the start; {} bytes)",
+                bytes.len()
+            ),
+        )),
     }
 }
 
@@ -168,15 +185,18 @@ mod tests {
         let pq = crate::table::encode_parquet(&t).unwrap();
         assert_eq!(decode_payload(&pq, Encoding::Parquet, "m").unwrap(), t);
         let e = decode_payload(&pq, Encoding::ArrowStream, "m").unwrap_err();
-        assert!(e.0.contains("Parquet"), "{e:?}");
+        assert!(e.message.contains("Parquet"), "{e:?}");
     }
 
     #[test]
     fn garbage_is_rejected_with_the_source() {
         let e = decode_payload(b"hello, not arrow", Encoding::ArrowStream, "t/0@5").unwrap_err();
-        assert!(e.0.contains("t/0@5") && e.0.contains("Arrow"), "{e:?}");
+        assert!(
+            e.message.contains("t/0@5") && e.message.contains("Arrow"),
+            "{e:?}"
+        );
         let e = decode_payload(b"", Encoding::ArrowStream, "t/0@5").unwrap_err();
-        assert!(e.0.contains("empty"), "{e:?}");
+        assert!(e.message.contains("empty"), "{e:?}");
         assert!(encoding_of(Some("text/csv")).is_err());
         assert_eq!(
             encoding_of(Some("application/vnd.apache.parquet; v=1")).unwrap(),

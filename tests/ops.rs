@@ -1,0 +1,878 @@
+//! Operations (issue 6): the daemon's /metrics, /healthz and /readyz over
+//! real HTTP, counters and histograms moving as plates (good and bad) flow,
+//! per-plate QC outlier flags (and their history surviving a restart), and
+//! the deploy/ artefacts: every metric name the alert rules and the Grafana
+//! dashboard use is exported by the running daemon; YAML/JSON parse;
+//! `promtool check rules` when promtool is installed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use balans::profile::string_column;
+use balans::table::{read_table, write_table};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_balans"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------- HTTP
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let code = out.get(9..12)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((code, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scrape: series (name, sorted labels) -> value, and the family names.
+struct Scrape {
+    series: BTreeMap<(String, BTreeMap<String, String>), f64>,
+    text: String,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let mut series = BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (key, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = match value {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap(),
+            };
+            let (name, labels) = match key.split_once('{') {
+                None => (key.to_string(), BTreeMap::new()),
+                Some((n, rest)) => {
+                    let body = rest.trim_end_matches('}');
+                    let mut m = BTreeMap::new();
+                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                        let (k, v) = pair.split_once('=').unwrap();
+                        m.insert(k.to_string(), v.trim_matches('"').to_string());
+                    }
+                    (n.to_string(), m)
+                }
+            };
+            series.insert((name, labels), value);
+        }
+        Scrape {
+            series,
+            text: text.to_string(),
+        }
+    }
+
+    /// The value of `name` with exactly `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        *self
+            .series
+            .get(&(name.to_string(), want))
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in\n{}", self.text))
+    }
+
+    /// Series names (histograms give _bucket/_sum/_count) and family names.
+    fn names(&self) -> BTreeSet<String> {
+        let mut v: BTreeSet<String> = self.series.keys().map(|k| k.0.clone()).collect();
+        for line in self.text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                if let Some(n) = rest.split_whitespace().next() {
+                    v.insert(n.to_string());
+                }
+            }
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------- data
+
+struct Setup {
+    dir: tempfile::TempDir,
+    reference: PathBuf,
+    /// Streamed plates of the batch unseen at start, in order.
+    new_batch: Vec<(String, RecordBatch)>,
+    /// Streamed plates of known batches.
+    known: Vec<(String, RecordBatch)>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.parquet");
+    let o = bin()
+        .args([
+            "-q",
+            "synth",
+            "--rows",
+            "2400",
+            "--batches",
+            "4",
+            "--features",
+            "20",
+            "--seed",
+            "9",
+            "--output",
+            s(&all),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let t = read_table(&all).unwrap();
+    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
+    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
+    let mut names: Vec<String> = plate.clone();
+    names.sort();
+    names.dedup();
+    let keep = |f: &dyn Fn(usize) -> bool| -> RecordBatch {
+        let mask = BooleanArray::from((0..t.num_rows()).map(f).collect::<Vec<bool>>());
+        arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
+    };
+    let streamed = |p: &String| p.starts_with("Batch04") || p.ends_with("Plate04");
+    let reference = dir.path().join("reference.parquet");
+    write_table(
+        &reference,
+        &keep(&|i| !streamed(&plate[i]) && batch[i] != "Batch04"),
+    )
+    .unwrap();
+    let pick = |f: &dyn Fn(&String) -> bool| -> Vec<(String, RecordBatch)> {
+        names
+            .iter()
+            .filter(|p| f(p))
+            .map(|p| (p.clone(), keep(&|i| plate[i] == *p)))
+            .collect()
+    };
+    Setup {
+        reference,
+        new_batch: pick(&|p| p.starts_with("Batch04")),
+        known: pick(&|p| p.ends_with("Plate04") && !p.starts_with("Batch04")),
+        dir,
+    }
+}
+
+/// A copy of `t` as plate `id` with every feature multiplied by `factor`
+/// (per-plate centring removes shifts; a scale change survives it).
+fn scaled_plate(t: &RecordBatch, id: &str, factor: f64) -> RecordBatch {
+    let cols: Vec<ArrayRef> = t
+        .schema()
+        .fields()
+        .iter()
+        .zip(t.columns())
+        .map(|(f, c)| -> ArrayRef {
+            if f.name() == "Metadata_Plate" {
+                Arc::new(StringArray::from(vec![id; t.num_rows()]))
+            } else if f.name().starts_with("Feature_") {
+                let a = c.as_any().downcast_ref::<Float64Array>().unwrap();
+                Arc::new(Float64Array::from_iter_values(
+                    (0..a.len()).map(|i| a.value(i) * factor),
+                ))
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    RecordBatch::try_new(t.schema(), cols).unwrap()
+}
+
+fn drop_plate(inbox: &Path, name: &str, t: &RecordBatch) {
+    let tmp = inbox.parent().unwrap().join(format!("staging-{name}"));
+    write_table(&tmp, t).unwrap();
+    std::fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    })
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(st: &Setup, config: &Path) -> Daemon {
+        let d = st.dir.path();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = bin()
+            .args([
+                "serve",
+                "--config",
+                s(config),
+                "--reference",
+                s(&st.reference),
+                "--state-dir",
+                s(&d.join("state")),
+                "--inbox",
+                s(&d.join("inbox")),
+                "--outbox",
+                s(&d.join("outbox")),
+                "--batch-col",
+                "Metadata_Batch",
+                "--control",
+                "Metadata_Label=DMSO",
+                "--poll-ms",
+                "50",
+                "--snapshot-every",
+                "3",
+                "--metrics-addr",
+                addr.as_str(),
+            ])
+            .env("BALANS_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, addr };
+        wait_until("/healthz", 120, || {
+            matches!(http_get(&d.addr, "/healthz"), Some((200, _)))
+        });
+        d
+    }
+
+    fn scrape(&self) -> Scrape {
+        let (code, body) = http_get(&self.addr, "/metrics").expect("scrape");
+        assert_eq!(code, 200);
+        Scrape::parse(&body)
+    }
+
+    /// SIGTERM and expect exit 0.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "{st:?}");
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "no exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qc_json(outbox: &Path, plate: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(outbox.join(format!("{plate}.qc.json"))).unwrap())
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- deploy/
+
+/// balans_* names referenced by the alert rules' expressions.
+fn alert_metric_names() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/balans-alerts.yml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut exprs = Vec::new();
+    for g in doc["groups"].as_sequence().unwrap() {
+        for r in g["rules"].as_sequence().unwrap() {
+            assert!(r["alert"].as_str().is_some(), "rule without a name: {r:?}");
+            exprs.push(r["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 5);
+    names_in(&exprs)
+}
+
+/// balans_* names referenced by the dashboard's queries.
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/balans-dashboard.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&doc, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    names_in(&exprs)
+}
+
+fn names_in(exprs: &[String]) -> BTreeSet<String> {
+    let re = regex::Regex::new(r"\bbalans_[a-z0-9_]+").unwrap();
+    exprs
+        .iter()
+        .flat_map(|e| re.find_iter(e).map(|m| m.as_str().to_string()))
+        .collect()
+}
+
+/// `name` is exported: as a series, or as a histogram family once its
+/// `_bucket`/`_sum`/`_count` suffix is stripped.
+fn exported(names: &BTreeSet<String>, name: &str) -> bool {
+    if names.contains(name) {
+        return true;
+    }
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .any(|suf| name.strip_suffix(suf).is_some_and(|b| names.contains(b)))
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn metrics_health_and_qc_over_http() {
+    let st = setup();
+    let d = st.dir.path();
+    let (inbox, outbox) = (d.join("inbox"), d.join("outbox"));
+    let config = d.join("balans.toml");
+    std::fs::write(&config, "[qc]\nmin_history = 2\n").unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+
+    let daemon = Daemon::start(&st, &config);
+    // The listener starts before the warm start (an offline fit of the
+    // reference, hundreds of ms even on an idle machine): /healthz is 200
+    // and /readyz 503 meanwhile; 200 once the state is restored and the
+    // inbox is being scanned.
+    let mut saw_503 = None;
+    wait_until("/readyz 200", 120, || {
+        match http_get(&daemon.addr, "/readyz") {
+            Some((503, body)) => {
+                saw_503.get_or_insert(body);
+                false
+            }
+            Some((200, _)) => true,
+            _ => false,
+        }
+    });
+    let body = saw_503.expect("/readyz never answered 503 during the warm start");
+    assert!(body.contains("state_restored false"), "{body}");
+    assert_eq!(http_get(&daemon.addr, "/nothing").unwrap().0, 404);
+    let m0 = daemon.scrape();
+    assert_eq!(m0.get("balans_plates_consumed_total", &[]), 0.0);
+    assert_eq!(m0.get("balans_ready", &[]), 1.0);
+    assert_eq!(
+        m0.get(
+            "balans_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    // Model version g1.p0.
+    assert_eq!(m0.get("balans_model_generation", &[]), 1.0);
+    assert_eq!(m0.get("balans_model_plates", &[]), 0.0);
+    // Checkpoints count the daemon's snapshots (periodic and on shutdown),
+    // not the warm start's initial one.
+    assert_eq!(m0.get("balans_checkpoint_duration_seconds_count", &[]), 0.0);
+    assert_eq!(m0.get("balans_last_checkpoint_timestamp_seconds", &[]), 0.0);
+    let ref_rows = read_table(&st.reference).unwrap().num_rows() as f64;
+    assert_eq!(m0.get("balans_model_rows", &[]), ref_rows);
+    assert!(m0.get("balans_model_coverage", &[("quantile", "min")]) >= 0.0);
+
+    // Good plates: the unseen batch first (its QC history grows), then one
+    // scaled-up plate of it (an outlier), then the known batches' plates;
+    // and three bad files.
+    let mut good_rows = 0usize;
+    let mut n_good = 0usize;
+    for (i, (p, t)) in st.new_batch.iter().enumerate() {
+        drop_plate(&inbox, &format!("a{i}_{p}.parquet"), t);
+        good_rows += t.num_rows();
+        n_good += 1;
+    }
+    let new_batch_rows = good_rows;
+    let scaled = scaled_plate(&st.new_batch[0].1, "Batch04_Scaled", 8.0);
+    drop_plate(&inbox, "b_scaled.parquet", &scaled);
+    good_rows += scaled.num_rows();
+    n_good += 1;
+    for (p, t) in &st.known {
+        drop_plate(&inbox, &format!("c_{p}.parquet"), t);
+        good_rows += t.num_rows();
+        n_good += 1;
+    }
+    std::fs::write(inbox.join("z_garbage.parquet"), b"not parquet").unwrap();
+    drop_plate(&inbox, "z_empty.parquet", &st.known[0].1.slice(0, 0));
+    std::fs::write(
+        inbox.join("z_nan.csv"),
+        "Metadata_Batch,Metadata_Plate,Feature_000\nBatch01,PX,1.0\nBatch01,PX,nan\n",
+    )
+    .unwrap();
+    let n_bad = 3;
+    wait_until("every plate processed", 300, || {
+        count_files(&inbox.join("done"), ".parquet") == n_good
+            && count_files(&inbox.join("dlq"), ".reason.txt") == n_bad
+    });
+    // The reason files start with the reason kind (the metric label).
+    for (f, kind) in [
+        ("z_garbage.parquet", "unreadable: "),
+        ("z_empty.parquet", "empty: "),
+        ("z_nan.csv", "non_finite: "),
+    ] {
+        let why =
+            std::fs::read_to_string(inbox.join("dlq").join(format!("{f}.reason.txt"))).unwrap();
+        assert!(why.starts_with(kind), "{f}: {why}");
+    }
+    // The counters move after the acknowledgement: give the last one a beat.
+    wait_until("counters", 10, || {
+        daemon
+            .scrape()
+            .get("balans_plates_published_total", &[("replay", "false")])
+            == n_good as f64
+    });
+    let m = daemon.scrape();
+    assert_eq!(
+        m.get("balans_plates_consumed_total", &[]),
+        (n_good + n_bad) as f64
+    );
+    assert_eq!(
+        m.get("balans_plates_published_total", &[("replay", "true")]),
+        0.0
+    );
+    assert_eq!(m.get("balans_rows_published_total", &[]), good_rows as f64);
+    // Consumed rows: good rows + the NaN csv's 2 rows (+ 0 for the empty
+    // plate; the garbage file is unreadable).
+    assert_eq!(
+        m.get("balans_rows_consumed_total", &[]),
+        (good_rows + 2) as f64
+    );
+    for (reason, n, rows) in [
+        ("unreadable", 1.0, 0.0),
+        ("empty", 1.0, 0.0),
+        ("non_finite", 1.0, 2.0),
+        ("schema", 0.0, 0.0),
+        ("duplicate", 0.0, 0.0),
+    ] {
+        assert_eq!(
+            m.get("balans_plates_dead_lettered_total", &[("reason", reason)]),
+            n,
+            "{reason}"
+        );
+        assert_eq!(
+            m.get("balans_rows_dead_lettered_total", &[("reason", reason)]),
+            rows,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        m.get("balans_plate_latency_seconds_count", &[]),
+        n_good as f64
+    );
+    assert!(m.get("balans_plate_latency_seconds_sum", &[]) > 0.0);
+    assert_eq!(
+        m.get("balans_plate_latency_seconds_bucket", &[("le", "+Inf")]),
+        n_good as f64
+    );
+    for stage in [
+        "sampling",
+        "correction",
+        "qc",
+        "encode",
+        "wal",
+        "write",
+        "index_update",
+    ] {
+        assert_eq!(
+            m.get("balans_stage_duration_seconds_count", &[("stage", stage)]),
+            n_good as f64,
+            "{stage}"
+        );
+    }
+    // Decode is timed for every plate that decoded (good ones here).
+    assert_eq!(
+        m.get(
+            "balans_stage_duration_seconds_count",
+            &[("stage", "decode")]
+        ),
+        n_good as f64
+    );
+    assert_eq!(
+        m.get(
+            "balans_stage_duration_seconds_count",
+            &[("stage", "produce")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.get(
+            "balans_consumer_lag",
+            &[("topic", "inbox"), ("partition", "0")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.get("balans_indexed_rows", &[("batch", "Batch04")]),
+        (new_batch_rows + scaled.num_rows()) as f64
+    );
+    assert_eq!(m.get("balans_model_rows", &[]), ref_rows + good_rows as f64);
+    assert_eq!(m.get("balans_model_plates", &[]), n_good as f64);
+    assert_eq!(m.get("balans_model_generation", &[]), 1.0);
+    let last = qc_json(&outbox, &st.known[st.known.len() - 1].0);
+    assert_eq!(
+        last["model_version"].as_str().unwrap(),
+        format!("g1.p{}", n_good - 1),
+        "the last plate was corrected with the version before it was added"
+    );
+    assert!(m.get("balans_landmarks_total", &[]) >= good_rows as f64);
+    assert_eq!(
+        m.get("balans_commit_duration_seconds_count", &[]),
+        n_good as f64
+    );
+    assert_eq!(m.get("balans_commit_failures_total", &[]), 0.0);
+    // snapshot_every = 3: a snapshot after every third plate.
+    assert_eq!(
+        m.get("balans_checkpoint_duration_seconds_count", &[]),
+        (n_good / 3) as f64
+    );
+    assert_eq!(m.get("balans_checkpoint_failures_total", &[]), 0.0);
+    assert!(m.get("balans_last_checkpoint_timestamp_seconds", &[]) > 1.6e9);
+    assert!(m.get("balans_last_publish_timestamp_seconds", &[]) > 1.6e9);
+    assert_eq!(
+        m.get("balans_qc_mixing_count", &[("correction", "after")]),
+        n_good as f64
+    );
+
+    // QC: the scaled plate is an outlier with reasons; the metrics agree
+    // with the QC records.
+    let qc = qc_json(&outbox, "Batch04_Scaled");
+    assert_eq!(qc["outlier"]["outlier"], true, "{qc:#}");
+    assert_eq!(
+        qc["outlier"]["history"].as_u64().unwrap(),
+        st.new_batch.len() as u64
+    );
+    let reasons: Vec<String> = qc["outlier"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(!reasons.is_empty());
+    eprintln!("scaled plate flagged for {reasons:?}");
+    let first = qc_json(&outbox, &st.new_batch[0].0);
+    assert_eq!(first["outlier"]["history"], 0);
+    assert_eq!(first["outlier"]["outlier"], false);
+    assert!(first["qc"]["new_batch"].as_bool().unwrap());
+    let mut flagged = 0;
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for name in std::fs::read_dir(&outbox).unwrap() {
+        let name = name.unwrap().file_name().to_string_lossy().to_string();
+        if let Some(p) = name.strip_suffix(".qc.json") {
+            let q = qc_json(&outbox, p);
+            if q["outlier"]["outlier"] == true {
+                flagged += 1;
+                for r in q["outlier"]["reasons"].as_array().unwrap() {
+                    *by_reason
+                        .entry(r.as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(m.get("balans_qc_outlier_plates_total", &[]), flagged as f64);
+    for (r, n) in &by_reason {
+        assert_eq!(
+            m.get("balans_qc_outlier_reasons_total", &[("reason", r.as_str())]),
+            *n as f64
+        );
+    }
+
+    // deploy/: every name the alert rules and the dashboard use is exported.
+    let names = m.names();
+    let rules = alert_metric_names();
+    let dash = dashboard_metric_names();
+    assert!(rules.contains("balans_consumer_lag") && dash.contains("balans_qc_last_plate"));
+    let missing: Vec<&String> = rules
+        .iter()
+        .chain(&dash)
+        .filter(|n| !exported(&names, n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "referenced but not exported: {missing:?}"
+    );
+
+    // Restart: the QC history survives (snapshot + log), so a second
+    // scaled plate is judged against every previous Batch04 plate.
+    daemon.stop();
+    let daemon = Daemon::start(&st, &config);
+    wait_until("/readyz 200 after restart", 120, || {
+        matches!(http_get(&daemon.addr, "/readyz"), Some((200, _)))
+    });
+    let m = daemon.scrape();
+    assert_eq!(m.get("balans_model_plates", &[]), n_good as f64);
+    assert_eq!(m.get("balans_plates_consumed_total", &[]), 0.0);
+    let again = scaled_plate(&st.new_batch[1].1, "Batch04_Scaled2", 8.0);
+    drop_plate(&inbox, "d_scaled.parquet", &again);
+    wait_until("the second scaled plate", 120, || {
+        outbox.join("Batch04_Scaled2.qc.json").exists()
+    });
+    let qc = qc_json(&outbox, "Batch04_Scaled2");
+    assert_eq!(
+        qc["outlier"]["history"].as_u64().unwrap(),
+        st.new_batch.len() as u64 + 1,
+        "{qc:#}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn deploy_artefacts_parse_and_agree_with_the_repo() {
+    // Kubernetes manifests and alert rules are valid YAML of the right kinds.
+    let mut kinds = BTreeSet::new();
+    for f in std::fs::read_dir(repo().join("deploy/k8s")).unwrap() {
+        let p = f.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        kinds.insert(doc["kind"].as_str().unwrap().to_string());
+    }
+    for k in [
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Kustomization",
+        "Namespace",
+    ] {
+        assert!(kinds.contains(k), "{k} missing from deploy/k8s: {kinds:?}");
+    }
+    let sts: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/k8s/statefulset.yaml")).unwrap(),
+    )
+    .unwrap();
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].is_string());
+    // The ConfigMap carries config/balans.toml verbatim.
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/k8s/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let shipped = std::fs::read_to_string(repo().join("config/balans.toml")).unwrap();
+    assert_eq!(
+        cm["data"]["balans.toml"].as_str().unwrap().trim_end(),
+        shipped.trim_end(),
+        "deploy/k8s/configmap.yaml drifted from config/balans.toml"
+    );
+    // The alert rules cover the issue's list; the dashboard parses.
+    let rules =
+        std::fs::read_to_string(repo().join("deploy/prometheus/balans-alerts.yml")).unwrap();
+    for a in [
+        "BalansFeedStalled",
+        "BalansConsumerLagGrowing",
+        "BalansDeadLetterRate",
+        "BalansQcOutlierPlates",
+        "BalansCheckpointFailures",
+    ] {
+        assert!(rules.contains(&format!("alert: {a}")), "{a}");
+    }
+    assert!(!alert_metric_names().is_empty());
+    assert!(!dashboard_metric_names().is_empty());
+    // kubectl, when installed: the kustomization renders.
+    if let Ok(o) = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join("deploy/k8s"))
+        .output()
+    {
+        assert!(
+            o.status.success(),
+            "kubectl kustomize deploy/k8s failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("kind: StatefulSet") && out.contains("namespace: balans"));
+    }
+    // systemd-analyze, when installed: the unit verifies (with ExecStart
+    // pointing at this build's binary, since /usr/local/bin/balans is not
+    // installed here).
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/balans.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("balans.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/balans", env!("CARGO_BIN_EXE_balans")),
+    )
+    .unwrap();
+    if let Ok(o) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    {
+        assert!(
+            o.status.success(),
+            "systemd-analyze verify failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // promtool, when installed (Debian: apt-get install prometheus):
+    // syntax, then the alert unit tests (stalled feed, dead-letter rate, ...).
+    for (what, file) in [
+        ("check", "deploy/prometheus/balans-alerts.yml"),
+        ("test", "deploy/prometheus/tests/balans-alerts_test.yml"),
+    ] {
+        match Command::new("promtool")
+            .args([what, "rules"])
+            .arg(repo().join(file))
+            .output()
+        {
+            Ok(o) => assert!(
+                o.status.success(),
+                "promtool {what} rules {file} failed:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => {
+                eprintln!("promtool not installed: promtool {what} rules skipped");
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn correct_writes_the_per_plate_qc_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.parquet");
+    let o = bin()
+        .args([
+            "-q",
+            "synth",
+            "--rows",
+            "1200",
+            "--batches",
+            "3",
+            "--features",
+            "12",
+            "--seed",
+            "4",
+            "--output",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let qc = dir.path().join("qc.csv");
+    let o = bin()
+        .args([
+            "-q",
+            "correct",
+            "--batch-col",
+            "Metadata_Batch",
+            "--control",
+        ])
+        .arg("Metadata_Label=DMSO")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.parquet"))
+        .arg("--qc")
+        .arg(&qc)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = read_table(&qc).unwrap();
+    let src = read_table(&input).unwrap();
+    let mut plates = string_column(&src, "Metadata_Plate", "t").unwrap();
+    plates.sort();
+    plates.dedup();
+    assert_eq!(t.num_rows(), plates.len());
+    for col in [
+        "plate",
+        "batch",
+        "rows",
+        "controls",
+        "mixing_before",
+        "mixing_after",
+        "mean_offset",
+        "control_dispersion",
+        "outlier",
+        "outlier_reasons",
+    ] {
+        assert!(t.schema().column_with_name(col).is_some(), "{col}");
+    }
+    // Rows add up; correction improves mixing on average.
+    let rows = t
+        .column_by_name("rows")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .map(|a| a.values().iter().sum::<i64>() as usize)
+        .or_else(|| {
+            t.column_by_name("rows")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>() as usize)
+        })
+        .unwrap();
+    assert_eq!(rows, src.num_rows());
+    let mean = |c: &str| {
+        let a = t.column_by_name(c).unwrap();
+        let a = a.as_any().downcast_ref::<Float64Array>().unwrap();
+        (0..a.len()).map(|i| a.value(i)).sum::<f64>() / a.len() as f64
+    };
+    assert!(
+        mean("mixing_after") > mean("mixing_before"),
+        "after {} before {}",
+        mean("mixing_after"),
+        mean("mixing_before")
+    );
+    assert!(mean("mean_offset") > 0.0);
+}
