@@ -225,6 +225,17 @@ fn write_config(dir: &Path, t: &Topics, group: &str, extra: &str) -> PathBuf {
 }
 
 fn start_daemon(d: &Data, brokers: &str, config: &Path, state: &Path, tag: &str) -> Daemon {
+    start_daemon_with(d, brokers, config, state, tag, &[])
+}
+
+fn start_daemon_with(
+    d: &Data,
+    brokers: &str,
+    config: &Path,
+    state: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> Daemon {
     let log = d.dir.path().join(format!("daemon-{tag}.log"));
     let child = bin()
         .args([
@@ -242,6 +253,7 @@ fn start_daemon(d: &Data, brokers: &str, config: &Path, state: &Path, tag: &str)
             "--control",
             "Metadata_Label=DMSO",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -425,6 +437,21 @@ fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
     assert_eq!(wells_in, wells_out, "{plate}: row order");
 }
 
+/// The whole HTTP response of `GET path`.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// A copy of `t` with one feature value replaced.
 fn set_value(t: &RecordBatch, col: &str, row: usize, value: f64) -> RecordBatch {
     let mut cols = t.columns().to_vec();
@@ -597,7 +624,13 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
         &format!("max_plate_bytes = {limit}\nchunk_timeout_ms = 1500"),
     );
     let state = d.dir.path().join("state");
-    let daemon = start_daemon(&d, &b, &cfg, &state, "a");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let daemon = start_daemon_with(&d, &b, &cfg, &state, "a", &["--metrics-addr", &metrics]);
     let p = producer(&b);
     send_plate(&p, &t.plates, good_a, ta);
     // 1. not Arrow at all
@@ -678,6 +711,17 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
     has(good_a, "oversized");
     has("v9", "schema version");
     has("half", "incomplete chunked plate");
+    // The Prometheus endpoint counts the Kafka path too.
+    let scrape = http_get(&metrics, "/metrics");
+    assert!(
+        scrape.contains("balans_plates_published_total{replay=\"false\"} 2"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("balans_plates_dead_lettered_total{reason=\"duplicate\"} 1"),
+        "{scrape}"
+    );
+    assert!(http_get(&metrics, "/readyz").starts_with("HTTP/1.1 200"));
     // Dead letters keep the original bytes and name their source.
     let junk = r.dlq.iter().find(|g| g.key == "junk").unwrap();
     assert_eq!(junk.payload, b"this is not an arrow stream");
