@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README). Builds the dev profile and runs every test.
-# Starts any service the tests need itself.
+# Starts any service the tests need itself: a Kafka-protocol broker (tansu,
+# installed into .venv-broker by scripts/broker.sh) for tests/serve_kafka.rs,
+# exported as BALANS_TEST_BROKERS and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ -z "${BALANS_TEST_BROKERS:-}" ]]; then
+  read -r BALANS_TEST_BROKERS broker_pid < <(bash scripts/broker.sh start)
+  export BALANS_TEST_BROKERS
+  trap 'bash scripts/broker.sh stop "$broker_pid"' EXIT
+  echo "test broker (tansu) at $BALANS_TEST_BROKERS"
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -91,6 +91,61 @@ impl Default for ServeConfig {
     }
 }
 
+/// Options of `balans serve` in Kafka mode (used when `brokers` is set).
+/// See `docs/serve.md` for the topic contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`. Empty = directory mode.
+    pub brokers: String,
+    /// Consumer group of the daemon.
+    pub group_id: String,
+    /// Input topic: one message (or numbered chunks) per plate.
+    pub plates_topic: String,
+    /// Output topic: corrected plates.
+    pub aligned_topic: String,
+    /// Output topic: one JSON QC record per plate.
+    pub qc_topic: String,
+    /// Dead-letter topic: rejected inputs with a reason header.
+    pub dlq_topic: String,
+    /// Largest message the daemon produces; a bigger aligned plate is split
+    /// into numbered chunks. Also sizes the client's fetch/produce limits.
+    pub max_message_bytes: usize,
+    /// Largest plate accepted (one message or all its chunks together);
+    /// bigger plates are dead-lettered.
+    pub max_plate_bytes: usize,
+    /// An incomplete chunked plate is dead-lettered after this long.
+    pub chunk_timeout_ms: u64,
+    /// Consumer poll timeout (also the shutdown reaction time).
+    pub poll_ms: u64,
+    /// How long to wait for the broker to acknowledge a plate's outputs
+    /// before retrying them (librdkafka `message.timeout.ms`).
+    pub delivery_timeout_ms: u64,
+    /// librdkafka properties passed through unchanged (TLS, SASL, timeouts),
+    /// e.g. `"security.protocol" = "SASL_SSL"`. They override the daemon's
+    /// own settings.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            group_id: "balans".into(),
+            plates_topic: "balans.plates".into(),
+            aligned_topic: "balans.aligned".into(),
+            qc_topic: "balans.qc".into(),
+            dlq_topic: "balans.dlq".into(),
+            max_message_bytes: 1_000_000,
+            max_plate_bytes: 256 * 1024 * 1024,
+            chunk_timeout_ms: 300_000,
+            poll_ms: 100,
+            delivery_timeout_ms: 30_000,
+            properties: Default::default(),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -105,6 +160,8 @@ pub struct Config {
     pub correct: CorrectConfig,
     /// `balans serve` options.
     pub serve: ServeConfig,
+    /// `balans serve` Kafka mode.
+    pub kafka: KafkaConfig,
 }
 
 /// Parse an environment value as the TOML scalar it looks like.
@@ -248,5 +305,25 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
         let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
         assert_eq!(c.method, Params::default());
+        assert_eq!(c.kafka, KafkaConfig::default());
+        assert_eq!(c.serve, ServeConfig::default());
+    }
+
+    #[test]
+    fn kafka_env_overrides() {
+        let env = vec![
+            (
+                "BALANS_KAFKA__BROKERS".to_string(),
+                "127.0.0.1:9092".to_string(),
+            ),
+            (
+                "BALANS_KAFKA__MAX_MESSAGE_BYTES".to_string(),
+                "2000000".to_string(),
+            ),
+        ];
+        let c = Config::load_with_env(None, env.into_iter()).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.max_message_bytes, 2_000_000);
+        assert_eq!(c.kafka.plates_topic, "balans.plates");
     }
 }

@@ -26,7 +26,7 @@ enum Command {
     Correct(Box<cli::correct::CorrectArgs>),
     /// Score a table with the field's batch-correction metrics (or `drift`).
     Evaluate(Box<cli::evaluate::EvaluateArgs>),
-    /// The streaming daemon (embedded directory mode: inbox -> outbox).
+    /// The streaming daemon: Kafka (--brokers) or the embedded directory mode (inbox -> outbox).
     Serve(Box<cli::serve::ServeArgs>),
     /// Generate a synthetic profile table with known biology and batch effects.
     Synth(cli::synth::SynthArgs),

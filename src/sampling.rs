@@ -101,6 +101,20 @@ pub fn compute_row(
     cache: &ScaleCache,
     cfg: &SamplingConfig,
 ) -> Result<SparseRow> {
+    compute_row_observed(i, rows, indices, cache, cfg, &mut |_, _| {})
+}
+
+/// [`compute_row`], also handing each batch's candidate list (`k.max(m)`
+/// nearest rows of batch `c`, sorted) to `observe(c, list)` — so a caller
+/// needing the same queries (the daemon's mixing QC) does not repeat them.
+pub fn compute_row_observed(
+    i: usize,
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
+    cache: &ScaleCache,
+    cfg: &SamplingConfig,
+    observe: &mut dyn FnMut(usize, &[crate::index::Neighbor]),
+) -> Result<SparseRow> {
     let bi = rows.batch(i) as usize;
     let q = rows.row(i);
     let kq = cfg.k.max(cfg.m);
@@ -109,6 +123,7 @@ pub fn compute_row(
     let mut own_scale = 0.0;
     for (c, index) in indices.iter().enumerate() {
         let nb = index.search(q, kq)?;
+        observe(c, &nb);
         if nb.is_empty() {
             continue;
         }

@@ -182,3 +182,26 @@ fn bootstrap_from_a_first_plate() {
         .unwrap();
     assert!(pc2.qc.mean_offset > 0.0);
 }
+
+/// The QC mixing figures are computed from round 1's candidate queries
+/// (not repeated); they must equal a fresh query of the same coordinates.
+#[test]
+fn qc_mixing_reuses_queries_without_changing_figures() {
+    let (t, model, rows, new_rows) = setup();
+    for (rows, batch) in [(&rows, "Batch02"), (&new_rows, "Batch04")] {
+        let (x, c) = plate_inputs(&t, rows);
+        let pc = model
+            .correct_plate("P", batch, x.view(), Some(&c), 1)
+            .unwrap();
+        let b = model.meta().batches.iter().position(|x| x == batch);
+        let y_raw = model.project(x.view(), Some(&c));
+        let before = model.plate_mixing(&y_raw, b).unwrap();
+        assert_eq!(pc.qc.mixing_before, before.0, "{batch}");
+        assert_eq!(pc.qc.cross_batch_distance_before, before.1, "{batch}");
+        let p = model.meta().dims;
+        let y = Array2::from_shape_vec((rows.len(), p), pc.delta.y.clone()).unwrap();
+        let after = model.plate_mixing(&y, b).unwrap();
+        assert_eq!(pc.qc.mixing_after, after.0, "{batch}");
+        assert!(pc.qc.mixing_before.is_finite());
+    }
+}

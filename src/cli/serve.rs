@@ -1,5 +1,6 @@
 //! `balans serve`: the daemon. Without a broker (the embedded default) it
-//! watches a local inbox directory; see docs/serve.md.
+//! watches a local inbox directory; with `--brokers` (or `[kafka] brokers`,
+//! `BALANS_KAFKA__BROKERS`) it consumes plates from Kafka; see docs/serve.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,6 +11,7 @@ use clap::Args;
 
 use balans::config::Config;
 use balans::serve::dir::DirServer;
+use balans::serve::kafka::KafkaServer;
 
 /// Options of `balans serve` (keys of `[serve]`, `[correct]`, `[method]`).
 #[derive(Args, Debug, Clone, Default)]
@@ -47,9 +49,18 @@ pub struct ServeArgs {
     /// Plates between snapshots [default: 50].
     #[arg(long)]
     pub snapshot_every: Option<usize>,
-    /// Process what is in the inbox, then exit.
+    /// Process what is in the inbox, then exit (directory mode only).
     #[arg(long)]
     pub once: bool,
+    /// Kafka bootstrap servers (host:port,...): consume plates from
+    /// `[kafka] plates_topic` instead of watching the inbox. Other Kafka keys
+    /// (topics, limits, librdkafka properties): `[kafka]` in the config file
+    /// or `BALANS_KAFKA__<KEY>`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Kafka consumer group [default: balans].
+    #[arg(long)]
+    pub group_id: Option<String>,
 }
 
 /// Run the daemon until SIGTERM/SIGINT (or once).
@@ -87,6 +98,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if let Some(v) = &a.exclude {
         c.exclude = Some(v.clone());
     }
+    if let Some(v) = &a.brokers {
+        cfg.kafka.brokers = v.clone();
+    }
+    if let Some(v) = &a.group_id {
+        cfg.kafka.group_id = v.clone();
+    }
     anyhow::ensure!(
         cfg.correct.batch_col.is_some(),
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
@@ -103,6 +120,27 @@ pub fn run(a: ServeArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
+    }
+    if !cfg.kafka.brokers.is_empty() {
+        anyhow::ensure!(!a.once, "--once applies to the directory mode only");
+        let mut server = KafkaServer::open(cfg)?;
+        telemetry.set_state_restored(true);
+        telemetry.set_consuming(true);
+        server.set_telemetry(Box::new(telemetry.clone()));
+        let report = server.run(stop);
+        telemetry.set_consuming(false);
+        let report = report?;
+        tracing::info!(
+            corrected = report.corrected,
+            replayed = report.replayed,
+            rejected = report.rejected,
+            "stopped"
+        );
+        println!(
+            "balans serve: corrected {} plates, re-published {}, rejected {}",
+            report.corrected, report.replayed, report.rejected
+        );
+        return Ok(());
     }
     tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
     let mut server = DirServer::open_with(cfg, telemetry)?;

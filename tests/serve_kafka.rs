@@ -1,0 +1,821 @@
+//! `balans serve` in Kafka mode against a real Kafka-protocol broker (tansu,
+//! in-memory storage; installed and started by `scripts/broker.sh`).
+//!
+//! Run through `bash scripts/test.sh`, which starts the broker and exports
+//! its address as `BALANS_TEST_BROKERS`. Without it these tests fail loudly
+//! (they never pass silently). The broker-restart test starts a private
+//! broker of its own with `scripts/broker.sh`, so restarting it does not
+//! disturb the tests running in parallel.
+//!
+//! Every test uses its own topics and consumer groups, and fast group
+//! settings (session.timeout.ms=2000, heartbeat.interval.ms=200): tansu
+//! completes a group join after about half the session timeout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::{BooleanArray, RecordBatch};
+use balans::profile::string_column;
+use balans::serve::chunks::{Added, Assembler, Chunk};
+use balans::serve::wire::*;
+use balans::table::{encode_ipc_stream, encode_parquet, read_table};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn brokers() -> String {
+    std::env::var("BALANS_TEST_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "BALANS_TEST_BROKERS is not set: the Kafka integration tests need a broker. \
+             Run them with `bash scripts/test.sh` (it installs and starts tansu via \
+             scripts/broker.sh), or start one with `scripts/broker.sh start` and export \
+             BALANS_TEST_BROKERS=<printed address>."
+        )
+    })
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_balans"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Topic names of one test.
+#[derive(Clone)]
+struct Topics {
+    plates: String,
+    aligned: String,
+    qc: String,
+    dlq: String,
+}
+
+impl Topics {
+    fn new(test: &str) -> Topics {
+        let u = unique(test);
+        Topics {
+            plates: format!("{u}.plates"),
+            aligned: format!("{u}.aligned"),
+            qc: format!("{u}.qc"),
+            dlq: format!("{u}.dlq"),
+        }
+    }
+}
+
+fn create_topics(brokers: &str, t: &Topics, plate_partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let news = [
+        NewTopic::new(&t.plates, plate_partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.aligned, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.qc, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_topics(&news, &AdminOptions::new()))
+        .unwrap();
+    for r in res {
+        if let Err((name, e)) = r {
+            panic!("cannot create topic {name}: {e}");
+        }
+    }
+}
+
+/// The synthetic data: a reference table and the plates to stream.
+struct Data {
+    dir: tempfile::TempDir,
+    reference: PathBuf,
+    /// (plate id, table), streamed in this order: the last plate of
+    /// batches 1-3, then every plate of batch 4 (unseen at start).
+    plates: Vec<(String, RecordBatch)>,
+}
+
+fn data() -> Data {
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.parquet");
+    let o = bin()
+        .args([
+            "-q",
+            "synth",
+            "--rows",
+            "2400",
+            "--batches",
+            "4",
+            "--features",
+            "20",
+            "--seed",
+            "9",
+            "--output",
+            s(&all),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = read_table(&all).unwrap();
+    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
+    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
+    let mut names: Vec<String> = plate.clone();
+    names.sort();
+    names.dedup();
+    let streamed: Vec<String> = names
+        .iter()
+        .filter(|p| p.starts_with("Batch04") || p.ends_with("Plate04"))
+        .cloned()
+        .collect();
+    let keep = |f: &dyn Fn(usize) -> bool| -> RecordBatch {
+        let mask = BooleanArray::from((0..t.num_rows()).map(f).collect::<Vec<bool>>());
+        arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
+    };
+    let reference = dir.path().join("reference.parquet");
+    balans::table::write_table(
+        &reference,
+        &keep(&|i| !streamed.contains(&plate[i]) && batch[i] != "Batch04"),
+    )
+    .unwrap();
+    let plates = streamed
+        .iter()
+        .map(|p| (p.clone(), keep(&|i| plate[i] == *p)))
+        .collect();
+    Data {
+        dir,
+        reference,
+        plates,
+    }
+}
+
+/// A daemon process with its log file.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+    /// SIGTERM; returns the exit status success.
+    fn term(mut self) -> bool {
+        assert!(Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Config file of a test's daemon.
+fn write_config(dir: &Path, t: &Topics, group: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[serve]\nsnapshot_every = 3\n\n[kafka]\ngroup_id = \"{group}\"\nplates_topic = \"{}\"\n\
+             aligned_topic = \"{}\"\nqc_topic = \"{}\"\ndlq_topic = \"{}\"\npoll_ms = 50\n\
+             delivery_timeout_ms = 10000\n{extra}\n\n[kafka.properties]\n\
+             \"session.timeout.ms\" = \"2000\"\n\"heartbeat.interval.ms\" = \"200\"\n",
+            t.plates, t.aligned, t.qc, t.dlq
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn start_daemon(d: &Data, brokers: &str, config: &Path, state: &Path, tag: &str) -> Daemon {
+    start_daemon_with(d, brokers, config, state, tag, &[])
+}
+
+fn start_daemon_with(
+    d: &Data,
+    brokers: &str,
+    config: &Path,
+    state: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> Daemon {
+    let log = d.dir.path().join(format!("daemon-{tag}.log"));
+    let child = bin()
+        .args([
+            "serve",
+            "--config",
+            s(config),
+            "--brokers",
+            brokers,
+            "--reference",
+            s(&d.reference),
+            "--state-dir",
+            s(state),
+            "--batch-col",
+            "Metadata_Batch",
+            "--control",
+            "Metadata_Label=DMSO",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
+fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "10000000")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    p.send(BaseRecord::to(topic).key(key).payload(payload).headers(h))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn send_plate(p: &BaseProducer, topic: &str, key: &str, t: &RecordBatch) {
+    let bytes = encode_ipc_stream(t).unwrap();
+    send(
+        p,
+        topic,
+        key,
+        &bytes,
+        &[
+            (H_CONTENT_TYPE, CT_ARROW_STREAM),
+            (H_SCHEMA_VERSION, SCHEMA_VERSION),
+        ],
+    );
+}
+
+/// A received output message.
+#[derive(Debug, Clone)]
+struct Got {
+    key: String,
+    headers: BTreeMap<String, String>,
+    payload: Vec<u8>,
+}
+
+/// Reads the output topics from the beginning (its own group), reassembling
+/// chunked aligned plates.
+struct Reader {
+    c: BaseConsumer,
+    t: Topics,
+    asm: Assembler,
+    aligned: Vec<Got>,
+    qc: Vec<Got>,
+    dlq: Vec<Got>,
+}
+
+impl Reader {
+    fn new(brokers: &str, t: &Topics) -> Reader {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "2000")
+            .set("heartbeat.interval.ms", "200")
+            .create()
+            .unwrap();
+        c.subscribe(&[&t.aligned, &t.qc, &t.dlq]).unwrap();
+        Reader {
+            c,
+            t: t.clone(),
+            asm: Assembler::new(usize::MAX),
+            aligned: Vec::new(),
+            qc: Vec::new(),
+            dlq: Vec::new(),
+        }
+    }
+
+    /// Poll until `done(self)` or the timeout (then panic with `what`).
+    fn until(&mut self, what: &str, daemon: Option<&Daemon>, done: impl Fn(&Reader) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !done(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: aligned {:?}, dlq {:?}\ndaemon log:\n{}",
+                    self.aligned_keys(),
+                    self.dlq
+                        .iter()
+                        .map(|g| (g.key.clone(), g.headers.get(H_DLQ_REASON).cloned()))
+                        .collect::<Vec<_>>(),
+                    daemon.map(|d| d.log()).unwrap_or_default()
+                );
+            }
+            let Some(r) = self.c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let Ok(m) = r else { continue };
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            let got = Got {
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                headers,
+                payload: m.payload().unwrap_or_default().to_vec(),
+            };
+            let topic = m.topic().to_string();
+            if topic == self.t.aligned {
+                if let Some(count) = got.headers.get(H_CHUNK_COUNT) {
+                    let chunk = Chunk {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        plate: got.key.clone(),
+                        index: got.headers[H_CHUNK_INDEX].parse().unwrap(),
+                        count: count.parse().unwrap(),
+                        bytes: got.payload.clone(),
+                    };
+                    match self.asm.add(chunk, Instant::now()) {
+                        Added::Complete(a) => {
+                            let mut whole = got.clone();
+                            whole.payload = a.bytes;
+                            whole.headers.insert("chunks".into(), count.clone());
+                            self.aligned.push(whole);
+                        }
+                        Added::Pending | Added::Duplicate => {}
+                        Added::Rejected(r) => panic!("bad output chunks: {}", r.reason),
+                    }
+                } else {
+                    self.aligned.push(got);
+                }
+            } else if topic == self.t.qc {
+                self.qc.push(got);
+            } else if topic == self.t.dlq {
+                self.dlq.push(got);
+            }
+        }
+    }
+
+    /// Keep reading for `d` (to check that nothing more arrives).
+    fn read_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        self.until("nothing (time-boxed read)", None, |_| Instant::now() > end);
+    }
+
+    fn aligned_keys(&self) -> BTreeSet<String> {
+        self.aligned.iter().map(|g| g.key.clone()).collect()
+    }
+}
+
+/// Every aligned message of a plate has the same model version (duplicates
+/// are identifiable by key + version); returns key -> version.
+fn versions(r: &Reader) -> BTreeMap<String, String> {
+    let mut v: BTreeMap<String, String> = BTreeMap::new();
+    for g in &r.aligned {
+        let ver = g.headers[H_MODEL_VERSION].clone();
+        if let Some(prev) = v.insert(g.key.clone(), ver.clone()) {
+            assert_eq!(prev, ver, "plate {} published under two versions", g.key);
+        }
+    }
+    v
+}
+
+fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
+    let out = balans::table::decode_ipc_stream(output_bytes).unwrap();
+    assert_eq!(out.num_rows(), input.num_rows(), "{plate}: rows");
+    assert_eq!(out.schema(), input.schema(), "{plate}: columns");
+    let wells_in = string_column(input, "Metadata_Well", plate).unwrap();
+    let wells_out = string_column(&out, "Metadata_Well", plate).unwrap();
+    assert_eq!(wells_in, wells_out, "{plate}: row order");
+}
+
+/// The whole HTTP response of `GET path`.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A copy of `t` with one feature value replaced.
+fn set_value(t: &RecordBatch, col: &str, row: usize, value: f64) -> RecordBatch {
+    let mut cols = t.columns().to_vec();
+    let j = t.schema().index_of(col).unwrap();
+    let v: Vec<f64> = cols[j]
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, x)| if i == row { value } else { x.unwrap() })
+        .collect();
+    cols[j] = std::sync::Arc::new(arrow_array::Float64Array::from(v));
+    RecordBatch::try_new(t.schema(), cols).unwrap()
+}
+
+#[test]
+fn streams_every_plate_once_with_chunks_and_parquet() {
+    let b = brokers();
+    let d = data();
+    let t = Topics::new("stream");
+    create_topics(&b, &t, 2);
+    // A small message limit so aligned plates (~30 kB) leave as chunks.
+    let cfg = write_config(d.dir.path(), &t, &unique("g"), "max_message_bytes = 16000");
+    let state = d.dir.path().join("state");
+    let daemon = start_daemon(&d, &b, &cfg, &state, "a");
+    let p = producer(&b);
+    let n = d.plates.len();
+    assert!(n >= 7);
+    for (i, (id, table)) in d.plates.iter().enumerate() {
+        match i {
+            // Parquet-encoded plate.
+            1 => send(
+                &p,
+                &t.plates,
+                id,
+                &encode_parquet(table).unwrap(),
+                &[(H_CONTENT_TYPE, CT_PARQUET)],
+            ),
+            // Chunked input plate: 3 chunks, interleaved with nothing else.
+            4 => {
+                let bytes = encode_ipc_stream(table).unwrap();
+                let size = bytes.len().div_ceil(3);
+                let parts: Vec<&[u8]> = bytes.chunks(size).collect();
+                assert_eq!(parts.len(), 3);
+                for (k, part) in parts.iter().enumerate() {
+                    send(
+                        &p,
+                        &t.plates,
+                        id,
+                        part,
+                        &[
+                            (H_CONTENT_TYPE, CT_ARROW_STREAM),
+                            (H_PLATE_ID, id),
+                            (H_CHUNK_INDEX, &k.to_string()),
+                            (H_CHUNK_COUNT, "3"),
+                        ],
+                    )
+                }
+            }
+            _ => send_plate(&p, &t.plates, id, table),
+        }
+    }
+    let mut r = Reader::new(&b, &t);
+    r.until("every plate aligned and its QC", Some(&daemon), |r| {
+        r.aligned_keys().len() == n && r.qc.len() >= n
+    });
+    let want: BTreeSet<String> = d.plates.iter().map(|p| p.0.clone()).collect();
+    assert_eq!(r.aligned_keys(), want);
+    let vers = versions(&r);
+    // One version per plate, all distinct (each plate moved the model on).
+    let distinct: BTreeSet<&String> = vers.values().collect();
+    assert_eq!(distinct.len(), n, "{vers:?}");
+    for g in &r.aligned {
+        let input = &d.plates.iter().find(|p| p.0 == g.key).unwrap().1;
+        check_same_layout(input, &g.payload, &g.key);
+        assert!(
+            g.headers.contains_key("chunks"),
+            "aligned output was chunked"
+        );
+        assert_eq!(g.headers[H_SOURCE_TOPIC], t.plates);
+        assert!(g.headers[H_SOURCE_OFFSET].parse::<i64>().unwrap() >= 0);
+    }
+    // QC: JSON per plate; the first batch-4 plate opened a new batch.
+    let mut new_batch = 0;
+    for q in &r.qc {
+        let v: serde_json::Value = serde_json::from_slice(&q.payload).unwrap();
+        assert_eq!(v["plate"], q.key.as_str());
+        assert_eq!(v["model_version"], vers[&q.key].as_str());
+        if v["qc"]["new_batch"] == true {
+            new_batch += 1;
+            assert!(q.key.starts_with("Batch04"), "{v}");
+        }
+    }
+    assert_eq!(new_batch, 1, "exactly one plate opened the unseen batch");
+    assert!(r.dlq.is_empty(), "{:?}", r.dlq);
+    assert!(daemon.term(), "SIGTERM exits 0");
+    // Offsets were committed: a restart with the same group and state
+    // publishes nothing new.
+    assert!(state.join("snapshot").join("meta.json").exists());
+    let n_out = r.aligned.len();
+    let daemon = start_daemon(&d, &b, &cfg, &state, "b");
+    r.read_for(Duration::from_secs(6));
+    assert_eq!(r.aligned.len(), n_out, "re-published after a clean restart");
+    assert!(daemon.log().contains("state restored"), "{}", daemon.log());
+    assert!(daemon.term());
+}
+
+#[test]
+fn kill_nine_mid_stream_then_restart_loses_nothing() {
+    let b = brokers();
+    let d = data();
+    let t = Topics::new("kill9");
+    create_topics(&b, &t, 1);
+    let group = unique("g");
+    let cfg = write_config(d.dir.path(), &t, &group, "");
+    let state = d.dir.path().join("state");
+    let daemon = start_daemon(&d, &b, &cfg, &state, "a");
+    let p = producer(&b);
+    let (first, rest) = d.plates.split_at(4);
+    for (id, table) in first {
+        send_plate(&p, &t.plates, id, table);
+    }
+    let mut r = Reader::new(&b, &t);
+    // Kill as soon as the first plate is out: the others are in flight,
+    // unprocessed, or processed and not yet committed.
+    r.until("a first plate out", Some(&daemon), |r| {
+        !r.aligned.is_empty()
+    });
+    daemon.kill9();
+    for (id, table) in rest {
+        send_plate(&p, &t.plates, id, table);
+    }
+    let daemon = start_daemon(&d, &b, &cfg, &state, "b");
+    let n = d.plates.len();
+    r.until("every plate after the restart", Some(&daemon), |r| {
+        r.aligned_keys().len() == n
+    });
+    // Duplicates (re-published after the crash) carry the same key and
+    // version as the first publication.
+    let vers = versions(&r);
+    assert_eq!(vers.len(), n);
+    let distinct: BTreeSet<&String> = vers.values().collect();
+    assert_eq!(distinct.len(), n, "no plate incorporated twice: {vers:?}");
+    for g in &r.aligned {
+        let input = &d.plates.iter().find(|p| p.0 == g.key).unwrap().1;
+        check_same_layout(input, &g.payload, &g.key);
+    }
+    // The restarted daemon continued from its state (snapshot + log), not
+    // from a fresh warm start.
+    assert!(daemon.log().contains("state restored"), "{}", daemon.log());
+    assert!(daemon.term());
+}
+
+#[test]
+fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
+    let b = brokers();
+    let d = data();
+    let t = Topics::new("dlq");
+    create_topics(&b, &t, 1);
+    let (good_a, ta) = &d.plates[0];
+    let (good_b, tb) = &d.plates[3];
+    let (_, tc) = &d.plates[5];
+    // Plates up to twice the size of a normal one are accepted.
+    let limit = 2 * encode_ipc_stream(ta).unwrap().len();
+    let cfg = write_config(
+        d.dir.path(),
+        &t,
+        &unique("g"),
+        &format!("max_plate_bytes = {limit}\nchunk_timeout_ms = 1500"),
+    );
+    let state = d.dir.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let daemon = start_daemon_with(&d, &b, &cfg, &state, "a", &["--metrics-addr", &metrics]);
+    let p = producer(&b);
+    send_plate(&p, &t.plates, good_a, ta);
+    // 1. not Arrow at all
+    send(&p, &t.plates, "junk", b"this is not an arrow stream", &[]);
+    // 2. wrong schema: a model feature column missing
+    let t1 = &d.plates[1].1;
+    let f0 = t1.schema().index_of("Feature_000").unwrap();
+    let mut no_feat = t1.clone();
+    no_feat.remove_column(f0);
+    send_plate(&p, &t.plates, &d.plates[1].0, &no_feat);
+    // 3. NaN feature at row 3
+    let nan = set_value(&d.plates[2].1, "Feature_005", 2, f64::NAN);
+    send_plate(&p, &t.plates, &d.plates[2].0, &nan);
+    // 4. missing batch column
+    let mut no_batch = tc.clone();
+    no_batch.remove_column(tc.schema().index_of("Metadata_Batch").unwrap());
+    send_plate(&p, &t.plates, &d.plates[5].0, &no_batch);
+    // 5. empty plate
+    send_plate(&p, &t.plates, "empty", &ta.slice(0, 0));
+    // 6. duplicate plate id (good_a) with different content
+    send_plate(
+        &p,
+        &t.plates,
+        good_a,
+        &set_value(ta, "Feature_001", 0, 123.0),
+    );
+    // 7. oversized: four plates' rows in one message (> max_plate_bytes)
+    let big = arrow_select::concat::concat_batches(&ta.schema(), [ta, ta, ta, ta]).unwrap();
+    send_plate(&p, &t.plates, good_a, &big);
+    // 8. unsupported schema version
+    send(
+        &p,
+        &t.plates,
+        "v9",
+        &encode_ipc_stream(ta).unwrap(),
+        &[(H_SCHEMA_VERSION, "9")],
+    );
+    // 9. incomplete chunk set (1 of 2 chunks; times out after 1.5 s)
+    send(
+        &p,
+        &t.plates,
+        "half",
+        b"first half",
+        &[
+            (H_PLATE_ID, "half"),
+            (H_CHUNK_INDEX, "0"),
+            (H_CHUNK_COUNT, "2"),
+        ],
+    );
+    // ... and a good plate after all of them still flows.
+    send_plate(&p, &t.plates, good_b, tb);
+    let mut r = Reader::new(&b, &t);
+    r.until("9 dead letters and 2 good plates", Some(&daemon), |r| {
+        r.dlq.len() >= 9 && r.aligned_keys().len() >= 2
+    });
+    let want_aligned: BTreeSet<String> = [good_a.clone(), good_b.clone()].into();
+    assert_eq!(r.aligned_keys(), want_aligned);
+    let reasons: Vec<(String, String)> = r
+        .dlq
+        .iter()
+        .map(|g| (g.key.clone(), g.headers[H_DLQ_REASON].clone()))
+        .collect();
+    let has = |key: &str, needle: &str| {
+        assert!(
+            reasons
+                .iter()
+                .any(|(k, why)| k == key && why.contains(needle)),
+            "no DLQ entry for {key} mentioning {needle:?}: {reasons:#?}"
+        )
+    };
+    has("junk", "not an Arrow IPC stream");
+    has(&d.plates[1].0, "Feature_000");
+    has(&d.plates[2].0, "Feature_005");
+    has(&d.plates[2].0, "row 3");
+    has(&d.plates[5].0, "Metadata_Batch");
+    has("empty", "empty plate");
+    has(good_a, "duplicate plate id");
+    has(good_a, "oversized");
+    has("v9", "schema version");
+    has("half", "incomplete chunked plate");
+    // The Prometheus endpoint counts the Kafka path too.
+    let scrape = http_get(&metrics, "/metrics");
+    assert!(
+        scrape.contains("balans_plates_published_total{replay=\"false\"} 2"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("balans_plates_dead_lettered_total{reason=\"duplicate\"} 1"),
+        "{scrape}"
+    );
+    assert!(http_get(&metrics, "/readyz").starts_with("HTTP/1.1 200"));
+    // Dead letters keep the original bytes and name their source.
+    let junk = r.dlq.iter().find(|g| g.key == "junk").unwrap();
+    assert_eq!(junk.payload, b"this is not an arrow stream");
+    assert_eq!(junk.headers[H_SOURCE_TOPIC], t.plates);
+    assert!(daemon.term());
+}
+
+/// Restarting the broker mid-stream. tansu runs with in-memory storage, so a
+/// restart loses every topic and committed offset: this checks that the
+/// daemon reconnects and recovers (its own state is on disk), not broker
+/// durability. The test recreates the topics after the restart, as an
+/// operator would.
+#[test]
+fn broker_restart_mid_stream_daemon_reconnects() {
+    let _ = brokers(); // run under scripts/test.sh like the others
+    let d = data();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh");
+    let start = Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let out = String::from_utf8(start.stdout).unwrap();
+    let mut it = out.split_whitespace();
+    let (addr, pid) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
+    struct Stop(PathBuf, String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(&self.0)
+                .args(["stop", &self.1])
+                .status();
+        }
+    }
+    let mut guard = Stop(script.clone(), pid.clone());
+    let t = Topics::new("restart");
+    create_topics(&addr, &t, 1);
+    let cfg = write_config(d.dir.path(), &t, &unique("g"), "");
+    let state = d.dir.path().join("state");
+    let daemon = start_daemon(&d, &addr, &cfg, &state, "a");
+    let p = producer(&addr);
+    let (first, rest) = d.plates.split_at(3);
+    for (id, table) in first {
+        send_plate(&p, &t.plates, id, table);
+    }
+    let mut r = Reader::new(&addr, &t);
+    r.until("the first plates", Some(&daemon), |r| {
+        r.aligned_keys().len() == 3
+    });
+    let before = versions(&r);
+    drop(r);
+    // Restart the broker on the same port.
+    let re = Command::new("bash")
+        .arg(&script)
+        .args(["restart", &addr, &pid])
+        .output()
+        .unwrap();
+    assert!(
+        re.status.success(),
+        "{}",
+        String::from_utf8_lossy(&re.stderr)
+    );
+    let new_pid = String::from_utf8(re.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    guard.1 = new_pid;
+    create_topics(&addr, &t, 1);
+    let p = producer(&addr);
+    for (id, table) in rest {
+        send_plate(&p, &t.plates, id, table);
+    }
+    let mut r = Reader::new(&addr, &t);
+    r.until("the plates sent after the restart", Some(&daemon), |r| {
+        rest.iter().all(|(id, _)| r.aligned_keys().contains(id))
+    });
+    // The model kept its state across the broker restart: the new plates
+    // continue the version sequence instead of starting over.
+    let after = versions(&r);
+    for (id, _) in rest {
+        assert!(
+            !before.values().any(|v| v == &after[id]),
+            "{before:?} {after:?}"
+        );
+    }
+    assert!(daemon.term());
+}
