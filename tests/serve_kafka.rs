@@ -721,6 +721,25 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
         scrape.contains("balans_plates_dead_lettered_total{reason=\"duplicate\"} 1"),
         "{scrape}"
     );
+    // Stage split, QC verdicts and offset commits are reported in Kafka
+    // mode as in the directory mode.
+    for series in [
+        "balans_stage_duration_seconds_count{stage=\"sampling\"}",
+        "balans_stage_duration_seconds_count{stage=\"qc\"}",
+        "balans_stage_duration_seconds_count{stage=\"produce\"}",
+        "balans_commit_duration_seconds_count",
+        "balans_qc_last_plate{",
+    ] {
+        let line = scrape
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in {scrape}"));
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            series.starts_with("balans_qc_last_plate") || v >= 1.0,
+            "{line}"
+        );
+    }
     assert!(http_get(&metrics, "/readyz").starts_with("HTTP/1.1 200"));
     // Dead letters keep the original bytes and name their source.
     let junk = r.dlq.iter().find(|g| g.key == "junk").unwrap();

@@ -116,6 +116,11 @@ pub struct PlateEvent {
     pub version: String,
     /// Stage durations.
     pub stages: StageTimes,
+    /// The core's split of the correction (sampling / correction / QC),
+    /// absent for replays and rejections.
+    pub timings: Option<crate::model::PlateTimings>,
+    /// QC figures and the outlier verdict, absent for replays and rejections.
+    pub qc: Option<(crate::model::PlateQc, crate::qc::OutlierVerdict)>,
 }
 
 /// Telemetry hooks (metrics live elsewhere; the default does nothing).
@@ -130,6 +135,10 @@ pub trait Telemetry: Send {
     fn model_changed(&self, _model: &Model) {}
     /// Whether the broker answered the last offset commit.
     fn broker_reachable(&self, _ok: bool) {}
+    /// One offset commit: its duration and whether it succeeded.
+    fn commit(&self, _seconds: f64, _ok: bool) {}
+    /// One snapshot (checkpoint): its duration and whether it succeeded.
+    fn checkpoint(&self, _seconds: f64, _ok: bool) {}
 }
 
 /// The daemon's Prometheus telemetry ([`crate::telemetry`]) fed from the
@@ -149,7 +158,18 @@ impl Telemetry for crate::telemetry::Telemetry {
                     s.total.as_secs_f64(),
                 );
                 self.stage(Stage::Decode, s.decode.as_secs_f64());
-                self.stage(Stage::Correction, s.correct.as_secs_f64());
+                match &e.timings {
+                    Some(t) => {
+                        self.stage(Stage::Sampling, t.sampling);
+                        self.stage(Stage::Correction, t.correction);
+                        self.stage(Stage::Qc, t.qc);
+                        self.landmarks(t.landmarks);
+                    }
+                    None => self.stage(Stage::Correction, s.correct.as_secs_f64()),
+                }
+                if let Some((qc, verdict)) = &e.qc {
+                    self.plate_qc(qc, verdict);
+                }
                 self.stage(Stage::Wal, s.wal.as_secs_f64());
                 self.stage(Stage::Produce, s.publish.as_secs_f64());
                 self.stage(Stage::IndexUpdate, s.apply.as_secs_f64());
@@ -164,6 +184,12 @@ impl Telemetry for crate::telemetry::Telemetry {
     }
     fn broker_reachable(&self, ok: bool) {
         self.set_broker_reachable(ok);
+    }
+    fn commit(&self, seconds: f64, ok: bool) {
+        crate::telemetry::Telemetry::commit(self, seconds, ok);
+    }
+    fn checkpoint(&self, seconds: f64, ok: bool) {
+        crate::telemetry::Telemetry::checkpoint(self, seconds, ok);
     }
 }
 
@@ -454,7 +480,11 @@ impl KafkaServer {
     pub fn checkpoint(&mut self) -> Result<()> {
         if let Some(m) = &self.model {
             if self.state.since_snapshot() > 0 {
-                self.state.snapshot(m)?;
+                let tc = Instant::now();
+                let r = self.state.snapshot(m);
+                self.telemetry
+                    .checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
+                r?;
             }
         }
         Ok(())
@@ -677,6 +707,8 @@ impl KafkaServer {
                 total: input.consumed.elapsed(),
                 ..StageTimes::default()
             },
+            timings: None,
+            qc: None,
         });
         Ok(())
     }
@@ -792,7 +824,11 @@ impl KafkaServer {
         }
         if let Some(model) = &self.model {
             if self.state.since_snapshot() >= self.cfg.serve.snapshot_every.max(1) {
-                self.state.snapshot(model)?;
+                let tc = Instant::now();
+                let r = self.state.snapshot(model);
+                self.telemetry
+                    .checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
+                r?;
             }
         }
         st.apply = t.elapsed();
@@ -838,6 +874,11 @@ impl KafkaServer {
             },
             version,
             stages: st,
+            timings: (!out.qc.replay).then_some(out.timings),
+            qc: match (&out.qc.qc, &out.qc.outlier) {
+                (Some(q), Some(v)) => Some((q.clone(), v.clone())),
+                _ => None,
+            },
         });
         Ok(())
     }
@@ -931,7 +972,10 @@ impl KafkaServer {
                 tracing::warn!(error = %e, "cannot build the commit");
                 continue;
             }
-            match self.consumer.commit(&tpl, CommitMode::Sync) {
+            let tc = Instant::now();
+            let r = self.consumer.commit(&tpl, CommitMode::Sync);
+            self.telemetry.commit(tc.elapsed().as_secs_f64(), r.is_ok());
+            match r {
                 Ok(()) => {
                     self.tracker.committed(part, pos);
                     self.telemetry.broker_reachable(true);
