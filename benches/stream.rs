@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use balans::config::Config;
 use balans::model::Model;
-use balans::serve::kafka::{KafkaServer, PlateEvent, Telemetry};
+use balans::serve::kafka::{KafkaServer, PlateEvent, PlateHooks};
 use balans::serve::wire::*;
 use balans::synth::{generate, to_record_batch, SynthSpec, CONTROL_LABEL};
 use ndarray::Axis;
@@ -51,7 +51,7 @@ const MAX_REF_GENERATED: usize = 100_000;
 const MAX_MESSAGE: usize = 4_000_000;
 
 struct Events(mpsc::Sender<PlateEvent>);
-impl Telemetry for Events {
+impl PlateHooks for Events {
     fn plate(&self, e: &PlateEvent) {
         let _ = self.0.send(e.clone());
     }
@@ -239,7 +239,7 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         "  n={n}: daemon start incl. full snapshot {:.2}s",
         t_snap.elapsed().as_secs_f64()
     );
-    server.set_telemetry(Box::new(Events(tx)));
+    server.set_hooks(Box::new(Events(tx)));
     let stop2 = Arc::clone(&stop);
     let daemon = std::thread::spawn(move || server.run(stop2));
 

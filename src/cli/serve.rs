@@ -126,7 +126,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let mut server = KafkaServer::open(cfg)?;
         telemetry.set_state_restored(true);
         telemetry.set_consuming(true);
-        server.set_telemetry(Box::new(telemetry.clone()));
+        server.set_hooks(Box::new(telemetry.clone()));
         let report = server.run(stop);
         telemetry.set_consuming(false);
         let report = report?;

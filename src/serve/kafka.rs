@@ -123,8 +123,11 @@ pub struct PlateEvent {
     pub qc: Option<(crate::model::PlateQc, crate::qc::OutlierVerdict)>,
 }
 
-/// Telemetry hooks (metrics live elsewhere; the default does nothing).
-pub trait Telemetry: Send {
+/// Per-plate hooks of the Kafka loop. The Prometheus
+/// [`crate::telemetry::Telemetry`] implements them (that is how the Kafka
+/// mode's metrics are fed); the stream bench implements them to time
+/// plates. The default does nothing.
+pub trait PlateHooks: Send {
     /// A plate (or rejected input) is finished and its offset committable.
     fn plate(&self, _event: &PlateEvent) {}
     /// Consumer lag of a partition: high watermark minus committed position.
@@ -143,7 +146,7 @@ pub trait Telemetry: Send {
 
 /// The daemon's Prometheus telemetry ([`crate::telemetry`]) fed from the
 /// Kafka loop's hooks.
-impl Telemetry for crate::telemetry::Telemetry {
+impl PlateHooks for crate::telemetry::Telemetry {
     fn plate(&self, e: &PlateEvent) {
         use crate::telemetry::Stage;
         let s = &e.stages;
@@ -193,9 +196,9 @@ impl Telemetry for crate::telemetry::Telemetry {
     }
 }
 
-/// No telemetry.
-pub struct NoTelemetry;
-impl Telemetry for NoTelemetry {}
+/// No hooks.
+pub struct NoHooks;
+impl PlateHooks for NoHooks {}
 
 /// Consumer context: forwards librdkafka logs to `tracing` and records
 /// rebalances so the loop can drop bookkeeping of revoked partitions.
@@ -334,7 +337,7 @@ pub struct KafkaServer {
     producer: BaseProducer<DeliveryCtx>,
     tracker: OffsetTracker,
     chunks: Assembler,
-    telemetry: Box<dyn Telemetry>,
+    hooks: Box<dyn PlateHooks>,
     report: RunReport,
     last_lag: Instant,
 }
@@ -429,18 +432,18 @@ impl KafkaServer {
             consumer,
             producer,
             tracker: OffsetTracker::new(),
-            telemetry: Box::new(NoTelemetry),
+            hooks: Box::new(NoHooks),
             report: RunReport::default(),
             last_lag: Instant::now(),
         })
     }
 
-    /// Install telemetry hooks.
-    pub fn set_telemetry(&mut self, t: Box<dyn Telemetry>) {
+    /// Install the per-plate hooks (e.g. the Prometheus telemetry).
+    pub fn set_hooks(&mut self, t: Box<dyn PlateHooks>) {
         if let Some(m) = &self.model {
             t.model_changed(m);
         }
-        self.telemetry = t;
+        self.hooks = t;
     }
 
     /// The model, once it exists.
@@ -482,8 +485,7 @@ impl KafkaServer {
             if self.state.since_snapshot() > 0 {
                 let tc = Instant::now();
                 let r = self.state.snapshot(m);
-                self.telemetry
-                    .checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
+                self.hooks.checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
                 r?;
             }
         }
@@ -693,7 +695,7 @@ impl KafkaServer {
         let publish = t.elapsed();
         let c = Instant::now();
         self.commit();
-        self.telemetry.plate(&PlateEvent {
+        self.hooks.plate(&PlateEvent {
             plate: input.plate_key.clone(),
             batch: String::new(),
             partition: input.partition,
@@ -820,14 +822,13 @@ impl KafkaServer {
         let t = Instant::now();
         if let (Some(delta), Some(model)) = (&out.delta, self.model.as_mut()) {
             model.apply(delta)?;
-            self.telemetry.model_changed(model);
+            self.hooks.model_changed(model);
         }
         if let Some(model) = &self.model {
             if self.state.since_snapshot() >= self.cfg.serve.snapshot_every.max(1) {
                 let tc = Instant::now();
                 let r = self.state.snapshot(model);
-                self.telemetry
-                    .checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
+                self.hooks.checkpoint(tc.elapsed().as_secs_f64(), r.is_ok());
                 r?;
             }
         }
@@ -861,7 +862,7 @@ impl KafkaServer {
             total_s = st.total.as_secs_f64(),
             "plate published"
         );
-        self.telemetry.plate(&PlateEvent {
+        self.hooks.plate(&PlateEvent {
             plate: decoded.plate.clone(),
             batch: decoded.batch.clone(),
             partition: input.partition,
@@ -974,15 +975,15 @@ impl KafkaServer {
             }
             let tc = Instant::now();
             let r = self.consumer.commit(&tpl, CommitMode::Sync);
-            self.telemetry.commit(tc.elapsed().as_secs_f64(), r.is_ok());
+            self.hooks.commit(tc.elapsed().as_secs_f64(), r.is_ok());
             match r {
                 Ok(()) => {
                     self.tracker.committed(part, pos);
-                    self.telemetry.broker_reachable(true);
+                    self.hooks.broker_reachable(true);
                     tracing::debug!(partition = part, position = pos, "offset committed");
                 }
                 Err(e) => {
-                    self.telemetry.broker_reachable(false);
+                    self.hooks.broker_reachable(false);
                     tracing::warn!(partition = part, position = pos, error = %e, "offset commit failed (retried)")
                 }
             }
@@ -1006,7 +1007,7 @@ impl KafkaServer {
             {
                 let lag = (high - committed).max(0);
                 tracing::debug!(partition = p, lag, "consumer lag");
-                self.telemetry.lag(topic, p, lag);
+                self.hooks.lag(topic, p, lag);
             }
         }
     }
