@@ -4,7 +4,8 @@
 //! ```text
 //! x (n x d) --per-plate robust normalisation--> z --clip--> w
 //! for each round:
-//!     y = PCA_p(w - total_offset)             (frozen basis from round 0)
+//!     y = PCA_p(w - total_offset)             (frozen basis from round 0,
+//!                                              whitened on the controls)
 //!     per-batch indices over y
 //!     coverage-prioritised sampling of affinity rows (landmarks)
 //!     offsets from the landmark deltas; total_offset += offsets
@@ -23,8 +24,8 @@ use serde::Serialize;
 
 use crate::align::{point_offsets, DenseFeatures};
 use crate::index::{build_batch_indices, BatchIndex};
-use crate::params::{IndexKind, Params};
-use crate::pca::Pca;
+use crate::params::{IndexKind, NeighborSpace, Params};
+use crate::pca::{Pca, WHITEN_RIDGE};
 use crate::preprocess::{clipped, dense_ids, Normalizer};
 use crate::rows::MatrixRows;
 use crate::sampling::{sample, SamplingConfig};
@@ -104,6 +105,8 @@ pub struct Summary {
     pub plates_without_controls: usize,
     /// Neighbour-space dimensions used.
     pub neighbor_dims: usize,
+    /// Neighbour space used: `whitened` (on the controls) or `pca`.
+    pub neighbor_space: String,
     /// Per-round figures.
     pub rounds: Vec<RoundSummary>,
     /// Total wall time.
@@ -177,7 +180,22 @@ fn correct_in_pool(
     );
     let z = norm.normalise(data.x, &plate_of, &varying);
     let w = clipped(&z);
-    let pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
+    let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
+    let whitened = match (params.neighbor_space, data.controls) {
+        (NeighborSpace::Whitened, Some(mask)) => {
+            let rows: Vec<usize> = (0..n).filter(|&i| mask[i]).collect();
+            let ok = pca.whiten(w.select(ndarray::Axis(0), &rows).view(), WHITEN_RIDGE);
+            if !ok {
+                tracing::warn!(
+                    controls = rows.len(),
+                    dims = pca.dims(),
+                    "too few control rows to whiten the neighbour space; using plain PCA"
+                );
+            }
+            ok
+        }
+        _ => false,
+    };
     let kind = if params.exact {
         IndexKind::Exact
     } else {
@@ -300,6 +318,7 @@ fn correct_in_pool(
         corrected_features: varying.len(),
         plates_without_controls: norm.plates_without_controls.len(),
         neighbor_dims: pca.dims(),
+        neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
         rounds,
         seconds: started.elapsed().as_secs_f64(),
     };

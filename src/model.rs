@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::align::{point_offsets, RowFeatures};
 use crate::balans::Correction;
 use crate::index::{BatchIndex, Neighbor};
-use crate::params::{IndexKind, Params};
-use crate::pca::Pca;
+use crate::params::{IndexKind, NeighborSpace, Params};
+use crate::pca::{Pca, Whitening, WHITEN_RIDGE};
 use crate::preprocess::{clipped, median_inplace, MIN_CONTROLS_PER_PLATE};
 use crate::qc::{finite, QcFigures};
 use crate::rows::{Concat, MatrixRows, RowSource};
@@ -172,6 +172,10 @@ pub struct ModelMeta {
     pub pca_mean: Vec<f64>,
     /// PCA loadings, row-major |varying| x p.
     pub pca_components: Vec<f64>,
+    /// Control whitening of the PCA scores, row-major p x p (`None` = plain
+    /// PCA; states written before the whitening existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pca_whitening: Option<Vec<f64>>,
     /// p.
     pub dims: usize,
     /// Batch names (index = batch id).
@@ -230,6 +234,11 @@ impl Model {
             global_centre: fit.normalizer.global_centre.to_vec(),
             pca_mean: fit.pca.mean.to_vec(),
             pca_components: fit.pca.components.iter().copied().collect(),
+            pca_whitening: fit
+                .pca
+                .whitening
+                .as_ref()
+                .map(|w| w.w.iter().copied().collect()),
             dims,
             batches: fit.batch_names.clone(),
             plates: BTreeMap::new(),
@@ -272,7 +281,17 @@ impl Model {
             "every feature of the first plate is constant"
         );
         let z = norm.normalise(x, &plate_of, &varying);
-        let pca = Pca::fit(clipped(&z).view(), params.neighbor_dims, params.seed)?;
+        let w = clipped(&z);
+        let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
+        if let (NeighborSpace::Whitened, Some(mask)) = (params.neighbor_space, controls) {
+            let rows: Vec<usize> = (0..n).filter(|&i| mask.get(i) == Some(&true)).collect();
+            if !pca.whiten(w.select(ndarray::Axis(0), &rows).view(), WHITEN_RIDGE) {
+                tracing::info!(
+                    controls = rows.len(),
+                    "first plate: too few controls to whiten the neighbour space; plain PCA"
+                );
+            }
+        }
         let meta = ModelMeta {
             params: params.clone(),
             features,
@@ -281,6 +300,10 @@ impl Model {
             global_centre: norm.global_centre.to_vec(),
             pca_mean: pca.mean.to_vec(),
             pca_components: pca.components.iter().copied().collect(),
+            pca_whitening: pca
+                .whitening
+                .as_ref()
+                .map(|w| w.w.iter().copied().collect()),
             dims: pca.dims(),
             batches: Vec::new(),
             plates: BTreeMap::new(),
@@ -306,10 +329,19 @@ impl Model {
         let nv = meta.varying.len();
         let components = Array2::from_shape_vec((nv, meta.dims), meta.pca_components.clone())
             .context("checkpoint: PCA loadings have the wrong shape")?;
+        let whitening = match &meta.pca_whitening {
+            Some(w) => {
+                let w = Array2::from_shape_vec((meta.dims, meta.dims), w.clone())
+                    .context("checkpoint: whitening matrix has the wrong shape")?;
+                Some(Whitening::from_matrix(w).context("checkpoint: whitening matrix")?)
+            }
+            None => None,
+        };
         let pca = Pca {
             mean: ndarray::Array1::from_vec(meta.pca_mean.clone()),
             components,
             variances: ndarray::Array1::zeros(meta.dims),
+            whitening,
         };
         let mut model = Model {
             meta,
@@ -618,7 +650,7 @@ impl Model {
         timings.qc += qc_mixing_after;
         // Back to features: z - offset * V^T (only the neighbour subspace moves).
         let off64 = offset.mapv(|v| v as f64);
-        let z_corr = &z - &off64.dot(&self.pca.components.t());
+        let z_corr = &z - &self.pca.offsets_to_features(off64.view());
         let mut corrected = x.to_owned();
         for (j, &f) in self.meta.varying.iter().enumerate() {
             let (s, g) = (self.meta.scale[f], self.meta.global_centre[f]);
@@ -833,7 +865,7 @@ impl Model {
         let stored =
             ArrayView2::from_shape((n, p), &self.y[start..start + n * p]).context("stored rows")?;
         let offset = (&y_raw - &stored).mapv(|v| v as f64);
-        let z_corr = &z - &offset.dot(&self.pca.components.t());
+        let z_corr = &z - &self.pca.offsets_to_features(offset.view());
         let mut corrected = x.to_owned();
         for (j, &f) in self.meta.varying.iter().enumerate() {
             let (s, g) = (self.meta.scale[f], self.meta.global_centre[f]);

@@ -29,6 +29,18 @@ pub enum Retention {
     Global,
 }
 
+/// The space neighbours, scales and kernels are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NeighborSpace {
+    /// The first `neighbor_dims` principal components.
+    Pca,
+    /// The same components whitened on the negative controls (falls back to
+    /// `pca` without enough controls).
+    #[default]
+    Whitened,
+}
+
 /// Which neighbour search backs the per-batch indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +64,8 @@ pub struct Params {
     pub m: usize,
     /// Dimensions of the PCA neighbour space.
     pub neighbor_dims: usize,
+    /// Plain PCA scores or control-whitened ones.
+    pub neighbor_space: NeighborSpace,
     /// Sampling budget as a fraction of the rows (landmarks <= budget * n).
     pub budget: f64,
     /// Minimum number of landmarks regardless of `budget` (capped at n).
@@ -89,6 +103,7 @@ impl Default for Params {
             k: 15,
             m: 10,
             neighbor_dims: 50,
+            neighbor_space: NeighborSpace::Whitened,
             budget: 0.3,
             min_landmarks: 500,
             coverage_target: 1.0,

@@ -19,7 +19,16 @@ use rayon::prelude::*;
 const JACOBI_MAX_DIM: usize = 400;
 const CHUNK: usize = 2048;
 
-/// A fitted, frozen PCA basis.
+/// Ridge of the control whitening, relative to the largest control
+/// eigenvalue in the PCA space (docs/method.md: the results barely move
+/// between 0 and 3e-3 on BBBC021).
+pub const WHITEN_RIDGE: f64 = 1e-3;
+
+/// Fewest control rows per neighbour dimension for which the control
+/// covariance is estimated well enough to whiten with.
+pub const WHITEN_MIN_ROWS_PER_DIM: usize = 2;
+
+/// A fitted, frozen PCA basis, optionally followed by a control whitening.
 #[derive(Debug, Clone)]
 pub struct Pca {
     /// Column means (length d).
@@ -28,6 +37,80 @@ pub struct Pca {
     pub components: Array2<f64>,
     /// Variance along each component (length p).
     pub variances: Array1<f64>,
+    /// Control whitening of the PCA scores, p x p (symmetric), and its
+    /// inverse; `None` = plain PCA scores. See [`Pca::whiten`].
+    pub whitening: Option<Whitening>,
+}
+
+/// A symmetric whitening of the PCA scores and its inverse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Whitening {
+    /// `W`, p x p: neighbour coordinates are `scores . W`.
+    pub w: Array2<f64>,
+    /// `W^-1`, p x p: a neighbour-space offset maps back as `offset . W^-1 . V^T`.
+    pub w_inv: Array2<f64>,
+}
+
+impl Whitening {
+    /// Rebuild from a stored symmetric `W` (its inverse recomputed).
+    pub fn from_matrix(w: Array2<f64>) -> Result<Whitening> {
+        let p = w.nrows();
+        anyhow::ensure!(w.ncols() == p, "whitening matrix is not square");
+        anyhow::ensure!(
+            w.iter().all(|v| v.is_finite()),
+            "whitening matrix has non-finite entries"
+        );
+        let (vals, vecs) = jacobi_eigen(&w);
+        anyhow::ensure!(
+            vals.iter().all(|&v| v > 0.0),
+            "whitening matrix is not positive definite"
+        );
+        let mut w_inv = Array2::<f64>::zeros((p, p));
+        for k in 0..p {
+            let u = vecs.column(k);
+            for i in 0..p {
+                for j in 0..p {
+                    w_inv[[i, j]] += u[i] * u[j] / vals[k];
+                }
+            }
+        }
+        Ok(Whitening { w, w_inv })
+    }
+
+    /// ZCA whitening of the covariance `c` (p x p) with a ridge of
+    /// `ridge x` its largest eigenvalue, rescaled so the whitened
+    /// covariance keeps `c`'s trace (the neighbour space keeps robust-z
+    /// units on average, only its shape changes).
+    pub fn from_covariance(c: &Array2<f64>, ridge: f64) -> Whitening {
+        let (vals, vecs) = jacobi_eigen(c);
+        let p = vals.len();
+        let top = vals.iter().copied().fold(0.0_f64, f64::max).max(1e-300);
+        let lam: Vec<f64> = vals.iter().map(|&v| v.max(0.0) + ridge * top).collect();
+        let trace: f64 = vals.iter().map(|v| v.max(0.0)).sum::<f64>().max(1e-300);
+        // Whitened covariance = W C W ~ diag(l / (l + ridge)); its trace:
+        let white_trace: f64 = vals
+            .iter()
+            .zip(&lam)
+            .map(|(&v, &l)| v.max(0.0) / l)
+            .sum::<f64>()
+            .max(1e-300);
+        let gain = (trace / white_trace).sqrt();
+        let mut w = Array2::<f64>::zeros((p, p));
+        let mut w_inv = Array2::<f64>::zeros((p, p));
+        for (k, &l) in lam.iter().enumerate() {
+            let a = gain / l.sqrt();
+            let b = l.sqrt() / gain;
+            let u = vecs.column(k);
+            for i in 0..p {
+                for j in 0..p {
+                    let uu = u[i] * u[j];
+                    w[[i, j]] += a * uu;
+                    w_inv[[i, j]] += b * uu;
+                }
+            }
+        }
+        Whitening { w, w_inv }
+    }
 }
 
 impl Pca {
@@ -51,6 +134,7 @@ impl Pca {
             mean,
             components: vecs,
             variances: vals,
+            whitening: None,
         })
     }
 
@@ -59,10 +143,47 @@ impl Pca {
         self.components.ncols()
     }
 
-    /// Project rows (n x d) to component scores (n x p), as f32 for the index.
+    /// Whiten the neighbour space on `controls` (rows x d, in the space the
+    /// basis was fitted in): afterwards the negative controls' covariance in
+    /// the neighbour space is (up to the ridge) isotropic, so distances
+    /// weigh every direction by how much it varies *between controls*, not
+    /// by how much it varies overall — directions where replicate noise is
+    /// large count less, directions where treatments differ and controls do
+    /// not count more (the sphering of pycytominer, done in the p-dim PCA
+    /// space so it stays a p x p map the daemon can freeze). Returns false
+    /// (and leaves the basis unwhitened) when there are fewer than
+    /// [`WHITEN_MIN_ROWS_PER_DIM`] x p control rows.
+    pub fn whiten(&mut self, controls: ArrayView2<f64>, ridge: f64) -> bool {
+        let p = self.dims();
+        if controls.nrows() < WHITEN_MIN_ROWS_PER_DIM * p || controls.nrows() < 3 {
+            return false;
+        }
+        let centred = &controls - &self.mean.view().insert_axis(Axis(0));
+        let scores = centred.dot(&self.components);
+        let m = column_means(scores.view());
+        let c = covariance(scores.view(), &m);
+        self.whitening = Some(Whitening::from_covariance(&c, ridge));
+        true
+    }
+
+    /// Project rows (n x d) to neighbour coordinates (n x p), as f32 for the
+    /// index: PCA scores, whitened when [`Pca::whiten`] was applied.
     pub fn transform_f32(&self, x: ArrayView2<f64>) -> Array2<f32> {
         let centred = &x - &self.mean.view().insert_axis(Axis(0));
-        centred.dot(&self.components).mapv(|v| v as f32)
+        let scores = centred.dot(&self.components);
+        match &self.whitening {
+            Some(wh) => scores.dot(&wh.w).mapv(|v| v as f32),
+            None => scores.mapv(|v| v as f32),
+        }
+    }
+
+    /// Map neighbour-space offsets (n x p) back to feature offsets (n x d):
+    /// `offset . W^-1 . V^T` (only the neighbour subspace moves).
+    pub fn offsets_to_features(&self, offset: ArrayView2<f64>) -> Array2<f64> {
+        match &self.whitening {
+            Some(wh) => offset.dot(&wh.w_inv).dot(&self.components.t()),
+            None => offset.dot(&self.components.t()),
+        }
     }
 }
 
@@ -286,5 +407,73 @@ mod tests {
         assert_eq!(pca.components, pca1.components);
         let y = pca.transform_f32(x.view());
         assert_eq!(y.dim(), (5000, 2));
+    }
+
+    #[test]
+    fn whitening_makes_control_covariance_isotropic_and_inverts() {
+        // Controls stretched 10x along one axis, 0.5x along another.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let x = Array2::from_shape_fn((400, 6), |(_, j)| {
+            let g: f64 = rng.gen_range(-1.0..1.0);
+            g * match j {
+                0 => 10.0,
+                1 => 0.5,
+                _ => 1.0 + j as f64 * 0.3,
+            }
+        });
+        let mut pca = Pca::fit(x.view(), 4, 1).unwrap();
+        assert!(pca.whiten(x.view(), 0.0));
+        let y = pca.transform_f32(x.view()).mapv(f64::from);
+        let m = column_means(y.view());
+        let c = covariance(y.view(), &m);
+        let d0 = c[[0, 0]];
+        for i in 0..4 {
+            for j in 0..4 {
+                let want = if i == j { d0 } else { 0.0 };
+                assert!(
+                    (c[[i, j]] - want).abs() < 1e-4 * d0,
+                    "{i},{j}: {}",
+                    c[[i, j]]
+                );
+            }
+        }
+        // Trace kept: the whitened space is in the scores' units on average.
+        let scores = (&x - &pca.mean.view().insert_axis(Axis(0))).dot(&pca.components);
+        let cs = covariance(scores.view(), &column_means(scores.view()));
+        assert!((c.diag().sum() - cs.diag().sum()).abs() < 1e-6 * cs.diag().sum());
+        // W W^-1 = I, so a neighbour-space offset maps back exactly.
+        let wh = pca.whitening.clone().unwrap();
+        let id = wh.w.dot(&wh.w_inv);
+        for i in 0..4 {
+            for j in 0..4 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((id[[i, j]] - want).abs() < 1e-9);
+            }
+        }
+        // An offset applied in features moves the neighbour coordinates by
+        // exactly that offset (within the subspace).
+        let off = Array2::from_shape_fn((1, 4), |(_, j)| 0.3 * (j as f64 + 1.0));
+        let feat = pca.offsets_to_features(off.view());
+        let row = x.slice(s![0..1, ..]).to_owned();
+        let moved = &row - &feat;
+        let dy = &pca.transform_f32(row.view()).mapv(f64::from)
+            - &pca.transform_f32(moved.view()).mapv(f64::from);
+        for j in 0..4 {
+            assert!(
+                (dy[[0, j]] - off[[0, j]]).abs() < 1e-4,
+                "{j}: {}",
+                dy[[0, j]]
+            );
+        }
+    }
+
+    #[test]
+    fn whitening_refuses_too_few_controls() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = Array2::from_shape_fn((50, 10), |_| rng.gen_range(-1.0..1.0));
+        let mut pca = Pca::fit(x.view(), 8, 1).unwrap();
+        assert!(!pca.whiten(x.slice(s![..15, ..]), WHITEN_RIDGE));
+        assert!(pca.whitening.is_none());
+        assert!(pca.whiten(x.view(), WHITEN_RIDGE));
     }
 }

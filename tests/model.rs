@@ -118,6 +118,12 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
     let n = model.len();
     model.apply(&pc.delta).unwrap();
     assert_eq!(model.len(), n, "applying twice adds nothing");
+    // The default neighbour space is whitened on the reference's controls,
+    // and the checkpoint carries the whitening (restored below).
+    assert!(
+        model.meta().pca_whitening.is_some(),
+        "a reference fit with controls whitens the neighbour space"
+    );
 
     let restored = Model::restore(
         model.meta().clone(),
@@ -204,4 +210,21 @@ fn qc_mixing_reuses_queries_without_changing_figures() {
         assert_eq!(pc.qc.mixing_after, after.0, "{batch}");
         assert!(pc.qc.mixing_before.is_finite());
     }
+}
+
+#[test]
+fn states_written_before_the_whitening_restore_as_plain_pca() {
+    let (_t, model, _, _) = setup();
+    let mut v = serde_json::to_value(model.meta()).unwrap();
+    v.as_object_mut().unwrap().remove("pca_whitening");
+    let old: balans::model::ModelMeta = serde_json::from_value(v).unwrap();
+    assert!(old.pca_whitening.is_none());
+    let restored = Model::restore(
+        old,
+        model.rows_y().to_vec(),
+        model.rows_batch().to_vec(),
+        model.rows_coverage().to_vec(),
+    )
+    .unwrap();
+    assert_eq!(restored.len(), model.len());
 }

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The one command to rerun the anchor harness: bash benches/anchors/run.sh [run_anchors.py options]
+#   bash benches/anchors/run.sh --all        BBBC021 anchors, LINCS semi-synthetic sets, oracle ceiling
+#   bash benches/anchors/run.sh --semisynth  only the LINCS semi-synthetic sets (benches/anchors/semisynth.py)
+#   bash benches/anchors/run.sh --ceiling    only the BBBC021 oracle ceiling (benches/anchors/ceiling.py)
 #
 # - creates .venv-anchors in the repo root if missing and installs the pins of
 #   benches/anchors/requirements.txt into it;
@@ -41,4 +44,13 @@ if [ -z "${BALANS_BIN:-}" ]; then
 fi
 export BALANS_BIN
 
+case "${1:-}" in
+  --semisynth) shift; exec "$VENV/bin/python" benches/anchors/semisynth.py "$@" ;;
+  --ceiling) shift; exec "$VENV/bin/python" benches/anchors/ceiling.py "$@" ;;
+  --all)
+    shift
+    "$VENV/bin/python" benches/anchors/run_anchors.py "$@"
+    "$VENV/bin/python" benches/anchors/semisynth.py
+    exec "$VENV/bin/python" benches/anchors/ceiling.py ;;
+esac
 exec "$VENV/bin/python" benches/anchors/run_anchors.py "$@"

@@ -439,6 +439,7 @@ def evaluate(ctx, table: Path, baseline: Path, extra: list[str], json_path: Path
         "--control", f"{ctx['label_col']}={ctx['control']}",
         "--seed", str(ctx["seed"]),
         "--json", str(json_path),
+        *ctx.get("evaluate_args", []),
         *extra,
     ]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -703,6 +704,19 @@ def versions() -> dict:
 # --------------------------------------------------------------------------
 
 
+def find_balans(given: Path | None) -> Path:
+    """The balans binary: `given`, else $BALANS_BIN, else target/release, else target/debug."""
+    balans = given or (Path(os.environ["BALANS_BIN"]) if os.environ.get("BALANS_BIN") else None)
+    if balans is None:
+        for cand in (REPO / "target/release/balans", REPO / "target/debug/balans"):
+            if cand.exists():
+                balans = cand
+                break
+    if balans is None or not Path(balans).exists():
+        raise HarnessError("no balans binary: build it (`cargo build --release`) or pass --balans / BALANS_BIN")
+    return Path(balans)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO / "data/bbbc021/bbbc021_wells_annotated.csv.gz")
@@ -718,18 +732,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sphere-eps", type=float, default=1e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tolerance", type=float, default=0.03)
+    ap.add_argument("--evaluate-arg", action="append", default=[],
+                    help="extra argument for every `balans evaluate` call (repeatable), e.g. --evaluate-arg=--compound-col=X")
     ap.add_argument("--methods", default="all", help="comma-separated subset of: " +
                     ",".join(s for _, s, _ in METHODS))
     a = ap.parse_args(argv)
 
-    balans = a.balans or (Path(os.environ["BALANS_BIN"]) if os.environ.get("BALANS_BIN") else None)
-    if balans is None:
-        for cand in (REPO / "target/release/balans", REPO / "target/debug/balans"):
-            if cand.exists():
-                balans = cand
-                break
-    if balans is None or not Path(balans).exists():
-        raise HarnessError("no balans binary: build it (`cargo build --release`) or pass --balans / BALANS_BIN")
+    balans = find_balans(a.balans)
 
     wanted = [s for _, s, _ in METHODS] if a.methods == "all" else a.methods.split(",")
     unknown = set(wanted) - {s for _, s, _ in METHODS}
@@ -752,7 +761,7 @@ def main(argv=None) -> int:
         "scaled": scaled, "is_control": is_control, "batch": raw[a.batch_col].astype(str).to_numpy(),
         "labels": raw[a.label_col].astype(str).to_numpy(),
         "batch_col": a.batch_col, "label_col": a.label_col, "control": a.control,
-        "sphere_eps": a.sphere_eps, "seed": a.seed,
+        "sphere_eps": a.sphere_eps, "seed": a.seed, "evaluate_args": list(a.evaluate_arg),
     }
     ctx["pca"] = pca50(scaled)
     base_feat = a.out / "none.parquet"

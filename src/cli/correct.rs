@@ -10,7 +10,7 @@ use serde::Serialize;
 use balans::balans::{correct, Dataset, Summary};
 use balans::config::{Config, NonFinite};
 use balans::mixing::{mixing_figures, MixingFigures};
-use balans::params::{IndexKind, KernelKind, Retention};
+use balans::params::{IndexKind, KernelKind, NeighborSpace, Retention};
 use balans::preprocess::dense_ids;
 use balans::profile::{self, ControlSelector, NonFinitePolicy};
 use balans::table;
@@ -67,6 +67,9 @@ pub struct CorrectArgs {
     /// PCA dimensions of the neighbour space [default: 50].
     #[arg(long)]
     pub neighbor_dims: Option<usize>,
+    /// Neighbour space: pca, or whitened (PCA whitened on the --control rows; pca without enough controls) [default: whitened].
+    #[arg(long, value_parser = parse_neighbor_space)]
+    pub neighbor_space: Option<NeighborSpace>,
     /// Sampling budget as a fraction of rows [default: 0.3].
     #[arg(long)]
     pub budget: Option<f64>,
@@ -113,6 +116,14 @@ fn parse_kernel(s: &str) -> Result<KernelKind, String> {
         "symmetric" => Ok(KernelKind::Symmetric),
         "asymmetric" => Ok(KernelKind::Asymmetric),
         _ => Err(format!("unknown kernel {s:?} (symmetric, asymmetric)")),
+    }
+}
+
+fn parse_neighbor_space(s: &str) -> Result<NeighborSpace, String> {
+    match s {
+        "pca" => Ok(NeighborSpace::Pca),
+        "whitened" => Ok(NeighborSpace::Whitened),
+        _ => Err(format!("unknown neighbour space {s:?} (pca, whitened)")),
     }
 }
 
@@ -174,7 +185,7 @@ impl CorrectArgs {
             trust,
             trust_k
         );
-        set!(kernel, retention, index, seed, threads);
+        set!(kernel, retention, index, neighbor_space, seed, threads);
         if self.exact {
             m.exact = true;
         }
