@@ -20,8 +20,8 @@ const JACOBI_MAX_DIM: usize = 400;
 const CHUNK: usize = 2048;
 
 /// Ridge of the control whitening, relative to the largest control
-/// eigenvalue in the PCA space (docs/method.md: the results barely move
-/// between 0 and 3e-3 on BBBC021).
+/// eigenvalue in the PCA space: a guard against near-singular control
+/// covariances, not a tuned value (docs/method.md).
 pub const WHITEN_RIDGE: f64 = 1e-3;
 
 /// Fewest control rows per neighbour dimension for which the control
