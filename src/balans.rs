@@ -182,18 +182,7 @@ fn correct_in_pool(
     let w = clipped(&z);
     let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
     let whitened = match (params.neighbor_space, data.controls) {
-        (NeighborSpace::Whitened, Some(mask)) => {
-            let rows: Vec<usize> = (0..n).filter(|&i| mask[i]).collect();
-            let ok = pca.whiten(w.select(ndarray::Axis(0), &rows).view(), WHITEN_RIDGE);
-            if !ok {
-                tracing::warn!(
-                    controls = rows.len(),
-                    dims = pca.dims(),
-                    "too few control rows to whiten the neighbour space; using plain PCA"
-                );
-            }
-            ok
-        }
+        (NeighborSpace::Whitened, Some(mask)) => pca.whiten_on(w.view(), mask, WHITEN_RIDGE),
         _ => false,
     };
     let kind = if params.exact {

@@ -234,11 +234,7 @@ impl Model {
             global_centre: fit.normalizer.global_centre.to_vec(),
             pca_mean: fit.pca.mean.to_vec(),
             pca_components: fit.pca.components.iter().copied().collect(),
-            pca_whitening: fit
-                .pca
-                .whitening
-                .as_ref()
-                .map(|w| w.w.iter().copied().collect()),
+            pca_whitening: fit.pca.whitening_row_major(),
             dims,
             batches: fit.batch_names.clone(),
             plates: BTreeMap::new(),
@@ -284,13 +280,7 @@ impl Model {
         let w = clipped(&z);
         let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
         if let (NeighborSpace::Whitened, Some(mask)) = (params.neighbor_space, controls) {
-            let rows: Vec<usize> = (0..n).filter(|&i| mask.get(i) == Some(&true)).collect();
-            if !pca.whiten(w.select(ndarray::Axis(0), &rows).view(), WHITEN_RIDGE) {
-                tracing::info!(
-                    controls = rows.len(),
-                    "first plate: too few controls to whiten the neighbour space; plain PCA"
-                );
-            }
+            pca.whiten_on(w.view(), mask, WHITEN_RIDGE);
         }
         let meta = ModelMeta {
             params: params.clone(),
@@ -300,10 +290,7 @@ impl Model {
             global_centre: norm.global_centre.to_vec(),
             pca_mean: pca.mean.to_vec(),
             pca_components: pca.components.iter().copied().collect(),
-            pca_whitening: pca
-                .whitening
-                .as_ref()
-                .map(|w| w.w.iter().copied().collect()),
+            pca_whitening: pca.whitening_row_major(),
             dims: pca.dims(),
             batches: Vec::new(),
             plates: BTreeMap::new(),
@@ -648,7 +635,7 @@ impl Model {
         let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
         let qc_mixing_after = t_qc.elapsed().as_secs_f64();
         timings.qc += qc_mixing_after;
-        // Back to features: z - offset * V^T (only the neighbour subspace moves).
+        // Back to features: z - offset * W^-1 * V^T (only the neighbour subspace moves).
         let off64 = offset.mapv(|v| v as f64);
         let z_corr = &z - &self.pca.offsets_to_features(off64.view());
         let mut corrected = x.to_owned();

@@ -54,8 +54,7 @@ pub struct Whitening {
 impl Whitening {
     /// Rebuild from a stored symmetric `W` (its inverse recomputed).
     pub fn from_matrix(w: Array2<f64>) -> Result<Whitening> {
-        let p = w.nrows();
-        anyhow::ensure!(w.ncols() == p, "whitening matrix is not square");
+        anyhow::ensure!(w.ncols() == w.nrows(), "whitening matrix is not square");
         anyhow::ensure!(
             w.iter().all(|v| v.is_finite()),
             "whitening matrix has non-finite entries"
@@ -65,15 +64,8 @@ impl Whitening {
             vals.iter().all(|&v| v > 0.0),
             "whitening matrix is not positive definite"
         );
-        let mut w_inv = Array2::<f64>::zeros((p, p));
-        for k in 0..p {
-            let u = vecs.column(k);
-            for i in 0..p {
-                for j in 0..p {
-                    w_inv[[i, j]] += u[i] * u[j] / vals[k];
-                }
-            }
-        }
+        let inv: Vec<f64> = vals.iter().map(|&v| 1.0 / v).collect();
+        let w_inv = eigen_compose(&vecs, &inv);
         Ok(Whitening { w, w_inv })
     }
 
@@ -83,7 +75,6 @@ impl Whitening {
     /// units on average, only its shape changes).
     pub fn from_covariance(c: &Array2<f64>, ridge: f64) -> Whitening {
         let (vals, vecs) = jacobi_eigen(c);
-        let p = vals.len();
         let top = vals.iter().copied().fold(0.0_f64, f64::max).max(1e-300);
         let lam: Vec<f64> = vals.iter().map(|&v| v.max(0.0) + ridge * top).collect();
         let trace: f64 = vals.iter().map(|v| v.max(0.0)).sum::<f64>().max(1e-300);
@@ -95,22 +86,17 @@ impl Whitening {
             .sum::<f64>()
             .max(1e-300);
         let gain = (trace / white_trace).sqrt();
-        let mut w = Array2::<f64>::zeros((p, p));
-        let mut w_inv = Array2::<f64>::zeros((p, p));
-        for (k, &l) in lam.iter().enumerate() {
-            let a = gain / l.sqrt();
-            let b = l.sqrt() / gain;
-            let u = vecs.column(k);
-            for i in 0..p {
-                for j in 0..p {
-                    let uu = u[i] * u[j];
-                    w[[i, j]] += a * uu;
-                    w_inv[[i, j]] += b * uu;
-                }
-            }
-        }
+        let a: Vec<f64> = lam.iter().map(|&l| gain / l.sqrt()).collect();
+        let b: Vec<f64> = lam.iter().map(|&l| l.sqrt() / gain).collect();
+        let (w, w_inv) = (eigen_compose(&vecs, &a), eigen_compose(&vecs, &b));
         Whitening { w, w_inv }
     }
+}
+
+/// `U diag(f) U^T` for eigenvectors `u` (columns) and per-eigenvector factors `f`.
+fn eigen_compose(u: &Array2<f64>, f: &[f64]) -> Array2<f64> {
+    let scaled = u * &Array1::from_vec(f.to_vec()).insert_axis(Axis(0));
+    scaled.dot(&u.t())
 }
 
 impl Pca {
@@ -164,6 +150,30 @@ impl Pca {
         let c = covariance(scores.view(), &m);
         self.whitening = Some(Whitening::from_covariance(&c, ridge));
         true
+    }
+
+    /// [`Pca::whiten`] on the rows of `w` that `controls` marks; `false`
+    /// (plain PCA) when there are too few of them.
+    pub fn whiten_on(&mut self, w: ArrayView2<f64>, controls: &[bool], ridge: f64) -> bool {
+        let rows: Vec<usize> = (0..w.nrows())
+            .filter(|&i| controls.get(i) == Some(&true))
+            .collect();
+        let ok = self.whiten(w.select(Axis(0), &rows).view(), ridge);
+        if !ok {
+            tracing::warn!(
+                controls = rows.len(),
+                dims = self.dims(),
+                "too few control rows to whiten the neighbour space; using plain PCA"
+            );
+        }
+        ok
+    }
+
+    /// The whitening matrix `W`, row-major (what a checkpoint stores).
+    pub fn whitening_row_major(&self) -> Option<Vec<f64>> {
+        self.whitening
+            .as_ref()
+            .map(|w| w.w.iter().copied().collect())
     }
 
     /// Project rows (n x d) to neighbour coordinates (n x p), as f32 for the

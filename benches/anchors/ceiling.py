@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -94,38 +93,29 @@ def oracles(z: np.ndarray, moa: np.ndarray, week: np.ndarray):
         yield f"oracle: collapse to MoA mean (lam {lam})", shrink(z, lam)
 
 
-def evaluate(balans: Path, table: Path, baseline: Path, seed: int, out: Path) -> dict:
-    cmd = [str(balans), "evaluate", "-q", "--input", str(table), "--baseline", str(baseline),
-           "--batch-col", "Metadata_Week", "--label-col", "Metadata_MoA", "--control", "Metadata_MoA=DMSO",
-           "--exclude", run_anchors.BALANS_EXCLUDE, "--no-baseline-scores", "--seed", str(seed), "--json", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise run_anchors.HarnessError(f"balans evaluate exited {r.returncode}: {r.stderr.strip()[-400:]}")
-    return json.loads(out.read_text())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO / "data/bbbc021/bbbc021_wells_annotated.csv.gz")
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
     ap.add_argument("--balans", type=Path, default=None)
     a = ap.parse_args(argv)
-    balans = run_anchors.find_balans(a.balans)
-    raw = pd.read_csv(a.data)
-    meta = [c for c in raw.columns if c.startswith("Metadata_")]
-    feats = [c for c in raw.columns if c not in meta and not run_anchors.POSITIONAL.search(c)]
-    x = raw[feats].to_numpy(np.float64)
-    keep = np.median(np.abs(x - np.median(x, axis=0)), axis=0) > 0
-    feats = [f for f, k in zip(feats, keep) if k]
-    ctrl = (raw["Metadata_MoA"] == "DMSO").to_numpy()
+    ctx = {"balans": run_anchors.find_balans(a.balans), "batch_col": "Metadata_Week",
+           "label_col": "Metadata_MoA", "control": "DMSO"}
+    raw, meta, feats, _, ctrl, _ = run_anchors.load_protocol_table(
+        a.data, ctx["batch_col"], ctx["label_col"], ctx["control"])
     z = plate_normalise(raw, feats, ctrl)
+    extra = ["--exclude", run_anchors.BALANS_EXCLUDE, "--no-baseline-scores"]
+
+    def score(table: Path, seed: int, out: Path) -> dict:
+        return run_anchors.evaluate({**ctx, "seed": seed}, table, a.data, extra, out)
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         table = tmp / "t.parquet"
         for name, y in oracles(z, raw["Metadata_MoA"].to_numpy(), raw["Metadata_Week"].to_numpy()):
-            run_anchors.feature_frame(raw[meta], y, feats).to_parquet(table, index=False)
-            reps = [evaluate(balans, table, a.data, s, tmp / f"e{s}.json") for s in SEEDS]
+            run_anchors.feature_frame(meta, y, feats).to_parquet(table, index=False)
+            reps = [score(table, s, tmp / f"e{s}.json") for s in SEEDS]
             mean = {k: float(np.mean([r[k] for r in reps])) for _, k in KEYS if reps[0].get(k) is not None}
             rows.append({"method": name, "seed42": {k: reps[0].get(k) for _, k in KEYS}, "mean": mean})
             print(f"[ceiling] {name}: batch {mean['batch']:.3f} bio {mean['bio']:.3f}", flush=True)
@@ -152,8 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except run_anchors.HarnessError as e:
-        print(f"ceiling: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_anchors.cli(main, "ceiling")

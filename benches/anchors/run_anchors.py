@@ -882,9 +882,14 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(entry, name: str) -> None:
+    """Run a harness entry point: its exit code, or 2 with a one-line message on a HarnessError."""
     try:
-        sys.exit(main())
+        sys.exit(entry())
     except HarnessError as e:
-        print(f"run_anchors: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli(main, "run_anchors")

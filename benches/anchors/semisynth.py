@@ -78,8 +78,8 @@ def channel_of(name: str) -> str:
 def build(kind: str, base: pd.DataFrame, seed: int) -> pd.DataFrame:
     """One semi-synthetic table (rows = BATCHES x PLATES_PER_BATCH copies)."""
     rng = np.random.default_rng(seed)
-    meta_cols = [c for c in base.columns if c.startswith("Metadata_")]
-    feats = [c for c in base.columns if c not in meta_cols and pd.api.types.is_numeric_dtype(base[c])]
+    feats = [c for c in base.columns
+             if not c.startswith("Metadata_") and pd.api.types.is_numeric_dtype(base[c])]
     dose = pd.to_numeric(base["Metadata_mmoles_per_liter"], errors="coerce").fillna(0.0).to_numpy()
     is_dmso = (base[LABEL].astype(str) == CONTROL).to_numpy()
     base = base[is_dmso | (dose >= MIN_DOSE)].reset_index(drop=True)
@@ -123,9 +123,7 @@ def build(kind: str, base: pd.DataFrame, seed: int) -> pd.DataFrame:
                 keep = np.ones(len(base), bool)
             part = pd.concat([m.reset_index(drop=True), pd.DataFrame(x, columns=feats)], axis=1)
             out.append(part[keep])
-    t = pd.concat(out, ignore_index=True)
-    # pycytominer-style metadata first; drop metadata columns that are all empty.
-    return t
+    return pd.concat(out, ignore_index=True)
 
 
 def rerender(docs: Path) -> None:
@@ -211,8 +209,4 @@ def render(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except run_anchors.HarnessError as e:
-        print(f"semisynth: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_anchors.cli(main, "semisynth")
