@@ -128,7 +128,7 @@ fn build(n: usize, plates: usize, params: &balans::params::Params) -> Result<(Mo
         for block in rows.chunks(PLATE_ROWS) {
             let x = table.features.select(Axis(0), block);
             let c: Vec<bool> = block.iter().map(|&i| controls[i]).collect();
-            let yb = seed.project(x.view(), Some(&c));
+            let yb = seed.project(x.view(), Some(&c), None);
             y.extend(yb.iter().copied());
             batch_of.extend(std::iter::repeat_n(*bi as u32, block.len()));
         }

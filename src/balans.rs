@@ -2,7 +2,8 @@
 //! sampling and alignment rounds, put together.
 //!
 //! ```text
-//! x (n x d) --per-plate robust normalisation--> z --clip--> w
+//! x (n x d) --per-plate centring, per-batch control gains,
+//!              pooled robust scale--> z --clip--> w
 //! for each round:
 //!     y = PCA_p(w - total_offset)             (frozen basis from round 0,
 //!                                              whitened on the controls)
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use crate::align::{point_offsets, DenseFeatures};
 use crate::index::{build_batch_indices, BatchIndex};
-use crate::params::{IndexKind, NeighborSpace, Params};
+use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::pca::{Pca, WHITEN_RIDGE};
 use crate::preprocess::{clipped, dense_ids, Normalizer};
 use crate::rows::MatrixRows;
@@ -172,13 +173,23 @@ fn correct_in_pool(
         None => (batch_of.clone(), batch_names.clone()),
     };
     progress.stage("normalising", 1);
-    let norm = Normalizer::fit(data.x, &plate_of, plate_names.len(), data.controls)?;
+    let gain_batches = match params.batch_scale {
+        BatchScale::Controls => Some((batch_of.as_slice(), n_batches)),
+        BatchScale::None => None,
+    };
+    let norm = Normalizer::fit(
+        data.x,
+        &plate_of,
+        plate_names.len(),
+        data.controls,
+        gain_batches,
+    )?;
     let varying = norm.varying_features();
     anyhow::ensure!(
         !varying.is_empty(),
         "every feature is constant (zero MAD): nothing to correct"
     );
-    let z = norm.normalise(data.x, &plate_of, &varying);
+    let z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
     let w = clipped(&z);
     let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
     let whitened = match (params.neighbor_space, data.controls) {

@@ -35,9 +35,12 @@ use serde::{Deserialize, Serialize};
 use crate::align::{point_offsets, RowFeatures};
 use crate::balans::Correction;
 use crate::index::{BatchIndex, Neighbor};
-use crate::params::{IndexKind, NeighborSpace, Params};
+use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::pca::{Pca, Whitening, WHITEN_RIDGE};
-use crate::preprocess::{clipped, median_inplace, MIN_CONTROLS_PER_PLATE};
+use crate::preprocess::{
+    clipped, control_gain_figure, control_log_gains, median_inplace, shrunk_gains,
+    MIN_CONTROLS_PER_PLATE, MIN_GAIN_CONTROLS,
+};
 use crate::qc::{finite, QcFigures};
 use crate::rows::{Concat, MatrixRows, RowSource};
 use crate::sampling::{compute_row_observed, SamplingConfig, SparseRow};
@@ -107,6 +110,12 @@ pub struct PlateQc {
     /// Median distance of control rows to their centroid, after correction
     /// (None without controls).
     pub control_dispersion: Option<f64>,
+    /// Spread of the plate's controls against the reference's, folded to >= 1
+    /// (`exp(|mean log-gain|)`; None without batch scaling or with fewer than
+    /// 8 controls). The daemon removes a new batch's gain, so a failed
+    /// staining shows here rather than in the offsets.
+    #[serde(default)]
+    pub control_gain: Option<f64>,
     /// Minimum coverage of the plate's rows.
     pub coverage_min: f64,
     /// Median coverage of the plate's rows.
@@ -123,6 +132,7 @@ impl PlateQc {
             mixing_after: finite(self.mixing_after),
             cross_batch_distance_after: finite(self.cross_batch_distance_after),
             control_dispersion: self.control_dispersion.and_then(finite),
+            control_gain: self.control_gain.and_then(finite),
             coverage_median: finite(self.coverage_median),
         }
     }
@@ -176,6 +186,15 @@ pub struct ModelMeta {
     /// PCA; states written before the whitening existed have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pca_whitening: Option<Vec<f64>>,
+    /// Pooled control MAD per feature, the reference of the batch gains
+    /// (empty = no batch scaling; states written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_mad: Vec<f64>,
+    /// Per batch of the reference fit, its control gain per feature (frozen:
+    /// plates of these batches use it; plates of other batches measure
+    /// their own from their controls).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub batch_gain: BTreeMap<String, Vec<f64>>,
     /// p.
     pub dims: usize,
     /// Batch names (index = batch id).
@@ -235,6 +254,14 @@ impl Model {
             pca_mean: fit.pca.mean.to_vec(),
             pca_components: fit.pca.components.iter().copied().collect(),
             pca_whitening: fit.pca.whitening_row_major(),
+            control_mad: fit.normalizer.control_mad.to_vec(),
+            batch_gain: fit
+                .batch_names
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| *b < fit.normalizer.batch_gain.nrows())
+                .map(|(b, name)| (name.clone(), fit.normalizer.batch_gain.row(b).to_vec()))
+                .collect(),
             dims,
             batches: fit.batch_names.clone(),
             plates: BTreeMap::new(),
@@ -270,13 +297,17 @@ impl Model {
         let n = x.nrows();
         anyhow::ensure!(n >= 2, "the first plate needs at least 2 rows");
         let plate_of = vec![0u32; n];
-        let norm = crate::preprocess::Normalizer::fit(x, &plate_of, 1, controls)?;
+        let gains = match params.batch_scale {
+            BatchScale::Controls => Some((plate_of.as_slice(), 1)),
+            BatchScale::None => None,
+        };
+        let norm = crate::preprocess::Normalizer::fit(x, &plate_of, 1, controls, gains)?;
         let varying = norm.varying_features();
         anyhow::ensure!(
             !varying.is_empty(),
             "every feature of the first plate is constant"
         );
-        let z = norm.normalise(x, &plate_of, &varying);
+        let z = norm.normalise(x, &plate_of, None, &varying);
         let w = clipped(&z);
         let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
         if let (NeighborSpace::Whitened, Some(mask)) = (params.neighbor_space, controls) {
@@ -291,6 +322,8 @@ impl Model {
             pca_mean: pca.mean.to_vec(),
             pca_components: pca.components.iter().copied().collect(),
             pca_whitening: pca.whitening_row_major(),
+            control_mad: norm.control_mad.to_vec(),
+            batch_gain: BTreeMap::new(),
             dims: pca.dims(),
             batches: Vec::new(),
             plates: BTreeMap::new(),
@@ -463,13 +496,18 @@ impl Model {
         Ok(out)
     }
 
-    /// Normalise a plate against its own controls with the frozen scale:
-    /// returns z (rows x |varying|) and the number of controls used.
+    /// Normalise a plate against its own controls with the frozen scale and
+    /// its batch's gains: returns z (rows x |varying|), the number of
+    /// controls used and the plate's `control_gain` QC figure. The gains are the reference fit's for a batch it had;
+    /// otherwise measured on the plate's own controls against the frozen
+    /// pooled control MAD and shrunk the same way (gain 1 with fewer than
+    /// [`MIN_GAIN_CONTROLS`] controls). `batch = None`: not a known batch.
     fn normalise_plate(
         &self,
         x: ArrayView2<f64>,
         controls: Option<&[bool]>,
-    ) -> (Array2<f64>, usize) {
+        batch: Option<&str>,
+    ) -> (Array2<f64>, usize, Option<f64>) {
         let n = x.nrows();
         let ctrl: Vec<usize> = controls
             .map(|m| (0..n).filter(|&i| m[i]).collect())
@@ -480,16 +518,51 @@ impl Model {
             (0..n).collect()
         };
         let v = &self.meta.varying;
+        let centres: Vec<f64> = v
+            .iter()
+            .map(|&f| {
+                let mut vals: Vec<f64> = reference.iter().map(|&i| x[[i, f]]).collect();
+                median_inplace(&mut vals)
+            })
+            .collect();
+        let (gains, control_gain) = self.plate_gains(x, &ctrl, &centres, batch);
         let mut z = Array2::zeros((n, v.len()));
         for (j, &f) in v.iter().enumerate() {
-            let mut vals: Vec<f64> = reference.iter().map(|&i| x[[i, f]]).collect();
-            let centre = median_inplace(&mut vals);
-            let s = self.meta.scale[f];
+            let s = self.meta.scale[f] * gains[j];
             for i in 0..n {
-                z[[i, j]] = (x[[i, f]] - centre) / s;
+                z[[i, j]] = (x[[i, f]] - centres[j]) / s;
             }
         }
-        (z, ctrl.len())
+        (z, ctrl.len(), control_gain)
+    }
+
+    /// Gains of the varying features for a plate (see
+    /// [`Model::normalise_plate`]) and its `control_gain` QC figure (measured
+    /// on its controls whichever gains are used).
+    fn plate_gains(
+        &self,
+        x: ArrayView2<f64>,
+        ctrl: &[usize],
+        centres: &[f64],
+        batch: Option<&str>,
+    ) -> (Vec<f64>, Option<f64>) {
+        let v = &self.meta.varying;
+        let mad = &self.meta.control_mad;
+        if self.meta.params.batch_scale == BatchScale::None || mad.is_empty() {
+            return (vec![1.0; v.len()], None);
+        }
+        let measured =
+            (ctrl.len() >= MIN_GAIN_CONTROLS).then(|| control_log_gains(x, ctrl, v, centres, mad));
+        let figure = measured.as_deref().and_then(control_gain_figure);
+        let gains = match (batch.and_then(|b| self.meta.batch_gain.get(b)), measured) {
+            (Some(g), _) => v
+                .iter()
+                .map(|&f| g.get(f).copied().unwrap_or(1.0))
+                .collect(),
+            (None, Some(lg)) => shrunk_gains(&lg, ctrl.len()).0,
+            (None, None) => vec![1.0; v.len()],
+        };
+        (gains, figure)
     }
 
     /// Project a block of rows into the neighbour space the way a plate is
@@ -497,8 +570,15 @@ impl Model {
     /// scale, clipped, PCA) — without aligning it. With [`Model::restore`]
     /// this seeds a model with many indexed rows cheaply (the streaming
     /// bench's warm start) when an offline fit would take too long.
-    pub fn project(&self, x: ArrayView2<f64>, controls: Option<&[bool]>) -> Array2<f32> {
-        let (z, _) = self.normalise_plate(x, controls);
+    /// `batch`: the plate's batch (its frozen gains when the reference fit
+    /// had it), `None` = measure the gains on the plate's controls.
+    pub fn project(
+        &self,
+        x: ArrayView2<f64>,
+        controls: Option<&[bool]>,
+        batch: Option<&str>,
+    ) -> Array2<f32> {
+        let (z, _, _) = self.normalise_plate(x, controls, batch);
         self.pca.transform_f32(clipped(&z).view())
     }
 
@@ -531,7 +611,7 @@ impl Model {
         }
         let params = &self.meta.params;
         let p = self.meta.dims;
-        let (z, n_controls) = self.normalise_plate(x, controls);
+        let (z, n_controls, control_gain) = self.normalise_plate(x, controls, Some(batch));
         let y_raw = self.pca.transform_f32(clipped(&z).view());
         let batch_id = self.meta.batches.iter().position(|b| b == batch);
         let n_batches = self.meta.batches.len();
@@ -702,6 +782,7 @@ impl Model {
             cross_batch_distance_before,
             cross_batch_distance_after,
             control_dispersion,
+            control_gain,
             coverage_min,
             coverage_median,
             new_batch: batch_id.is_none(),
@@ -846,7 +927,7 @@ impl Model {
             "replayed plate has {} rows, recorded {n}",
             x.nrows()
         );
-        let (z, _) = self.normalise_plate(x, controls);
+        let (z, _, _) = self.normalise_plate(x, controls, Some(&record.batch));
         let y_raw = self.pca.transform_f32(clipped(&z).view());
         let start = record.first_row as usize * p;
         let stored =

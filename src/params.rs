@@ -41,6 +41,19 @@ pub enum NeighborSpace {
     Whitened,
 }
 
+/// How each batch's features are scaled before the alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchScale {
+    /// One pooled scale per feature for every batch.
+    None,
+    /// Per batch and feature, a gain measured on the negative controls
+    /// (their MAD against the pooled control MAD), shrunk by empirical Bayes
+    /// (no effect without controls).
+    #[default]
+    Controls,
+}
+
 /// Which neighbour search backs the per-batch indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +79,8 @@ pub struct Params {
     pub neighbor_dims: usize,
     /// Plain PCA scores or control-whitened ones.
     pub neighbor_space: NeighborSpace,
+    /// Per-batch control gains or one pooled scale.
+    pub batch_scale: BatchScale,
     /// Sampling budget as a fraction of the rows (landmarks <= budget * n).
     pub budget: f64,
     /// Minimum number of landmarks regardless of `budget` (capped at n).
@@ -104,6 +119,7 @@ impl Default for Params {
             m: 10,
             neighbor_dims: 50,
             neighbor_space: NeighborSpace::Whitened,
+            batch_scale: BatchScale::Controls,
             budget: 0.3,
             min_landmarks: 500,
             coverage_target: 1.0,

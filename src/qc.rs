@@ -73,6 +73,9 @@ pub struct QcFigures {
     pub cross_batch_distance_after: Option<f64>,
     /// Median distance of control rows to their centroid after correction.
     pub control_dispersion: Option<f64>,
+    /// Spread of the plate's controls against the reference's, folded to >= 1.
+    #[serde(default)]
+    pub control_gain: Option<f64>,
     /// Median coverage of the plate's rows.
     pub coverage_median: Option<f64>,
 }
@@ -89,17 +92,21 @@ pub enum OutlierReason {
     CrossBatchDistanceAfter,
     /// The plate's controls are unusually dispersed.
     ControlDispersion,
+    /// The plate's controls are unusually bright or dim (spread) against the
+    /// reference.
+    ControlGain,
     /// The plate's rows reached unusually low coverage.
     CoverageMedian,
 }
 
 impl OutlierReason {
     /// Every reason, in label order.
-    pub const ALL: [OutlierReason; 5] = [
+    pub const ALL: [OutlierReason; 6] = [
         OutlierReason::MeanOffset,
         OutlierReason::MixingAfter,
         OutlierReason::CrossBatchDistanceAfter,
         OutlierReason::ControlDispersion,
+        OutlierReason::ControlGain,
         OutlierReason::CoverageMedian,
     ];
 
@@ -110,6 +117,7 @@ impl OutlierReason {
             OutlierReason::MixingAfter => "mixing_after",
             OutlierReason::CrossBatchDistanceAfter => "cross_batch_distance_after",
             OutlierReason::ControlDispersion => "control_dispersion",
+            OutlierReason::ControlGain => "control_gain",
             OutlierReason::CoverageMedian => "coverage_median",
         }
     }
@@ -121,6 +129,7 @@ impl OutlierReason {
             OutlierReason::MixingAfter => (f.mixing_after, -1.0),
             OutlierReason::CrossBatchDistanceAfter => (f.cross_batch_distance_after, 1.0),
             OutlierReason::ControlDispersion => (f.control_dispersion, 1.0),
+            OutlierReason::ControlGain => (f.control_gain, 1.0),
             OutlierReason::CoverageMedian => (f.coverage_median, -1.0),
         }
     }
@@ -374,6 +383,8 @@ pub struct PlateQcRow {
     pub mean_offset: f64,
     /// Median distance of control rows to their centroid after correction.
     pub control_dispersion: Option<f64>,
+    /// Spread of the plate's controls against the reference's, folded to >= 1.
+    pub control_gain: Option<f64>,
     /// Outlier verdict against the previous plates of the batch (plate
     /// order = order of first appearance in the table).
     pub verdict: OutlierVerdict,
@@ -391,6 +402,7 @@ pub fn offline_plate_qc(
     batch: &[String],
     plate: &[String],
     controls: Option<&[bool]>,
+    control_gain: &dyn Fn(&str) -> Option<f64>,
     k: usize,
     kind: crate::params::IndexKind,
     cfg: &QcConfig,
@@ -526,11 +538,13 @@ pub fn offline_plate_qc(
                 .collect();
             median_inplace(&mut d)
         });
+        let control_gain = control_gain(p).and_then(finite);
         let figures = QcFigures {
             mean_offset: finite(mean_offset),
             mixing_after: finite(mixing_after),
             cross_batch_distance_after: finite(cbd_after),
             control_dispersion: control_dispersion.and_then(finite),
+            control_gain,
             coverage_median: None,
         };
         let h = history.entry(b).or_default();
@@ -547,6 +561,7 @@ pub fn offline_plate_qc(
             cross_batch_distance_after: cbd_after,
             mean_offset,
             control_dispersion,
+            control_gain,
             verdict,
         });
     }

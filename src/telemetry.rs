@@ -612,7 +612,7 @@ impl Telemetry {
     /// A corrected plate's QC figures and verdict.
     pub fn plate_qc(&self, qc: &crate::model::PlateQc, verdict: &OutlierVerdict) {
         let i = &self.inner;
-        let figures: [(&str, f64); 9] = [
+        let figures: [(&str, f64); 10] = [
             ("mean_offset", qc.mean_offset),
             ("mixing_before", qc.mixing_before),
             ("mixing_after", qc.mixing_after),
@@ -625,6 +625,7 @@ impl Telemetry {
                 "control_dispersion",
                 qc.control_dispersion.unwrap_or(f64::NAN),
             ),
+            ("control_gain", qc.control_gain.unwrap_or(f64::NAN)),
             ("coverage_min", qc.coverage_min),
             ("coverage_median", qc.coverage_median),
             ("outlier", if verdict.outlier { 1.0 } else { 0.0 }),

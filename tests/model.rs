@@ -200,7 +200,7 @@ fn qc_mixing_reuses_queries_without_changing_figures() {
             .correct_plate("P", batch, x.view(), Some(&c), 1)
             .unwrap();
         let b = model.meta().batches.iter().position(|x| x == batch);
-        let y_raw = model.project(x.view(), Some(&c));
+        let y_raw = model.project(x.view(), Some(&c), Some(batch));
         let before = model.plate_mixing(&y_raw, b).unwrap();
         assert_eq!(pc.qc.mixing_before, before.0, "{batch}");
         assert_eq!(pc.qc.cross_batch_distance_before, before.1, "{batch}");
@@ -227,4 +227,59 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
     )
     .unwrap();
     assert_eq!(restored.len(), model.len());
+}
+
+/// `x` with every feature stretched by `g` about its control median.
+fn stretched(x: &Array2<f64>, ctrl: &[bool], g: f64) -> Array2<f64> {
+    let mut out = x.clone();
+    for (f, mut col) in out.axis_iter_mut(Axis(1)).enumerate() {
+        let mut c: Vec<f64> = (0..x.nrows())
+            .filter(|&i| ctrl[i])
+            .map(|i| x[[i, f]])
+            .collect();
+        let centre = balans::preprocess::median_inplace(&mut c);
+        col.mapv_inplace(|v| centre + g * (v - centre));
+    }
+    out
+}
+
+#[test]
+fn a_new_batch_plate_measures_its_gain_on_its_own_controls() {
+    let (t, model, plate_rows, new_rows) = setup();
+    // The reference fit measured a gain for each of its batches.
+    assert_eq!(model.meta().batch_gain.len(), 3);
+    assert!(!model.meta().control_mad.is_empty());
+    let (x, ctrl) = plate_inputs(&t, &new_rows);
+    assert!(ctrl.iter().filter(|&&c| c).count() >= 8);
+    // A plate of an unseen batch whose staining is twice as strong gives the
+    // same output as the plate itself: its gain is measured and removed.
+    let a = model
+        .correct_plate("P", "Batch04", x.view(), Some(&ctrl), 1)
+        .unwrap();
+    let x2 = stretched(&x, &ctrl, 2.0);
+    let b = model
+        .correct_plate("P", "Batch04", x2.view(), Some(&ctrl), 1)
+        .unwrap();
+    let spread = a.corrected.mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+    let diff = (&a.corrected - &b.corrected)
+        .mapv(f64::abs)
+        .fold(0.0f64, |m, &v| m.max(v));
+    assert!(diff <= 1e-6 * spread, "stretched plate moved by {diff}");
+    // A plate of a reference batch uses that batch's frozen gain instead:
+    // the same stretch now shows in the output.
+    let (y, yctrl) = plate_inputs(&t, &plate_rows);
+    let c = model
+        .correct_plate("Q", "Batch02", y.view(), Some(&yctrl), 1)
+        .unwrap();
+    let y2 = stretched(&y, &yctrl, 2.0);
+    let d = model
+        .correct_plate("Q", "Batch02", y2.view(), Some(&yctrl), 1)
+        .unwrap();
+    let moved = (&c.corrected - &d.corrected)
+        .mapv(f64::abs)
+        .fold(0.0f64, |m, &v| m.max(v));
+    assert!(
+        moved > 1e-3 * spread,
+        "frozen gain ignored the stretch ({moved})"
+    );
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use balans::balans::{correct, Dataset, Summary};
 use balans::config::{Config, NonFinite};
 use balans::mixing::{mixing_figures, MixingFigures};
-use balans::params::{IndexKind, KernelKind, NeighborSpace, Retention};
+use balans::params::{BatchScale, IndexKind, KernelKind, NeighborSpace, Retention};
 use balans::preprocess::dense_ids;
 use balans::profile::{self, ControlSelector, NonFinitePolicy};
 use balans::table;
@@ -70,6 +70,9 @@ pub struct CorrectArgs {
     /// Neighbour space: pca, or whitened (PCA whitened on the --control rows; pca without enough controls) [default: whitened].
     #[arg(long, value_parser = parse_neighbor_space)]
     pub neighbor_space: Option<NeighborSpace>,
+    /// Per-batch feature scaling: controls (each batch's gain per feature from its --control rows' MAD, shrunk by empirical Bayes), or none (one pooled scale) [default: controls].
+    #[arg(long, value_parser = parse_batch_scale)]
+    pub batch_scale: Option<BatchScale>,
     /// Sampling budget as a fraction of rows [default: 0.3].
     #[arg(long)]
     pub budget: Option<f64>,
@@ -124,6 +127,14 @@ fn parse_neighbor_space(s: &str) -> Result<NeighborSpace, String> {
         "pca" => Ok(NeighborSpace::Pca),
         "whitened" => Ok(NeighborSpace::Whitened),
         _ => Err(format!("unknown neighbour space {s:?} (pca, whitened)")),
+    }
+}
+
+fn parse_batch_scale(s: &str) -> Result<BatchScale, String> {
+    match s {
+        "none" => Ok(BatchScale::None),
+        "controls" => Ok(BatchScale::Controls),
+        _ => Err(format!("unknown batch scale {s:?} (none, controls)")),
     }
 }
 
@@ -185,7 +196,15 @@ impl CorrectArgs {
             trust,
             trust_k
         );
-        set!(kernel, retention, index, neighbor_space, seed, threads);
+        set!(
+            kernel,
+            retention,
+            index,
+            neighbor_space,
+            batch_scale,
+            seed,
+            threads
+        );
         if self.exact {
             m.exact = true;
         }
@@ -307,12 +326,23 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         } else {
             cfg.method.index
         };
+        // The fit's plate ids are dense_ids of the same labels.
+        let (plate_ids, plate_names) = dense_ids(&plates);
+        let gains =
+            fit.normalizer
+                .plate_control_gains(fm.values.view(), &plate_ids, controls.as_deref());
+        let gain_of: std::collections::HashMap<&str, Option<f64>> = plate_names
+            .iter()
+            .map(String::as_str)
+            .zip(gains.iter().copied())
+            .collect();
         let rows = balans::qc::offline_plate_qc(
             y_before.view(),
             fit.y_after.view(),
             &batch_labels,
             &plates,
             controls.as_deref(),
+            &|p| gain_of.get(p).copied().flatten(),
             cfg.method.k,
             kind,
             &cfg.qc,
@@ -376,6 +406,7 @@ fn qc_table(rows: &[balans::qc::PlateQcRow]) -> Result<arrow_array::RecordBatch>
         f("cross_batch_distance_after", DataType::Float64, true),
         f("mean_offset", DataType::Float64, true),
         f("control_dispersion", DataType::Float64, true),
+        f("control_gain", DataType::Float64, true),
         f("history", DataType::UInt64, false),
         f("outlier", DataType::Boolean, false),
         f("outlier_reasons", DataType::Utf8, false),
@@ -411,6 +442,9 @@ fn qc_table(rows: &[balans::qc::PlateQcRow]) -> Result<arrow_array::RecordBatch>
         )),
         Arc::new(Float64Array::from_iter(
             rows.iter().map(|r| r.control_dispersion.and_then(opt)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.control_gain.and_then(opt)),
         )),
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|r| r.verdict.history as u64),
