@@ -108,6 +108,10 @@ pub struct Summary {
     pub neighbor_dims: usize,
     /// Neighbour space used: `whitened` (on the controls) or `pca`.
     pub neighbor_space: String,
+    /// Per batch, the empirical-Bayes factor its control gains were shrunk
+    /// by (1 = as measured, 0 = only the batch's mean gain or, with too few
+    /// controls, gain 1); empty when batch scaling was off.
+    pub batch_gain_shrink: Vec<f64>,
     /// Per-round figures.
     pub rounds: Vec<RoundSummary>,
     /// Total wall time.
@@ -319,6 +323,7 @@ fn correct_in_pool(
         plates_without_controls: norm.plates_without_controls.len(),
         neighbor_dims: pca.dims(),
         neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
+        batch_gain_shrink: norm.gain_shrink.clone(),
         rounds,
         seconds: started.elapsed().as_secs_f64(),
     };
