@@ -472,30 +472,16 @@ pub fn print_report(r: &RunReport) {
         "  rows {}  batches {}  plates {}  features {} ({} corrected)",
         f.rows, f.batches, f.plates, f.features, f.corrected_features
     );
-    let measured: Vec<f64> = f
-        .batch_gain_shrink
-        .iter()
-        .copied()
-        .filter(|&s| s > 0.0)
-        .collect();
     let gains = if f.batch_gain_shrink.is_empty() {
         "off".to_string()
     } else {
-        let (lo, hi) = measured
+        let (lo, hi) = f
+            .batch_gain_shrink
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
                 (a.min(v), b.max(v))
             });
-        format!(
-            "{} of {} batches measured{}",
-            measured.len(),
-            f.batch_gain_shrink.len(),
-            if measured.is_empty() {
-                String::new()
-            } else {
-                format!(" (shrinkage {lo:.2}-{hi:.2})")
-            }
-        )
+        format!("from the controls (per-feature shrinkage {lo:.2}-{hi:.2} across batches)")
     };
     println!(
         "  neighbour space {} ({} dims)  batch gains {}",
