@@ -24,6 +24,7 @@ pub enum KernelKind {
 pub enum Retention {
     /// Keep the strongest `m` entries in every batch (batch-balanced).
     #[default]
+    #[serde(alias = "per-batch")]
     PerBatch,
     /// Keep the strongest `m * B` entries over all batches together.
     Global,

@@ -165,13 +165,14 @@ impl Normalizer {
                     let mut all: Vec<f64> =
                         ctrl_rows_of.iter().flatten().map(|&i| resid(i)).collect();
                     pooled = median_inplace(&mut all);
+                    let usable = pooled.is_finite() && pooled > 0.0;
                     for (b, rows) in ctrl_rows_of.iter().enumerate() {
-                        if rows.len() < MIN_GAIN_CONTROLS || pooled.is_nan() || pooled <= 0.0 {
+                        if rows.len() < MIN_GAIN_CONTROLS || !usable {
                             continue;
                         }
                         let mut v: Vec<f64> = rows.iter().map(|&i| resid(i)).collect();
                         let mad = median_inplace(&mut v);
-                        if mad > 0.0 && mad.is_finite() && pooled.is_finite() {
+                        if mad > 0.0 && mad.is_finite() {
                             log_gain[b] = (mad / pooled).ln();
                         }
                     }

@@ -95,10 +95,8 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
         other => panic!("expected replay, got {other:?}"),
     };
     let again = model.replay_plate(&rec, x.view(), Some(&ctrl)).unwrap();
-    let diff = (&again - &pc.corrected)
-        .mapv(f64::abs)
-        .fold(0.0f64, |a, &b| a.max(b));
-    let spread = pc.corrected.mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    let diff = max_abs(&(&again - &pc.corrected));
+    let spread = max_abs(&pc.corrected);
     assert!(
         diff <= 1e-4 * spread.max(1.0),
         "replayed output moved by {diff}"
@@ -139,9 +137,7 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
     let b = restored
         .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3)
         .unwrap();
-    let diff = (&a.corrected - &b.corrected)
-        .mapv(f64::abs)
-        .fold(0.0f64, |m, &v| m.max(v));
+    let diff = max_abs(&(&a.corrected - &b.corrected));
     assert!(diff < 1e-6, "restored model corrects differently by {diff}");
     assert_eq!(a.delta.version, b.delta.version);
 }
@@ -229,6 +225,11 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
     assert_eq!(restored.len(), model.len());
 }
 
+/// Largest absolute entry.
+fn max_abs(a: &Array2<f64>) -> f64 {
+    a.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+}
+
 /// `x` with every feature stretched by `g` about its control median.
 fn stretched(x: &Array2<f64>, ctrl: &[bool], g: f64) -> Array2<f64> {
     let mut out = x.clone();
@@ -260,10 +261,8 @@ fn a_new_batch_plate_measures_its_gain_on_its_own_controls() {
     let b = model
         .correct_plate("P", "Batch04", x2.view(), Some(&ctrl), 1)
         .unwrap();
-    let spread = a.corrected.mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
-    let diff = (&a.corrected - &b.corrected)
-        .mapv(f64::abs)
-        .fold(0.0f64, |m, &v| m.max(v));
+    let spread = max_abs(&a.corrected);
+    let diff = max_abs(&(&a.corrected - &b.corrected));
     assert!(diff <= 1e-6 * spread, "stretched plate moved by {diff}");
     // A plate of a reference batch uses that batch's frozen gain instead:
     // the same stretch now shows in the output.
@@ -275,9 +274,7 @@ fn a_new_batch_plate_measures_its_gain_on_its_own_controls() {
     let d = model
         .correct_plate("Q", "Batch02", y2.view(), Some(&yctrl), 1)
         .unwrap();
-    let moved = (&c.corrected - &d.corrected)
-        .mapv(f64::abs)
-        .fold(0.0f64, |m, &v| m.max(v));
+    let moved = max_abs(&(&c.corrected - &d.corrected));
     assert!(
         moved > 1e-3 * spread,
         "frozen gain ignored the stretch ({moved})"

@@ -68,10 +68,10 @@ pub struct CorrectArgs {
     #[arg(long)]
     pub neighbor_dims: Option<usize>,
     /// Neighbour space: pca, or whitened (PCA whitened on the --control rows; pca without enough controls) [default: whitened].
-    #[arg(long, value_parser = parse_neighbor_space)]
+    #[arg(long, value_parser = parse_choice::<NeighborSpace>)]
     pub neighbor_space: Option<NeighborSpace>,
     /// Per-batch feature scaling: controls (each batch's gain per feature from its --control rows' MAD, shrunk by empirical Bayes), or none (one pooled scale) [default: controls].
-    #[arg(long, value_parser = parse_batch_scale)]
+    #[arg(long, value_parser = parse_choice::<BatchScale>)]
     pub batch_scale: Option<BatchScale>,
     /// Sampling budget as a fraction of rows [default: 0.3].
     #[arg(long)]
@@ -95,13 +95,13 @@ pub struct CorrectArgs {
     #[arg(long)]
     pub trust_k: Option<usize>,
     /// Kernel form [default: symmetric].
-    #[arg(long, value_parser = parse_kernel)]
+    #[arg(long, value_parser = parse_choice::<KernelKind>)]
     pub kernel: Option<KernelKind>,
     /// Retention of row entries [default: perbatch].
-    #[arg(long, value_parser = parse_retention)]
+    #[arg(long, value_parser = parse_choice::<Retention>)]
     pub retention: Option<Retention>,
     /// Neighbour index [default: hnsw].
-    #[arg(long, value_parser = parse_index)]
+    #[arg(long, value_parser = parse_choice::<IndexKind>)]
     pub index: Option<IndexKind>,
     /// Exact mode: brute-force neighbours, every row sampled (small tables).
     #[arg(long)]
@@ -114,44 +114,11 @@ pub struct CorrectArgs {
     pub threads: Option<usize>,
 }
 
-fn parse_kernel(s: &str) -> Result<KernelKind, String> {
-    match s {
-        "symmetric" => Ok(KernelKind::Symmetric),
-        "asymmetric" => Ok(KernelKind::Asymmetric),
-        _ => Err(format!("unknown kernel {s:?} (symmetric, asymmetric)")),
-    }
-}
-
-fn parse_neighbor_space(s: &str) -> Result<NeighborSpace, String> {
-    match s {
-        "pca" => Ok(NeighborSpace::Pca),
-        "whitened" => Ok(NeighborSpace::Whitened),
-        _ => Err(format!("unknown neighbour space {s:?} (pca, whitened)")),
-    }
-}
-
-fn parse_batch_scale(s: &str) -> Result<BatchScale, String> {
-    match s {
-        "none" => Ok(BatchScale::None),
-        "controls" => Ok(BatchScale::Controls),
-        _ => Err(format!("unknown batch scale {s:?} (none, controls)")),
-    }
-}
-
-fn parse_retention(s: &str) -> Result<Retention, String> {
-    match s {
-        "perbatch" | "per-batch" => Ok(Retention::PerBatch),
-        "global" => Ok(Retention::Global),
-        _ => Err(format!("unknown retention {s:?} (perbatch, global)")),
-    }
-}
-
-fn parse_index(s: &str) -> Result<IndexKind, String> {
-    match s {
-        "hnsw" => Ok(IndexKind::Hnsw),
-        "exact" => Ok(IndexKind::Exact),
-        _ => Err(format!("unknown index {s:?} (hnsw, exact)")),
-    }
+/// Parse a `[method]` enum value from the command line with the same names
+/// (and error) as the config file: the enums' serde spellings.
+fn parse_choice<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
 }
 
 impl CorrectArgs {
