@@ -227,6 +227,7 @@ fn correct_in_pool(
         seed: params.seed,
         trust: params.trust,
         trust_k: params.trust_k,
+        trust_rule: params.trust_rule,
     };
     let mut total = Array2::<f64>::zeros(w.dim());
     let mut rounds = Vec::new();
@@ -246,7 +247,8 @@ fn correct_in_pool(
             budget_rows as u64,
         );
         let mut cfg = cfg.clone();
-        if let (Some(mask), true) = (data.controls, params.trust > 0.0) {
+        let width_used = params.trust_rule != crate::params::TrustRule::Mutual;
+        if let (Some(mask), true) = (data.controls, params.trust > 0.0 && width_used) {
             if let Some(width) =
                 calibrate_trust(y.view(), &batch_of, &indices, mask, params, round as u64)?
             {

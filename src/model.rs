@@ -632,6 +632,7 @@ impl Model {
             seed: params.seed,
             trust: params.trust,
             trust_k: params.trust_k,
+            trust_rule: params.trust_rule,
         };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();

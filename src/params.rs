@@ -55,6 +55,28 @@ pub enum BatchScale {
     Controls,
 }
 
+/// How a landmark decides how far to trust another batch's correspondence
+/// (the over-correction guard; `docs/method.md`, "Trust test").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustRule {
+    /// Kernel mass: batch `c`'s retained entries weighed under the
+    /// landmark's own-batch scale (times the calibrated `trust` width),
+    /// against its own batch's mass.
+    Mass,
+    /// Mutual neighbours: the affinity-weighted fraction of batch `c`'s
+    /// retained entries `j` that have the landmark among their own `k`
+    /// nearest rows of the landmark's batch (`d(l, j) <= sigma_j^(b(l))`).
+    /// The default: scale-free, so it needs no width calibration.
+    #[default]
+    Mutual,
+    /// The larger of the two: a correspondence is trusted when it is close
+    /// *or* mutual.
+    Either,
+    /// The smaller of the two: close *and* mutual.
+    Both,
+}
+
 /// Which neighbour search backs the per-batch indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -93,12 +115,14 @@ pub struct Params {
     /// Alignment rounds (each re-indexes the corrected neighbour space);
     /// 0 = per-plate normalisation only.
     pub rounds: usize,
-    /// Width of the kernel-mass trust test, in units of the landmark's
+    /// Width of the `mass` trust test, in units of the landmark's
     /// own-batch scale (0 = off: every batch is forced to align).
     pub trust: f64,
     /// Neighbour rank (self counted) of the own-batch scale the trust test
     /// uses: small = replicate scale.
     pub trust_k: usize,
+    /// How the trust of another batch is measured.
+    pub trust_rule: TrustRule,
     /// Kernel form.
     pub kernel: KernelKind,
     /// Retention rule.
@@ -125,9 +149,10 @@ impl Default for Params {
             min_landmarks: 500,
             coverage_target: 1.0,
             round_fraction: 0.02,
-            rounds: 3,
+            rounds: 2,
             trust: 0.5,
             trust_k: 15,
+            trust_rule: TrustRule::Mutual,
             kernel: KernelKind::Symmetric,
             retention: Retention::PerBatch,
             index: IndexKind::Hnsw,

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::index::BatchIndex;
 use crate::kernel::affinity;
-use crate::params::{KernelKind, Retention};
+use crate::params::{KernelKind, Retention, TrustRule};
 use crate::rows::RowSource;
 use crate::scales::{kth_scale, ScaleCache};
 
@@ -67,6 +67,8 @@ pub struct SamplingConfig {
     pub trust: f64,
     /// Neighbour rank of the own-batch scale used by the trust test.
     pub trust_k: usize,
+    /// How the trust test measures a batch's correspondence.
+    pub trust_rule: TrustRule,
 }
 
 /// What a sampling run produced.
@@ -157,14 +159,38 @@ pub fn compute_row_observed(
     }
     all.sort_by_key(|e| e.0);
     let trust = if cfg.trust > 0.0 {
-        let w = (cfg.trust * own_scale).max(crate::kernel::SCALE_FLOOR);
-        let mut mass = vec![0f64; indices.len()];
-        for &(j, _) in &all {
-            let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
-            mass[rows.batch(j as usize) as usize] += (-d2 / (w * w)).exp();
+        let nb = indices.len();
+        let mass = (cfg.trust_rule != TrustRule::Mutual).then(|| {
+            let w = (cfg.trust * own_scale).max(crate::kernel::SCALE_FLOOR);
+            let mut mass = vec![0f64; nb];
+            for &(j, _) in &all {
+                let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
+                mass[rows.batch(j as usize) as usize] += (-d2 / (w * w)).exp();
+            }
+            let own = mass.get(bi).copied().unwrap_or(0.0).max(1e-300);
+            mass.iter()
+                .map(|m| (m / own).min(1.0))
+                .collect::<Vec<f64>>()
+        });
+        let mutual = if cfg.trust_rule != TrustRule::Mass {
+            Some(mutual_fractions(
+                &all, &dist2, bi, nb, rows, indices, cache,
+            )?)
+        } else {
+            None
+        };
+        match (mass, mutual) {
+            (Some(m), None) | (None, Some(m)) => m.iter().map(|&t| t as f32).collect(),
+            (Some(m), Some(u)) => m
+                .iter()
+                .zip(&u)
+                .map(|(&a, &b)| match cfg.trust_rule {
+                    TrustRule::Both => a.min(b),
+                    _ => a.max(b),
+                } as f32)
+                .collect(),
+            (None, None) => Vec::new(),
         }
-        let own = mass.get(bi).copied().unwrap_or(0.0).max(1e-300);
-        mass.iter().map(|m| (m / own).min(1.0) as f32).collect()
     } else {
         Vec::new()
     };
@@ -173,6 +199,57 @@ pub fn compute_row_observed(
         entries: all,
         trust,
     })
+}
+
+/// Relative tolerance of the mutual test's distance comparison.
+const MUTUAL_TOLERANCE: f64 = 1e-5;
+
+/// Per batch, the affinity-weighted fraction of the row's retained entries
+/// that are *mutual* neighbours of landmark `i` (batch `bi`): entry `j` of
+/// batch `c` is mutual when `i` lies within `j`'s `k` nearest rows of batch
+/// `bi`, i.e. `d(i, j) <= sigma_j^(bi)` (the scale the symmetric kernel
+/// already needs, memoised in `cache`). `i` has `j` among its own `k.max(m)`
+/// nearest of batch `c` by construction, so the test is the classic
+/// mutual-nearest-neighbour pair test (Haghverdi et al. 2018). The own batch
+/// gets 1.
+fn mutual_fractions(
+    entries: &[(u32, f32)],
+    dist2: &std::collections::HashMap<u32, f32>,
+    bi: usize,
+    n_batches: usize,
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
+    cache: &ScaleCache,
+) -> Result<Vec<f64>> {
+    let mut hit = vec![0f64; n_batches];
+    let mut all = vec![0f64; n_batches];
+    for &(j, a) in entries {
+        let c = rows.batch(j as usize) as usize;
+        if c == bi {
+            continue;
+        }
+        let s_j = cache.get_or_compute(j as usize, bi, rows, indices)?;
+        let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
+        all[c] += a as f64;
+        // `d2` (from i's query) and `s_j` (from j's query) are f32
+        // distances computed by two searches; when i *is* j's k-th
+        // neighbour they differ in the last bits, so compare with a
+        // tolerance above f32 rounding and far below neighbour gaps.
+        if d2 <= s_j * s_j * (1.0 + MUTUAL_TOLERANCE) {
+            hit[c] += a as f64;
+        }
+    }
+    Ok((0..n_batches)
+        .map(|c| {
+            if c == bi {
+                1.0
+            } else if all[c] > 0.0 {
+                hit[c] / all[c]
+            } else {
+                0.0
+            }
+        })
+        .collect())
 }
 
 /// Keep the `m` largest affinities (ties: smaller row id first).
@@ -278,6 +355,7 @@ mod tests {
             seed: 7,
             trust: 0.0,
             trust_k: 5,
+            trust_rule: TrustRule::Mass,
         }
     }
 
@@ -411,5 +489,129 @@ mod tests {
         .unwrap();
         assert_eq!(s.rows.len(), 20);
         assert!(s.rows.iter().all(|r| r.landmark >= 80));
+    }
+
+    /// Three batches of three uniform blobs 20 apart; batch 2 lacks group 0,
+    /// batch 1 is displaced by 3 (1.5x a blob's width).
+    fn grouped(n_per: usize, seed: u64) -> (Array2<f32>, Vec<u32>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut v = Vec::new();
+        let mut b = Vec::new();
+        for batch in 0..3u32 {
+            for g in 0..3usize {
+                if batch == 2 && g == 0 {
+                    continue;
+                }
+                for _ in 0..n_per {
+                    let shift = if batch == 1 { 3.0 } else { 0.0 };
+                    v.push(g as f32 * 20.0 + shift + rng.gen_range(-1.0..1.0));
+                    v.push(rng.gen_range(-1.0..1.0));
+                    b.push(batch);
+                }
+            }
+        }
+        (Array2::from_shape_vec((b.len(), 2), v).unwrap(), b)
+    }
+
+    #[test]
+    fn mutual_trust_matches_brute_force() {
+        let (y, b) = grouped(12, 3);
+        let n = b.len();
+        let idx = build_batch_indices(y.view(), &b, 3, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
+        let d2 = |i: usize, j: usize| -> f64 {
+            (0..2)
+                .map(|t| ((y[[i, t]] - y[[j, t]]) as f64).powi(2))
+                .sum()
+        };
+        let mut c = cfg(n, f64::INFINITY);
+        c.trust = 0.5;
+        let mut mass_cfg = c.clone();
+        mass_cfg.trust_rule = TrustRule::Mass;
+        for i in (0..n).step_by(5) {
+            c.trust_rule = TrustRule::Mutual;
+            let cache = ScaleCache::new(n, 3, 5);
+            let row = compute_row(i, &rows, &idx, &cache, &c).unwrap();
+            // Oracle: entry j of batch c is mutual when fewer than k rows of
+            // i's batch are strictly closer to j than i is.
+            let mut hit = [0f64; 3];
+            let mut all = [0f64; 3];
+            for &(j, a) in &row.entries {
+                let (j, cj) = (j as usize, b[j as usize] as usize);
+                if cj == b[i] as usize {
+                    continue;
+                }
+                let closer = (0..n)
+                    .filter(|&q| b[q] == b[i] && d2(j, q) < d2(j, i) - 1e-9)
+                    .count();
+                all[cj] += a as f64;
+                if closer < c.k {
+                    hit[cj] += a as f64;
+                }
+            }
+            for cb in 0..3 {
+                let want = if cb == b[i] as usize {
+                    1.0
+                } else if all[cb] > 0.0 {
+                    hit[cb] / all[cb]
+                } else {
+                    0.0
+                };
+                assert!(
+                    (row.trust[cb] as f64 - want).abs() < 1e-6,
+                    "row {i} batch {cb}: {} vs {want}",
+                    row.trust[cb]
+                );
+            }
+            // Either / Both combine the two tests by max / min.
+            let mass = compute_row(i, &rows, &idx, &cache, &mass_cfg).unwrap();
+            for (rule, f) in [
+                (TrustRule::Either, f32::max as fn(f32, f32) -> f32),
+                (TrustRule::Both, f32::min),
+            ] {
+                c.trust_rule = rule;
+                let r = compute_row(i, &rows, &idx, &cache, &c).unwrap();
+                for cb in 0..3 {
+                    assert_eq!(r.trust[cb], f(mass.trust[cb], row.trust[cb]));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mutual_trust_follows_a_displaced_state_but_not_an_absent_one() {
+        // Batch 1 is the same three groups displaced by 3 (1.5x the spread):
+        // the mutual test trusts it where the kernel-mass test at a replicate
+        // width does not. Group 0 is absent from batch 2: its nearest batch-2
+        // rows belong to group 1, whose own nearest batch-0 rows are group 1,
+        // so the correspondence is not mutual. k = the group size, so a
+        // displaced group is mutual as a whole, not only on its facing edge.
+        let (y, b) = grouped(12, 5);
+        let n = b.len();
+        let idx = build_batch_indices(y.view(), &b, 3, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
+        let mut c = cfg(n, f64::INFINITY);
+        c.trust = 0.5;
+        c.k = 12;
+        let mut mass = c.clone();
+        mass.trust_rule = TrustRule::Mass;
+        c.trust_rule = TrustRule::Mutual;
+        let mean = |cfg: &SamplingConfig, rows_of: &[usize], batch: usize| -> f32 {
+            let cache = ScaleCache::new(n, 3, 12);
+            rows_of
+                .iter()
+                .map(|&i| compute_row(i, &rows, &idx, &cache, cfg).unwrap().trust[batch])
+                .sum::<f32>()
+                / rows_of.len() as f32
+        };
+        // Batch-0 rows of group 0 (absent from batch 2) and of group 2.
+        let g0: Vec<usize> = (0..12).collect();
+        let g2: Vec<usize> = (24..36).collect();
+        assert!(mean(&c, &g0, 1) > 0.8, "displaced state trusted");
+        assert!(mean(&mass, &g0, 1) < 0.2, "mass test misses it");
+        assert!(mean(&c, &g2, 2) > 0.8, "shared state trusted");
+        assert!(mean(&c, &g0, 2) < 0.2, "absent state not trusted");
     }
 }

@@ -104,10 +104,9 @@ impl StateDir {
                 return Ok(None);
             }
         }
-        let meta: ModelMeta = serde_json::from_slice(
+        let meta = parse_meta(
             &std::fs::read(snap.join("meta.json")).context("cannot read snapshot meta.json")?,
-        )
-        .context("snapshot meta.json is corrupt")?;
+        )?;
         let y = read_words(&snap.join("y.f32"))?
             .into_iter()
             .map(f32::from_le_bytes)
@@ -232,4 +231,18 @@ impl StateDir {
         self.since_snapshot = 0;
         Ok(())
     }
+}
+
+/// Parse a snapshot's `meta.json`. States written before `trust_rule`
+/// existed were corrected with the kernel-mass test: they restore with
+/// `trust_rule = "mass"`, so a restarted daemon keeps a feed's semantics
+/// (a new state gets the current default).
+fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(bytes).context("snapshot meta.json is corrupt")?;
+    if let Some(p) = v.get_mut("params").and_then(|p| p.as_object_mut()) {
+        p.entry("trust_rule")
+            .or_insert_with(|| serde_json::Value::from("mass"));
+    }
+    serde_json::from_value(v).context("snapshot meta.json is corrupt")
 }

@@ -223,6 +223,7 @@ fn sampled_rows_match_exact_affinities() {
         seed: 1,
         trust: 0.0,
         trust_k: 5,
+        trust_rule: Default::default(),
     };
     let exact_idx: Vec<&BatchIndex> = exact_idx.iter().collect();
     let hnsw_idx: Vec<&BatchIndex> = hnsw_idx.iter().collect();

@@ -225,6 +225,39 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
     assert_eq!(restored.len(), model.len());
 }
 
+#[test]
+fn states_written_before_the_trust_rule_restore_with_the_mass_test() {
+    use balans::params::TrustRule;
+    use balans::state::StateDir;
+    let (_t, model, _, _) = setup();
+    assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = StateDir::open(dir.path()).unwrap();
+    state.snapshot(&model).unwrap();
+    let (current, _) = StateDir::open(dir.path())
+        .unwrap()
+        .restore()
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.meta().params.trust_rule, TrustRule::Mutual);
+    // The same snapshot as a build without `trust_rule` wrote it.
+    let meta = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path().join("meta.json"))
+        .find(|p| p.exists())
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    v["params"].as_object_mut().unwrap().remove("trust_rule");
+    std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
+    let (old, _) = StateDir::open(dir.path())
+        .unwrap()
+        .restore()
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.meta().params.trust_rule, TrustRule::Mass);
+    assert_eq!(old.len(), model.len());
+}
+
 /// Largest absolute entry.
 fn max_abs(a: &Array2<f64>) -> f64 {
     a.iter().fold(0.0f64, |m, v| m.max(v.abs()))

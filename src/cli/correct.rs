@@ -10,7 +10,7 @@ use serde::Serialize;
 use balans::balans::{correct, Dataset, Summary};
 use balans::config::{Config, NonFinite};
 use balans::mixing::{mixing_figures, MixingFigures};
-use balans::params::{BatchScale, IndexKind, KernelKind, NeighborSpace, Retention};
+use balans::params::{BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, TrustRule};
 use balans::preprocess::dense_ids;
 use balans::profile::{self, ControlSelector, NonFinitePolicy};
 use balans::table;
@@ -85,15 +85,18 @@ pub struct CorrectArgs {
     /// Landmarks per sampling round as a fraction of rows [default: 0.02].
     #[arg(long)]
     pub round_fraction: Option<f64>,
-    /// Alignment rounds; 0 = per-plate normalisation only [default: 3].
+    /// Alignment rounds; 0 = per-plate normalisation only [default: 2].
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Width of the kernel-mass trust test (x the control-calibrated width when --control is given); 0 forces alignment [default: 0.5].
+    /// Width of the `mass` trust test (x the control-calibrated width when --control is given); 0 turns the trust test off and forces alignment, whatever the rule [default: 0.5].
     #[arg(long)]
     pub trust: Option<f64>,
-    /// Neighbour rank of the own-batch scale in the trust test [default: 15].
+    /// Neighbour rank of the own-batch scale in the `mass` trust test [default: 15].
     #[arg(long)]
     pub trust_k: Option<usize>,
+    /// How the trust test measures another batch's correspondence: mutual (mutual nearest neighbours), mass (kernel mass at the `--trust` width), either (the larger), both (the smaller) [default: mutual].
+    #[arg(long, value_parser = parse_choice::<TrustRule>)]
+    pub trust_rule: Option<TrustRule>,
     /// Kernel form [default: symmetric].
     #[arg(long, value_parser = parse_choice::<KernelKind>)]
     pub kernel: Option<KernelKind>,
@@ -169,6 +172,7 @@ impl CorrectArgs {
             index,
             neighbor_space,
             batch_scale,
+            trust_rule,
             seed,
             threads
         );
