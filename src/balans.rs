@@ -77,7 +77,8 @@ pub struct RoundSummary {
     pub uncovered: usize,
     /// Mean Euclidean norm of the offsets applied (robust-z units).
     pub mean_offset: f64,
-    /// Trust-test width used (calibrated on controls when given).
+    /// Width of the `mass` trust test used (calibrated on controls when
+    /// given); 0 when the rule uses no width (`mutual`) or the test is off.
     pub trust_width: f64,
     /// Seconds building the per-batch indices.
     pub index_seconds: f64,
@@ -108,6 +109,9 @@ pub struct Summary {
     pub neighbor_dims: usize,
     /// Neighbour space used: `whitened` (on the controls) or `pca`.
     pub neighbor_space: String,
+    /// Trust test used: `mutual`, `mass`, `either`, `both`, or `off`
+    /// (`trust = 0`: every batch forced to align).
+    pub trust_rule: String,
     /// Per batch, the empirical-Bayes factor its control gains were shrunk
     /// by (1 = as measured, 0 = only the batch's mean gain or, with too few
     /// controls, gain 1); empty when batch scaling was off.
@@ -255,7 +259,11 @@ fn correct_in_pool(
                 cfg.trust = params.trust * width;
             }
         }
-        trust_widths.push(cfg.trust);
+        trust_widths.push(if width_used && params.trust > 0.0 {
+            cfg.trust
+        } else {
+            0.0
+        });
         let cache = ScaleCache::new(n, n_batches, params.k);
         let rows = MatrixRows::new(y.view(), &batch_of)?;
         let index_refs: Vec<&BatchIndex> = indices.iter().collect();
@@ -325,6 +333,14 @@ fn correct_in_pool(
         plates_without_controls: norm.plates_without_controls.len(),
         neighbor_dims: pca.dims(),
         neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
+        trust_rule: if params.trust > 0.0 {
+            serde_json::to_value(params.trust_rule)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        } else {
+            "off".to_string()
+        },
         batch_gain_shrink: norm.gain_shrink.clone(),
         rounds,
         seconds: started.elapsed().as_secs_f64(),

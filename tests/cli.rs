@@ -105,6 +105,10 @@ fn correct_keeps_every_column_and_row_in_every_format() {
         let j: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
         assert_eq!(j["fit"]["rows"], 600);
+        // The default trust test is the mutual one, which uses no width.
+        assert!(text.contains("trust test mutual"), "{text}");
+        assert_eq!(j["fit"]["trust_rule"], "mutual");
+        assert_eq!(j["fit"]["rounds"][0]["trust_width"], 0.0);
     }
 }
 

@@ -455,8 +455,8 @@ pub fn print_report(r: &RunReport) {
         format!("from the controls (per-feature shrinkage {lo:.2}-{hi:.2} across batches)")
     };
     println!(
-        "  neighbour space {} ({} dims)  batch gains {}",
-        f.neighbor_space, f.neighbor_dims, gains
+        "  neighbour space {} ({} dims)  batch gains {}  trust test {}",
+        f.neighbor_space, f.neighbor_dims, gains, f.trust_rule
     );
     for (i, round) in f.rounds.iter().enumerate() {
         println!(
