@@ -228,6 +228,7 @@ fn correct_in_pool(
             params.coverage_target
         },
         round_rows: ((params.round_fraction * n as f64).ceil() as usize).max(16),
+        rule: params.sampling_rule,
         seed: params.seed,
         trust: params.trust,
         trust_k: params.trust_k,

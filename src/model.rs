@@ -629,6 +629,7 @@ impl Model {
             budget_rows: n_plate,
             coverage_target: f64::INFINITY,
             round_rows: n_plate,
+            rule: params.sampling_rule,
             seed: params.seed,
             trust: params.trust,
             trust_k: params.trust_k,

@@ -77,6 +77,18 @@ pub enum TrustRule {
     Both,
 }
 
+/// Which rows each sampling round takes as landmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplingRule {
+    /// The lowest-coverage rows first (seeded random tie-break).
+    #[default]
+    Lowest,
+    /// Random rows, drawn without replacement with probability proportional
+    /// to `1 / (1 + coverage)` (the reviews' "proportionately to coverage").
+    Proportional,
+}
+
 /// Which neighbour search backs the per-batch indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -110,6 +122,8 @@ pub struct Params {
     pub min_landmarks: usize,
     /// Coverage a row needs before it stops being a sampling priority.
     pub coverage_target: f64,
+    /// How each sampling round picks its landmarks.
+    pub sampling_rule: SamplingRule,
     /// Rows sampled per sampling round, as a fraction of n (at least 16).
     pub round_fraction: f64,
     /// Alignment rounds (each re-indexes the corrected neighbour space);
@@ -148,6 +162,7 @@ impl Default for Params {
             budget: 0.3,
             min_landmarks: 500,
             coverage_target: 1.0,
+            sampling_rule: SamplingRule::Lowest,
             round_fraction: 0.02,
             rounds: 2,
             trust: 0.5,

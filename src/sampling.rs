@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::index::BatchIndex;
 use crate::kernel::affinity;
-use crate::params::{KernelKind, Retention, TrustRule};
+use crate::params::{KernelKind, Retention, SamplingRule, TrustRule};
 use crate::rows::RowSource;
 use crate::scales::{kth_scale, ScaleCache};
 
@@ -56,6 +56,8 @@ pub struct SamplingConfig {
     pub coverage_target: f64,
     /// Landmarks per sampling round.
     pub round_rows: usize,
+    /// How a round picks its landmarks among the rows below the target.
+    pub rule: SamplingRule,
     /// Seed of the tie-break ranks.
     pub seed: u64,
     /// Kernel-mass trust test width (0 = off). A batch `c` is trusted at
@@ -252,6 +254,30 @@ fn mutual_fractions(
         .collect())
 }
 
+/// `take` of the rows `cand`, drawn without replacement with probability
+/// proportional to `1 / (1 + coverage)` (Efraimidis-Spirakis keys
+/// `ln(u) / w`, the largest `take` win), seeded by `seed` and the round.
+fn weighted_draw(cand: &[u32], coverage: &[f64], take: usize, seed: u64, round: u64) -> Vec<u32> {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(round + 1),
+    );
+    let mut keyed: Vec<(f64, u32)> = cand
+        .iter()
+        .map(|&j| {
+            let w = 1.0 / (1.0 + coverage[j as usize].max(0.0));
+            let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+            (u.ln() / w, j)
+        })
+        .collect();
+    let by_key = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if take < keyed.len() {
+        keyed.select_nth_unstable_by(take - 1, by_key);
+        keyed.truncate(take);
+    }
+    keyed.into_iter().map(|(_, j)| j).collect()
+}
+
 /// Keep the `m` largest affinities (ties: smaller row id first).
 fn keep_strongest(v: &mut Vec<(u32, f32)>, m: usize) {
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -300,8 +326,15 @@ pub fn sample(
                 .then(rank[*a as usize].cmp(&rank[*b as usize]))
         };
         if take < cand.len() {
-            cand.select_nth_unstable_by(take - 1, cmp);
-            cand.truncate(take);
+            match cfg.rule {
+                SamplingRule::Lowest => {
+                    cand.select_nth_unstable_by(take - 1, cmp);
+                    cand.truncate(take);
+                }
+                SamplingRule::Proportional => {
+                    cand = weighted_draw(&cand, &coverage, take, cfg.seed, rounds as u64);
+                }
+            }
         }
         cand.sort_by(cmp);
         let new_rows: Vec<SparseRow> = cand
@@ -352,6 +385,7 @@ mod tests {
             budget_rows: budget,
             coverage_target: target,
             round_rows: 8,
+            rule: SamplingRule::Lowest,
             seed: 7,
             trust: 0.0,
             trust_k: 5,
@@ -613,5 +647,60 @@ mod tests {
         assert!(mean(&mass, &g0, 1) < 0.2, "mass test misses it");
         assert!(mean(&c, &g2, 2) > 0.8, "shared state trusted");
         assert!(mean(&c, &g0, 2) < 0.2, "absent state not trusted");
+    }
+
+    #[test]
+    fn proportional_sampling_covers_everything_and_is_seeded() {
+        let (y, b) = data(200, 4);
+        let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
+        let mut c = cfg(200, 1.0);
+        c.rule = SamplingRule::Proportional;
+        let run = |c: &SamplingConfig| {
+            let cache = ScaleCache::new(200, 2, 5);
+            sample(&rows, &idx, &cache, c, None, None, &|_| {}).unwrap()
+        };
+        let s = run(&c);
+        assert!(s.rows.len() < 200, "coverage stops sampling early");
+        assert!(s.coverage.iter().all(|&v| v >= 1.0));
+        let mut sums = vec![0.0; 200];
+        for r in &s.rows {
+            for &(j, a) in &r.entries {
+                sums[j as usize] += a as f64;
+            }
+        }
+        for (a, b) in sums.iter().zip(&s.coverage) {
+            assert!((a - b).abs() < 1e-9);
+        }
+        let landmarks = |s: &Sampling| s.rows.iter().map(|r| r.landmark).collect::<Vec<_>>();
+        assert_eq!(landmarks(&s), landmarks(&run(&c)), "same seed, same draw");
+        c.seed = 8;
+        assert_ne!(
+            landmarks(&s),
+            landmarks(&run(&c)),
+            "another seed, another draw"
+        );
+    }
+
+    #[test]
+    fn weighted_draw_favours_low_coverage() {
+        // 100 rows at coverage 0 (weight 1) and 100 at coverage 9 (weight
+        // 0.1): a small draw should take about 10 low rows per high row.
+        let cand: Vec<u32> = (0..200).collect();
+        let coverage: Vec<f64> = (0..200).map(|j| if j < 100 { 0.0 } else { 9.0 }).collect();
+        let (mut low, mut high) = (0usize, 0usize);
+        for round in 0..50 {
+            let d = weighted_draw(&cand, &coverage, 10, 3, round);
+            assert_eq!(d.len(), 10);
+            let mut u = d.clone();
+            u.sort_unstable();
+            u.dedup();
+            assert_eq!(u.len(), 10, "without replacement");
+            low += d.iter().filter(|&&j| j < 100).count();
+            high += d.iter().filter(|&&j| j >= 100).count();
+        }
+        assert!(low > 4 * high, "low {low} high {high}");
+        assert!(high > 0, "high-coverage rows keep a chance");
     }
 }

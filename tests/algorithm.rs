@@ -220,6 +220,7 @@ fn sampled_rows_match_exact_affinities() {
         budget_rows: 1200,
         coverage_target: 1.0,
         round_rows: 16,
+        rule: Default::default(),
         seed: 1,
         trust: 0.0,
         trust_k: 5,

@@ -10,7 +10,9 @@ use serde::Serialize;
 use balans::balans::{correct, Dataset, Summary};
 use balans::config::{Config, NonFinite};
 use balans::mixing::{mixing_figures, MixingFigures};
-use balans::params::{BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, TrustRule};
+use balans::params::{
+    BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, SamplingRule, TrustRule,
+};
 use balans::preprocess::dense_ids;
 use balans::profile::{self, ControlSelector, NonFinitePolicy};
 use balans::table;
@@ -82,6 +84,9 @@ pub struct CorrectArgs {
     /// Coverage at which a row stops being a sampling priority [default: 1.0].
     #[arg(long)]
     pub coverage_target: Option<f64>,
+    /// How each sampling round picks landmarks: lowest (lowest coverage first) or proportional (drawn with probability proportional to 1 / (1 + coverage)) [default: lowest].
+    #[arg(long, value_parser = parse_choice::<SamplingRule>)]
+    pub sampling_rule: Option<SamplingRule>,
     /// Landmarks per sampling round as a fraction of rows [default: 0.02].
     #[arg(long)]
     pub round_fraction: Option<f64>,
@@ -173,6 +178,7 @@ impl CorrectArgs {
             neighbor_space,
             batch_scale,
             trust_rule,
+            sampling_rule,
             seed,
             threads
         );
