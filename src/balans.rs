@@ -234,6 +234,8 @@ fn correct_in_pool(
         trust_k: params.trust_k,
         trust_rule: params.trust_rule,
     };
+    // Whether the trust test weighs kernel mass at a (calibrated) width.
+    let width_used = params.trust > 0.0 && params.trust_rule.uses_mass();
     let mut total = Array2::<f64>::zeros(w.dim());
     let mut rounds = Vec::new();
     let mut trust_widths = Vec::new();
@@ -252,19 +254,14 @@ fn correct_in_pool(
             budget_rows as u64,
         );
         let mut cfg = cfg.clone();
-        let width_used = params.trust_rule != crate::params::TrustRule::Mutual;
-        if let (Some(mask), true) = (data.controls, params.trust > 0.0 && width_used) {
+        if let (Some(mask), true) = (data.controls, width_used) {
             if let Some(width) =
                 calibrate_trust(y.view(), &batch_of, &indices, mask, params, round as u64)?
             {
                 cfg.trust = params.trust * width;
             }
         }
-        trust_widths.push(if width_used && params.trust > 0.0 {
-            cfg.trust
-        } else {
-            0.0
-        });
+        trust_widths.push(if width_used { cfg.trust } else { 0.0 });
         let cache = ScaleCache::new(n, n_batches, params.k);
         let rows = MatrixRows::new(y.view(), &batch_of)?;
         let index_refs: Vec<&BatchIndex> = indices.iter().collect();

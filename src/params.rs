@@ -77,6 +77,18 @@ pub enum TrustRule {
     Both,
 }
 
+impl TrustRule {
+    /// Whether the rule weighs kernel mass at the `trust` width (and so
+    /// needs the width calibrated).
+    pub fn uses_mass(self) -> bool {
+        self != TrustRule::Mutual
+    }
+    /// Whether the rule tests mutual neighbours.
+    pub fn uses_mutual(self) -> bool {
+        self != TrustRule::Mass
+    }
+}
+
 /// Which rows each sampling round takes as landmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

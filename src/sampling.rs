@@ -162,7 +162,7 @@ pub fn compute_row_observed(
     all.sort_by_key(|e| e.0);
     let trust = if cfg.trust > 0.0 {
         let nb = indices.len();
-        let mass = (cfg.trust_rule != TrustRule::Mutual).then(|| {
+        let mass = cfg.trust_rule.uses_mass().then(|| {
             let w = (cfg.trust * own_scale).max(crate::kernel::SCALE_FLOOR);
             let mut mass = vec![0f64; nb];
             for &(j, _) in &all {
@@ -174,7 +174,7 @@ pub fn compute_row_observed(
                 .map(|m| (m / own).min(1.0))
                 .collect::<Vec<f64>>()
         });
-        let mutual = if cfg.trust_rule != TrustRule::Mass {
+        let mutual = if cfg.trust_rule.uses_mutual() {
             Some(mutual_fractions(
                 &all, &dist2, bi, nb, rows, indices, cache,
             )?)
@@ -444,6 +444,21 @@ mod tests {
         assert!(row.entries.iter().any(|&(j, a)| j == 3 && a == 1.0));
     }
 
+    /// Every row reached coverage 1, and coverage equals the column sums of
+    /// the retained rows.
+    fn assert_covered_with_column_sums(s: &Sampling) {
+        assert!(s.coverage.iter().all(|&c| c >= 1.0));
+        let mut sums = vec![0.0; s.coverage.len()];
+        for r in &s.rows {
+            for &(j, a) in &r.entries {
+                sums[j as usize] += a as f64;
+            }
+        }
+        for (a, b) in sums.iter().zip(&s.coverage) {
+            assert!((a - b).abs() < 1e-9);
+        }
+    }
+
     #[test]
     fn coverage_sampling_covers_everything_and_respects_budget() {
         let (y, b) = data(200, 2);
@@ -453,17 +468,7 @@ mod tests {
         let cache = ScaleCache::new(200, 2, 5);
         let s = sample(&rows, &idx, &cache, &cfg(200, 1.0), None, None, &|_| {}).unwrap();
         assert!(s.rows.len() < 200, "coverage stops sampling early");
-        assert!(s.coverage.iter().all(|&c| c >= 1.0));
-        // Coverage equals the column sums of the retained rows.
-        let mut sums = vec![0.0; 200];
-        for r in &s.rows {
-            for &(j, a) in &r.entries {
-                sums[j as usize] += a as f64;
-            }
-        }
-        for (a, b) in sums.iter().zip(&s.coverage) {
-            assert!((a - b).abs() < 1e-9);
-        }
+        assert_covered_with_column_sums(&s);
         let small = sample(&rows, &idx, &cache, &cfg(10, 1.0), None, None, &|_| {}).unwrap();
         assert_eq!(small.rows.len(), 10);
         // Lowest coverage first: the first round's landmarks all started at 0.
@@ -663,16 +668,7 @@ mod tests {
         };
         let s = run(&c);
         assert!(s.rows.len() < 200, "coverage stops sampling early");
-        assert!(s.coverage.iter().all(|&v| v >= 1.0));
-        let mut sums = vec![0.0; 200];
-        for r in &s.rows {
-            for &(j, a) in &r.entries {
-                sums[j as usize] += a as f64;
-            }
-        }
-        for (a, b) in sums.iter().zip(&s.coverage) {
-            assert!((a - b).abs() < 1e-9);
-        }
+        assert_covered_with_column_sums(&s);
         let landmarks = |s: &Sampling| s.rows.iter().map(|r| r.landmark).collect::<Vec<_>>();
         assert_eq!(landmarks(&s), landmarks(&run(&c)), "same seed, same draw");
         c.seed = 8;

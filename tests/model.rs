@@ -232,14 +232,15 @@ fn states_written_before_the_trust_rule_restore_with_the_mass_test() {
     let (_t, model, _, _) = setup();
     assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
     let dir = tempfile::tempdir().unwrap();
-    let mut state = StateDir::open(dir.path()).unwrap();
-    state.snapshot(&model).unwrap();
-    let (current, _) = StateDir::open(dir.path())
+    StateDir::open(dir.path())
         .unwrap()
-        .restore()
-        .unwrap()
+        .snapshot(&model)
         .unwrap();
-    assert_eq!(current.meta().params.trust_rule, TrustRule::Mutual);
+    let restore = || -> Model {
+        let mut state = StateDir::open(dir.path()).unwrap();
+        state.restore().unwrap().unwrap().0
+    };
+    assert_eq!(restore().meta().params.trust_rule, TrustRule::Mutual);
     // The same snapshot as a build without `trust_rule` wrote it.
     let meta = std::fs::read_dir(dir.path())
         .unwrap()
@@ -249,11 +250,7 @@ fn states_written_before_the_trust_rule_restore_with_the_mass_test() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
     v["params"].as_object_mut().unwrap().remove("trust_rule");
     std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
-    let (old, _) = StateDir::open(dir.path())
-        .unwrap()
-        .restore()
-        .unwrap()
-        .unwrap();
+    let old = restore();
     assert_eq!(old.meta().params.trust_rule, TrustRule::Mass);
     assert_eq!(old.len(), model.len());
 }
