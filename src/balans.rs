@@ -27,7 +27,7 @@ use crate::align::{point_offsets, DenseFeatures};
 use crate::index::{build_batch_indices, BatchIndex};
 use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::pca::{Pca, WHITEN_RIDGE};
-use crate::preprocess::{clipped, dense_ids, Normalizer};
+use crate::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
 use crate::rows::MatrixRows;
 use crate::sampling::{sample, SamplingConfig};
 use crate::scales::ScaleCache;
@@ -182,7 +182,11 @@ fn correct_in_pool(
     };
     progress.stage("normalising", 1);
     let gain_batches = match params.batch_scale {
-        BatchScale::Controls => Some((batch_of.as_slice(), n_batches)),
+        BatchScale::Controls => Some(GainGroups {
+            batch_of: &batch_of,
+            n_batches,
+            shrinkage: params.gain_shrinkage,
+        }),
         BatchScale::None => None,
     };
     let norm = Normalizer::fit(

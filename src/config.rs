@@ -232,18 +232,17 @@ impl Config {
             merge(&mut doc, file);
         }
         apply_env_overrides(&mut doc, vars)?;
-        let cfg: Config = toml::Value::Table(doc)
-            .try_into()
-            .with_context(|| match path {
-                Some(p) => format!(
-                    "invalid configuration (file {} or BALANS_* environment)",
-                    p.display()
-                ),
-                None => "invalid configuration (BALANS_* environment)".to_string(),
-            })?;
-        cfg.method.validate()?;
-        cfg.qc.validate()?;
-        cfg.metrics.address()?;
+        let source = || match path {
+            Some(p) => format!(
+                "invalid configuration (file {} or BALANS_* environment)",
+                p.display()
+            ),
+            None => "invalid configuration (BALANS_* environment)".to_string(),
+        };
+        let cfg: Config = toml::Value::Table(doc).try_into().with_context(source)?;
+        cfg.method.validate().with_context(source)?;
+        cfg.qc.validate().with_context(source)?;
+        cfg.metrics.address().with_context(source)?;
         Ok(cfg)
     }
 }
@@ -298,6 +297,23 @@ mod tests {
         let e = Config::load_with_env(Some(&p), std::iter::empty()).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("b.toml") && msg.contains("kk"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_an_error_naming_the_key() {
+        let env = vec![(
+            "BALANS_METHOD__GAIN_SHRINKAGE".to_string(),
+            "-0.5".to_string(),
+        )];
+        let e = Config::load_with_env(None, env.into_iter()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("BALANS_") && msg.contains("gain_shrinkage must be >= 0"),
+            "{msg}"
+        );
+        let ok = vec![("BALANS_METHOD__GAIN_SHRINKAGE".to_string(), "0".to_string())];
+        let c = Config::load_with_env(None, ok.into_iter()).unwrap();
+        assert_eq!(c.method.gain_shrinkage, 0.0);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::index::{BatchIndex, Neighbor};
 use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::pca::{Pca, Whitening, WHITEN_RIDGE};
 use crate::preprocess::{
-    clipped, control_gain_figure, control_log_gains, median_inplace, shrunk_gains,
+    clipped, control_gain_figure, control_log_gains, median_inplace, shrunk_gains, GainGroups,
     MIN_CONTROLS_PER_PLATE, MIN_GAIN_CONTROLS,
 };
 use crate::qc::{finite, QcFigures};
@@ -298,7 +298,11 @@ impl Model {
         anyhow::ensure!(n >= 2, "the first plate needs at least 2 rows");
         let plate_of = vec![0u32; n];
         let gains = match params.batch_scale {
-            BatchScale::Controls => Some((plate_of.as_slice(), 1)),
+            BatchScale::Controls => Some(GainGroups {
+                batch_of: &plate_of,
+                n_batches: 1,
+                shrinkage: params.gain_shrinkage,
+            }),
             BatchScale::None => None,
         };
         let norm = crate::preprocess::Normalizer::fit(x, &plate_of, 1, controls, gains)?;
@@ -559,7 +563,7 @@ impl Model {
                 .iter()
                 .map(|&f| g.get(f).copied().unwrap_or(1.0))
                 .collect(),
-            (None, Some(lg)) => shrunk_gains(&lg, ctrl.len()).0,
+            (None, Some(lg)) => shrunk_gains(&lg, ctrl.len(), self.meta.params.gain_shrinkage).0,
             (None, None) => vec![1.0; v.len()],
         };
         (gains, figure)

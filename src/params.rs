@@ -128,6 +128,10 @@ pub struct Params {
     pub neighbor_space: NeighborSpace,
     /// Per-batch control gains or one pooled scale.
     pub batch_scale: BatchScale,
+    /// Strength of the empirical-Bayes shrinkage of the batch gains: the
+    /// weight of a log-MAD's sampling variance in the James-Stein factor
+    /// (1 = that variance as estimated for Gaussian controls, 0 = raw gains).
+    pub gain_shrinkage: f64,
     /// Sampling budget as a fraction of the rows (landmarks <= budget * n).
     pub budget: f64,
     /// Minimum number of landmarks regardless of `budget` (capped at n).
@@ -171,6 +175,7 @@ impl Default for Params {
             neighbor_dims: 50,
             neighbor_space: NeighborSpace::Whitened,
             batch_scale: BatchScale::Controls,
+            gain_shrinkage: 0.5,
             budget: 0.3,
             min_landmarks: 500,
             coverage_target: 1.0,
@@ -214,6 +219,11 @@ impl Params {
             self.coverage_target > 0.0,
             "parameter coverage_target must be > 0 (got {})",
             self.coverage_target
+        );
+        anyhow::ensure!(
+            self.gain_shrinkage >= 0.0 && self.gain_shrinkage.is_finite(),
+            "parameter gain_shrinkage must be >= 0 (got {})",
+            self.gain_shrinkage
         );
         anyhow::ensure!(
             self.trust >= 0.0 && self.trust.is_finite(),

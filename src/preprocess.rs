@@ -15,8 +15,9 @@
 //! wells are noisy, so each batch keeps its mean log-gain over features and
 //! each feature's deviation from it is shrunk by empirical Bayes
 //! (James-Stein: the spread of the log-ratios over features against their
-//! sampling variance `1.36 / n_controls`, see [`shrunk_gains`]); a batch with
-//! fewer than [`MIN_GAIN_CONTROLS`] controls keeps gain 1.
+//! sampling variance `1.36 / n_controls`, weighted by `gain_shrinkage`, see
+//! [`shrunk_gains`]); a batch with fewer than [`MIN_GAIN_CONTROLS`] controls
+//! keeps gain 1.
 //!
 //! A feature whose pooled MAD is zero is *constant*: it is not corrected and
 //! passes through unchanged. The working copy used for neighbour search and
@@ -80,17 +81,28 @@ pub fn median_inplace(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The groups per-batch control gains are measured for
+/// ([`Normalizer::fit`]'s `batch`).
+#[derive(Debug, Clone, Copy)]
+pub struct GainGroups<'a> {
+    /// Row `i`'s batch id (`0..n_batches`).
+    pub batch_of: &'a [u32],
+    /// Number of batches.
+    pub n_batches: usize,
+    /// Weight of the sampling variance in the shrinkage ([`shrunk_gains`]).
+    pub shrinkage: f64,
+}
+
 impl Normalizer {
     /// Fit on `x` (n x d). `plate_of[i]` is row i's plate (0..n_plates);
     /// `controls` marks negative-control rows, if a selector was given;
-    /// `batch` = (row batch ids, number of batches) turns on the per-batch
-    /// control gains (needs controls).
+    /// `batch` turns on the per-batch control gains (needs controls).
     pub fn fit(
         x: ArrayView2<f64>,
         plate_of: &[u32],
         n_plates: usize,
         controls: Option<&[bool]>,
-        batch: Option<(&[u32], usize)>,
+        batch: Option<GainGroups<'_>>,
     ) -> Result<Normalizer> {
         let (n, d) = x.dim();
         anyhow::ensure!(plate_of.len() == n, "plate ids do not match rows");
@@ -127,13 +139,14 @@ impl Normalizer {
         // Pass 1, per feature: plate centres, the global centre, and each
         // batch's raw log-gain log(MAD_controls(batch) / MAD_controls(all)).
         let gain_batches: Option<(&[u32], usize, &[bool])> = match (batch, controls) {
-            (Some((b, nb)), Some(mask)) if nb >= 1 => {
-                anyhow::ensure!(b.len() == n, "batch ids do not match rows");
-                Some((b, nb, mask))
+            (Some(g), Some(mask)) if g.n_batches >= 1 => {
+                anyhow::ensure!(g.batch_of.len() == n, "batch ids do not match rows");
+                Some((g.batch_of, g.n_batches, mask))
             }
             _ => None,
         };
         let n_gain = gain_batches.map_or(0, |g| g.1);
+        let shrinkage = batch.map_or(1.0, |g| g.shrinkage);
         let ctrl_rows_of: Vec<Vec<usize>> = match gain_batches {
             Some((b, nb, mask)) => {
                 let mut v = vec![Vec::new(); nb];
@@ -185,7 +198,7 @@ impl Normalizer {
         let mut gain_shrink = vec![0.0; n_gain];
         for (b, rows) in ctrl_rows_of.iter().enumerate() {
             let lr: Vec<f64> = pass1.iter().map(|p| p.2[b]).collect();
-            let (g, shrink) = shrunk_gains(&lr, rows.len());
+            let (g, shrink) = shrunk_gains(&lr, rows.len(), shrinkage);
             gain_shrink[b] = shrink;
             for (f, v) in g.into_iter().enumerate() {
                 batch_gain[[b, f]] = v;
@@ -336,10 +349,13 @@ impl Normalizer {
 /// per feature (non-finite = not measured: gain 1) of a group with
 /// `n_controls` control rows. Each is shrunk towards the group's mean
 /// log-gain `m` by the empirical-Bayes (James-Stein) factor
-/// `s = max(0, var(lg) - v) / var(lg)`, `v = 1.36 / n_controls` the sampling
-/// variance of a log-MAD: `gain_f = exp(m + s (lg_f - m))`. Returns the gains
-/// and `s` (gain 1 and `s = 0` with fewer than [`MIN_GAIN_CONTROLS`] controls).
-pub fn shrunk_gains(log_gains: &[f64], n_controls: usize) -> (Vec<f64>, f64) {
+/// `s = max(0, var(lg) - v) / var(lg)`, `v = shrinkage * 1.36 / n_controls`:
+/// `1.36 / n` is the sampling variance of the log-MAD of `n` Gaussian
+/// values, and `shrinkage` weighs it (1 = James-Stein as derived, 0 = the
+/// raw gains; the default 0.5 was measured, docs/ablation.md). Then
+/// `gain_f = exp(m + s (lg_f - m))`. Returns the gains and `s` (gain 1 and
+/// `s = 0` with fewer than [`MIN_GAIN_CONTROLS`] controls).
+pub fn shrunk_gains(log_gains: &[f64], n_controls: usize, shrinkage: f64) -> (Vec<f64>, f64) {
     let finite: Vec<f64> = log_gains
         .iter()
         .copied()
@@ -356,7 +372,7 @@ pub fn shrunk_gains(log_gains: &[f64], n_controls: usize) -> (Vec<f64>, f64) {
         .map(|v| (v - centre) * (v - centre))
         .sum::<f64>()
         / finite.len() as f64;
-    let noise = LOG_MAD_VAR / n_controls as f64;
+    let noise = shrinkage * LOG_MAD_VAR / n_controls as f64;
     let signal = (spread - noise).max(0.0);
     let shrink = if signal > 0.0 {
         signal / (signal + noise)
@@ -492,6 +508,14 @@ mod tests {
         assert_eq!(nz.plate_centre[[0, 0]], 2.5);
     }
 
+    fn groups(batch_of: &[u32], shrinkage: f64) -> GainGroups<'_> {
+        GainGroups {
+            batch_of,
+            n_batches: 2,
+            shrinkage,
+        }
+    }
+
     /// Two batches of 4 plates x 150 controls + 10 treated rows; batch 1's
     /// features are batch 0's scaled by `gain` (per feature).
     fn gained(gain: &[f64], seed: u64) -> (Array2<f64>, Vec<u32>, Vec<u32>, Vec<bool>) {
@@ -528,7 +552,8 @@ mod tests {
         // Strong per-feature gains: the shrinkage keeps almost all of them.
         let gain = [2.0, 0.5, 1.5, 0.7, 1.0, 3.0];
         let (x, plate, batch, ctrl) = gained(&gain, 1);
-        let nz = Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some((&batch, 2))).unwrap();
+        let nz =
+            Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some(groups(&batch, 1.0))).unwrap();
         assert!(
             nz.gain_shrink.iter().all(|&s| s > 0.8),
             "shrink {:?}",
@@ -567,7 +592,8 @@ mod tests {
         // Same distribution in both batches: the log-gains are sampling
         // noise, and empirical Bayes shrinks them to (nearly) nothing.
         let (x, plate, batch, ctrl) = gained(&[1.0; 40], 2);
-        let nz = Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some((&batch, 2))).unwrap();
+        let nz =
+            Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some(groups(&batch, 1.0))).unwrap();
         for b in 0..2 {
             assert!(
                 nz.gain_shrink[b] < 0.5,
@@ -592,7 +618,8 @@ mod tests {
                 ctrl[i] = kept <= 7;
             }
         }
-        let nz = Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some((&batch, 2))).unwrap();
+        let nz =
+            Normalizer::fit(x.view(), &plate, 8, Some(&ctrl), Some(groups(&batch, 1.0))).unwrap();
         assert_eq!(nz.batch_gain[[1, 0]], 1.0);
         assert_eq!(nz.batch_gain[[1, 1]], 1.0);
     }
@@ -600,7 +627,7 @@ mod tests {
     #[test]
     fn shrinkage_and_gain_figure_by_hand() {
         let lg = [0.1, -0.1, 0.3, f64::NAN];
-        let (g, s) = shrunk_gains(&lg, 100);
+        let (g, s) = shrunk_gains(&lg, 100, 1.0);
         let (mean, var) = (0.1, (0.0 + 0.04 + 0.04) / 3.0);
         let want_s = (var - 1.36 / 100.0) / var;
         assert!((s - want_s).abs() < 1e-12, "{s} vs {want_s}");
@@ -610,12 +637,12 @@ mod tests {
         }
         assert_eq!(g[3], 1.0, "unmeasured feature keeps gain 1");
         // Spread below the sampling noise: every feature gets the mean gain.
-        let (g, s) = shrunk_gains(&[0.51, 0.49, 0.5], 10);
+        let (g, s) = shrunk_gains(&[0.51, 0.49, 0.5], 10, 1.0);
         assert_eq!(s, 0.0);
         assert!(g.iter().all(|v| (v - 0.5f64.exp()).abs() < 1e-12));
         // Too few controls: gain 1.
         assert_eq!(
-            shrunk_gains(&[1.0, 2.0], MIN_GAIN_CONTROLS - 1).0,
+            shrunk_gains(&[1.0, 2.0], MIN_GAIN_CONTROLS - 1, 1.0).0,
             vec![1.0, 1.0]
         );
         // The QC figure folds brighter and dimmer alike.
@@ -623,6 +650,41 @@ mod tests {
         assert!((control_gain_figure(&[eight, eight]).unwrap() - 8.0).abs() < 1e-12);
         assert!((control_gain_figure(&[-eight, f64::NAN]).unwrap() - 8.0).abs() < 1e-12);
         assert_eq!(control_gain_figure(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn shrinkage_weight_runs_from_raw_gains_to_james_stein() {
+        let lg = [0.4, -0.2, 0.1, 0.3, f64::NAN];
+        let (mean, var) = (0.15, (0.0625 + 0.1225 + 0.0025 + 0.0225) / 4.0);
+        // Weight 0: no noise assumed, the raw gains come back.
+        let (g, s) = shrunk_gains(&lg, 20, 0.0);
+        assert_eq!(s, 1.0);
+        for (gi, li) in g.iter().zip(&lg[..4]) {
+            assert!((gi - li.exp()).abs() < 1e-12);
+        }
+        // Weight 0.5 by hand.
+        let (g, s) = shrunk_gains(&lg, 20, 0.5);
+        let want_s = (var - 0.5 * 1.36 / 20.0) / var;
+        assert!((s - want_s).abs() < 1e-12, "{s} vs {want_s}");
+        for (gi, li) in g.iter().zip(&lg[..4]) {
+            assert!((gi - (mean + want_s * (li - mean)).exp()).abs() < 1e-12);
+        }
+        // More weight never shrinks less, and every gain stays between the
+        // batch's mean gain and its raw gain.
+        let mut last = f64::INFINITY;
+        for w in [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 100.0] {
+            let (g, s) = shrunk_gains(&lg, 20, w);
+            assert!((0.0..=1.0).contains(&s) && s <= last, "weight {w}: {s}");
+            last = s;
+            for (gi, li) in g.iter().zip(&lg[..4]) {
+                let (lo, hi) = if *li < mean { (*li, mean) } else { (mean, *li) };
+                assert!(gi.ln() >= lo - 1e-12 && gi.ln() <= hi + 1e-12);
+            }
+        }
+        assert_eq!(
+            last, 0.0,
+            "overwhelming noise: every feature gets the mean gain"
+        );
     }
 
     #[test]

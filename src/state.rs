@@ -235,14 +235,18 @@ impl StateDir {
 
 /// Parse a snapshot's `meta.json`. States written before `trust_rule`
 /// existed were corrected with the kernel-mass test: they restore with
-/// `trust_rule = "mass"`, so a restarted daemon keeps a feed's semantics
-/// (a new state gets the current default).
+/// `trust_rule = "mass"`; states written before `gain_shrinkage` existed
+/// shrank new batches' gains with weight 1 and restore with it. A restarted
+/// daemon so keeps a feed's semantics (a new state gets the current
+/// defaults).
 fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
     let mut v: serde_json::Value =
         serde_json::from_slice(bytes).context("snapshot meta.json is corrupt")?;
     if let Some(p) = v.get_mut("params").and_then(|p| p.as_object_mut()) {
         p.entry("trust_rule")
             .or_insert_with(|| serde_json::Value::from("mass"));
+        p.entry("gain_shrinkage")
+            .or_insert_with(|| serde_json::Value::from(1.0));
     }
     serde_json::from_value(v).context("snapshot meta.json is corrupt")
 }

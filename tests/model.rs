@@ -226,11 +226,12 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
 }
 
 #[test]
-fn states_written_before_the_trust_rule_restore_with_the_mass_test() {
+fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_old_semantics() {
     use balans::params::TrustRule;
     use balans::state::StateDir;
     let (_t, model, _, _) = setup();
     assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
+    assert_eq!(model.meta().params.gain_shrinkage, 0.5);
     let dir = tempfile::tempdir().unwrap();
     StateDir::open(dir.path())
         .unwrap()
@@ -241,17 +242,22 @@ fn states_written_before_the_trust_rule_restore_with_the_mass_test() {
         state.restore().unwrap().unwrap().0
     };
     assert_eq!(restore().meta().params.trust_rule, TrustRule::Mutual);
-    // The same snapshot as a build without `trust_rule` wrote it.
+    assert_eq!(restore().meta().params.gain_shrinkage, 0.5);
+    // The same snapshot as a build without `trust_rule` and
+    // `gain_shrinkage` wrote it.
     let meta = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path().join("meta.json"))
         .find(|p| p.exists())
         .unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    v["params"].as_object_mut().unwrap().remove("trust_rule");
+    let params = v["params"].as_object_mut().unwrap();
+    params.remove("trust_rule");
+    params.remove("gain_shrinkage");
     std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
     let old = restore();
     assert_eq!(old.meta().params.trust_rule, TrustRule::Mass);
+    assert_eq!(old.meta().params.gain_shrinkage, 1.0);
     assert_eq!(old.len(), model.len());
 }
 

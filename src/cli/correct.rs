@@ -75,6 +75,9 @@ pub struct CorrectArgs {
     /// Per-batch feature scaling: controls (each batch's gain per feature from its --control rows' MAD, shrunk by empirical Bayes), or none (one pooled scale) [default: controls].
     #[arg(long, value_parser = parse_choice::<BatchScale>)]
     pub batch_scale: Option<BatchScale>,
+    /// Strength of the empirical-Bayes shrinkage of the batch gains: weight of a log-MAD's sampling variance (1 = James-Stein for Gaussian controls, 0 = raw gains) [default: 0.5].
+    #[arg(long)]
+    pub gain_shrinkage: Option<f64>,
     /// Sampling budget as a fraction of rows [default: 0.3].
     #[arg(long)]
     pub budget: Option<f64>,
@@ -163,6 +166,7 @@ impl CorrectArgs {
             k,
             m,
             neighbor_dims,
+            gain_shrinkage,
             budget,
             min_landmarks,
             coverage_target,
