@@ -176,7 +176,7 @@ pub fn compute_row_observed(
         });
         let mutual = if cfg.trust_rule.uses_mutual() {
             Some(mutual_fractions(
-                &all, &dist2, bi, nb, rows, indices, cache,
+                &all, &dist2, bi, rows, indices, cache, cfg.k,
             )?)
         } else {
             None
@@ -206,10 +206,20 @@ pub fn compute_row_observed(
 /// Relative tolerance of the mutual test's distance comparison.
 const MUTUAL_TOLERANCE: f64 = 1e-5;
 
+/// Rank of the mutual test against a batch of `size` rows: `k`, or half the
+/// batch when that is smaller. At a rank >= the batch's size every row of
+/// the batch is among `j`'s nearest and the test passes whatever the
+/// geometry; the daemon aligns each plate as its own batch, and a plate of
+/// fewer than `2k` rows would be trusted everywhere.
+pub fn mutual_rank(k: usize, size: usize) -> usize {
+    k.min(size / 2).max(1)
+}
+
 /// Per batch, the affinity-weighted fraction of the row's retained entries
 /// that are *mutual* neighbours of landmark `i` (batch `bi`): entry `j` of
-/// batch `c` is mutual when `i` lies within `j`'s `k` nearest rows of batch
-/// `bi`, i.e. `d(i, j) <= sigma_j^(bi)` (the scale the symmetric kernel
+/// batch `c` is mutual when `i` lies within `j`'s `r` nearest rows of batch
+/// `bi` ([`mutual_rank`]: `r = k` unless `bi` has fewer than `2k` rows),
+/// i.e. `d(i, j) <= sigma_j^(bi)` at `r = k` (the scale the symmetric kernel
 /// already needs, memoised in `cache`). `i` has `j` among its own `k.max(m)`
 /// nearest of batch `c` by construction, so the test is the classic
 /// mutual-nearest-neighbour pair test (Haghverdi et al. 2018). The own batch
@@ -218,19 +228,28 @@ fn mutual_fractions(
     entries: &[(u32, f32)],
     dist2: &std::collections::HashMap<u32, f32>,
     bi: usize,
-    n_batches: usize,
     rows: &dyn RowSource,
     indices: &[&BatchIndex],
     cache: &ScaleCache,
+    k: usize,
 ) -> Result<Vec<f64>> {
+    let n_batches = indices.len();
     let mut hit = vec![0f64; n_batches];
     let mut all = vec![0f64; n_batches];
+    let rank = mutual_rank(k, indices.get(bi).map_or(0, |x| x.len()));
     for &(j, a) in entries {
         let c = rows.batch(j as usize) as usize;
         if c == bi {
             continue;
         }
-        let s_j = cache.get_or_compute(j as usize, bi, rows, indices)?;
+        let s_j = if rank < k {
+            // A small batch (a daemon plate): its own rank, one exact
+            // query of a few dozen rows.
+            let nb = indices[bi].search(rows.row(j as usize), rank)?;
+            crate::scales::kth_scale(&nb, rank)
+        } else {
+            cache.get_or_compute(j as usize, bi, rows, indices)?
+        };
         let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
         all[c] += a as f64;
         // `d2` (from i's query) and `s_j` (from j's query) are f32
@@ -572,8 +591,11 @@ mod tests {
             c.trust_rule = TrustRule::Mutual;
             let cache = ScaleCache::new(n, 3, 5);
             let row = compute_row(i, &rows, &idx, &cache, &c).unwrap();
-            // Oracle: entry j of batch c is mutual when fewer than k rows of
-            // i's batch are strictly closer to j than i is.
+            // Oracle: entry j of batch c is mutual when fewer than r rows of
+            // i's batch are strictly closer to j than i is (r = k, or half
+            // of i's batch when that is smaller).
+            let size = b.iter().filter(|&&x| x == b[i]).count();
+            let r = c.k.min(size / 2).max(1);
             let mut hit = [0f64; 3];
             let mut all = [0f64; 3];
             for &(j, a) in &row.entries {
@@ -585,7 +607,7 @@ mod tests {
                     .filter(|&q| b[q] == b[i] && d2(j, q) < d2(j, i) - 1e-9)
                     .count();
                 all[cj] += a as f64;
-                if closer < c.k {
+                if closer < r {
                     hit[cj] += a as f64;
                 }
             }
@@ -652,6 +674,45 @@ mod tests {
         assert!(mean(&mass, &g0, 1) < 0.2, "mass test misses it");
         assert!(mean(&c, &g2, 2) > 0.8, "shared state trusted");
         assert!(mean(&c, &g0, 2) < 0.2, "absent state not trusted");
+    }
+
+    #[test]
+    fn mutual_trust_is_not_vacuous_for_a_batch_smaller_than_k() {
+        // Batch 0 is a small plate: 4 rows of group 0 and 4 of group 1 (8
+        // rows, k = 12). Batch 1 holds groups 1 and 2 (12 rows each), not
+        // group 0. At rank k every plate row would be among any row's 12
+        // nearest plate rows, so group 0 would be trusted onto group 1;
+        // at rank 4 (half the plate) only group 1 is mutual.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut v = Vec::new();
+        let mut b = Vec::new();
+        for (batch, g, count) in [(0u32, 0usize, 4), (0, 1, 4), (1, 1, 12), (1, 2, 12)] {
+            for _ in 0..count {
+                v.push(g as f32 * 20.0 + rng.gen_range(-1.0..1.0));
+                v.push(rng.gen_range(-1.0..1.0));
+                b.push(batch);
+            }
+        }
+        let n = b.len();
+        let y = Array2::from_shape_vec((n, 2), v).unwrap();
+        let idx = build_batch_indices(y.view(), &b, 2, IndexKind::Exact, 1).unwrap();
+        let idx: Vec<&BatchIndex> = idx.iter().collect();
+        let rows = MatrixRows::new(y.view(), &b).unwrap();
+        let mut c = cfg(n, f64::INFINITY);
+        c.trust = 0.5;
+        c.k = 12;
+        c.trust_rule = TrustRule::Mutual;
+        assert_eq!(mutual_rank(12, 8), 4);
+        assert_eq!(mutual_rank(12, 30), 12);
+        assert_eq!(mutual_rank(12, 1), 1);
+        let cache = ScaleCache::new(n, 2, 12);
+        let trust = |i: usize| compute_row(i, &rows, &idx, &cache, &c).unwrap().trust[1];
+        for i in 0..4 {
+            assert!(trust(i) < 0.2, "absent group 0, row {i}: {}", trust(i));
+        }
+        for i in 4..8 {
+            assert!(trust(i) > 0.8, "shared group 1, row {i}: {}", trust(i));
+        }
     }
 
     #[test]
