@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--methods", default="none,dmso_centre,combat,sphering,harmony,scanorama,seurat_rpca,balans")
+    ap.add_argument("--methods", default="none,dmso_centre,combat,sphering,harmony,scanorama,seurat_rpca,balans,balans_stream")
     a, rest = ap.parse_known_args(argv)
     if not a.data.exists():
         raise run_anchors.HarnessError(f"input table {a.data} does not exist")
