@@ -336,13 +336,11 @@ fn correct_in_pool(
         neighbor_dims: pca.dims(),
         neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
         trust_rule: if params.trust > 0.0 {
-            serde_json::to_value(params.trust_rule)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            params.trust_rule.as_str()
         } else {
-            "off".to_string()
-        },
+            "off"
+        }
+        .to_string(),
         batch_gain_shrink: norm.gain_shrink.clone(),
         rounds,
         seconds: started.elapsed().as_secs_f64(),

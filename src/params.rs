@@ -66,8 +66,10 @@ pub enum TrustRule {
     Mass,
     /// Mutual neighbours: the affinity-weighted fraction of batch `c`'s
     /// retained entries `j` that have the landmark among their own `k`
-    /// nearest rows of the landmark's batch (`d(l, j) <= sigma_j^(b(l))`).
-    /// The default: scale-free, so it needs no width calibration.
+    /// nearest rows of the landmark's batch (`d(l, j) <= sigma_j^(b(l))`;
+    /// half that batch's rows when it has fewer than `2k`,
+    /// `sampling::mutual_rank`). The default: scale-free, so it needs no
+    /// width calibration.
     #[default]
     Mutual,
     /// The larger of the two: a correspondence is trusted when it is close
@@ -78,6 +80,15 @@ pub enum TrustRule {
 }
 
 impl TrustRule {
+    /// The rule's name, as in the config file and `--trust-rule`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustRule::Mass => "mass",
+            TrustRule::Mutual => "mutual",
+            TrustRule::Either => "either",
+            TrustRule::Both => "both",
+        }
+    }
     /// Whether the rule weighs kernel mass at the `trust` width (and so
     /// needs the width calibrated).
     pub fn uses_mass(self) -> bool {
@@ -231,5 +242,23 @@ impl Params {
             self.trust
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_rule_names_match_the_config_spelling() {
+        for rule in [
+            TrustRule::Mass,
+            TrustRule::Mutual,
+            TrustRule::Either,
+            TrustRule::Both,
+        ] {
+            let json = serde_json::to_value(rule).unwrap();
+            assert_eq!(json.as_str(), Some(rule.as_str()));
+        }
     }
 }
