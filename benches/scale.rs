@@ -9,8 +9,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use balans::balans::{correct, Dataset, NoProgress};
-use balans::params::Params;
+use balans::method::fit::{correct, Dataset, NoProgress};
+use balans::method::params::Params;
 use balans::synth::{generate, SynthSpec};
 
 fn peak_rss_mb() -> f64 {

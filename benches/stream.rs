@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use balans::config::Config;
-use balans::model::Model;
+use balans::method::model::Model;
+use balans::serve::kafka::wire::*;
 use balans::serve::kafka::{KafkaServer, PlateEvent, PlateHooks};
-use balans::serve::wire::*;
 use balans::synth::{generate, to_record_batch, SynthSpec, CONTROL_LABEL};
 use ndarray::Axis;
 use rand::{Rng, SeedableRng};
@@ -74,7 +74,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 type Plates = Vec<(String, RecordBatch)>;
 
 /// Reference model + stream plates for `n` indexed rows.
-fn build(n: usize, plates: usize, params: &balans::params::Params) -> Result<(Model, Plates)> {
+fn build(
+    n: usize,
+    plates: usize,
+    params: &balans::method::params::Params,
+) -> Result<(Model, Plates)> {
     let per_batch_stream = plates.div_ceil(BATCHES) * PLATE_ROWS;
     let ref_generated = n.min(MAX_REF_GENERATED);
     let spec = SynthSpec {
@@ -263,7 +267,7 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
     reader.subscribe(&[&topics[1]])?;
     let encoded: Vec<(String, Vec<u8>)> = stream
         .iter()
-        .map(|(id, t)| Ok((id.clone(), balans::table::encode_ipc_stream(t)?)))
+        .map(|(id, t)| Ok((id.clone(), balans::io::table::encode_ipc_stream(t)?)))
         .collect::<Result<_>>()?;
     let send = |id: &str, bytes: &[u8]| -> Result<()> {
         let h = OwnedHeaders::new().insert(Header {
@@ -361,7 +365,7 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    // Logs (e.g. RUST_LOG=balans::model=debug for correct_plate's stages).
+    // Logs (e.g. RUST_LOG=balans::method::model=debug for correct_plate's stages).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

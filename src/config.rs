@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::params::Params;
+use crate::method::params::Params;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BALANS_";
@@ -153,7 +153,7 @@ pub struct Config {
     /// Method parameters.
     pub method: Params,
     /// `/metrics`, `/healthz`, `/readyz` listener (`balans serve`).
-    pub metrics: crate::telemetry::MetricsConfig,
+    pub metrics: crate::serve::telemetry::MetricsConfig,
     /// Per-plate QC outlier thresholds.
     pub qc: crate::qc::QcConfig,
     /// `balans correct` options (table layout; also used by `serve`).

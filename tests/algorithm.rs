@@ -1,15 +1,15 @@
 //! Algorithm-level tests: the exact mode as oracle for the approximate path,
 //! and property tests on invariants of the correction.
 
-use balans::balans::{correct, Correction, Dataset, NoProgress};
-use balans::index::{build_batch_indices, BatchIndex};
-use balans::mixing::mixing_figures;
-use balans::params::{IndexKind, Params};
-use balans::pca::Pca;
-use balans::preprocess::dense_ids;
-use balans::rows::MatrixRows;
-use balans::sampling::{compute_row, SamplingConfig};
-use balans::scales::ScaleCache;
+use balans::method::fit::{correct, Correction, Dataset, NoProgress};
+use balans::method::index::{build_batch_indices, BatchIndex};
+use balans::method::params::{IndexKind, Params};
+use balans::method::pca::Pca;
+use balans::method::preprocess::dense_ids;
+use balans::method::rows::MatrixRows;
+use balans::method::sampling::{compute_row, SamplingConfig};
+use balans::method::scales::ScaleCache;
+use balans::qc::mixing::mixing_figures;
 use ndarray::{Array2, Axis};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use balans::table::read_table;
+use balans::io::table::read_table;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_balans"))

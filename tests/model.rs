@@ -1,9 +1,9 @@
 //! The incremental model: plates corrected one at a time against a
 //! reference fit, published rows never move, replays are idempotent.
 
-use balans::balans::{correct, Dataset, NoProgress};
-use balans::model::{content_hash, Lookup, Model};
-use balans::params::Params;
+use balans::method::fit::{correct, Dataset, NoProgress};
+use balans::method::model::{content_hash, Lookup, Model};
+use balans::method::params::Params;
 use balans::synth::{generate, SynthSpec, SynthTable};
 use ndarray::{Array2, Axis};
 
@@ -213,7 +213,7 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
     let (_t, model, _, _) = setup();
     let mut v = serde_json::to_value(model.meta()).unwrap();
     v.as_object_mut().unwrap().remove("pca_whitening");
-    let old: balans::model::ModelMeta = serde_json::from_value(v).unwrap();
+    let old: balans::method::model::ModelMeta = serde_json::from_value(v).unwrap();
     assert!(old.pca_whitening.is_none());
     let restored = Model::restore(
         old,
@@ -227,8 +227,8 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
 
 #[test]
 fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_old_semantics() {
-    use balans::params::TrustRule;
-    use balans::state::StateDir;
+    use balans::method::params::TrustRule;
+    use balans::serve::state::StateDir;
     let (_t, model, _, _) = setup();
     assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
     assert_eq!(model.meta().params.gain_shrinkage, 0.5);
@@ -274,7 +274,7 @@ fn stretched(x: &Array2<f64>, ctrl: &[bool], g: f64) -> Array2<f64> {
             .filter(|&i| ctrl[i])
             .map(|i| x[[i, f]])
             .collect();
-        let centre = balans::preprocess::median_inplace(&mut c);
+        let centre = balans::method::preprocess::median_inplace(&mut c);
         col.mapv_inplace(|v| centre + g * (v - centre));
     }
     out

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
-use balans::profile::string_column;
-use balans::table::{read_table, write_table};
+use balans::io::profile::string_column;
+use balans::io::table::{read_table, write_table};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_balans"))

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow_array::{BooleanArray, RecordBatch};
-use balans::profile::string_column;
-use balans::table::{read_table, write_table};
+use balans::io::profile::string_column;
+use balans::io::table::{read_table, write_table};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_balans"))

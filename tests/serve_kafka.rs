@@ -17,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::{BooleanArray, RecordBatch};
-use balans::profile::string_column;
-use balans::serve::chunks::{Added, Assembler, Chunk};
-use balans::serve::wire::*;
-use balans::table::{encode_ipc_stream, encode_parquet, read_table};
+use balans::io::profile::string_column;
+use balans::io::table::{encode_ipc_stream, encode_parquet, read_table};
+use balans::serve::kafka::chunks::{Added, Assembler, Chunk};
+use balans::serve::kafka::wire::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -149,7 +149,7 @@ fn data() -> Data {
         arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
     };
     let reference = dir.path().join("reference.parquet");
-    balans::table::write_table(
+    balans::io::table::write_table(
         &reference,
         &keep(&|i| !streamed.contains(&plate[i]) && batch[i] != "Batch04"),
     )
@@ -429,7 +429,7 @@ fn versions(r: &Reader) -> BTreeMap<String, String> {
 }
 
 fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
-    let out = balans::table::decode_ipc_stream(output_bytes).unwrap();
+    let out = balans::io::table::decode_ipc_stream(output_bytes).unwrap();
     assert_eq!(out.num_rows(), input.num_rows(), "{plate}: rows");
     assert_eq!(out.schema(), input.schema(), "{plate}: columns");
     let wells_in = string_column(input, "Metadata_Well", plate).unwrap();

@@ -7,15 +7,15 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use balans::balans::{correct, Dataset, Summary};
 use balans::config::{Config, NonFinite};
-use balans::mixing::{mixing_figures, MixingFigures};
-use balans::params::{
+use balans::io::profile::{self, ControlSelector, NonFinitePolicy};
+use balans::io::table;
+use balans::method::fit::{correct, Dataset, Summary};
+use balans::method::params::{
     BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, SamplingRule, TrustRule,
 };
-use balans::preprocess::dense_ids;
-use balans::profile::{self, ControlSelector, NonFinitePolicy};
-use balans::table;
+use balans::method::preprocess::dense_ids;
+use balans::qc::mixing::{mixing_figures, MixingFigures};
 
 use super::logging::LogArgs;
 use super::progress::Bar;
@@ -301,7 +301,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         let plates = plate_labels.clone().unwrap_or_else(|| batch_labels.clone());
         let y_before = fit
             .pca
-            .transform_f32(balans::preprocess::clipped(&fit.z_before).view());
+            .transform_f32(balans::method::preprocess::clipped(&fit.z_before).view());
         let kind = if cfg.method.exact {
             IndexKind::Exact
         } else {
@@ -343,7 +343,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         Some(m) => m.iter().map(|c| !c).collect(),
         None => vec![true; batch_labels.len()],
     };
-    let scaled = balans::mixing::global_robust_scale(fm.values.view(), &fit.varying);
+    let scaled = balans::qc::mixing::global_robust_scale(fm.values.view(), &fit.varying);
     let before = mixing_figures(
         scaled.view(),
         &batch_ids,
@@ -351,7 +351,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         &keep,
         cfg.method.seed,
     );
-    let after_clipped = balans::preprocess::clipped(&fit.z_after);
+    let after_clipped = balans::method::preprocess::clipped(&fit.z_after);
     let after = mixing_figures(
         after_clipped.view(),
         &batch_ids,

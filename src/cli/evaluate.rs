@@ -8,13 +8,13 @@ use arrow_array::RecordBatch;
 use clap::{Args, Subcommand};
 use ndarray::{concatenate, Array2, Axis};
 
+use balans::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use balans::io::table;
 use balans::metrics::drift::{replicate_distance, representation_drift};
 use balans::metrics::plots::{metric_bars, sample_rows, scatter, MAX_SCATTER_POINTS};
 use balans::metrics::preprocess::robust_scale;
 use balans::metrics::report::Figure;
 use balans::metrics::{evaluate_full, Codes, EvalInput, EvalOptions, Evaluation};
-use balans::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
-use balans::table;
 
 /// Options of `balans evaluate`.
 #[derive(Args, Debug, Clone)]

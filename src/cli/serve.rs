@@ -111,7 +111,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     // The metrics listener (every mode) starts before the state is
     // restored: /healthz answers and /readyz says 503 during a long restore
     // or warm start.
-    let telemetry = balans::telemetry::Telemetry::new()?;
+    let telemetry = balans::serve::telemetry::Telemetry::new()?;
     let _http = match cfg.metrics.address()? {
         Some(addr) => Some(telemetry.serve_http(addr)?),
         None => None,

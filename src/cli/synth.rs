@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use balans::io::table;
 use balans::synth::{generate, to_record_batch, truth_record_batch, SynthSpec};
-use balans::table;
 
 /// Options of `balans synth`.
 #[derive(Args, Debug, Clone)]

@@ -27,7 +27,7 @@ pub struct NscResult {
     pub n_nscb: usize,
 }
 
-use crate::preprocess::median_inplace as median;
+use crate::method::preprocess::median_inplace as median;
 
 /// Compute NSC and NSCB. All label slices describe the rows of `x`.
 pub fn nsc(

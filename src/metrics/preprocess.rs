@@ -18,7 +18,7 @@ pub struct Scaled {
     pub kept: Vec<usize>,
 }
 
-use crate::preprocess::median_inplace as median;
+use crate::method::preprocess::median_inplace as median;
 
 /// Robust global scaling: `(x - median) / MAD`, clipped to `±clip`, zero-MAD
 /// features dropped. Errors on empty or non-finite input, naming the cell.

@@ -26,14 +26,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::balans::{correct as fit, Dataset, NoProgress};
 use crate::config::Config;
-use crate::model::Model;
-use crate::profile::{self, ControlSelector, NonFinitePolicy};
+use crate::io::profile::{self, ControlSelector, NonFinitePolicy};
+use crate::io::table;
+use crate::method::fit::{correct as fit, Dataset, NoProgress};
+use crate::method::model::Model;
 use crate::serve::plate::{self, RejectReason, Rejection};
-use crate::state::StateDir;
-use crate::table;
-use crate::telemetry::{Stage, Telemetry};
+use crate::serve::state::StateDir;
+use crate::serve::telemetry::{Stage, Telemetry};
 
 /// What one scan did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use arrow_array::RecordBatch;
 use serde::Serialize;
 
 use crate::config::CorrectConfig;
-use crate::model::{content_hash, Lookup, Model, PlateQc, PlateTimings};
-use crate::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use crate::method::model::{content_hash, Lookup, Model, PlateQc, PlateTimings};
 use crate::qc::{assess, OutlierVerdict, QcConfig};
-pub use crate::telemetry::RejectReason;
+pub use crate::serve::telemetry::RejectReason;
 
 /// Why a plate was rejected (it goes to the dead-letter destination): a
 /// reason kind (the metric label, the DLQ header) and a message for people.
@@ -160,7 +160,7 @@ pub struct Corrected {
     /// QC record.
     pub qc: QcRecord,
     /// The state change to log and apply (None for replays).
-    pub delta: Option<crate::model::PlateDelta>,
+    pub delta: Option<crate::method::model::PlateDelta>,
     /// Seconds per stage of the core (zero for replays), plus the encode
     /// stage in [`Corrected::encode_seconds`].
     pub timings: PlateTimings,

@@ -32,19 +32,19 @@ use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::align::{point_offsets, RowFeatures};
-use crate::balans::Correction;
-use crate::index::{BatchIndex, Neighbor};
-use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
-use crate::pca::{Pca, Whitening, WHITEN_RIDGE};
-use crate::preprocess::{
+use crate::method::align::{point_offsets, RowFeatures};
+use crate::method::fit::Correction;
+use crate::method::index::{BatchIndex, Neighbor};
+use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
+use crate::method::pca::{Pca, Whitening, WHITEN_RIDGE};
+use crate::method::preprocess::{
     clipped, control_gain_figure, control_log_gains, median_inplace, shrunk_gains, GainGroups,
     MIN_CONTROLS_PER_PLATE, MIN_GAIN_CONTROLS,
 };
+use crate::method::rows::{Concat, MatrixRows, RowSource};
+use crate::method::sampling::{compute_row_observed, SamplingConfig, SparseRow};
+use crate::method::scales::ScaleCache;
 use crate::qc::{finite, QcFigures};
-use crate::rows::{Concat, MatrixRows, RowSource};
-use crate::sampling::{compute_row_observed, SamplingConfig, SparseRow};
-use crate::scales::ScaleCache;
 
 /// What the model remembers of an incorporated plate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,7 +305,7 @@ impl Model {
             }),
             BatchScale::None => None,
         };
-        let norm = crate::preprocess::Normalizer::fit(x, &plate_of, 1, controls, gains)?;
+        let norm = crate::method::preprocess::Normalizer::fit(x, &plate_of, 1, controls, gains)?;
         let varying = norm.varying_features();
         anyhow::ensure!(
             !varying.is_empty(),
@@ -388,7 +388,7 @@ impl Model {
         );
         let yv = ArrayView2::from_shape((n, p), &y).context("row array shape")?;
         let nb = self.meta.batches.len();
-        self.indices = crate::index::build_batch_indices(
+        self.indices = crate::method::index::build_batch_indices(
             yv,
             &batch_of,
             nb,

@@ -20,8 +20,8 @@ use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, PrimitiveArray, R
 use arrow_schema::{DataType, Schema};
 use ndarray::{Array2, ArrayView2};
 
-use crate::preprocess::median_inplace;
-use crate::table::METADATA_PREFIX;
+use crate::io::table::METADATA_PREFIX;
+use crate::method::preprocess::median_inplace;
 
 /// The feature columns of a table.
 #[derive(Debug, Clone, PartialEq)]

@@ -23,14 +23,14 @@ use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 
-use crate::align::{point_offsets, DenseFeatures};
-use crate::index::{build_batch_indices, BatchIndex};
-use crate::params::{BatchScale, IndexKind, NeighborSpace, Params};
-use crate::pca::{Pca, WHITEN_RIDGE};
-use crate::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
-use crate::rows::MatrixRows;
-use crate::sampling::{sample, SamplingConfig};
-use crate::scales::ScaleCache;
+use crate::method::align::{point_offsets, DenseFeatures};
+use crate::method::index::{build_batch_indices, BatchIndex};
+use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
+use crate::method::pca::{Pca, WHITEN_RIDGE};
+use crate::method::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
+use crate::method::rows::MatrixRows;
+use crate::method::sampling::{sample, SamplingConfig};
+use crate::method::scales::ScaleCache;
 
 /// Progress reporting for long fits.
 pub trait Progress: Sync {
@@ -388,7 +388,7 @@ fn calibrate_trust(
     for &i in &rows {
         let q: Vec<f32> = y.row(i).iter().copied().collect();
         let own = indices[batch_of[i] as usize].search(&q, params.trust_k.max(1))?;
-        let s_own = crate::scales::kth_scale(&own, params.trust_k.max(1));
+        let s_own = crate::method::scales::kth_scale(&own, params.trust_k.max(1));
         if s_own <= 0.0 {
             continue;
         }
@@ -402,7 +402,7 @@ fn calibrate_trust(
             }
         }
         if !d.is_empty() {
-            ratios.push(crate::preprocess::median_inplace(&mut d) / s_own);
+            ratios.push(crate::method::preprocess::median_inplace(&mut d) / s_own);
         }
     }
     if ratios.len() < 10 {

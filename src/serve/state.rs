@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::model::{content_hash, Model, ModelMeta, PlateDelta};
+use crate::method::model::{content_hash, Model, ModelMeta, PlateDelta};
 
 /// The state directory.
 pub struct StateDir {

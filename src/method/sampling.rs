@@ -18,11 +18,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use crate::index::BatchIndex;
-use crate::kernel::affinity;
-use crate::params::{KernelKind, Retention, SamplingRule, TrustRule};
-use crate::rows::RowSource;
-use crate::scales::{kth_scale, ScaleCache};
+use crate::method::index::BatchIndex;
+use crate::method::kernel::affinity;
+use crate::method::params::{KernelKind, Retention, SamplingRule, TrustRule};
+use crate::method::rows::RowSource;
+use crate::method::scales::{kth_scale, ScaleCache};
 
 /// One sampled row of the affinity: the landmark and its retained entries
 /// `(row id, A_lj)`, sorted by row id. The landmark's own entry (`A_ll = 1`)
@@ -91,7 +91,7 @@ impl Sampling {
             return (0.0, 0.0);
         }
         let mut c = self.coverage.clone();
-        let med = crate::preprocess::median_inplace(&mut c);
+        let med = crate::method::preprocess::median_inplace(&mut c);
         let min = self.coverage.iter().copied().fold(f64::INFINITY, f64::min);
         (min, med)
     }
@@ -117,7 +117,7 @@ pub fn compute_row_observed(
     indices: &[&BatchIndex],
     cache: &ScaleCache,
     cfg: &SamplingConfig,
-    observe: &mut dyn FnMut(usize, &[crate::index::Neighbor]),
+    observe: &mut dyn FnMut(usize, &[crate::method::index::Neighbor]),
 ) -> Result<SparseRow> {
     let bi = rows.batch(i) as usize;
     let q = rows.row(i);
@@ -163,7 +163,7 @@ pub fn compute_row_observed(
     let trust = if cfg.trust > 0.0 {
         let nb = indices.len();
         let mass = cfg.trust_rule.uses_mass().then(|| {
-            let w = (cfg.trust * own_scale).max(crate::kernel::SCALE_FLOOR);
+            let w = (cfg.trust * own_scale).max(crate::method::kernel::SCALE_FLOOR);
             let mut mass = vec![0f64; nb];
             for &(j, _) in &all {
                 let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
@@ -246,7 +246,7 @@ fn mutual_fractions(
             // A small batch (a daemon plate): its own rank, one exact
             // query of a few dozen rows.
             let nb = indices[bi].search(rows.row(j as usize), rank)?;
-            crate::scales::kth_scale(&nb, rank)
+            crate::method::scales::kth_scale(&nb, rank)
         } else {
             cache.get_or_compute(j as usize, bi, rows, indices)?
         };
@@ -380,9 +380,9 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::build_batch_indices;
-    use crate::params::IndexKind;
-    use crate::rows::MatrixRows;
+    use crate::method::index::build_batch_indices;
+    use crate::method::params::IndexKind;
+    use crate::method::rows::MatrixRows;
     use ndarray::Array2;
     use rand::Rng;
 

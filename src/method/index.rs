@@ -17,7 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
-pub use crate::params::IndexKind;
+pub use crate::method::params::IndexKind;
 
 /// One neighbour: a global row id and its squared Euclidean distance.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,8 +5,8 @@
 //! broker at both ends:
 //!
 //! 1. **consume** a message from `plates_topic` (or all chunks of a chunked
-//!    plate, [`super::chunks`]); its offset is now *open*;
-//! 2. **decode** the payload ([`super::wire`]) and check the table
+//!    plate, [`self::chunks`]); its offset is now *open*;
+//! 2. **decode** the payload ([`self::wire`]) and check the table
 //!    ([`super::plate::decode`], shared with the directory mode);
 //! 3. **correct** it against the model, or re-derive the output of a plate
 //!    already incorporated with the same content (a replay), or reject a
@@ -18,7 +18,7 @@
 //! 6. **apply** the change to the in-memory model (snapshot every
 //!    `snapshot_every` plates);
 //! 7. mark the offsets done and **commit** the lowest still-open offset per
-//!    partition ([`super::offsets`]).
+//!    partition ([`self::offsets`]).
 //!
 //! A rejected plate goes to `dlq_topic` with its original bytes and a
 //! `balans-dlq-reason` header; its offset is committed once the broker has
@@ -31,6 +31,10 @@
 //! The loop is synchronous (one plate at a time; correction is CPU-bound and
 //! parallel inside): a [`BaseConsumer`] and a [`BaseProducer`] whose delivery
 //! callback counts failures. Signals set a flag checked between messages.
+
+pub mod chunks;
+pub mod offsets;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,13 +49,13 @@ use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, O
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use self::chunks::{Added, Assembler, Chunk};
+use self::offsets::OffsetTracker;
+use self::wire::*;
 use crate::config::{Config, KafkaConfig};
-use crate::model::Model;
-use crate::serve::chunks::{self, Added, Assembler, Chunk};
-use crate::serve::offsets::OffsetTracker;
+use crate::method::model::Model;
 use crate::serve::plate::{self, RejectReason, Rejection};
-use crate::serve::wire::{self, *};
-use crate::state::StateDir;
+use crate::serve::state::StateDir;
 
 /// Bytes kept free in each produced message for the key and headers.
 const HEADER_ROOM: usize = 16 * 1024;
@@ -118,13 +122,13 @@ pub struct PlateEvent {
     pub stages: StageTimes,
     /// The core's split of the correction (sampling / correction / QC),
     /// absent for replays and rejections.
-    pub timings: Option<crate::model::PlateTimings>,
+    pub timings: Option<crate::method::model::PlateTimings>,
     /// QC figures and the outlier verdict, absent for replays and rejections.
-    pub qc: Option<(crate::model::PlateQc, crate::qc::OutlierVerdict)>,
+    pub qc: Option<(crate::method::model::PlateQc, crate::qc::OutlierVerdict)>,
 }
 
 /// Per-plate hooks of the Kafka loop. The Prometheus
-/// [`crate::telemetry::Telemetry`] implements them (that is how the Kafka
+/// [`crate::serve::telemetry::Telemetry`] implements them (that is how the Kafka
 /// mode's metrics are fed); the stream bench implements them to time
 /// plates. The default does nothing.
 pub trait PlateHooks: Send {
@@ -144,11 +148,11 @@ pub trait PlateHooks: Send {
     fn checkpoint(&self, _seconds: f64, _ok: bool) {}
 }
 
-/// The daemon's Prometheus telemetry ([`crate::telemetry`]) fed from the
+/// The daemon's Prometheus telemetry ([`crate::serve::telemetry`]) fed from the
 /// Kafka loop's hooks.
-impl PlateHooks for crate::telemetry::Telemetry {
+impl PlateHooks for crate::serve::telemetry::Telemetry {
     fn plate(&self, e: &PlateEvent) {
-        use crate::telemetry::Stage;
+        use crate::serve::telemetry::Stage;
         let s = &e.stages;
         self.plate_consumed();
         self.rows_consumed(e.rows);
@@ -183,16 +187,16 @@ impl PlateHooks for crate::telemetry::Telemetry {
         self.consumer_lag(topic, partition, lag);
     }
     fn model_changed(&self, model: &Model) {
-        crate::telemetry::Telemetry::model(self, model);
+        crate::serve::telemetry::Telemetry::model(self, model);
     }
     fn broker_reachable(&self, ok: bool) {
         self.set_broker_reachable(ok);
     }
     fn commit(&self, seconds: f64, ok: bool) {
-        crate::telemetry::Telemetry::commit(self, seconds, ok);
+        crate::serve::telemetry::Telemetry::commit(self, seconds, ok);
     }
     fn checkpoint(&self, seconds: f64, ok: bool) {
-        crate::telemetry::Telemetry::checkpoint(self, seconds, ok);
+        crate::serve::telemetry::Telemetry::checkpoint(self, seconds, ok);
     }
 }
 
@@ -793,7 +797,7 @@ impl KafkaServer {
             (H_SOURCE_PARTITION, input.partition.to_string()),
             (H_SOURCE_OFFSET, input.first_offset().to_string()),
         ];
-        let aligned = crate::table::encode_ipc_stream(&out.table)
+        let aligned = crate::io::table::encode_ipc_stream(&out.table)
             .with_context(|| format!("{source}: cannot encode the aligned plate"))?;
         let mut h = common.clone();
         h.push((H_CONTENT_TYPE, CT_ARROW_STREAM.into()));

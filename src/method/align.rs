@@ -20,8 +20,8 @@ use anyhow::Result;
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::rows::RowSource;
-use crate::sampling::SparseRow;
+use crate::method::rows::RowSource;
+use crate::method::sampling::SparseRow;
 
 /// The space offsets are computed in: row `j`'s vector and batch.
 pub trait Features: Sync {

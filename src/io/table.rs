@@ -27,7 +27,7 @@
 //!   integer, else `Float64` if every non-empty cell parses as a float, else
 //!   `Utf8`. Float parsing accepts `NaN`, `nan`, `inf`, `-inf`, `Infinity`
 //!   (any case), so non-finite values reach the non-finite policy of
-//!   [`crate::profile`] instead of silently turning a feature into text.
+//!   [`crate::io::profile`] instead of silently turning a feature into text.
 //!   A non-metadata column whose cells are all empty becomes an all-null
 //!   `Float64` column.
 //! * Empty cells are nulls (so an empty *string* does not survive a CSV

@@ -7,7 +7,7 @@
 //! life: consumed, each stage timed, published or dead-lettered, committed;
 //! checkpoints; the model's shape after a plate; the source's backlog
 //! ([`Telemetry::consumer_lag`]). The algorithm core does not call it: it
-//! returns timings ([`crate::model::PlateTimings`]) and the pipeline reports
+//! returns timings ([`crate::method::model::PlateTimings`]) and the pipeline reports
 //! them. Every family and its labels are listed in `docs/operations.md`.
 //!
 //! The HTTP listener is `tiny_http` on its own thread (synchronous, no
@@ -25,7 +25,7 @@ use prometheus::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::Model;
+use crate::method::model::Model;
 use crate::qc::{OutlierReason, OutlierVerdict};
 
 /// `[metrics]` configuration.
@@ -597,7 +597,7 @@ impl Telemetry {
             (f64::NAN, f64::NAN)
         } else {
             let min = c.iter().copied().fold(f64::INFINITY, f64::min);
-            (min, crate::preprocess::median_inplace(&mut c))
+            (min, crate::method::preprocess::median_inplace(&mut c))
         };
         self.inner
             .model_coverage
@@ -610,7 +610,7 @@ impl Telemetry {
     }
 
     /// A corrected plate's QC figures and verdict.
-    pub fn plate_qc(&self, qc: &crate::model::PlateQc, verdict: &OutlierVerdict) {
+    pub fn plate_qc(&self, qc: &crate::method::model::PlateQc, verdict: &OutlierVerdict) {
         let i = &self.inner;
         let figures: [(&str, f64); 10] = [
             ("mean_offset", qc.mean_offset),

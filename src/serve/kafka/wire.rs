@@ -113,7 +113,7 @@ pub fn decode_payload(
                     ),
                 ));
             }
-            crate::table::decode_parquet(bytes)
+            crate::io::table::decode_parquet(bytes)
         }
         Encoding::ArrowStream => {
             if looks_parquet {
@@ -125,7 +125,7 @@ pub fn decode_payload(
                 ));
             }
             check_ipc_prefix(bytes, source)?;
-            crate::table::decode_ipc_stream(bytes)
+            crate::io::table::decode_ipc_stream(bytes)
         }
     };
     r.map_err(|e| {
@@ -180,9 +180,9 @@ mod tests {
     #[test]
     fn round_trips_both_encodings() {
         let t = table();
-        let ipc = crate::table::encode_ipc_stream(&t).unwrap();
+        let ipc = crate::io::table::encode_ipc_stream(&t).unwrap();
         assert_eq!(decode_payload(&ipc, Encoding::ArrowStream, "m").unwrap(), t);
-        let pq = crate::table::encode_parquet(&t).unwrap();
+        let pq = crate::io::table::encode_parquet(&t).unwrap();
         assert_eq!(decode_payload(&pq, Encoding::Parquet, "m").unwrap(), t);
         let e = decode_payload(&pq, Encoding::ArrowStream, "m").unwrap_err();
         assert!(e.message.contains("Parquet"), "{e:?}");

@@ -19,8 +19,8 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 
-use crate::index::{BatchIndex, Neighbor};
-use crate::rows::RowSource;
+use crate::method::index::{BatchIndex, Neighbor};
+use crate::method::rows::RowSource;
 
 /// The scale from a sorted neighbour list: the distance to the k-th entry
 /// (or the last one when there are fewer than k). 0 for an empty list.
@@ -125,7 +125,7 @@ impl ScaleCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::IndexKind;
+    use crate::method::params::IndexKind;
     use ndarray::array;
 
     #[test]
@@ -151,7 +151,7 @@ mod tests {
         b.add(&[3, 4], y.slice(ndarray::s![3..5, ..]), 1).unwrap();
         let idx = vec![&a, &b];
         let bo = [0, 0, 0, 1, 1];
-        let rows = crate::rows::MatrixRows::new(y.view(), &bo).unwrap();
+        let rows = crate::method::rows::MatrixRows::new(y.view(), &bo).unwrap();
         for cache in [ScaleCache::new(5, 2, 2), ScaleCache::sparse(2, 2)] {
             assert_eq!(cache.get(0, 1), None);
             // Row 0 against batch 1: second nearest of {10, 12} is 12.

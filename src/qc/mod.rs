@@ -1,7 +1,7 @@
 //! Per-plate QC verdicts: is a plate an outlier against its batch's history?
 //!
 //! Pure functions, no I/O. The daemon computes a plate's [`QcFigures`] while
-//! correcting it (see [`crate::model::PlateQc`]), keeps every incorporated
+//! correcting it (see [`crate::method::model::PlateQc`]), keeps every incorporated
 //! plate's figures in the model (so the history survives restarts through the
 //! snapshot and the write-ahead log) and asks [`assess`] whether the new plate
 //! stands out from the previous plates of its batch. `balans correct --qc`
@@ -15,9 +15,11 @@
 //! coverage). With fewer than `min_history` previous plates nothing is
 //! flagged.
 
+pub mod mixing;
+
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::median_inplace;
+use crate::method::preprocess::median_inplace;
 
 /// `[qc]` configuration: outlier thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,7 +316,7 @@ mod tests {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
         let c = crate::config::Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
         assert_eq!(c.qc, QcConfig::default());
-        assert_eq!(c.metrics, crate::telemetry::MetricsConfig::default());
+        assert_eq!(c.metrics, crate::serve::telemetry::MetricsConfig::default());
     }
 
     #[test]
@@ -404,7 +406,7 @@ pub fn offline_plate_qc(
     controls: Option<&[bool]>,
     control_gain: &dyn Fn(&str) -> Option<f64>,
     k: usize,
-    kind: crate::params::IndexKind,
+    kind: crate::method::params::IndexKind,
     cfg: &QcConfig,
 ) -> anyhow::Result<Vec<PlateQcRow>> {
     use std::collections::HashMap;
@@ -413,11 +415,11 @@ pub fn offline_plate_qc(
         y_after.nrows() == n && batch.len() == n && plate.len() == n,
         "QC inputs disagree in length"
     );
-    let (batch_of, batch_names) = crate::preprocess::dense_ids(batch);
+    let (batch_of, batch_names) = crate::method::preprocess::dense_ids(batch);
     let nb = batch_names.len();
     let threads = rayon::current_num_threads();
-    let before = crate::index::build_batch_indices(y_before, &batch_of, nb, kind, threads)?;
-    let after = crate::index::build_batch_indices(y_after, &batch_of, nb, kind, threads)?;
+    let before = crate::method::index::build_batch_indices(y_before, &batch_of, nb, kind, threads)?;
+    let after = crate::method::index::build_batch_indices(y_after, &batch_of, nb, kind, threads)?;
     // Plates in order of first appearance.
     let mut order: Vec<String> = Vec::new();
     let mut rows_of: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -442,7 +444,7 @@ pub fn offline_plate_qc(
         .map(|p| plate_id.get(p.as_str()).copied().unwrap_or(usize::MAX))
         .collect();
     // Mixing of rows `idx` (all of plate `pid`, batch `b`) in `y`.
-    let mixing = |indices: &[crate::index::BatchIndex],
+    let mixing = |indices: &[crate::method::index::BatchIndex],
                   y: ndarray::ArrayView2<f32>,
                   idx: &[usize],
                   pid: usize,

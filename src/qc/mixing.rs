@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::pca::Pca;
+use crate::method::pca::Pca;
 
 /// Rows used at most.
 pub const MAX_ROWS: usize = 4000;
@@ -132,9 +132,9 @@ pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
     for (j, &c) in cols.iter().enumerate() {
         let col = x.column(c);
         let mut v: Vec<f64> = col.to_vec();
-        let med = crate::preprocess::median_inplace(&mut v);
+        let med = crate::method::preprocess::median_inplace(&mut v);
         let mut dev: Vec<f64> = col.iter().map(|a| (a - med).abs()).collect();
-        let mad = crate::preprocess::median_inplace(&mut dev) * 1.4826;
+        let mad = crate::method::preprocess::median_inplace(&mut dev) * 1.4826;
         let s = if mad > 0.0 { mad } else { 1.0 };
         for (o, a) in out.column_mut(j).iter_mut().zip(col.iter()) {
             *o = ((a - med) / s).clamp(-50.0, 50.0);

@@ -8,7 +8,7 @@
 //! its nearest points — the kernel itself bridges the batch gap, which is
 //! what makes the affinity an alignment signal.
 
-use crate::params::KernelKind;
+use crate::method::params::KernelKind;
 
 /// Smallest scale used, so a point with k duplicates at distance 0 does not
 /// divide by zero (distances are in robust-z units of the neighbour space).
