@@ -3,7 +3,9 @@
 
 use balans::method::fit::{correct, Dataset, NoProgress};
 use balans::method::model::{content_hash, Lookup, Model};
+use balans::method::params::IndexKind;
 use balans::method::params::Params;
+use balans::qc::{correct_plate, offline_plate_qc, plate_mixing, plate_qc, QcConfig};
 use balans::synth::{generate, SynthSpec, SynthTable};
 use ndarray::{Array2, Axis};
 
@@ -32,6 +34,11 @@ fn params() -> Params {
 
 /// Fit on batches 1-3 minus one plate of batch 2; return model and held-out plates.
 fn setup() -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
+    setup_with(&params())
+}
+
+/// [`setup`] with other parameters.
+fn setup_with(params: &Params) -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
     let t = table();
     let held_plate = t.plate[rows_where(&t, |i| t.batch[i] == "Batch02")[0]].clone();
     let reference = rows_where(&t, |i| t.batch[i] != "Batch04" && t.plate[i] != held_plate);
@@ -48,8 +55,8 @@ fn setup() -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
         plate: Some(&plate),
         controls: Some(&controls),
     };
-    let fit = correct(&data, &params(), &NoProgress).unwrap();
-    let model = Model::from_fit(&fit, t.feature_names(), &params()).unwrap();
+    let fit = correct(&data, params, &NoProgress).unwrap();
+    let model = Model::from_fit(&fit, t.feature_names(), params).unwrap();
     (t, model, plate_rows, new_rows)
 }
 
@@ -65,9 +72,7 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
     let (t, mut model, plate_rows, new_rows) = setup();
     let n0 = model.len();
     let (x, ctrl) = plate_inputs(&t, &plate_rows);
-    let pc = model
-        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1)
-        .unwrap();
+    let pc = correct_plate(&model, "P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap();
     assert_eq!(pc.corrected.dim(), x.dim());
     assert!(pc.corrected.iter().all(|v| v.is_finite()));
     assert!(pc.qc.mixing_after > pc.qc.mixing_before, "{:?}", pc.qc);
@@ -76,9 +81,7 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
 
     // A plate of a batch never seen: a new index appears; it mixes better.
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
-    let pc2 = model
-        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 2)
-        .unwrap();
+    let pc2 = correct_plate(&model, "P2", "Batch04", x2.view(), Some(&ctrl2), 2).unwrap();
     assert!(pc2.qc.new_batch);
     assert!(
         pc2.qc.cross_batch_distance_after < 0.8 * pc2.qc.cross_batch_distance_before,
@@ -109,9 +112,7 @@ fn streamed_plates_are_corrected_and_published_rows_do_not_move() {
 fn apply_is_idempotent_and_restore_reproduces_the_model() {
     let (t, mut model, plate_rows, new_rows) = setup();
     let (x, ctrl) = plate_inputs(&t, &plate_rows);
-    let pc = model
-        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 7)
-        .unwrap();
+    let pc = correct_plate(&model, "P1", "Batch02", x.view(), Some(&ctrl), 7).unwrap();
     model.apply(&pc.delta).unwrap();
     let n = model.len();
     model.apply(&pc.delta).unwrap();
@@ -131,12 +132,8 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
     )
     .unwrap();
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
-    let a = model
-        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3)
-        .unwrap();
-    let b = restored
-        .correct_plate("P2", "Batch04", x2.view(), Some(&ctrl2), 3)
-        .unwrap();
+    let a = correct_plate(&model, "P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
+    let b = correct_plate(&restored, "P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
     let diff = max_abs(&(&a.corrected - &b.corrected));
     assert!(diff < 1e-6, "restored model corrects differently by {diff}");
     assert_eq!(a.delta.version, b.delta.version);
@@ -147,18 +144,12 @@ fn bad_plates_are_refused_with_reasons() {
     let (t, model, plate_rows, _) = setup();
     let (mut x, ctrl) = plate_inputs(&t, &plate_rows);
     x[[2, 5]] = f64::NAN;
-    let e = model
-        .correct_plate("P1", "Batch02", x.view(), Some(&ctrl), 1)
-        .unwrap_err();
+    let e = correct_plate(&model, "P1", "Batch02", x.view(), Some(&ctrl), 1).unwrap_err();
     assert!(format!("{e}").contains("row 3"), "{e}");
     let empty = Array2::<f64>::zeros((0, 30));
-    assert!(model
-        .correct_plate("P0", "Batch02", empty.view(), None, 1)
-        .is_err());
+    assert!(correct_plate(&model, "P0", "Batch02", empty.view(), None, 1).is_err());
     let narrow = Array2::<f64>::zeros((3, 29));
-    assert!(model
-        .correct_plate("P0", "Batch02", narrow.view(), None, 1)
-        .is_err());
+    assert!(correct_plate(&model, "P0", "Batch02", narrow.view(), None, 1).is_err());
     assert_ne!(content_hash(b"a"), content_hash(b"b"));
 }
 
@@ -168,9 +159,7 @@ fn bootstrap_from_a_first_plate() {
     let rows = rows_where(&t, |i| t.plate[i] == t.plate[0]);
     let (x, ctrl) = plate_inputs(&t, &rows);
     let mut model = Model::bootstrap(x.view(), Some(&ctrl), t.feature_names(), &params()).unwrap();
-    let pc = model
-        .correct_plate("first", &t.batch[0], x.view(), Some(&ctrl), 1)
-        .unwrap();
+    let pc = correct_plate(&model, "first", &t.batch[0], x.view(), Some(&ctrl), 1).unwrap();
     // Nothing to align to: the plate is only normalised.
     assert_eq!(pc.qc.mean_offset, 0.0);
     model.apply(&pc.delta).unwrap();
@@ -179,9 +168,7 @@ fn bootstrap_from_a_first_plate() {
     let other_plate = t.plate[other[0]].clone();
     let rows2 = rows_where(&t, |i| t.plate[i] == other_plate);
     let (x2, c2) = plate_inputs(&t, &rows2);
-    let pc2 = model
-        .correct_plate("second", "Batch03", x2.view(), Some(&c2), 2)
-        .unwrap();
+    let pc2 = correct_plate(&model, "second", "Batch03", x2.view(), Some(&c2), 2).unwrap();
     assert!(pc2.qc.mean_offset > 0.0);
 }
 
@@ -192,19 +179,93 @@ fn qc_mixing_reuses_queries_without_changing_figures() {
     let (t, model, rows, new_rows) = setup();
     for (rows, batch) in [(&rows, "Batch02"), (&new_rows, "Batch04")] {
         let (x, c) = plate_inputs(&t, rows);
-        let pc = model
-            .correct_plate("P", batch, x.view(), Some(&c), 1)
-            .unwrap();
+        let pc = correct_plate(&model, "P", batch, x.view(), Some(&c), 1).unwrap();
         let b = model.meta().batches.iter().position(|x| x == batch);
         let y_raw = model.project(x.view(), Some(&c), Some(batch));
-        let before = model.plate_mixing(&y_raw, b).unwrap();
+        let before = plate_mixing(&model, y_raw.view(), b).unwrap();
         assert_eq!(pc.qc.mixing_before, before.0, "{batch}");
         assert_eq!(pc.qc.cross_batch_distance_before, before.1, "{batch}");
         let p = model.meta().dims;
         let y = Array2::from_shape_vec((rows.len(), p), pc.delta.y.clone()).unwrap();
-        let after = model.plate_mixing(&y, b).unwrap();
+        let after = plate_mixing(&model, y.view(), b).unwrap();
         assert_eq!(pc.qc.mixing_after, after.0, "{batch}");
         assert!(pc.qc.mixing_before.is_finite());
+        // The figures the delta carries into the batch's history.
+        assert_eq!(pc.delta.qc, Some(pc.qc.figures()));
+    }
+}
+
+/// The daemon's QC figures and `balans correct --qc`'s are one definition:
+/// a plate aligned by the model, and the same coordinates handed to the
+/// offline QC (the model's rows plus the plate, the plate left out of its
+/// own neighbours), give the same figures. Exact search, so both paths see
+/// the same neighbours.
+#[test]
+fn daemon_and_offline_qc_figures_agree() {
+    let params = Params {
+        exact: true,
+        ..params()
+    };
+    let (t, model, rows, new_rows) = setup_with(&params);
+    let p = model.meta().dims;
+    let n = model.len();
+    let model_y = Array2::from_shape_vec((n, p), model.rows_y().to_vec()).unwrap();
+    let model_batch: Vec<String> = model
+        .rows_batch()
+        .iter()
+        .map(|&b| model.meta().batches[b as usize].clone())
+        .collect();
+    for (rows, batch) in [(&rows, "Batch02"), (&new_rows, "Batch04")] {
+        let (x, c) = plate_inputs(&t, rows);
+        let aligned = model
+            .align_plate("P", batch, x.view(), Some(&c), 1)
+            .unwrap();
+        let daemon = plate_qc(&model, &aligned, Some(&c)).unwrap();
+        // The offline table: every model row (one plate per batch) + the plate.
+        let stack = |plate_y: &Array2<f32>| {
+            ndarray::concatenate(Axis(0), &[model_y.view(), plate_y.view()]).unwrap()
+        };
+        let before = stack(&aligned.y_raw);
+        let after = stack(&aligned.y_corrected);
+        let mut batches = model_batch.clone();
+        batches.extend(std::iter::repeat_n(batch.to_string(), rows.len()));
+        let mut plates: Vec<String> = model_batch.iter().map(|b| format!("M{b}")).collect();
+        plates.extend(std::iter::repeat_n("P".to_string(), rows.len()));
+        let mut controls = vec![false; n];
+        controls.extend_from_slice(&c);
+        let table = offline_plate_qc(
+            before.view(),
+            after.view(),
+            &batches,
+            &plates,
+            Some(&controls),
+            &|_| None,
+            params.k,
+            IndexKind::Exact,
+            &QcConfig::default(),
+        )
+        .unwrap();
+        let offline = table.iter().find(|r| r.plate == "P").unwrap();
+        assert_eq!(offline.rows, daemon.rows);
+        assert_eq!(offline.controls, daemon.controls);
+        assert_eq!(offline.mixing_before, daemon.mixing_before, "{batch}");
+        assert_eq!(offline.mixing_after, daemon.mixing_after, "{batch}");
+        assert_eq!(
+            offline.cross_batch_distance_before, daemon.cross_batch_distance_before,
+            "{batch}"
+        );
+        assert_eq!(
+            offline.cross_batch_distance_after, daemon.cross_batch_distance_after,
+            "{batch}"
+        );
+        assert_eq!(offline.mean_offset, daemon.mean_offset, "{batch}");
+        assert_eq!(offline.control_dispersion, daemon.control_dispersion);
+        // Not vacuous: the figures exist and the correction moved the plate.
+        assert!(daemon.mixing_before.is_finite() && daemon.mixing_after.is_finite());
+        assert!(daemon.cross_batch_distance_after.is_finite());
+        assert!(daemon.mean_offset > 0.0);
+        assert!(daemon.control_dispersion.is_some());
+        assert_eq!(daemon.new_batch, batch == "Batch04");
     }
 }
 
@@ -290,26 +351,18 @@ fn a_new_batch_plate_measures_its_gain_on_its_own_controls() {
     assert!(ctrl.iter().filter(|&&c| c).count() >= 8);
     // A plate of an unseen batch whose staining is twice as strong gives the
     // same output as the plate itself: its gain is measured and removed.
-    let a = model
-        .correct_plate("P", "Batch04", x.view(), Some(&ctrl), 1)
-        .unwrap();
+    let a = correct_plate(&model, "P", "Batch04", x.view(), Some(&ctrl), 1).unwrap();
     let x2 = stretched(&x, &ctrl, 2.0);
-    let b = model
-        .correct_plate("P", "Batch04", x2.view(), Some(&ctrl), 1)
-        .unwrap();
+    let b = correct_plate(&model, "P", "Batch04", x2.view(), Some(&ctrl), 1).unwrap();
     let spread = max_abs(&a.corrected);
     let diff = max_abs(&(&a.corrected - &b.corrected));
     assert!(diff <= 1e-6 * spread, "stretched plate moved by {diff}");
     // A plate of a reference batch uses that batch's frozen gain instead:
     // the same stretch now shows in the output.
     let (y, yctrl) = plate_inputs(&t, &plate_rows);
-    let c = model
-        .correct_plate("Q", "Batch02", y.view(), Some(&yctrl), 1)
-        .unwrap();
+    let c = correct_plate(&model, "Q", "Batch02", y.view(), Some(&yctrl), 1).unwrap();
     let y2 = stretched(&y, &yctrl, 2.0);
-    let d = model
-        .correct_plate("Q", "Batch02", y2.view(), Some(&yctrl), 1)
-        .unwrap();
+    let d = correct_plate(&model, "Q", "Batch02", y2.view(), Some(&yctrl), 1).unwrap();
     let moved = max_abs(&(&c.corrected - &d.corrected));
     assert!(
         moved > 1e-3 * spread,

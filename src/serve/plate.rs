@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::config::CorrectConfig;
 use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
-use crate::method::model::{content_hash, Lookup, Model, PlateQc, PlateTimings};
-use crate::qc::{assess, OutlierVerdict, QcConfig};
+use crate::method::model::{content_hash, Lookup, Model, PlateTimings};
+use crate::qc::{assess, OutlierVerdict, PlateQc, QcConfig};
 pub use crate::serve::telemetry::RejectReason;
 
 /// Why a plate was rejected (it goes to the dead-letter destination): a
@@ -200,9 +200,15 @@ pub fn correct(
             (v, None, None, r.version.clone(), true)
         }
         Lookup::New => {
-            let pc = model
-                .correct_plate(&p.plate, &p.batch, x.view(), p.controls.as_deref(), p.hash)
-                .map_err(bad)?;
+            let pc = crate::qc::correct_plate(
+                model,
+                &p.plate,
+                &p.batch,
+                x.view(),
+                p.controls.as_deref(),
+                p.hash,
+            )
+            .map_err(bad)?;
             timings = pc.timings;
             let t = std::time::Instant::now();
             let history = model.qc_history(&p.batch);

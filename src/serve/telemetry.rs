@@ -610,7 +610,7 @@ impl Telemetry {
     }
 
     /// A corrected plate's QC figures and verdict.
-    pub fn plate_qc(&self, qc: &crate::method::model::PlateQc, verdict: &OutlierVerdict) {
+    pub fn plate_qc(&self, qc: &crate::qc::PlateQc, verdict: &OutlierVerdict) {
         let i = &self.inner;
         let figures: [(&str, f64); 10] = [
             ("mean_offset", qc.mean_offset),

@@ -8,143 +8,65 @@
 //!
 //! Incorporating a plate is split in two, so a caller can make the change
 //! durable before applying it (write-ahead):
-//! 1. [`Model::correct_plate`] (`&self`, pure): normalise the plate against
+//! 1. [`Model::align_plate`] (`&self`, pure): normalise the plate against
 //!    its own controls with the frozen scale, project it, then for a few
 //!    rounds sample every plate row as a landmark (new rows have coverage 0,
 //!    so they come first) against every batch index plus the plate itself,
 //!    and move the plate to the consensus of the rows already published
 //!    (which never move: inductive semantics). It returns the corrected
-//!    profiles and a [`PlateDelta`].
+//!    profiles and a [`PlateDelta`], plus what the plate's QC figures are
+//!    computed from (coordinates before and after, round 1's neighbour
+//!    queries, coverage).
 //! 2. [`Model::apply`] (`&mut self`): append the plate's corrected
 //!    coordinates to its batch's index and add its affinities to coverage.
+//!
+//! The daemon does not call step 1 itself: [`crate::qc::correct_plate`]
+//! aligns the plate and computes its QC figures, which the delta carries into
+//! the model as the batch's QC history ([`Model::qc_history`]). The model
+//! stores the figures but does not compute them, so the method core imports
+//! nothing from `qc` (the dependency runs one way: `qc` -> `method`).
 //!
 //! Replaying the same plate (same id and content hash) is recognised by
 //! [`Model::lookup`], so a redelivered plate is not added twice.
 //!
 //! The daemon corrects in the neighbour space (p dims) and maps the offset
-//! back through the PCA loadings; the offline fit corrects every feature
-//! directly. Per-plate cost depends on the plate size, the number of batches
-//! and `log n` of the index sizes — not linearly on n.
+//! back through the PCA loadings ([`projection`]); the offline fit corrects
+//! every feature directly. Per-plate cost depends on the plate size, the
+//! number of batches and `log n` of the index sizes — not linearly on n.
+//!
+//! Files: this one holds the model, its construction and the write-ahead
+//! pair; [`meta`] the persisted records; [`projection`] a plate's way into
+//! the neighbour space and back.
+
+pub mod meta;
+pub mod projection;
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView2, Axis};
-use serde::{Deserialize, Serialize};
+use ndarray::{Array2, ArrayView2};
 
+pub use self::meta::{ModelMeta, PlateDelta, PlateRecord, QcFigures};
 use crate::method::align::{point_offsets, RowFeatures};
 use crate::method::fit::Correction;
 use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::method::pca::{Pca, Whitening, WHITEN_RIDGE};
-use crate::method::preprocess::{
-    clipped, control_gain_figure, control_log_gains, median_inplace, shrunk_gains, GainGroups,
-    MIN_CONTROLS_PER_PLATE, MIN_GAIN_CONTROLS,
-};
+use crate::method::preprocess::{clipped, GainGroups};
 use crate::method::rows::{Concat, MatrixRows, RowSource};
 use crate::method::sampling::{compute_row_observed, SamplingConfig, SparseRow};
 use crate::method::scales::ScaleCache;
-use crate::qc::{finite, QcFigures};
 
-/// What the model remembers of an incorporated plate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlateRecord {
-    /// Batch name.
-    pub batch: String,
-    /// First row id of the plate in the model.
-    pub first_row: u64,
-    /// Rows of the plate.
-    pub rows: u64,
-    /// Content hash of the plate's input (to tell a replay from a clash).
-    pub content_hash: u64,
-    /// Model version the plate was corrected with.
-    pub version: String,
-    /// QC figures of the plate (the batch's QC history; absent in state
-    /// written before they were recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qc: Option<QcFigures>,
-}
-
-/// The state change of incorporating one plate (the write-ahead record).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlateDelta {
-    /// Plate id.
-    pub plate: String,
-    /// Batch name.
-    pub batch: String,
-    /// Content hash of the input.
-    pub content_hash: u64,
-    /// Model version used.
-    pub version: String,
-    /// Corrected neighbour-space coordinates of the plate's rows (row-major).
-    pub y: Vec<f32>,
-    /// Coverage added to existing rows: (row id, amount).
-    pub coverage_updates: Vec<(u64, f32)>,
-    /// Coverage of the plate's own rows.
-    pub plate_coverage: Vec<f32>,
-    /// QC figures of the plate, kept as its batch's QC history.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qc: Option<QcFigures>,
-}
-
-/// Per-plate quality figures computed while correcting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct PlateQc {
-    /// Rows of the plate.
-    pub rows: usize,
-    /// Control rows found (0 without a selector).
-    pub controls: usize,
-    /// Mean norm of the offset applied, neighbour space (robust-z units).
-    pub mean_offset: f64,
-    /// Batch mixing of the plate's rows before correction: share of their
-    /// nearest neighbours (over all batches) from other batches, relative
-    /// to the share of other-batch rows in the model (1 = mixed).
-    pub mixing_before: f64,
-    /// The same after correction.
-    pub mixing_after: f64,
-    /// Median distance of the plate's rows to their nearest row of another
-    /// batch, before correction (neighbour space).
-    pub cross_batch_distance_before: f64,
-    /// The same after correction.
-    pub cross_batch_distance_after: f64,
-    /// Median distance of control rows to their centroid, after correction
-    /// (None without controls).
-    pub control_dispersion: Option<f64>,
-    /// Spread of the plate's controls against the reference's, folded to >= 1
-    /// (`exp(|mean log-gain|)`; None without batch scaling or with fewer than
-    /// 8 controls). The daemon removes a new batch's gain, so a failed
-    /// staining shows here rather than in the offsets.
-    #[serde(default)]
-    pub control_gain: Option<f64>,
-    /// Minimum coverage of the plate's rows.
-    pub coverage_min: f64,
-    /// Median coverage of the plate's rows.
-    pub coverage_median: f64,
-    /// True when the plate opened a batch the model had not seen.
-    pub new_batch: bool,
-}
-
-impl PlateQc {
-    /// The figures the outlier test uses (NaN -> None).
-    pub fn figures(&self) -> QcFigures {
-        QcFigures {
-            mean_offset: finite(self.mean_offset),
-            mixing_after: finite(self.mixing_after),
-            cross_batch_distance_after: finite(self.cross_batch_distance_after),
-            control_dispersion: self.control_dispersion.and_then(finite),
-            control_gain: self.control_gain.and_then(finite),
-            coverage_median: finite(self.coverage_median),
-        }
-    }
-}
-
-/// Seconds spent in the stages of [`Model::correct_plate`] (returned, not
+/// Seconds spent in the stages of correcting a plate (returned, not
 /// reported: the core does no I/O; the pipeline feeds them to telemetry).
+/// [`Model::align_plate`] fills the method's stages; the QC stage is
+/// [`crate::qc::correct_plate`]'s.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PlateTimings {
     /// Affinity-row sampling (landmark rows against every batch index).
     pub sampling: f64,
-    /// Offsets from the sampled rows and the map back to features.
+    /// Offsets from the sampled rows, the map back to features and the
+    /// coverage bookkeeping.
     pub correction: f64,
     /// The QC figures (mixing before/after, dispersion, coverage).
     pub qc: f64,
@@ -152,57 +74,37 @@ pub struct PlateTimings {
     pub landmarks: usize,
 }
 
-/// A corrected plate.
+/// One plate row's nearest rows in every batch index of the model:
+/// `(squared distance, batch id)`, at most k per index, index by index.
+pub type RowHits = Vec<(f32, usize)>;
+
+/// A plate aligned to the model (see [`Model::align_plate`]): the
+/// correction, the state change, and what its QC figures are computed from.
 #[derive(Debug, Clone)]
-pub struct PlateCorrection {
+pub struct AlignedPlate {
     /// Corrected features (rows x all features, input units).
     pub corrected: Array2<f64>,
-    /// QC figures.
-    pub qc: PlateQc,
-    /// The state change to apply.
+    /// The state change to apply. Its `qc` is `None`: the figures are
+    /// computed outside the core and set by the caller
+    /// ([`crate::qc::correct_plate`]).
     pub delta: PlateDelta,
-    /// Stage timings.
+    /// Neighbour-space coordinates of the plate's rows before correction.
+    pub y_raw: Array2<f32>,
+    /// The same after correction (the rows of `delta.y`).
+    pub y_corrected: Array2<f32>,
+    /// Round 1's queries: each row's k nearest rows in every batch index at
+    /// `y_raw` (`None` when nothing was aligned: an empty model, or no
+    /// rounds).
+    pub hits_before: Option<Vec<RowHits>>,
+    /// The plate's batch id in the model (`None` = a batch it has not seen).
+    pub batch_id: Option<usize>,
+    /// Control rows found (0 without a selector).
+    pub controls: usize,
+    /// Spread of the plate's controls against the reference's, folded to
+    /// >= 1 (`None` without batch scaling or with too few controls).
+    pub control_gain: Option<f64>,
+    /// Stage timings (`qc` is 0).
     pub timings: PlateTimings,
-}
-
-/// Serialisable scalar state (the large arrays are stored separately).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelMeta {
-    /// Method parameters.
-    pub params: Params,
-    /// Feature names, in the order plates must provide them.
-    pub features: Vec<String>,
-    /// Indices of corrected features.
-    pub varying: Vec<usize>,
-    /// Robust scale per feature.
-    pub scale: Vec<f64>,
-    /// Global centre per feature.
-    pub global_centre: Vec<f64>,
-    /// PCA mean (length |varying|).
-    pub pca_mean: Vec<f64>,
-    /// PCA loadings, row-major |varying| x p.
-    pub pca_components: Vec<f64>,
-    /// Control whitening of the PCA scores, row-major p x p (`None` = plain
-    /// PCA; states written before the whitening existed have none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pca_whitening: Option<Vec<f64>>,
-    /// Pooled control MAD per feature, the reference of the batch gains
-    /// (empty = no batch scaling; states written before it existed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub control_mad: Vec<f64>,
-    /// Per batch of the reference fit, its control gain per feature (frozen:
-    /// plates of these batches use it; plates of other batches measure
-    /// their own from their controls).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub batch_gain: BTreeMap<String, Vec<f64>>,
-    /// p.
-    pub dims: usize,
-    /// Batch names (index = batch id).
-    pub batches: Vec<String>,
-    /// Incorporated plates.
-    pub plates: BTreeMap<String, PlateRecord>,
-    /// Generation: bumped by a refit/realign; part of the model version.
-    pub generation: u64,
 }
 
 /// The incremental model.
@@ -225,10 +127,6 @@ pub enum Lookup {
     /// Same id, different content.
     Clash(PlateRecord),
 }
-
-/// One plate row's nearest rows in every batch index: (squared distance,
-/// batch id).
-type RowHits = Vec<(f32, usize)>;
 
 /// FNV-1a hash of bytes (stable across runs and platforms).
 pub fn content_hash(bytes: &[u8]) -> u64 {
@@ -500,103 +398,18 @@ impl Model {
         Ok(out)
     }
 
-    /// Normalise a plate against its own controls with the frozen scale and
-    /// its batch's gains: returns z (rows x |varying|), the number of
-    /// controls used and the plate's `control_gain` QC figure. The gains are the reference fit's for a batch it had;
-    /// otherwise measured on the plate's own controls against the frozen
-    /// pooled control MAD and shrunk the same way (gain 1 with fewer than
-    /// [`MIN_GAIN_CONTROLS`] controls). `batch = None`: not a known batch.
-    fn normalise_plate(
-        &self,
-        x: ArrayView2<f64>,
-        controls: Option<&[bool]>,
-        batch: Option<&str>,
-    ) -> (Array2<f64>, usize, Option<f64>) {
-        let n = x.nrows();
-        let ctrl: Vec<usize> = controls
-            .map(|m| (0..n).filter(|&i| m[i]).collect())
-            .unwrap_or_default();
-        let reference: Vec<usize> = if ctrl.len() >= MIN_CONTROLS_PER_PLATE {
-            ctrl.clone()
-        } else {
-            (0..n).collect()
-        };
-        let v = &self.meta.varying;
-        let centres: Vec<f64> = v
-            .iter()
-            .map(|&f| {
-                let mut vals: Vec<f64> = reference.iter().map(|&i| x[[i, f]]).collect();
-                median_inplace(&mut vals)
-            })
-            .collect();
-        let (gains, control_gain) = self.plate_gains(x, &ctrl, &centres, batch);
-        let mut z = Array2::zeros((n, v.len()));
-        for (j, &f) in v.iter().enumerate() {
-            let s = self.meta.scale[f] * gains[j];
-            for i in 0..n {
-                z[[i, j]] = (x[[i, f]] - centres[j]) / s;
-            }
-        }
-        (z, ctrl.len(), control_gain)
-    }
-
-    /// Gains of the varying features for a plate (see
-    /// [`Model::normalise_plate`]) and its `control_gain` QC figure (measured
-    /// on its controls whichever gains are used).
-    fn plate_gains(
-        &self,
-        x: ArrayView2<f64>,
-        ctrl: &[usize],
-        centres: &[f64],
-        batch: Option<&str>,
-    ) -> (Vec<f64>, Option<f64>) {
-        let v = &self.meta.varying;
-        let mad = &self.meta.control_mad;
-        if self.meta.params.batch_scale == BatchScale::None || mad.is_empty() {
-            return (vec![1.0; v.len()], None);
-        }
-        let measured =
-            (ctrl.len() >= MIN_GAIN_CONTROLS).then(|| control_log_gains(x, ctrl, v, centres, mad));
-        let figure = measured.as_deref().and_then(control_gain_figure);
-        let gains = match (batch.and_then(|b| self.meta.batch_gain.get(b)), measured) {
-            (Some(g), _) => v
-                .iter()
-                .map(|&f| g.get(f).copied().unwrap_or(1.0))
-                .collect(),
-            (None, Some(lg)) => shrunk_gains(&lg, ctrl.len(), self.meta.params.gain_shrinkage).0,
-            (None, None) => vec![1.0; v.len()],
-        };
-        (gains, figure)
-    }
-
-    /// Project a block of rows into the neighbour space the way a plate is
-    /// projected (normalised against its own controls with the frozen
-    /// scale, clipped, PCA) — without aligning it. With [`Model::restore`]
-    /// this seeds a model with many indexed rows cheaply (the streaming
-    /// bench's warm start) when an offline fit would take too long.
-    /// `batch`: the plate's batch (its frozen gains when the reference fit
-    /// had it), `None` = measure the gains on the plate's controls.
-    pub fn project(
-        &self,
-        x: ArrayView2<f64>,
-        controls: Option<&[bool]>,
-        batch: Option<&str>,
-    ) -> Array2<f32> {
-        let (z, _, _) = self.normalise_plate(x, controls, batch);
-        self.pca.transform_f32(clipped(&z).view())
-    }
-
-    /// Correct one plate (all rows share `batch`). `x` is rows x features in
-    /// the model's feature order. Does not change the model: apply the
-    /// returned delta with [`Model::apply`].
-    pub fn correct_plate(
+    /// Align one plate (all rows share `batch`) to the model. `x` is rows x
+    /// features in the model's feature order. Does not change the model:
+    /// apply the returned delta with [`Model::apply`]. The daemon's entry
+    /// point is [`crate::qc::correct_plate`], which adds the QC figures.
+    pub fn align_plate(
         &self,
         plate: &str,
         batch: &str,
         x: ArrayView2<f64>,
         controls: Option<&[bool]>,
         content_hash: u64,
-    ) -> Result<PlateCorrection> {
+    ) -> Result<AlignedPlate> {
         let n_plate = x.nrows();
         anyhow::ensure!(n_plate >= 1, "plate {plate} has no rows");
         anyhow::ensure!(
@@ -605,6 +418,13 @@ impl Model {
             x.ncols(),
             self.meta.features.len()
         );
+        if let Some(m) = controls {
+            anyhow::ensure!(
+                m.len() == n_plate,
+                "plate {plate}: control mask has {} rows, the plate {n_plate}",
+                m.len()
+            );
+        }
         if let Some(bad) = x.iter().position(|v| !v.is_finite()) {
             let (r, c) = (bad / x.ncols(), bad % x.ncols());
             anyhow::bail!(
@@ -713,31 +533,39 @@ impl Model {
             }
         }
         let y_corr = &y_raw - &offset;
-        let t_qc = std::time::Instant::now();
-        let (mixing_before, cross_batch_distance_before) = match hits_before {
-            Some(h) => self.mixing_from_hits(h, batch_id),
-            None => self.plate_mixing(&y_raw, batch_id)?,
+        let corrected = self.to_features(x, &z, offset.mapv(|v| v as f64).view());
+        let (plate_coverage, coverage_updates) = self.coverage_added(&last_rows, n_plate);
+        timings.correction = (t_correction.elapsed().as_secs_f64() - timings.sampling).max(0.0);
+        let delta = PlateDelta {
+            plate: plate.to_string(),
+            batch: batch.to_string(),
+            content_hash,
+            version: self.version(),
+            y: y_corr.iter().copied().collect(),
+            coverage_updates,
+            plate_coverage,
+            qc: None,
         };
-        let (mixing_after, cross_batch_distance_after) = self.plate_mixing(&y_corr, batch_id)?;
-        let qc_mixing_after = t_qc.elapsed().as_secs_f64();
-        timings.qc += qc_mixing_after;
-        // Back to features: z - offset * W^-1 * V^T (only the neighbour subspace moves).
-        let off64 = offset.mapv(|v| v as f64);
-        let z_corr = &z - &self.pca.offsets_to_features(off64.view());
-        let mut corrected = x.to_owned();
-        for (j, &f) in self.meta.varying.iter().enumerate() {
-            let (s, g) = (self.meta.scale[f], self.meta.global_centre[f]);
-            for i in 0..n_plate {
-                corrected[[i, f]] = z_corr[[i, j]] * s + g;
-            }
-        }
-        timings.correction =
-            (t_correction.elapsed().as_secs_f64() - qc_mixing_after - timings.sampling).max(0.0);
-        let t_qc = std::time::Instant::now();
-        // Coverage contributions.
+        Ok(AlignedPlate {
+            corrected,
+            delta,
+            y_raw,
+            y_corrected: y_corr,
+            hits_before,
+            batch_id,
+            controls: n_controls,
+            control_gain,
+            timings,
+        })
+    }
+
+    /// The coverage a plate's last round of landmark rows adds: to its own
+    /// rows (1 each when nothing was sampled: nothing to align to), and to
+    /// the model's rows as `(row id, amount)` sorted by row id.
+    fn coverage_added(&self, rows: &[SparseRow], n_plate: usize) -> (Vec<f32>, Vec<(u64, f32)>) {
         let mut plate_coverage = vec![0f32; n_plate];
         let mut updates: BTreeMap<u64, f32> = BTreeMap::new();
-        for r in &last_rows {
+        for r in rows {
             for &(j, a) in &r.entries {
                 let j = j as usize;
                 if j >= self.len() {
@@ -747,127 +575,21 @@ impl Model {
                 }
             }
         }
-        if last_rows.is_empty() {
+        if rows.is_empty() {
             plate_coverage.iter_mut().for_each(|c| *c = 1.0);
         }
-        let mut cov: Vec<f64> = plate_coverage.iter().map(|&c| c as f64).collect();
-        let coverage_min = cov.iter().copied().fold(f64::INFINITY, f64::min);
-        let coverage_median = median_inplace(&mut cov);
-        let mean_offset = offset
-            .rows()
-            .into_iter()
-            .map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
-            .sum::<f64>()
-            / n_plate as f64;
-        let control_dispersion = controls.and_then(|m| {
-            let idx: Vec<usize> = (0..n_plate).filter(|&i| m[i]).collect();
-            if idx.len() < 2 {
-                return None;
-            }
-            let sel = y_corr.select(Axis(0), &idx);
-            let centre = sel.mean_axis(Axis(0))?;
-            let mut d: Vec<f64> = sel
-                .rows()
-                .into_iter()
-                .map(|r| {
-                    r.iter()
-                        .zip(centre.iter())
-                        .map(|(a, b)| ((a - b) as f64).powi(2))
-                        .sum::<f64>()
-                        .sqrt()
-                })
-                .collect();
-            Some(median_inplace(&mut d))
-        });
-        let qc = PlateQc {
-            rows: n_plate,
-            controls: n_controls,
-            mean_offset,
-            mixing_before,
-            mixing_after,
-            cross_batch_distance_before,
-            cross_batch_distance_after,
-            control_dispersion,
-            control_gain,
-            coverage_min,
-            coverage_median,
-            new_batch: batch_id.is_none(),
-        };
-        timings.qc += t_qc.elapsed().as_secs_f64();
-        let delta = PlateDelta {
-            plate: plate.to_string(),
-            batch: batch.to_string(),
-            content_hash,
-            version: self.version(),
-            y: y_corr.iter().copied().collect(),
-            coverage_updates: updates.into_iter().collect(),
-            plate_coverage,
-            qc: Some(qc.figures()),
-        };
-        Ok(PlateCorrection {
-            corrected,
-            qc,
-            delta,
-            timings,
-        })
+        (plate_coverage, updates.into_iter().collect())
     }
 
-    /// Batch mixing of plate rows (coordinates `y`) among the model's rows:
-    /// share of their k nearest neighbours (over all batch indices) from
-    /// other batches, relative to the share of other-batch rows; and the
-    /// median distance to the nearest other-batch row. NaN for an empty
-    /// model (or a model holding only the plate's batch).
-    ///
-    /// `batch` is the plate's batch (None = a batch the model has not seen).
-    /// Rows are queried in parallel.
-    pub fn plate_mixing(&self, y: &Array2<f32>, batch: Option<usize>) -> Result<(f64, f64)> {
-        use rayon::prelude::*;
-        let k = self.meta.params.k;
-        if self.is_empty() {
-            return Ok((f64::NAN, f64::NAN));
-        }
-        let hits: Vec<RowHits> = (0..y.nrows())
-            .into_par_iter()
-            .map(|i| {
-                let q: Vec<f32> = y.row(i).iter().copied().collect();
-                let mut all: RowHits = Vec::new();
-                for (c, index) in self.indices.iter().enumerate() {
-                    for nb in index.search(&q, k)? {
-                        all.push((nb.dist2, c));
-                    }
-                }
-                Ok(all)
-            })
-            .collect::<Result<_>>()?;
-        Ok(self.mixing_from_hits(hits, batch))
+    /// The model's batch indices (index = batch id), for queries against
+    /// the incorporated rows (the QC's mixing figures).
+    pub fn batch_indices(&self) -> &[BatchIndex] {
+        &self.indices
     }
 
-    /// The mixing figures from each plate row's k nearest rows of every
-    /// batch index, `(dist2, batch)` (see [`Model::plate_mixing`]).
-    fn mixing_from_hits(&self, hits: Vec<RowHits>, batch_id: Option<usize>) -> (f64, f64) {
-        let k = self.meta.params.k;
-        let own_rows = batch_id.map_or(0, |b| self.indices[b].len());
-        let expected = 1.0 - own_rows as f64 / self.len().max(1) as f64;
-        if self.is_empty() || expected <= 0.0 {
-            return (f64::NAN, f64::NAN);
-        }
-        let n = hits.len();
-        let mut total = 0.0;
-        let mut nearest_other: Vec<f64> = Vec::with_capacity(n);
-        for row in hits {
-            let mut all: Vec<(f32, bool)> = row
-                .into_iter()
-                .map(|(d, c)| (d, Some(c) != batch_id))
-                .collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some(d) = all.iter().find(|a| a.1) {
-                nearest_other.push((d.0 as f64).sqrt());
-            }
-            all.truncate(k);
-            let other = all.iter().filter(|a| a.1).count() as f64 / all.len().max(1) as f64;
-            total += (other / expected).min(1.0);
-        }
-        (total / n.max(1) as f64, median_inplace(&mut nearest_other))
+    /// Rows incorporated in batch `b` (0 for an unknown id).
+    pub fn batch_rows(&self, b: usize) -> usize {
+        self.indices.get(b).map_or(0, BatchIndex::len)
     }
 
     /// Apply a plate's state change (live, or when replaying the log).
@@ -918,38 +640,6 @@ impl Model {
         Ok(())
     }
 
-    /// Re-derive a replayed plate's published output from the stored
-    /// corrected coordinates (same values as when it was first published).
-    pub fn replay_plate(
-        &self,
-        record: &PlateRecord,
-        x: ArrayView2<f64>,
-        controls: Option<&[bool]>,
-    ) -> Result<Array2<f64>> {
-        let p = self.meta.dims;
-        let n = record.rows as usize;
-        anyhow::ensure!(
-            x.nrows() == n,
-            "replayed plate has {} rows, recorded {n}",
-            x.nrows()
-        );
-        let (z, _, _) = self.normalise_plate(x, controls, Some(&record.batch));
-        let y_raw = self.pca.transform_f32(clipped(&z).view());
-        let start = record.first_row as usize * p;
-        let stored =
-            ArrayView2::from_shape((n, p), &self.y[start..start + n * p]).context("stored rows")?;
-        let offset = (&y_raw - &stored).mapv(|v| v as f64);
-        let z_corr = &z - &self.pca.offsets_to_features(offset.view());
-        let mut corrected = x.to_owned();
-        for (j, &f) in self.meta.varying.iter().enumerate() {
-            let (s, g) = (self.meta.scale[f], self.meta.global_centre[f]);
-            for i in 0..n {
-                corrected[[i, f]] = z_corr[[i, j]] * s + g;
-            }
-        }
-        Ok(corrected)
-    }
-
     /// QC figures of the batch's incorporated plates, oldest first (plates
     /// recorded without figures are skipped). Cost: one pass over the
     /// plate records.
@@ -968,54 +658,5 @@ impl Model {
     /// Start a new generation (after a deliberate realignment).
     pub fn bump_generation(&mut self) {
         self.meta.generation += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_written_before_qc_figures_still_loads() {
-        // A plate record and a log record as written before the QC history
-        // existed: no `qc` field.
-        let r: PlateRecord = serde_json::from_str(
-            r#"{"batch":"B1","first_row":0,"rows":2,"content_hash":7,"version":"g1.p0"}"#,
-        )
-        .unwrap();
-        assert_eq!(r.qc, None);
-        let d: PlateDelta = serde_json::from_str(
-            r#"{"plate":"P","batch":"B1","content_hash":7,"version":"g1.p0","y":[],
-                "coverage_updates":[],"plate_coverage":[]}"#,
-        )
-        .unwrap();
-        assert_eq!(d.qc, None);
-        // And the new field round-trips (NaN-free: figures are Options).
-        let q = QcFigures {
-            mean_offset: Some(0.5),
-            mixing_after: None,
-            ..QcFigures::default()
-        };
-        let d2 = PlateDelta { qc: Some(q), ..d };
-        let back: PlateDelta = serde_json::from_str(&serde_json::to_string(&d2).unwrap()).unwrap();
-        assert_eq!(back.qc, Some(q));
-    }
-
-    #[test]
-    fn figures_map_nan_to_none() {
-        let qc = PlateQc {
-            mean_offset: 1.5,
-            mixing_after: f64::NAN,
-            cross_batch_distance_after: f64::INFINITY,
-            control_dispersion: Some(0.25),
-            coverage_median: 2.0,
-            ..PlateQc::default()
-        };
-        let f = qc.figures();
-        assert_eq!(f.mean_offset, Some(1.5));
-        assert_eq!(f.mixing_after, None);
-        assert_eq!(f.cross_batch_distance_after, None);
-        assert_eq!(f.control_dispersion, Some(0.25));
-        assert_eq!(f.coverage_median, Some(2.0));
     }
 }

@@ -124,7 +124,7 @@ pub struct PlateEvent {
     /// absent for replays and rejections.
     pub timings: Option<crate::method::model::PlateTimings>,
     /// QC figures and the outlier verdict, absent for replays and rejections.
-    pub qc: Option<(crate::method::model::PlateQc, crate::qc::OutlierVerdict)>,
+    pub qc: Option<(crate::qc::PlateQc, crate::qc::OutlierVerdict)>,
 }
 
 /// Per-plate hooks of the Kafka loop. The Prometheus
