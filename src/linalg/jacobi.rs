@@ -21,7 +21,7 @@ const ITERATIONS: usize = 40;
 ///
 /// Each rotation zeroes one off-diagonal pair `(p, q)`; a sweep visits every
 /// pair, and sweeps repeat until the off-diagonal norm falls below `1e-14`
-/// of the matrix norm (or [`MAX_SWEEPS`] is reached). The diagonal is then
+/// of the matrix norm (or after 60 sweeps). The diagonal is then
 /// the spectrum and the accumulated rotations the eigenvectors.
 ///
 /// Returns eigenvalues sorted by decreasing value (ties by position) and the

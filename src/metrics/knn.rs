@@ -17,7 +17,7 @@
 //! Large inputs: [`knn_hnsw`] builds a usearch HNSW graph instead (the
 //! reference computes its graphs with pynndescent, also approximate),
 //! through the crate's one usearch wrapper,
-//! [`BatchIndex`](crate::method::index::BatchIndex), with its own graph
+//! [`BatchIndex`], with its own graph
 //! settings; its recall against [`knn`] is tested and reported by
 //! `evaluate` in its notes.
 
