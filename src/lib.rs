@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod io;
+pub mod linalg;
 pub mod method;
 pub mod metrics;
 pub mod qc;

@@ -3,7 +3,7 @@
 
 use balans::method::fit::{correct, Correction, Dataset, NoProgress};
 use balans::method::index::{build_batch_indices, BatchIndex};
-use balans::method::params::{IndexKind, Params};
+use balans::method::params::{IndexKind, KernelKind, Params, Retention, SamplingRule, TrustRule};
 use balans::method::pca::Pca;
 use balans::method::preprocess::dense_ids;
 use balans::method::rows::MatrixRows;
@@ -205,6 +205,30 @@ fn approximate_path_matches_exact_oracle() {
 }
 
 #[test]
+fn sampling_config_takes_the_method_settings_from_params() {
+    let params = Params {
+        k: 7,
+        m: 3,
+        kernel: KernelKind::Asymmetric,
+        retention: Retention::Global,
+        sampling_rule: SamplingRule::Proportional,
+        seed: 99,
+        trust: 0.25,
+        trust_k: 4,
+        trust_rule: TrustRule::Both,
+        ..Params::default()
+    };
+    let c = SamplingConfig::from_params(&params, 123, f64::INFINITY, 17);
+    assert_eq!((c.k, c.m, c.seed, c.trust, c.trust_k), (7, 3, 99, 0.25, 4));
+    assert_eq!(c.kernel, KernelKind::Asymmetric);
+    assert_eq!(c.retention, Retention::Global);
+    assert_eq!(c.rule, SamplingRule::Proportional);
+    assert_eq!(c.trust_rule, TrustRule::Both);
+    assert_eq!((c.budget_rows, c.round_rows), (123, 17));
+    assert_eq!(c.coverage_target, f64::INFINITY);
+}
+
+#[test]
 fn sampled_rows_match_exact_affinities() {
     let (x, batch, _) = table(1200, 16, 3, 1.5, 5);
     let (b, names) = dense_ids(&batch);
@@ -212,20 +236,15 @@ fn sampled_rows_match_exact_affinities() {
     let y = pca.transform_f32(x.view());
     let exact_idx = build_batch_indices(y.view(), &b, names.len(), IndexKind::Exact, 2).unwrap();
     let hnsw_idx = build_batch_indices(y.view(), &b, names.len(), IndexKind::Hnsw, 2).unwrap();
-    let cfg = SamplingConfig {
+    let params = Params {
         k: 10,
         m: 8,
-        kernel: Default::default(),
-        retention: Default::default(),
-        budget_rows: 1200,
-        coverage_target: 1.0,
-        round_rows: 16,
-        rule: Default::default(),
         seed: 1,
         trust: 0.0,
         trust_k: 5,
-        trust_rule: Default::default(),
+        ..Params::default()
     };
+    let cfg = SamplingConfig::from_params(&params, 1200, 1.0, 16);
     let exact_idx: Vec<&BatchIndex> = exact_idx.iter().collect();
     let hnsw_idx: Vec<&BatchIndex> = hnsw_idx.iter().collect();
     let rows = MatrixRows::new(y.view(), &b).unwrap();

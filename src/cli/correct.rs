@@ -302,11 +302,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         let y_before = fit
             .pca
             .transform_f32(balans::method::preprocess::clipped(&fit.z_before).view());
-        let kind = if cfg.method.exact {
-            IndexKind::Exact
-        } else {
-            cfg.method.index
-        };
+        let kind = cfg.method.index_kind();
         // The fit's plate ids are dense_ids of the same labels.
         let (plate_ids, plate_names) = dense_ids(&plates);
         let gains =

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::method::align::{point_offsets, DenseFeatures};
 use crate::method::index::{build_batch_indices, BatchIndex};
-use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
+use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
 use crate::method::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
 use crate::method::rows::MatrixRows;
@@ -208,11 +208,7 @@ fn correct_in_pool(
         (NeighborSpace::Whitened, Some(mask)) => pca.whiten_on(w.view(), mask, WHITEN_RIDGE),
         _ => false,
     };
-    let kind = if params.exact {
-        IndexKind::Exact
-    } else {
-        params.index
-    };
+    let kind = params.index_kind();
     let budget_rows = if params.exact {
         n
     } else {
@@ -220,24 +216,13 @@ fn correct_in_pool(
             .max(params.min_landmarks)
             .min(n)
     };
-    let cfg = SamplingConfig {
-        k: params.k,
-        m: params.m,
-        kernel: params.kernel,
-        retention: params.retention,
-        budget_rows,
-        coverage_target: if params.exact {
-            f64::INFINITY
-        } else {
-            params.coverage_target
-        },
-        round_rows: ((params.round_fraction * n as f64).ceil() as usize).max(16),
-        rule: params.sampling_rule,
-        seed: params.seed,
-        trust: params.trust,
-        trust_k: params.trust_k,
-        trust_rule: params.trust_rule,
+    let coverage_target = if params.exact {
+        f64::INFINITY
+    } else {
+        params.coverage_target
     };
+    let round_rows = ((params.round_fraction * n as f64).ceil() as usize).max(16);
+    let cfg = SamplingConfig::from_params(params, budget_rows, coverage_target, round_rows);
     // Whether the trust test weighs kernel mass at a (calibrated) width.
     let width_used = params.trust > 0.0 && params.trust_rule.uses_mass();
     let mut total = Array2::<f64>::zeros(w.dim());

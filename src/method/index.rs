@@ -10,8 +10,16 @@
 //!   query, incremental adds — what the daemon uses);
 //! - [`IndexKind::Exact`]: brute force over the stored vectors (the oracle).
 //!
-//! Keys are global row ids (`u64`). Distances are **squared Euclidean**.
-//! Results are sorted by (distance, key) so ties break deterministically.
+//! Keys are global row ids (`u64`). Distances are **squared Euclidean**
+//! (the evaluator's cosine graphs index unit rows, on which Euclidean order
+//! is cosine order). Results are sorted by (distance, key) so ties break
+//! deterministically.
+//!
+//! This is the crate's one usearch wrapper: the fit's and the daemon's
+//! per-batch indices use [`BatchIndex::new`] with [`HnswParams::BALANS`];
+//! the evaluator's approximate k-NN graph (`metrics::knn::knn_hnsw`) builds
+//! one index over all rows with its own settings through
+//! [`BatchIndex::with_config`].
 
 use anyhow::{anyhow, Context, Result};
 use ndarray::ArrayView2;
@@ -28,15 +36,65 @@ pub struct Neighbor {
     pub dist2: f32,
 }
 
-/// HNSW construction parameters (see `docs/method.md` for the measurements
-/// behind them).
-const CONNECTIVITY: usize = 16;
-const EXPANSION_ADD: usize = 40;
-const EXPANSION_SEARCH: usize = 48;
+/// HNSW graph settings (usearch's names).
+///
+/// HNSW keeps a layered proximity graph; a search walks it greedily from
+/// the top layer down, keeping a beam of the best candidates. Wider beams
+/// and denser graphs find the true neighbours more often and cost more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node and layer (`M`; twice that on the base layer).
+    pub connectivity: usize,
+    /// Beam width while inserting (`ef_construction`): the graph's quality.
+    pub expansion_add: usize,
+    /// Beam width while searching (`ef`): the recall of a query.
+    pub expansion_search: usize,
+}
+
+impl HnswParams {
+    /// The BALANS per-batch indices (see `docs/method.md` for the
+    /// measurements behind them). Part of the fit's output: changing them
+    /// changes which neighbours the sampling sees.
+    pub const BALANS: HnswParams = HnswParams {
+        connectivity: 16,
+        expansion_add: 40,
+        expansion_search: 48,
+    };
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams::BALANS
+    }
+}
+
+/// How a [`BatchIndex`] searches: the backend, and the graph settings when
+/// it is HNSW (ignored by the exact backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// HNSW or brute force.
+    pub kind: IndexKind,
+    /// Graph settings of the HNSW backend.
+    pub hnsw: HnswParams,
+}
+
+impl IndexConfig {
+    /// `kind` with the BALANS graph settings.
+    pub fn balans(kind: IndexKind) -> IndexConfig {
+        IndexConfig {
+            kind,
+            hnsw: HnswParams::BALANS,
+        }
+    }
+}
+
+/// Rows an index reserves room for before its first [`BatchIndex::add`]
+/// (it grows by doubling).
+const INITIAL_CAPACITY: usize = 64;
 
 /// The index over one batch's rows.
 pub struct BatchIndex {
-    kind: IndexKind,
+    config: IndexConfig,
     dims: usize,
     keys: Vec<u64>,
     /// Row-major vectors (exact backend only).
@@ -47,7 +105,7 @@ pub struct BatchIndex {
 impl std::fmt::Debug for BatchIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchIndex")
-            .field("kind", &self.kind)
+            .field("config", &self.config)
             .field("dims", &self.dims)
             .field("len", &self.keys.len())
             .finish()
@@ -55,36 +113,54 @@ impl std::fmt::Debug for BatchIndex {
 }
 
 impl BatchIndex {
-    /// An empty index of `dims` dimensions. `threads` is the number of
-    /// threads that may query it at once (usearch thread slots).
+    /// An empty BALANS index ([`HnswParams::BALANS`]) of `dims`
+    /// dimensions. `threads` is the number of threads that may query it at
+    /// once (usearch thread slots).
     pub fn new(kind: IndexKind, dims: usize, threads: usize) -> Result<Self> {
-        let hnsw = match kind {
+        Self::with_config(IndexConfig::balans(kind), dims, INITIAL_CAPACITY, threads)
+    }
+
+    /// An empty index with explicit settings and room for `capacity` rows
+    /// before it has to grow (an HNSW graph is the same either way; the
+    /// reservation only saves reallocations).
+    pub fn with_config(
+        config: IndexConfig,
+        dims: usize,
+        capacity: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let hnsw = match config.kind {
             IndexKind::Exact => None,
             IndexKind::Hnsw => {
                 let opts = usearch::IndexOptions {
                     dimensions: dims,
                     metric: usearch::MetricKind::L2sq,
                     quantization: usearch::ScalarKind::F32,
-                    connectivity: CONNECTIVITY,
-                    expansion_add: EXPANSION_ADD,
-                    expansion_search: EXPANSION_SEARCH,
+                    connectivity: config.hnsw.connectivity,
+                    expansion_add: config.hnsw.expansion_add,
+                    expansion_search: config.hnsw.expansion_search,
                     multi: false,
                 };
                 let index = usearch::Index::new(&opts)
                     .map_err(|e| anyhow!("cannot create usearch index: {e}"))?;
                 index
-                    .reserve_capacity_and_threads(64, threads.max(1) + 1)
+                    .reserve_capacity_and_threads(capacity, threads.max(1) + 1)
                     .map_err(|e| anyhow!("cannot reserve usearch index: {e}"))?;
                 Some(index)
             }
         };
         Ok(BatchIndex {
-            kind,
+            config,
             dims,
             keys: Vec::new(),
             vectors: Vec::new(),
             hnsw,
         })
+    }
+
+    /// The backend and graph settings.
+    pub fn config(&self) -> IndexConfig {
+        self.config
     }
 
     /// Number of indexed rows.
@@ -366,5 +442,88 @@ mod tests {
         }
         assert_eq!(idx.iter().map(|i| i.len()).sum::<usize>(), 40);
         assert!(build_batch_indices(y.view(), &batch_of, 2, IndexKind::Exact, 1).is_err());
+    }
+
+    /// Brute-force `k` nearest of `q` among `rows` (keys `keys`), by
+    /// (squared distance, key) — the contract every backend follows. The
+    /// distance is [`l2sq`] (checked against the naive sum above), so
+    /// near-ties order as the exact backend orders them.
+    fn oracle(rows: &Array2<f32>, keys: &[u64], q: &[f32], k: usize) -> Vec<u64> {
+        let mut all: Vec<(f32, u64)> = rows
+            .rows()
+            .into_iter()
+            .zip(keys)
+            .map(|(r, &key)| (l2sq(&r.to_vec(), q), key))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all.into_iter().take(k).map(|p| p.1).collect()
+    }
+
+    #[test]
+    fn configured_hnsw_with_a_wide_beam_finds_the_exact_neighbours() {
+        // A beam as wide as the index visits (practically) every node, so
+        // the approximate search returns the brute-force answer.
+        let y = clustered(300, 8, 6);
+        let keys: Vec<u64> = (0..300).map(|i| 1000 + i).collect();
+        let config = IndexConfig {
+            kind: IndexKind::Hnsw,
+            hnsw: HnswParams {
+                connectivity: 32,
+                expansion_add: 300,
+                expansion_search: 300,
+            },
+        };
+        let mut idx = BatchIndex::with_config(config, 8, 300, 2).unwrap();
+        assert_eq!(idx.config(), config);
+        idx.add(&keys, y.view(), 2).unwrap();
+        for r in (0..300).step_by(7) {
+            let q = y.row(r).to_vec();
+            let got: Vec<u64> = idx.search(&q, 12).unwrap().iter().map(|n| n.key).collect();
+            assert_eq!(got, oracle(&y, &keys, &q, 12), "query {r}");
+        }
+        // The BALANS constructor uses the BALANS settings.
+        let b = BatchIndex::new(IndexKind::Hnsw, 8, 1).unwrap();
+        assert_eq!(b.config(), IndexConfig::balans(IndexKind::Hnsw));
+        assert_eq!(HnswParams::default(), HnswParams::BALANS);
+    }
+
+    #[test]
+    fn add_rejects_mismatched_shapes() {
+        let mut idx = BatchIndex::new(IndexKind::Exact, 3, 1).unwrap();
+        let y = clustered(4, 3, 1);
+        assert!(idx.add(&[1, 2, 3], y.view(), 1).is_err());
+        assert!(idx.add(&[1, 2, 3, 4], y.t(), 1).is_err());
+        assert!(idx.is_empty());
+        assert!(idx.search(&[0.0; 3], 5).unwrap().is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_exact_backend_is_brute_force(
+            seed in 0u64..500, n in 1usize..120, d in 1usize..12, k in 1usize..20,
+            grid in proptest::bool::ANY,
+        ) {
+            // `grid` rounds coordinates to a coarse grid: many equal
+            // distances, so the (distance, key) tie-break is exercised.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let y = Array2::from_shape_fn((n, d), |_| {
+                let v: f32 = rng.gen_range(-2.0..2.0);
+                if grid { v.round() } else { v }
+            });
+            let mut keys: Vec<u64> = (0..n as u64).map(|i| i * 7 % 1000 + i).collect();
+            keys.reverse();
+            let mut idx = BatchIndex::new(IndexKind::Exact, d, 1).unwrap();
+            // Added in two parts: the index grows.
+            let half = n / 2;
+            idx.add(&keys[..half], y.slice(ndarray::s![..half, ..]), 1).unwrap();
+            idx.add(&keys[half..], y.slice(ndarray::s![half.., ..]), 1).unwrap();
+            let q: Vec<f32> = (0..d).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let got = idx.search(&q, k).unwrap();
+            let want = oracle(&y, &keys, &q, k);
+            proptest::prop_assert_eq!(got.iter().map(|n| n.key).collect::<Vec<_>>(), want);
+            for w in got.windows(2) {
+                proptest::prop_assert!(w[0].dist2 <= w[1].dist2);
+            }
+        }
     }
 }

@@ -207,6 +207,16 @@ impl Default for Params {
 }
 
 impl Params {
+    /// The neighbour index the fit and the daemon use: exact mode forces
+    /// the brute-force oracle, whatever `index` says.
+    pub fn index_kind(&self) -> IndexKind {
+        if self.exact {
+            IndexKind::Exact
+        } else {
+            self.index
+        }
+    }
+
     /// Check ranges; the message names the offending key.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.k >= 1, "parameter k must be >= 1 (got {})", self.k);
@@ -260,5 +270,16 @@ mod tests {
             let json = serde_json::to_value(rule).unwrap();
             assert_eq!(json.as_str(), Some(rule.as_str()));
         }
+    }
+
+    #[test]
+    fn exact_mode_forces_the_exact_index() {
+        let mut p = Params::default();
+        assert_eq!(p.index_kind(), IndexKind::Hnsw);
+        p.exact = true;
+        assert_eq!(p.index_kind(), IndexKind::Exact);
+        p.index = IndexKind::Exact;
+        p.exact = false;
+        assert_eq!(p.index_kind(), IndexKind::Exact);
     }
 }

@@ -1,23 +1,43 @@
-//! Principal component analysis for the neighbour space.
+//! Principal component analysis: the one PCA type of the crate, with the
+//! fit's and the evaluator's fitting strategies.
 //!
 //! BALANS searches neighbours in the first `p` principal components of the
 //! preprocessed profiles (p ~ 50). The basis is fitted once and frozen, so
 //! later rows (the daemon's new plates) project into the same space.
 //!
-//! The covariance (d x d) is accumulated over fixed row chunks and summed in
-//! chunk order, so the result does not depend on the thread count. Its top
-//! eigenvectors come from cyclic Jacobi rotations when d is small (exact —
-//! the oracle) and from block subspace iteration with a Rayleigh–Ritz step
-//! otherwise.
+//! Two ways to fit the same kind of basis, each kept bit for bit (the
+//! arithmetic lives in [`crate::linalg`]; see its docs for why there are two
+//! eigensolvers):
+//!
+//! * [`Pca::fit`] — the BALANS neighbour space. The covariance (d x d) is
+//!   accumulated over fixed row chunks and summed in chunk order, so the
+//!   result does not depend on the thread count. Its top eigenvectors come
+//!   from cyclic Jacobi rotations when d is small (exact — the oracle) and
+//!   from seeded block subspace iteration with a Rayleigh–Ritz step
+//!   otherwise. The basis may then be whitened on the negative controls
+//!   ([`Pca::whiten`]).
+//! * [`Pca::fit_exact`] — the evaluator's PCA, as scib-metrics / numpy
+//!   compute it: centre with the column means, then a full
+//!   eigendecomposition (`tred2`/`tql2`) of whichever of the covariance
+//!   (`d x d`) or Gram (`n x n`) matrix is smaller. The right singular
+//!   vectors of the centred data are the covariance's eigenvectors and
+//!   `variance = s^2 / (n - 1)` its eigenvalues, so this is the SVD route
+//!   of the reference without an SVD.
+//!
+//! Both give unit loadings by decreasing variance, each with its
+//! largest-magnitude entry positive (distances, and so every metric, are
+//! invariant to the signs).
 
-use anyhow::Result;
+use crate::linalg::{
+    column_means, covariance, eigen_compose, jacobi_eigen, largest_entry_positive, subspace_eigen,
+    sym_eigen,
+};
+use anyhow::{bail, Result};
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
-use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 
-/// Largest dimension for which the full Jacobi eigensolver is used.
+/// Largest dimension for which [`Pca::fit`] uses the full Jacobi
+/// eigensolver (above it: subspace iteration).
 const JACOBI_MAX_DIM: usize = 400;
-const CHUNK: usize = 2048;
 
 /// Ridge of the control whitening, relative to the largest control
 /// eigenvalue in the PCA space: a guard against near-singular control
@@ -29,6 +49,8 @@ pub const WHITEN_RIDGE: f64 = 1e-3;
 pub const WHITEN_MIN_ROWS_PER_DIM: usize = 2;
 
 /// A fitted, frozen PCA basis, optionally followed by a control whitening.
+///
+/// Coordinates are `(x - mean) . components`, then `. W` when whitened.
 #[derive(Debug, Clone)]
 pub struct Pca {
     /// Column means (length d).
@@ -93,14 +115,10 @@ impl Whitening {
     }
 }
 
-/// `U diag(f) U^T` for eigenvectors `u` (columns) and per-eigenvector factors `f`.
-fn eigen_compose(u: &Array2<f64>, f: &[f64]) -> Array2<f64> {
-    let scaled = u * &Array1::from_vec(f.to_vec()).insert_axis(Axis(0));
-    scaled.dot(&u.t())
-}
-
 impl Pca {
-    /// Fit `p` components (clamped to d and n - 1, at least 1) to `x` (n x d).
+    /// The BALANS neighbour space: fit `p` components (clamped to d and
+    /// n - 1, at least 1) to `x` (n x d). Thread-count independent;
+    /// deterministic for a given `seed` (which only matters for d > 400).
     pub fn fit(x: ArrayView2<f64>, p: usize, seed: u64) -> Result<Pca> {
         let (n, d) = x.dim();
         anyhow::ensure!(n >= 1 && d >= 1, "PCA needs at least one row and column");
@@ -120,6 +138,56 @@ impl Pca {
             mean,
             components: vecs,
             variances: vals,
+            whitening: None,
+        })
+    }
+
+    /// The evaluator's PCA: `k` components of the rows of `x` (capped at
+    /// `min(n, d)`, at least one) by a full eigendecomposition, as numpy's
+    /// SVD route computes them (module docs). Variances are clamped at 0.
+    /// Errors on fewer than 2 rows or no columns.
+    pub fn fit_exact(x: ArrayView2<f64>, k: usize) -> Result<Pca> {
+        let (n, d) = x.dim();
+        if n < 2 {
+            bail!("PCA needs at least 2 rows, got {n}");
+        }
+        if d == 0 {
+            bail!("PCA needs at least 1 feature column");
+        }
+        let k = k.min(n).min(d).max(1);
+        let mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
+        let xc = &x - &mean;
+        let denom = (n - 1) as f64;
+        let mut components = Array2::zeros((d, k));
+        let mut variances = Array1::zeros(k);
+        if d <= n {
+            let cov = xc.t().dot(&xc) / denom;
+            let (vals, vecs) = sym_eigen(&cov)?;
+            for j in 0..k {
+                variances[j] = vals[j].max(0.0);
+                components.column_mut(j).assign(&vecs.column(j));
+            }
+        } else {
+            // Gram route: an eigenvector u of X X^T with eigenvalue lambda
+            // gives the unit axis X^T u / sqrt(lambda).
+            let gram = xc.dot(&xc.t());
+            let (vals, vecs) = sym_eigen(&gram)?;
+            for j in 0..k {
+                let lambda = vals[j];
+                variances[j] = lambda.max(0.0) / denom;
+                if lambda > 1e-12 * vals[0].abs().max(1e-300) {
+                    let axis = xc.t().dot(&vecs.column(j)) / lambda.sqrt();
+                    components.column_mut(j).assign(&axis);
+                }
+            }
+        }
+        for col in components.columns_mut() {
+            largest_entry_positive(col);
+        }
+        Ok(Pca {
+            mean,
+            components,
+            variances,
             whitening: None,
         })
     }
@@ -176,15 +244,34 @@ impl Pca {
             .map(|w| w.w.iter().copied().collect())
     }
 
-    /// Project rows (n x d) to neighbour coordinates (n x p), as f32 for the
-    /// index: PCA scores, whitened when [`Pca::whiten`] was applied.
-    pub fn transform_f32(&self, x: ArrayView2<f64>) -> Array2<f32> {
+    /// Coordinates of rows (n x d): PCA scores, whitened when
+    /// [`Pca::whiten`] was applied. Unchecked: `x` must have d columns.
+    fn coordinates(&self, x: ArrayView2<f64>) -> Array2<f64> {
         let centred = &x - &self.mean.view().insert_axis(Axis(0));
         let scores = centred.dot(&self.components);
         match &self.whitening {
-            Some(wh) => scores.dot(&wh.w).mapv(|v| v as f32),
-            None => scores.mapv(|v| v as f32),
+            Some(wh) => scores.dot(&wh.w),
+            None => scores,
         }
+    }
+
+    /// Project rows (n x d) to coordinates (n x p) in `f64`; errors when
+    /// `x` does not have the fitted number of columns.
+    pub fn transform(&self, x: ArrayView2<f64>) -> Result<Array2<f64>> {
+        if x.ncols() != self.mean.len() {
+            bail!(
+                "PCA transform: data has {} columns, model was fitted on {}",
+                x.ncols(),
+                self.mean.len()
+            );
+        }
+        Ok(self.coordinates(x))
+    }
+
+    /// Project rows (n x d) to neighbour coordinates (n x p), as f32 for the
+    /// index: PCA scores, whitened when [`Pca::whiten`] was applied.
+    pub fn transform_f32(&self, x: ArrayView2<f64>) -> Array2<f32> {
+        self.coordinates(x).mapv(|v| v as f32)
     }
 
     /// Map neighbour-space offsets (n x p) back to feature offsets (n x d):
@@ -197,203 +284,80 @@ impl Pca {
     }
 }
 
-/// Column means, summed in fixed chunks (deterministic for any thread count).
-pub fn column_means(x: ArrayView2<f64>) -> Array1<f64> {
-    let (n, d) = x.dim();
-    let parts: Vec<Array1<f64>> = x
-        .axis_chunks_iter(Axis(0), CHUNK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|c| c.sum_axis(Axis(0)))
-        .collect();
-    let mut sum = Array1::zeros(d);
-    for p in parts {
-        sum += &p;
-    }
-    sum / n.max(1) as f64
-}
-
-/// Sample covariance (d x d) about `mean`.
-pub fn covariance(x: ArrayView2<f64>, mean: &Array1<f64>) -> Array2<f64> {
-    let (n, d) = x.dim();
-    let parts: Vec<Array2<f64>> = x
-        .axis_chunks_iter(Axis(0), CHUNK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|c| {
-            let centred = &c - &mean.view().insert_axis(Axis(0));
-            centred.t().dot(&centred)
-        })
-        .collect();
-    let mut cov = Array2::zeros((d, d));
-    for p in parts {
-        cov += &p;
-    }
-    cov / (n.saturating_sub(1).max(1)) as f64
-}
-
-/// All eigenpairs of a symmetric matrix by cyclic Jacobi rotations, sorted
-/// by decreasing eigenvalue; eigenvectors are the columns.
-pub fn jacobi_eigen(a: &Array2<f64>) -> (Array1<f64>, Array2<f64>) {
-    let d = a.nrows();
-    let mut m = a.clone();
-    let mut v = Array2::<f64>::eye(d);
-    let scale: f64 = m.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-    for _sweep in 0..60 {
-        let mut off = 0.0;
-        for p in 0..d {
-            for q in (p + 1)..d {
-                off += m[[p, q]] * m[[p, q]];
-            }
-        }
-        if off.sqrt() <= 1e-14 * scale {
-            break;
-        }
-        for p in 0..d {
-            for q in (p + 1)..d {
-                let apq = m[[p, q]];
-                if apq.abs() <= 1e-300 {
-                    continue;
-                }
-                let theta = (m[[q, q]] - m[[p, p]]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..d {
-                    let mkp = m[[k, p]];
-                    let mkq = m[[k, q]];
-                    m[[k, p]] = c * mkp - s * mkq;
-                    m[[k, q]] = s * mkp + c * mkq;
-                }
-                for k in 0..d {
-                    let mpk = m[[p, k]];
-                    let mqk = m[[q, k]];
-                    m[[p, k]] = c * mpk - s * mqk;
-                    m[[q, k]] = s * mpk + c * mqk;
-                }
-                for k in 0..d {
-                    let vkp = v[[k, p]];
-                    let vkq = v[[k, q]];
-                    v[[k, p]] = c * vkp - s * vkq;
-                    v[[k, q]] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&i, &j| m[[j, j]].total_cmp(&m[[i, i]]).then(i.cmp(&j)));
-    let vals = Array1::from_iter(order.iter().map(|&i| m[[i, i]]));
-    let mut vecs = Array2::zeros((d, d));
-    for (c, &i) in order.iter().enumerate() {
-        let mut col = v.column(i).to_owned();
-        // Sign convention: largest-magnitude entry positive.
-        let (mut best, mut arg) = (0.0f64, 0usize);
-        for (r, x) in col.iter().enumerate() {
-            if x.abs() > best {
-                best = x.abs();
-                arg = r;
-            }
-        }
-        if col[arg] < 0.0 {
-            col.mapv_inplace(|x| -x);
-        }
-        vecs.column_mut(c).assign(&col);
-    }
-    (vals, vecs)
-}
-
-/// Orthonormalise the columns of `q` in place (modified Gram–Schmidt).
-fn orthonormalise(q: &mut Array2<f64>) {
-    let p = q.ncols();
-    for j in 0..p {
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            let dot = qi.dot(&q.column(j));
-            let mut cj = q.column_mut(j);
-            cj.scaled_add(-dot, &qi);
-        }
-        let norm = q.column(j).dot(&q.column(j)).sqrt();
-        if norm > 1e-300 {
-            q.column_mut(j).mapv_inplace(|x| x / norm);
-        }
-    }
-}
-
-/// Top-`p` eigenpairs of a symmetric PSD matrix by block subspace iteration
-/// (with 10 oversampling columns) and a Rayleigh–Ritz step.
-fn subspace_eigen(cov: &Array2<f64>, p: usize, seed: u64) -> (Array1<f64>, Array2<f64>) {
-    let d = cov.nrows();
-    let b = (p + 10).min(d);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut q = Array2::from_shape_fn((d, b), |_| rng.gen_range(-1.0..1.0));
-    orthonormalise(&mut q);
-    for _ in 0..40 {
-        q = cov.dot(&q);
-        orthonormalise(&mut q);
-    }
-    let small = q.t().dot(cov).dot(&q);
-    let (vals, vecs) = jacobi_eigen(&small);
-    let full = q.dot(&vecs);
-    (
-        vals.slice(s![..p]).to_owned(),
-        full.slice(s![.., ..p]).to_owned(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
-    fn random_sym(d: usize, seed: u64) -> Array2<f64> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let a = Array2::from_shape_fn((d, d + 3), |_| rng.gen_range(-1.0..1.0));
-        a.dot(&a.t())
+    fn data(n: usize, d: usize) -> Array2<f64> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        Array2::from_shape_fn((n, d), |(_, j)| rng.gen_range(-1.0..1.0) * (j + 1) as f64)
     }
 
     #[test]
-    fn jacobi_reconstructs_matrix() {
-        let a = random_sym(12, 1);
-        let (vals, vecs) = jacobi_eigen(&a);
-        // A v = lambda v for each pair; eigenvectors orthonormal.
-        for j in 0..12 {
-            let v = vecs.column(j);
-            let av = a.dot(&v);
-            for i in 0..12 {
-                assert!((av[i] - vals[j] * v[i]).abs() < 1e-9);
-            }
-        }
-        let vtv = vecs.t().dot(&vecs);
-        for i in 0..12 {
-            for j in 0..12 {
-                let want = if i == j { 1.0 } else { 0.0 };
-                assert!((vtv[[i, j]] - want).abs() < 1e-9);
-            }
-        }
-        for j in 1..12 {
-            assert!(vals[j - 1] >= vals[j]);
-        }
-    }
-
-    #[test]
-    fn subspace_iteration_matches_jacobi() {
-        let a = random_sym(60, 2);
-        let (v1, _) = jacobi_eigen(&a);
-        let (v2, vec2) = subspace_eigen(&a, 5, 3);
+    fn exact_covariance_and_gram_routes_agree() {
+        // Same data seen as tall (covariance route) and with d > n (Gram route).
+        let x = data(12, 20);
+        let wide = Pca::fit_exact(x.view(), 5).unwrap();
+        let xt = data(40, 6);
+        let tall = Pca::fit_exact(xt.view(), 6).unwrap();
+        // Total variance is preserved when all components are kept.
+        let total: f64 = xt.var_axis(Axis(0), 1.0).sum();
+        assert!((tall.variances.sum() - total).abs() < 1e-9);
+        // Gram route: variances equal those of projected coordinates.
+        let coords = wide.transform(x.view()).unwrap();
+        let var = coords.var_axis(Axis(0), 1.0);
         for j in 0..5 {
-            assert!(
-                (v1[j] - v2[j]).abs() / v1[j] < 1e-6,
-                "{} vs {}",
-                v1[j],
-                v2[j]
-            );
-            let av = a.dot(&vec2.column(j));
-            let err = (&av - &(&vec2.column(j) * v2[j]))
-                .mapv(|x| x * x)
-                .sum()
-                .sqrt();
-            assert!(err / v2[j] < 1e-4);
+            assert!((var[j] - wide.variances[j]).abs() < 1e-9);
         }
+        // Axes orthonormal.
+        let g = wide.components.t().dot(&wide.components);
+        assert!((g - Array2::<f64>::eye(5)).mapv(f64::abs).sum() < 1e-9);
+    }
+
+    #[test]
+    fn exact_rejects_tiny_input() {
+        assert!(Pca::fit_exact(Array2::zeros((1, 3)).view(), 2).is_err());
+        assert!(Pca::fit_exact(Array2::zeros((3, 0)).view(), 2).is_err());
+        let p = Pca::fit_exact(data(5, 3).view(), 2).unwrap();
+        assert!(p.transform(Array2::zeros((2, 4)).view()).is_err());
+    }
+
+    #[test]
+    fn transform_does_not_depend_on_the_loadings_layout() {
+        // The evaluator used to keep loadings as rows (k x d) and project
+        // with `components.t()`; the shared type keeps columns (d x k). The
+        // product must be bit for bit the same, or `evaluate` would change.
+        for (n, d, k) in [(300, 20, 8), (12, 30, 5), (3000, 60, 50)] {
+            let x = data(n, d);
+            let pca = Pca::fit_exact(x.view(), k).unwrap();
+            let rows = pca.components.t().as_standard_layout().into_owned();
+            let old = (&x - &pca.mean).dot(&rows.t());
+            assert_eq!(pca.transform(x.view()).unwrap(), old, "{n}x{d}, k={k}");
+        }
+    }
+
+    #[test]
+    fn both_strategies_find_the_same_basis() {
+        // A clear spectrum: the seeded fit and the exact fit agree up to
+        // rounding (same sign convention, same order).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let x = Array2::from_shape_fn((500, 6), |(_, j)| rng.gen_range(-1.0..1.0) * (6 - j) as f64);
+        let a = Pca::fit(x.view(), 4, 1).unwrap();
+        let b = Pca::fit_exact(x.view(), 4).unwrap();
+        for j in 0..4 {
+            assert!((a.variances[j] - b.variances[j]).abs() < 1e-9 * b.variances[0]);
+            for r in 0..6 {
+                let (va, vb) = (a.components[[r, j]], b.components[[r, j]]);
+                assert!(
+                    (va - vb).abs() < 1e-8,
+                    "component {j}, entry {r}: {va} vs {vb}"
+                );
+            }
+        }
+        let ya = a.transform(x.view()).unwrap();
+        let yf = a.transform_f32(x.view());
+        assert_eq!(ya.mapv(|v| v as f32), yf);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::method::index::BatchIndex;
 use crate::method::kernel::affinity;
-use crate::method::params::{KernelKind, Retention, SamplingRule, TrustRule};
+use crate::method::params::{KernelKind, Params, Retention, SamplingRule, TrustRule};
 use crate::method::rows::RowSource;
 use crate::method::scales::{kth_scale, ScaleCache};
 
@@ -71,6 +71,35 @@ pub struct SamplingConfig {
     pub trust_k: usize,
     /// How the trust test measures a batch's correspondence.
     pub trust_rule: TrustRule,
+}
+
+impl SamplingConfig {
+    /// The settings `params` fixes (kernel, retention, rule, seed, trust
+    /// test), with the three a caller sizes to its run: the landmark budget,
+    /// the coverage target (`f64::INFINITY` = sample every row up to the
+    /// budget) and the landmarks per round. The fit starts every round
+    /// from this; the daemon samples every row of a plate in one round.
+    pub fn from_params(
+        params: &Params,
+        budget_rows: usize,
+        coverage_target: f64,
+        round_rows: usize,
+    ) -> SamplingConfig {
+        SamplingConfig {
+            k: params.k,
+            m: params.m,
+            kernel: params.kernel,
+            retention: params.retention,
+            budget_rows,
+            coverage_target,
+            round_rows,
+            rule: params.sampling_rule,
+            seed: params.seed,
+            trust: params.trust,
+            trust_k: params.trust_k,
+            trust_rule: params.trust_rule,
+        }
+    }
 }
 
 /// What a sampling run produced.

@@ -18,7 +18,7 @@
 //! the singular basis may differ from numpy's (docs/metrics.md).
 
 use super::labels::Codes;
-use super::linalg::svd_jacobi;
+use crate::linalg::svd_jacobi;
 use anyhow::{bail, Result};
 use ndarray::{Array1, Array2, Axis};
 use rand::seq::SliceRandom;
@@ -180,7 +180,7 @@ pub fn normalised_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::linalg::orthonormalize_columns;
+    use crate::linalg::orthonormalise_columns;
     use rand::Rng;
 
     fn setup() -> (Array2<f64>, Vec<bool>) {
@@ -203,7 +203,7 @@ mod tests {
         let (x, ctrl) = setup();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut r = Array2::from_shape_fn((20, 20), |_| rng.gen_range(-1.0..1.0));
-        orthonormalize_columns(&mut r);
+        orthonormalise_columns(&mut r, 2);
         let rotated = x.dot(&r);
         assert!(representation_drift(&x, &rotated, &ctrl, true).unwrap() < 1e-8);
         assert!(representation_drift(&x, &rotated, &ctrl, false).unwrap() > 0.1);

@@ -26,11 +26,11 @@ use super::labels::Codes;
 use super::lisi::{clisi, ilisi};
 use super::map::{evaluate_map, Columns, MapOptions, MapSpec};
 use super::nsc::nsc;
-use super::pca::Pca;
 use super::pcr::{pcr, pcr_comparison};
 use super::preprocess::robust_scale;
 use super::report::Report;
 use super::silhouette::{bras, silhouette_batch, silhouette_label, Between};
+use crate::method::pca::Pca;
 use anyhow::{bail, Result};
 use ndarray::{Array2, Axis};
 use rand::seq::SliceRandom;
@@ -162,8 +162,8 @@ fn embed(x: &Array2<f64>, fit_rows: &[usize], opts: &EvalOptions) -> Result<Arra
     match opts.pca_components {
         Some(k) => {
             let fit = x.select(Axis(0), fit_rows);
-            let pca = Pca::fit(&fit, k)?;
-            pca.transform(x)
+            let pca = Pca::fit_exact(fit.view(), k)?;
+            pca.transform(x.view())
         }
         None => Ok(x.to_owned()),
     }

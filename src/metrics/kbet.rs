@@ -31,11 +31,9 @@
 
 use super::knn::{knn, knn_hnsw, Metric, Neighbors};
 use super::labels::{nanmean, Codes};
-use super::linalg::sym_eigen;
+use crate::linalg::{lanczos_eigen, sym_eigen};
 use anyhow::{bail, Result};
 use ndarray::{Array2, Axis};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// Largest label subset whose diffusion map uses a dense eigen-solver.
@@ -250,52 +248,7 @@ fn top_eigen(
     // Lanczos with full re-orthogonalisation: extremal eigenpairs converge
     // quickly even where the spectrum clusters near 1.
     let steps = (2 * m + 100).min(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut q: Vec<ndarray::Array1<f64>> = Vec::with_capacity(steps + 1);
-    let mut v: ndarray::Array1<f64> =
-        ndarray::Array1::from_shape_fn(n, |_| rng.gen_range(-1.0..1.0));
-    let norm: f64 = v.dot(&v).sqrt();
-    v /= norm;
-    q.push(v);
-    let mut alpha: Vec<f64> = Vec::new();
-    let mut beta: Vec<f64> = Vec::new();
-    for j in 0..steps {
-        let qj = &q[j];
-        let mut w = ndarray::Array1::from(
-            t.par_iter()
-                .map(|row| row.iter().map(|&(c, wt)| wt * qj[c]).sum::<f64>())
-                .collect::<Vec<f64>>(),
-        );
-        alpha.push(qj.dot(&w));
-        for _pass in 0..2 {
-            for qi in &q {
-                let proj = qi.dot(&w);
-                w.scaled_add(-proj, qi);
-            }
-        }
-        let b = w.dot(&w).sqrt();
-        if j + 1 == steps || b < 1e-10 {
-            break;
-        }
-        beta.push(b);
-        w /= b;
-        q.push(w);
-    }
-    let kk = alpha.len();
-    let mut tri = Array2::zeros((kk, kk));
-    for i in 0..kk {
-        tri[[i, i]] = alpha[i];
-        if i + 1 < kk {
-            tri[[i, i + 1]] = beta[i];
-            tri[[i + 1, i]] = beta[i];
-        }
-    }
-    let (vals, w) = sym_eigen(&tri)?;
-    let mut qm = Array2::zeros((n, kk));
-    for (c, qc) in q.iter().take(kk).enumerate() {
-        qm.column_mut(c).assign(qc);
-    }
-    let vecs = qm.dot(&w);
+    let (vals, vecs) = lanczos_eigen(t, steps, seed)?;
     Ok(pick(&vals, &vecs, m))
 }
 
@@ -549,6 +502,8 @@ fn kbet_one_label(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn gamma_q_matches_known_chi_square_tails() {

@@ -15,9 +15,13 @@
 //! neighbour, with distance 0.
 //!
 //! Large inputs: [`knn_hnsw`] builds a usearch HNSW graph instead (the
-//! reference computes its graphs with pynndescent, also approximate); its
-//! recall against [`knn`] is tested and reported by `evaluate` in its notes.
+//! reference computes its graphs with pynndescent, also approximate),
+//! through the crate's one usearch wrapper,
+//! [`BatchIndex`], with its own graph
+//! settings; its recall against [`knn`] is tested and reported by
+//! `evaluate` in its notes.
 
+use crate::method::index::{BatchIndex, HnswParams, IndexConfig, IndexKind};
 use anyhow::{bail, Result};
 use ndarray::{s, Array2, ArrayView1, Axis};
 use rayon::prelude::*;
@@ -28,6 +32,11 @@ pub const QUERY_BLOCK: usize = 256;
 pub const CANDIDATE_BLOCK: usize = 2048;
 /// Extra candidates kept per query before the exact `f64` re-ranking.
 const SLACK: usize = 8;
+/// Graph degree of [`knn_hnsw`]'s index.
+const HNSW_CONNECTIVITY: usize = 16;
+/// Insertion beam of [`knn_hnsw`]'s index: wider than the fit's
+/// ([`HnswParams::BALANS`]), since one graph over all rows is built once.
+const HNSW_EXPANSION_ADD: usize = 64;
 
 /// Distance used for neighbour search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -254,34 +263,25 @@ pub fn knn_hnsw(x: &Array2<f64>, k: usize, metric: Metric, expansion: usize) -> 
         .as_slice()
         .ok_or_else(|| anyhow::anyhow!("kNN: internal layout error"))?;
     let want = k + SLACK + 1;
-    let opts = usearch::IndexOptions {
-        dimensions: d,
-        metric: usearch::MetricKind::L2sq,
-        quantization: usearch::ScalarKind::F32,
-        connectivity: 16,
-        expansion_add: 64,
-        expansion_search: expansion.max(2 * want),
-        multi: false,
+    let config = IndexConfig {
+        kind: IndexKind::Hnsw,
+        hnsw: HnswParams {
+            connectivity: HNSW_CONNECTIVITY,
+            expansion_add: HNSW_EXPANSION_ADD,
+            expansion_search: expansion.max(2 * want),
+        },
     };
-    let index = usearch::Index::new(&opts).map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
-    index
-        .reserve_capacity_and_threads(n, rayon::current_num_threads() + 1)
-        .map_err(|e| anyhow::anyhow!("usearch reserve: {e}"))?;
-    for i in 0..n {
-        index
-            .add(i as u64, &flat[i * d..(i + 1) * d])
-            .map_err(|e| anyhow::anyhow!("usearch add of row {i}: {e}"))?;
-    }
+    let threads = rayon::current_num_threads();
+    let mut index = BatchIndex::with_config(config, d, n, threads)?;
+    let keys: Vec<u64> = (0..n as u64).collect();
+    index.add(&keys, xf.view(), threads)?;
     let rows: Vec<Result<(Vec<usize>, Vec<f64>)>> = (0..n)
         .into_par_iter()
         .map(|qi| {
-            let m = index
-                .search(&flat[qi * d..(qi + 1) * d], want.min(n))
-                .map_err(|e| anyhow::anyhow!("usearch search of row {qi}: {e}"))?;
-            let mut cand: Vec<usize> = m
-                .keys
+            let found = index.search(&flat[qi * d..(qi + 1) * d], want)?;
+            let mut cand: Vec<usize> = found
                 .iter()
-                .map(|&key| key as usize)
+                .map(|nb| nb.key as usize)
                 .filter(|&j| j != qi && j < n)
                 .collect();
             if cand.len() < k - 1 {

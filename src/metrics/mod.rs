@@ -6,7 +6,7 @@
 //! | file | metric(s) | reference |
 //! |---|---|---|
 //! | [`knn`] | exact blocked k-NN (Euclidean / cosine) | sklearn brute force |
-//! | [`pca`], [`linalg`] | PCA, symmetric eigen, Jacobi SVD | — |
+//! | (shared) | PCA: [`crate::method::pca::Pca::fit_exact`]; eigensolvers, SVD: [`crate::linalg`] | numpy |
 //! | [`preprocess`] | robust median/MAD scaling, clip ±50 | protocol |
 //! | [`silhouette`] | silhouette label, silhouette batch, BRAS | scib-metrics 0.5.10 |
 //! | [`lisi`] | iLISI, cLISI | scib-metrics 0.5.10 |
@@ -33,11 +33,9 @@ pub mod evaluate;
 pub mod kbet;
 pub mod knn;
 pub mod labels;
-pub mod linalg;
 pub mod lisi;
 pub mod map;
 pub mod nsc;
-pub mod pca;
 pub mod pcr;
 pub mod plots;
 pub mod preprocess;

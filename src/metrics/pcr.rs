@@ -15,7 +15,7 @@
 //! batch-explained variance the correction removed (1 = all of it).
 
 use super::labels::Codes;
-use super::pca::Pca;
+use crate::method::pca::Pca;
 use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayView1};
 
@@ -69,8 +69,8 @@ pub fn pcr(x: &Array2<f64>, batches: &Codes, n_components: Option<usize>) -> Res
             Ok((ssb / sst).clamp(0.0, 1.0))
         }
         Some(k) => {
-            let p = Pca::fit(x, k)?;
-            let coords = p.transform(x)?;
+            let p = Pca::fit_exact(x.view(), k)?;
+            let coords = p.transform(x.view())?;
             let mut num = 0.0;
             let mut den = 0.0;
             for (j, col) in coords.columns().into_iter().enumerate() {
@@ -80,8 +80,8 @@ pub fn pcr(x: &Array2<f64>, batches: &Codes, n_components: Option<usize>) -> Res
                 } else {
                     0.0
                 };
-                num += r2 * p.variance[j];
-                den += p.variance[j];
+                num += r2 * p.variances[j];
+                den += p.variances[j];
             }
             if den == 0.0 {
                 bail!("PCR: data has zero variance");

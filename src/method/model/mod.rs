@@ -300,11 +300,7 @@ impl Model {
     }
 
     fn index_kind(&self) -> IndexKind {
-        if self.meta.params.exact {
-            IndexKind::Exact
-        } else {
-            self.meta.params.index
-        }
+        self.meta.params.index_kind()
     }
 
     fn threads(&self) -> usize {
@@ -445,20 +441,7 @@ impl Model {
             &self.batch_of,
         )?;
         let mut offset = Array2::<f32>::zeros((n_plate, p));
-        let cfg = SamplingConfig {
-            k: params.k,
-            m: params.m,
-            kernel: params.kernel,
-            retention: params.retention,
-            budget_rows: n_plate,
-            coverage_target: f64::INFINITY,
-            round_rows: n_plate,
-            rule: params.sampling_rule,
-            seed: params.seed,
-            trust: params.trust,
-            trust_k: params.trust_k,
-            trust_rule: params.trust_rule,
-        };
+        let cfg = SamplingConfig::from_params(params, n_plate, f64::INFINITY, n_plate);
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
         let mut timings = PlateTimings::default();
