@@ -16,6 +16,7 @@
 //! flagged.
 
 pub mod mixing;
+pub mod table;
 
 use serde::{Deserialize, Serialize};
 
