@@ -22,14 +22,13 @@
 //!    decides what that means (`balans correct` warns and normalises per
 //!    batch, the daemon names the plate after its file or message);
 //! 4. the label column, if asked for (`Schema`);
-//! 5. the control rows: the selector's column exists (`Schema`) and, with
-//!    [`LoadSpec::require_control_rows`], at least one row matches it
-//!    (`Schema`; a typo in the value would otherwise silently turn the
-//!    controls off);
-//! 6. the feature columns (numeric, not `Metadata_*`, not excluded; at
+//! 5. the feature columns (numeric, not `Metadata_*`, not excluded; at
 //!    least one — `Schema`) and their values under the non-finite policy
 //!    ([`NonFinite`](super::error::LoadErrorKind::NonFinite), naming column
-//!    and data row).
+//!    and data row);
+//! 6. the control rows: the selector's column exists (`Schema`) and, for a
+//!    whole table ([`Scope::Table`]), at least one row matches it (`Schema`;
+//!    a typo in the value would otherwise silently turn the controls off).
 //!
 //! Errors are [`LoadError`]s: a
 //! [`LoadErrorKind`](super::error::LoadErrorKind) for the daemon's
@@ -42,7 +41,8 @@
 //! A streamed plate is one table of one batch and one plate id:
 //! [`ProfileTable::single_batch`] and [`ProfileTable::single_plate`] check
 //! that; [`LoadSpec::for_plate`] is the spec the daemon reads a plate with
-//! (non-finite values always refused, a plate may hold no control).
+//! ([`Scope::Plate`]: non-finite values always refused, a plate may hold no
+//! control, an empty one is called an "empty plate").
 //!
 //! # Two versions of the same rows
 //!
@@ -63,6 +63,18 @@ use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy}
 use crate::io::table;
 use crate::method::fit::Dataset;
 
+/// What a loaded table is; it decides two rules of [`ProfileTable::from_table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// A whole experiment (or a reference table): a control selector must
+    /// match at least one row.
+    #[default]
+    Table,
+    /// One streamed plate: it may hold no control row, and messages call it
+    /// a plate.
+    Plate,
+}
+
 /// Which columns to read from a table, and how.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -72,9 +84,8 @@ pub struct LoadSpec {
     pub plate_col: Option<String>,
     /// Negative-control selector `COLUMN=VALUE`.
     pub control: Option<ControlSelector>,
-    /// With a selector, refuse a table where no row matches it. Right for a
-    /// whole experiment; wrong for a single plate, which may hold none.
-    pub require_control_rows: bool,
+    /// A whole table or one plate.
+    pub scope: Scope,
     /// Numeric columns matching this regex are not features (they pass
     /// through uncorrected).
     pub exclude: Option<Regex>,
@@ -85,23 +96,23 @@ pub struct LoadSpec {
 }
 
 impl LoadSpec {
-    /// Read `batch_col` and the features only: no plate, control or label
-    /// column, non-finite values refused.
+    /// Read `batch_col` and the features of a whole table only: no plate,
+    /// control or label column, non-finite values refused.
     pub fn new(batch_col: impl Into<String>) -> LoadSpec {
         LoadSpec {
             batch_col: batch_col.into(),
             plate_col: None,
             control: None,
-            require_control_rows: false,
+            scope: Scope::Table,
             exclude: None,
             non_finite: NonFinitePolicy::Error,
             label_col: None,
         }
     }
 
-    /// The spec of a whole table from the `[correct]` configuration (after
-    /// the command-line flags): every key is honoured, and a control
-    /// selector must match at least one row. Errors
+    /// The spec of a whole table ([`Scope::Table`]) from the `[correct]`
+    /// configuration (after the command-line flags): every key is honoured.
+    /// Errors
     /// ([`Schema`](super::error::LoadErrorKind::Schema)) name the flag and
     /// the config key: no batch column, an invalid `exclude` regex or
     /// `control` selector.
@@ -128,7 +139,7 @@ impl LoadSpec {
             batch_col: batch_col.to_string(),
             plate_col: Some(cfg.plate_col.clone()),
             control,
-            require_control_rows: true,
+            scope: Scope::Table,
             exclude,
             non_finite: cfg.non_finite,
             label_col: cfg.label_col.clone(),
@@ -138,10 +149,11 @@ impl LoadSpec {
     /// The spec of one streamed plate: [`LoadSpec::from_config`] except that
     /// non-finite values are always refused (the model's features are fixed,
     /// so a plate can neither drop nor invent any) and a plate without
-    /// control rows is accepted; the label column is not read.
+    /// control rows is accepted ([`Scope::Plate`]); the label column is not
+    /// read.
     pub fn for_plate(cfg: &CorrectConfig) -> Result<LoadSpec, LoadError> {
         Ok(LoadSpec {
-            require_control_rows: false,
+            scope: Scope::Plate,
             non_finite: NonFinitePolicy::Error,
             label_col: None,
             ..LoadSpec::from_config(cfg)?
@@ -203,7 +215,10 @@ impl ProfileTable {
         source: &str,
     ) -> Result<ProfileTable, LoadError> {
         if table.num_rows() == 0 {
-            return Err(profile::no_rows(source));
+            return Err(match spec.scope {
+                Scope::Table => profile::no_rows(source),
+                Scope::Plate => LoadError::empty(format!("{source}: empty plate (no rows)")),
+            });
         }
         let batch = profile::text_column(&table, &spec.batch_col, source)?;
         let plate = match spec.plate_col.as_deref() {
@@ -215,19 +230,6 @@ impl ProfileTable {
             .as_deref()
             .map(|col| profile::text_column(&table, col, source))
             .transpose()?;
-        let controls = match &spec.control {
-            Some(sel) => {
-                let mask = profile::control_rows(&table, sel, source)?;
-                if spec.require_control_rows && !mask.iter().any(|&c| c) {
-                    return Err(LoadError::schema(format!(
-                        "{source}: no row has {}={} (the --control selector); check the column and value",
-                        sel.column, sel.value
-                    )));
-                }
-                Some(mask)
-            }
-            None => None,
-        };
         let columns = profile::select_features(&table, spec.exclude.as_ref(), source)?;
         let fm = profile::extract_features(&table, columns, spec.non_finite, source)?;
         if !fm.dropped.is_empty() {
@@ -237,6 +239,19 @@ impl ProfileTable {
                 "dropping features with non-finite values"
             );
         }
+        let controls = match &spec.control {
+            Some(sel) => {
+                let mask = profile::control_rows(&table, sel, source)?;
+                if spec.scope == Scope::Table && !mask.iter().any(|&c| c) {
+                    return Err(LoadError::schema(format!(
+                        "{source}: no row has {}={} (the --control selector); check the column and value",
+                        sel.column, sel.value
+                    )));
+                }
+                Some(mask)
+            }
+            None => None,
+        };
         Ok(ProfileTable {
             source: source.to_string(),
             table,
@@ -391,7 +406,6 @@ mod tests {
         LoadSpec {
             plate_col: Some("Metadata_Plate".into()),
             control: Some(ControlSelector::parse("Metadata_MoA=DMSO").unwrap()),
-            require_control_rows: true,
             exclude: Some(Regex::new("_Location_").unwrap()),
             non_finite: NonFinitePolicy::Impute,
             label_col: Some("Metadata_MoA".into()),
@@ -499,6 +513,12 @@ mod tests {
     fn empty_table_and_no_features() {
         let e = fails(table().slice(0, 0), &spec());
         assert_names(&e, LoadErrorKind::Empty, &["t.csv", "no rows"]);
+        let plate = LoadSpec {
+            scope: Scope::Plate,
+            ..spec()
+        };
+        let e = fails(table().slice(0, 0), &plate);
+        assert_names(&e, LoadErrorKind::Empty, &["t.csv", "empty plate"]);
         let only_meta = table().project(&[0, 1, 2]).unwrap();
         let e = fails(only_meta, &LoadSpec::new("Metadata_Batch"));
         assert_names(&e, LoadErrorKind::Schema, &["t.csv", "no feature columns"]);
@@ -530,7 +550,7 @@ mod tests {
         );
         // A plate may hold no control.
         let plate = LoadSpec {
-            require_control_rows: false,
+            scope: Scope::Plate,
             ..none_match
         };
         let t = ProfileTable::from_table(table(), &plate, "t.csv").unwrap();
@@ -642,7 +662,7 @@ mod tests {
         assert_eq!(s.batch_col, "Metadata_Batch");
         assert_eq!(s.plate_col.as_deref(), Some("Metadata_Plate"));
         assert_eq!(s.control.as_ref().unwrap().to_string(), "Metadata_MoA=DMSO");
-        assert!(s.require_control_rows);
+        assert_eq!(s.scope, Scope::Table);
         assert_eq!(s.non_finite, NonFinitePolicy::Error);
         let p = LoadSpec::for_plate(&CorrectConfig {
             non_finite: NonFinitePolicy::Impute,
@@ -650,7 +670,7 @@ mod tests {
             ..config()
         })
         .unwrap();
-        assert!(!p.require_control_rows);
+        assert_eq!(p.scope, Scope::Plate);
         assert_eq!(p.non_finite, NonFinitePolicy::Error);
         assert_eq!(p.label_col, None);
 

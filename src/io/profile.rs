@@ -444,7 +444,7 @@ pub fn control_mask(batch: &RecordBatch, sel: &ControlSelector, source: &str) ->
 /// Rows whose `sel.column` renders as `sel.value` (nulls never match). A
 /// [`Schema`](crate::io::error::LoadErrorKind::Schema) error when the table
 /// has no such column; no matching row is *not* an error here (see
-/// [`crate::io::dataset::LoadSpec::require_control_rows`]).
+/// [`crate::io::dataset::Scope`]).
 pub fn control_rows(
     batch: &RecordBatch,
     sel: &ControlSelector,
