@@ -11,23 +11,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::io::profile::NonFinitePolicy;
 use crate::method::params::Params;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BALANS_";
-
-/// What to do with NaN/inf/null feature values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum NonFinite {
-    /// Refuse the table, naming the column and row (default).
-    #[default]
-    Error,
-    /// Replace with the column's median of finite values.
-    Impute,
-    /// Remove features that have any non-finite value.
-    DropFeatures,
-}
 
 /// Options of `balans correct` (table layout and preprocessing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +30,7 @@ pub struct CorrectConfig {
     /// Regex of feature columns to pass through uncorrected.
     pub exclude: Option<String>,
     /// Non-finite feature policy.
-    pub non_finite: NonFinite,
+    pub non_finite: NonFinitePolicy,
     /// Optional biological label column, used only for the summary figures.
     pub label_col: Option<String>,
 }
@@ -54,7 +42,7 @@ impl Default for CorrectConfig {
             plate_col: "Metadata_Plate".into(),
             control: None,
             exclude: None,
-            non_finite: NonFinite::Error,
+            non_finite: NonFinitePolicy::Error,
             label_col: None,
         }
     }
@@ -286,7 +274,32 @@ mod tests {
         assert_eq!(c.method.budget, 1.0);
         assert_eq!(c.method.m, Params::default().m);
         assert_eq!(c.correct.batch_col.as_deref(), Some("Metadata_Week"));
-        assert_eq!(c.correct.non_finite, NonFinite::Impute);
+        assert_eq!(c.correct.non_finite, NonFinitePolicy::Impute);
+    }
+
+    #[test]
+    fn non_finite_policy_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "[correct]\nnon_finite = \"drop-features\"\n").unwrap();
+        let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(c.correct.non_finite, NonFinitePolicy::DropFeatures);
+        let env = vec![(
+            "BALANS_CORRECT__NON_FINITE".to_string(),
+            "error".to_string(),
+        )];
+        let c = Config::load_with_env(Some(&p), env.into_iter()).unwrap();
+        assert_eq!(c.correct.non_finite, NonFinitePolicy::Error);
+        assert_eq!(
+            Config::default().correct.non_finite,
+            NonFinitePolicy::default()
+        );
+        let bad = vec![(
+            "BALANS_CORRECT__NON_FINITE".to_string(),
+            "drop_features".to_string(),
+        )];
+        let e = Config::load_with_env(None, bad.into_iter()).unwrap_err();
+        assert!(format!("{e:#}").contains("drop-features"), "{e:#}");
     }
 
     #[test]

@@ -305,6 +305,97 @@ fn config_file_and_environment_are_applied() {
     assert!(e.contains("budget"), "{e}");
 }
 
+/// Errors in what the table is read with name the flag and the config key;
+/// `evaluate` reads its tables with the same loader and messages.
+#[test]
+fn loader_errors_name_flag_key_file_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = synth(dir.path(), "in.parquet");
+    let out = dir.path().join("o.parquet");
+    let correct = |extra: &[&str]| {
+        let mut a = vec![
+            "correct",
+            "-i",
+            s(&input),
+            "-o",
+            s(&out),
+            "--batch-col",
+            "Metadata_Batch",
+        ];
+        a.extend_from_slice(extra);
+        fails(&a)
+    };
+    let e = correct(&["--exclude", "("]);
+    assert!(
+        e.contains("--exclude")
+            && e.contains("[correct] exclude")
+            && e.contains("regular expression"),
+        "{e}"
+    );
+    let e = correct(&["--control", "DMSO"]);
+    assert!(
+        e.contains("--control") && e.contains("[correct] control") && e.contains("COLUMN=VALUE"),
+        "{e}"
+    );
+    let e = correct(&["--label-col", "Metadata_MoA"]);
+    assert!(
+        e.contains("in.parquet") && e.contains("Metadata_MoA"),
+        "{e}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing written when the label column is missing"
+    );
+    let e = fails(&["correct", "-i", s(&input), "-o", s(&out)]);
+    assert!(
+        e.contains("--batch-col") && e.contains("BALANS_CORRECT__BATCH_COL"),
+        "{e}"
+    );
+    // evaluate: a selector that matches nothing, a baseline lacking a feature.
+    let e = fails(&[
+        "evaluate",
+        "-i",
+        s(&input),
+        "--batch-col",
+        "Metadata_Batch",
+        "--label-col",
+        "Metadata_Label",
+        "--control",
+        "Metadata_Label=dmso",
+    ]);
+    assert!(
+        e.contains("in.parquet") && e.contains("Metadata_Label=dmso"),
+        "{e}"
+    );
+    let fewer = dir.path().join("fewer.parquet");
+    ok(&[
+        "synth",
+        "--rows",
+        "600",
+        "--batches",
+        "3",
+        "--features",
+        "11",
+        "--output",
+        s(&fewer),
+    ]);
+    let e = fails(&[
+        "evaluate",
+        "-i",
+        s(&input),
+        "--baseline",
+        s(&fewer),
+        "--batch-col",
+        "Metadata_Batch",
+        "--label-col",
+        "Metadata_Label",
+    ]);
+    assert!(
+        e.contains("fewer.parquet") && e.contains("Feature_011"),
+        "{e}"
+    );
+}
+
 /// The README's main job: BBBC021 weeks mix better while MoA structure holds.
 #[test]
 fn bbbc021_weeks_mix_better_and_moa_is_kept() {

@@ -3,19 +3,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use balans::config::{Config, NonFinite};
-use balans::io::profile::{self, ControlSelector, NonFinitePolicy};
+use balans::config::Config;
+use balans::io::dataset::{LoadSpec, ProfileTable};
+use balans::io::profile::NonFinitePolicy;
 use balans::io::table;
-use balans::method::fit::{correct, Dataset, Summary};
+use balans::method::fit::{correct, Summary};
 use balans::method::params::{
     BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, SamplingRule, TrustRule,
 };
-use balans::method::preprocess::dense_ids;
-use balans::qc::mixing::{mixing_figures, MixingFigures};
+use balans::qc;
+use balans::qc::mixing::MixingFigures;
 
 use super::logging::LogArgs;
 use super::progress::Bar;
@@ -150,10 +151,10 @@ impl CorrectArgs {
             c.exclude = Some(v.clone());
         }
         if self.impute {
-            c.non_finite = NonFinite::Impute;
+            c.non_finite = NonFinitePolicy::Impute;
         }
         if self.drop_features {
-            c.non_finite = NonFinite::DropFeatures;
+            c.non_finite = NonFinitePolicy::DropFeatures;
         }
         if let Some(v) = &self.label_col {
             c.label_col = Some(v.clone());
@@ -227,218 +228,44 @@ pub fn run(args: CorrectArgs, log: &LogArgs) -> Result<()> {
 /// Read, correct and write; returns the report.
 pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
     let cfg = args.resolve()?;
-    let cc = &cfg.correct;
-    let source = args.input.display().to_string();
-    let Some(batch_col) = cc.batch_col.as_deref() else {
-        bail!("no batch column: pass --batch-col (or set [correct] batch_col / BALANS_CORRECT__BATCH_COL)");
-    };
-    let exclude = cc
-        .exclude
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--exclude is not a valid regular expression")?;
-    tracing::info!(input = %source, "reading table");
-    let batch = table::read_table(&args.input)?;
-    let batch_labels = profile::string_column(&batch, batch_col, &source)?;
-    let plate_labels = if batch.schema().column_with_name(&cc.plate_col).is_some() {
-        Some(profile::string_column(&batch, &cc.plate_col, &source)?)
-    } else {
+    let spec = LoadSpec::from_config(&cfg.correct)?;
+    let t = ProfileTable::load(&args.input, &spec)?;
+    if t.plate.is_none() {
         tracing::warn!(
-            plate_col = %cc.plate_col,
-            "{source}: no plate column {}; normalising per batch instead",
-            cc.plate_col
-        );
-        None
-    };
-    let controls = match cc.control.as_deref() {
-        Some(sel) => {
-            let sel: ControlSelector = sel.parse()?;
-            let mask = profile::control_mask(&batch, &sel, &source)?;
-            if !mask.iter().any(|&c| c) {
-                bail!(
-                    "{source}: no row has {}={} (the --control selector); check the column and value",
-                    sel.column,
-                    sel.value
-                );
-            }
-            Some(mask)
-        }
-        None => None,
-    };
-    let cols = profile::feature_columns(&batch, exclude.as_ref(), &source)?;
-    let policy = match cc.non_finite {
-        NonFinite::Error => NonFinitePolicy::Error,
-        NonFinite::Impute => NonFinitePolicy::Impute,
-        NonFinite::DropFeatures => NonFinitePolicy::DropFeatures,
-    };
-    let fm = profile::feature_matrix(&batch, cols, policy, &source)?;
-    if !fm.dropped.is_empty() {
-        tracing::warn!(
-            count = fm.dropped.len(),
-            "dropping features with non-finite values"
+            plate_col = %cfg.correct.plate_col,
+            "{}: no plate column {}; normalising per batch instead",
+            t.source,
+            cfg.correct.plate_col
         );
     }
+    let data = t.dataset();
     let bar = Bar::new(quiet);
-    let data = Dataset {
-        x: fm.values.view(),
-        batch: &batch_labels,
-        plate: plate_labels.as_deref(),
-        controls: controls.as_deref(),
-    };
     let fit = correct(&data, &cfg.method, &bar)?;
     bar.finish();
-    if fit.summary.corrected_features < fm.columns.names.len() {
+    if fit.summary.corrected_features < t.columns.names.len() {
         tracing::warn!(
-            constant = fm.columns.names.len() - fit.summary.corrected_features,
+            constant = t.columns.names.len() - fit.summary.corrected_features,
             "constant features (zero MAD) pass through uncorrected"
         );
     }
-    let out = profile::replace_features(&batch, &fm.columns, fit.corrected.view(), &fm.dropped)?;
-    table::write_table(&args.output, &out)?;
+    table::write_table(&args.output, &t.corrected_table(fit.corrected.view())?)?;
     tracing::info!(output = %args.output.display(), "wrote corrected table");
     if let Some(qc_path) = &args.qc {
-        let plates = plate_labels.clone().unwrap_or_else(|| batch_labels.clone());
-        let y_before = fit
-            .pca
-            .transform_f32(balans::method::preprocess::clipped(&fit.z_before).view());
-        let kind = cfg.method.index_kind();
-        // The fit's plate ids are dense_ids of the same labels.
-        let (plate_ids, plate_names) = dense_ids(&plates);
-        let gains =
-            fit.normalizer
-                .plate_control_gains(fm.values.view(), &plate_ids, controls.as_deref());
-        let gain_of: std::collections::HashMap<&str, Option<f64>> = plate_names
-            .iter()
-            .map(String::as_str)
-            .zip(gains.iter().copied())
-            .collect();
-        let rows = balans::qc::offline_plate_qc(
-            y_before.view(),
-            fit.y_after.view(),
-            &batch_labels,
-            &plates,
-            controls.as_deref(),
-            &|p| gain_of.get(p).copied().flatten(),
-            cfg.method.k,
-            kind,
-            &cfg.qc,
-        )?;
+        let rows = qc::table::plate_qc(&fit, &data, &cfg.method, &cfg.qc)?;
         let outliers = rows.iter().filter(|r| r.verdict.outlier).count();
-        table::write_table(qc_path, &qc_table(&rows)?)?;
+        table::write_table(qc_path, &qc::table::qc_record_batch(&rows)?)?;
         tracing::info!(output = %qc_path.display(), plates = rows.len(), outliers, "wrote per-plate QC table");
     }
-
-    // Quick before/after figures on non-control rows.
-    let (batch_ids, _) = dense_ids(&batch_labels);
-    let labels = match cc.label_col.as_deref() {
-        Some(col) => Some(dense_ids(&profile::string_column(&batch, col, &source)?).0),
-        None => None,
-    };
-    let keep: Vec<bool> = match &controls {
-        Some(m) => m.iter().map(|c| !c).collect(),
-        None => vec![true; batch_labels.len()],
-    };
-    let scaled = balans::qc::mixing::global_robust_scale(fm.values.view(), &fit.varying);
-    let before = mixing_figures(
-        scaled.view(),
-        &batch_ids,
-        labels.as_deref(),
-        &keep,
-        cfg.method.seed,
-    );
-    let after_clipped = balans::method::preprocess::clipped(&fit.z_after);
-    let after = mixing_figures(
-        after_clipped.view(),
-        &batch_ids,
-        labels.as_deref(),
-        &keep,
-        cfg.method.seed,
-    );
+    let figures = qc::table::before_after(&fit, &data, t.labels.as_deref(), cfg.method.seed);
     Ok(RunReport {
-        input: source,
+        input: t.source.clone(),
         output: args.output.display().to_string(),
         fit: fit.summary,
-        before,
-        after,
-        dropped_features: fm.dropped,
-        imputed_values: fm.imputed,
+        before: figures.before,
+        after: figures.after,
+        dropped_features: t.dropped,
+        imputed_values: t.imputed,
     })
-}
-
-/// The per-plate QC table as Arrow columns.
-fn qc_table(rows: &[balans::qc::PlateQcRow]) -> Result<arrow_array::RecordBatch> {
-    use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array};
-    use arrow_schema::{DataType, Field, Schema};
-    use std::sync::Arc;
-    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
-    let schema = Schema::new(vec![
-        f("plate", DataType::Utf8, false),
-        f("batch", DataType::Utf8, false),
-        f("rows", DataType::UInt64, false),
-        f("controls", DataType::UInt64, false),
-        f("mixing_before", DataType::Float64, true),
-        f("mixing_after", DataType::Float64, true),
-        f("cross_batch_distance_before", DataType::Float64, true),
-        f("cross_batch_distance_after", DataType::Float64, true),
-        f("mean_offset", DataType::Float64, true),
-        f("control_dispersion", DataType::Float64, true),
-        f("control_gain", DataType::Float64, true),
-        f("history", DataType::UInt64, false),
-        f("outlier", DataType::Boolean, false),
-        f("outlier_reasons", DataType::Utf8, false),
-    ]);
-    let opt = |v: f64| v.is_finite().then_some(v);
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.plate.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.batch.as_str()),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.rows as u64),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.controls as u64),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| opt(r.mixing_before)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| opt(r.mixing_after)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| opt(r.cross_batch_distance_before)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| opt(r.cross_batch_distance_after)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| opt(r.mean_offset)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| r.control_dispersion.and_then(opt)),
-        )),
-        Arc::new(Float64Array::from_iter(
-            rows.iter().map(|r| r.control_gain.and_then(opt)),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.verdict.history as u64),
-        )),
-        Arc::new(BooleanArray::from_iter(
-            rows.iter().map(|r| Some(r.verdict.outlier)),
-        )),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
-            r.verdict
-                .reasons
-                .iter()
-                .map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(";")
-        }))),
-    ];
-    Ok(arrow_array::RecordBatch::try_new(Arc::new(schema), cols)?)
 }
 
 /// Print the human summary on stdout.

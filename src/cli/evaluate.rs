@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use arrow_array::RecordBatch;
 use clap::{Args, Subcommand};
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, Axis};
 
-use balans::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use balans::io::dataset::{exclude_regex, LoadSpec, ProfileTable};
+use balans::io::profile::ControlSelector;
 use balans::io::table;
 use balans::metrics::drift::{replicate_distance, representation_drift};
 use balans::metrics::plots::{metric_bars, sample_rows, scatter, MAX_SCATTER_POINTS};
@@ -117,46 +117,14 @@ pub struct DriftArgs {
     pub json: Option<PathBuf>,
 }
 
-fn exclude_regex(s: &Option<String>) -> Result<Option<regex::Regex>> {
-    s.as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--exclude is not a valid regular expression")
+/// The `--exclude` regex, if given.
+fn exclude(s: Option<&str>) -> Result<Option<regex::Regex>> {
+    Ok(s.map(|p| exclude_regex(p, "--exclude")).transpose()?)
 }
 
-fn optional_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Option<Vec<String>>> {
-    if batch.schema().column_with_name(name).is_some() {
-        Ok(Some(profile::string_column(batch, name, source)?))
-    } else {
-        Ok(None)
-    }
-}
-
-fn controls_of(batch: &RecordBatch, sel: Option<&str>, source: &str) -> Result<Vec<bool>> {
-    match sel {
-        Some(s) => {
-            let sel: ControlSelector = s.parse()?;
-            profile::control_mask(batch, &sel, source)
-        }
-        None => Ok(vec![false; batch.num_rows()]),
-    }
-}
-
-/// Features of `other` in the column order of `cols` (by name).
-fn same_features(other: &RecordBatch, cols: &FeatureColumns, source: &str) -> Result<Array2<f64>> {
-    let schema = other.schema();
-    let mut indices = Vec::new();
-    for name in &cols.names {
-        let (i, _) = schema
-            .column_with_name(name)
-            .with_context(|| format!("{source}: missing feature column '{name}'"))?;
-        indices.push(i);
-    }
-    let fc = FeatureColumns {
-        indices,
-        names: cols.names.clone(),
-    };
-    Ok(profile::feature_matrix(other, fc, NonFinitePolicy::Error, source)?.values)
+/// The `--control` selector, if given.
+fn control(s: Option<&str>) -> Result<Option<ControlSelector>> {
+    Ok(s.map(ControlSelector::parse).transpose()?)
 }
 
 /// Run `balans evaluate`.
@@ -171,32 +139,38 @@ fn run_table(a: TableArgs) -> Result<()> {
     let Some(input) = a.input.as_deref() else {
         bail!("balans evaluate needs --input TABLE (or the `drift` subcommand)");
     };
-    let source = input.display().to_string();
-    let batch = table::read_table(input)?;
-    let cols = profile::feature_columns(&batch, exclude_regex(&a.exclude)?.as_ref(), &source)?;
-    let fm = profile::feature_matrix(&batch, cols.clone(), NonFinitePolicy::Error, &source)?;
+    let spec = LoadSpec {
+        plate_col: Some(a.plate_col.clone()),
+        control: control(a.control.as_deref())?,
+        exclude: exclude(a.exclude.as_deref())?,
+        label_col: Some(a.label_col.clone()),
+        ..LoadSpec::new(&a.batch_col)
+    };
+    let t = ProfileTable::load(input, &spec)?;
+    let source = t.source.clone();
     let baseline = match &a.baseline {
         Some(p) => {
             let s = p.display().to_string();
             let b = table::read_table(p)?;
             anyhow::ensure!(
-                b.num_rows() == batch.num_rows(),
+                b.num_rows() == t.rows(),
                 "{s} has {} rows, {source} {} (the baseline must hold the same rows)",
                 b.num_rows(),
-                batch.num_rows()
+                t.rows()
             );
-            Some(same_features(&b, &cols, &s)?)
+            Some(t.features_like(&b, &s)?)
         }
         None => None,
     };
+    let n = t.rows();
     let input_data = EvalInput {
-        features: fm.values,
-        batch: profile::string_column(&batch, &a.batch_col, &source)?,
-        label: profile::string_column(&batch, &a.label_col, &source)?,
-        compound: optional_column(&batch, &a.compound_col, &source)?,
-        treatment: optional_column(&batch, &a.treatment_col, &source)?,
-        plate: optional_column(&batch, &a.plate_col, &source)?,
-        is_control: controls_of(&batch, a.control.as_deref(), &source)?,
+        compound: t.optional_column(&a.compound_col)?,
+        treatment: t.optional_column(&a.treatment_col)?,
+        features: t.x,
+        batch: t.batch,
+        label: t.labels.unwrap_or_default(),
+        plate: t.plate,
+        is_control: t.controls.unwrap_or_else(|| vec![false; n]),
         baseline,
         previous: None,
     };
@@ -320,20 +294,27 @@ fn write_text(p: &Path, text: &str) -> Result<()> {
 }
 
 fn run_drift(a: DriftArgs) -> Result<()> {
-    let sb = a.before.display().to_string();
+    let spec = LoadSpec {
+        control: Some(ControlSelector::parse(&a.control)?),
+        exclude: exclude(a.exclude.as_deref())?,
+        ..LoadSpec::new(&a.batch_col)
+    };
+    let before = ProfileTable::load(&a.before, &spec)?;
+    let sb = before.source.clone();
     let sa = a.after.display().to_string();
-    let before = table::read_table(&a.before)?;
     let after = table::read_table(&a.after)?;
     anyhow::ensure!(
-        before.num_rows() == after.num_rows(),
+        before.rows() == after.num_rows(),
         "{sb} has {} rows and {sa} {}: drift compares the same rows in the same order",
-        before.num_rows(),
+        before.rows(),
         after.num_rows()
     );
-    let cols = profile::feature_columns(&before, exclude_regex(&a.exclude)?.as_ref(), &sb)?;
-    let xb = profile::feature_matrix(&before, cols.clone(), NonFinitePolicy::Error, &sb)?.values;
-    let xa = same_features(&after, &cols, &sa)?;
-    let controls = controls_of(&before, Some(&a.control), &sb)?;
+    let xa = before.features_like(&after, &sa)?;
+    let xb = &before.x;
+    let controls = before
+        .controls
+        .clone()
+        .unwrap_or_else(|| vec![false; before.rows()]);
     // One robust scaling for both versions, so units match.
     let n = xb.nrows();
     let both = robust_scale(&concatenate![Axis(0), xb.view(), xa.view()], 50.0)?.values;
@@ -341,13 +322,13 @@ fn run_drift(a: DriftArgs) -> Result<()> {
     let za = both.slice(ndarray::s![n.., ..]).to_owned();
     let drift = representation_drift(&zb, &za, &controls, true)?;
     let treated: Vec<usize> = (0..n).filter(|&i| !controls[i]).collect();
-    let perts = profile::string_column(&before, &a.treatment_col, &sb)?;
-    let batches = profile::string_column(&before, &a.batch_col, &sb)?;
+    let perts = before.column(&a.treatment_col)?;
+    let batches = &before.batch;
     let pick = |v: &[String]| treated.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
     let rd = replicate_distance(
         &zb.select(Axis(0), &treated),
         &Codes::new(&pick(&perts)),
-        Some(&Codes::new(&pick(&batches))),
+        Some(&Codes::new(&pick(batches))),
         2000,
         0,
     );

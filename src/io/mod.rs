@@ -1,6 +1,11 @@
-//! Reading and writing profile tables: file formats ([`table`]) and the
+//! Reading and writing profile tables: file formats ([`table`]), the
 //! pycytominer layout of a table — `Metadata_*` columns, numeric feature
-//! columns, control rows ([`profile`]).
+//! columns, control rows ([`profile`]) — and the one loader every command
+//! and the daemon use to turn a table into a feature matrix with its batch,
+//! plate, control and label columns ([`dataset`]), whose failures are
+//! classified ([`error`]).
 
+pub mod dataset;
+pub mod error;
 pub mod profile;
 pub mod table;

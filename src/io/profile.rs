@@ -6,11 +6,18 @@
 //! into an `n x d` matrix (applying the non-finite policy), reads label
 //! columns as strings, and writes corrected values back in each column's
 //! original type. Every error names the source file, the column and, for
-//! values, the 1-based data row (the CSV line number minus the header).
+//! values, the 1-based data row (the CSV line number minus the header), and
+//! is classified as a [`LoadError`] (see [`crate::io::error`]).
+//!
+//! Most callers load a whole table with [`crate::io::dataset`], which
+//! composes these steps. The `anyhow` forms ([`feature_columns`],
+//! [`feature_matrix`], [`string_column`], [`control_mask`]) are for callers
+//! that do not classify failures; their messages are those of the typed
+//! forms.
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
@@ -20,6 +27,7 @@ use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, PrimitiveArray, R
 use arrow_schema::{DataType, Schema};
 use ndarray::{Array2, ArrayView2};
 
+use crate::io::error::LoadError;
 use crate::io::table::METADATA_PREFIX;
 use crate::method::preprocess::median_inplace;
 
@@ -33,13 +41,19 @@ pub struct FeatureColumns {
 }
 
 /// What to do with null, NaN or infinite feature values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Also the `[correct] non_finite` configuration key (`BALANS_CORRECT__NON_FINITE`),
+/// spelled `"error"`, `"impute"` or `"drop-features"`; `balans correct`'s
+/// `--impute` and `--drop-features` flags set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NonFinitePolicy {
-    /// Refuse, naming the column and row.
+    /// Refuse the table, naming the column and row (default).
+    #[default]
     Error,
     /// Replace with the column's median of finite values.
     Impute,
-    /// Remove the affected feature columns.
+    /// Remove the feature columns that have any non-finite value.
     DropFeatures,
 }
 
@@ -72,12 +86,24 @@ fn is_numeric(t: &DataType) -> bool {
     )
 }
 
-/// Numeric non-`Metadata_` columns not matched by `exclude`.
+/// Numeric non-`Metadata_` columns not matched by `exclude` (`anyhow` form
+/// of [`select_features`]).
 pub fn feature_columns(
     batch: &RecordBatch,
     exclude: Option<&regex::Regex>,
     source: &str,
 ) -> Result<FeatureColumns> {
+    Ok(select_features(batch, exclude, source)?)
+}
+
+/// Numeric non-`Metadata_` columns not matched by `exclude`, in table order.
+/// A [`LoadErrorKind::Schema`](crate::io::error::LoadErrorKind::Schema)
+/// error when there is none.
+pub fn select_features(
+    batch: &RecordBatch,
+    exclude: Option<&regex::Regex>,
+    source: &str,
+) -> Result<FeatureColumns, LoadError> {
     let mut indices = Vec::new();
     let mut names = Vec::new();
     for (i, f) in batch.schema().fields().iter().enumerate() {
@@ -92,10 +118,10 @@ pub fn feature_columns(
         names.push(name.clone());
     }
     if indices.is_empty() {
-        bail!(
+        return Err(LoadError::schema(format!(
             "{source}: no feature columns (numeric columns whose name does not start with {METADATA_PREFIX}{})",
             if exclude.is_some() { " and not matched by --exclude" } else { "" }
-        );
+        )));
     }
     Ok(FeatureColumns { indices, names })
 }
@@ -131,16 +157,66 @@ fn column_f64(col: &ArrayRef) -> Option<Vec<f64>> {
     })
 }
 
-/// Copy the features into an n x d matrix, applying `policy`.
+/// The columns of `other` named `names`, in that order: the features of a
+/// second version of a table (a baseline, a later run) lined up with the
+/// first one's. A [`Schema`](crate::io::error::LoadErrorKind::Schema) error
+/// names the first missing column.
+pub fn columns_like(
+    other: &RecordBatch,
+    names: &[String],
+    source: &str,
+) -> Result<FeatureColumns, LoadError> {
+    let schema = other.schema();
+    let indices = names
+        .iter()
+        .map(|name| {
+            schema
+                .column_with_name(name)
+                .map(|(i, _)| i)
+                .ok_or_else(|| {
+                    LoadError::schema(format!("{source}: missing feature column '{name}'"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FeatureColumns {
+        indices,
+        names: names.to_vec(),
+    })
+}
+
+/// Copy the features into an n x d matrix, applying `policy` (`anyhow`
+/// form of [`extract_features`]).
 pub fn feature_matrix(
     batch: &RecordBatch,
     cols: FeatureColumns,
     policy: NonFinitePolicy,
     source: &str,
 ) -> Result<FeatureMatrix> {
+    Ok(extract_features(batch, cols, policy, source)?)
+}
+
+/// The message of an empty table.
+pub(crate) fn no_rows(source: &str) -> LoadError {
+    LoadError::empty(format!("{source}: the table has no rows"))
+}
+
+/// Copy the features `cols` into an n x d matrix, applying `policy`.
+///
+/// Errors: [`Empty`](crate::io::error::LoadErrorKind::Empty) for a table
+/// without rows; [`NonFinite`](crate::io::error::LoadErrorKind::NonFinite)
+/// for a value `policy` refuses (naming column, data row and value), a
+/// column with nothing to impute from, or no column left after dropping;
+/// [`Schema`](crate::io::error::LoadErrorKind::Schema) for a column that is
+/// not numeric.
+pub fn extract_features(
+    batch: &RecordBatch,
+    cols: FeatureColumns,
+    policy: NonFinitePolicy,
+    source: &str,
+) -> Result<FeatureMatrix, LoadError> {
     let n = batch.num_rows();
     if n == 0 {
-        bail!("{source}: the table has no rows");
+        return Err(no_rows(source));
     }
     let mut kept = FeatureColumns {
         indices: Vec::new(),
@@ -150,18 +226,21 @@ pub fn feature_matrix(
     let mut dropped = Vec::new();
     let mut imputed = 0usize;
     for (&ci, name) in cols.indices.iter().zip(&cols.names) {
-        let mut v = column_f64(batch.column(ci))
-            .with_context(|| format!("{source}: column '{name}' is not numeric"))?;
+        let mut v = column_f64(batch.column(ci)).ok_or_else(|| {
+            LoadError::schema(format!("{source}: column '{name}' is not numeric"))
+        })?;
         let bad: Vec<usize> = (0..n).filter(|&r| !v[r].is_finite()).collect();
         if !bad.is_empty() {
             match policy {
-                NonFinitePolicy::Error => bail!(
-                    "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column); \
-                     use --impute or --drop-features to proceed",
-                    bad[0] + 1,
-                    describe(batch.column(ci), bad[0], v[bad[0]]),
-                    bad.len()
-                ),
+                NonFinitePolicy::Error => {
+                    return Err(LoadError::non_finite(format!(
+                        "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column); \
+                         use --impute or --drop-features to proceed",
+                        bad[0] + 1,
+                        describe(batch.column(ci), bad[0], v[bad[0]]),
+                        bad.len()
+                    )))
+                }
                 NonFinitePolicy::DropFeatures => {
                     dropped.push(name.clone());
                     continue;
@@ -169,7 +248,9 @@ pub fn feature_matrix(
                 NonFinitePolicy::Impute => {
                     let mut finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
                     if finite.is_empty() {
-                        bail!("{source}: column '{name}' has no finite value to impute from");
+                        return Err(LoadError::non_finite(format!(
+                            "{source}: column '{name}' has no finite value to impute from"
+                        )));
                     }
                     let med = median_inplace(&mut finite);
                     for &r in &bad {
@@ -184,7 +265,9 @@ pub fn feature_matrix(
         columns.push(v);
     }
     if kept.indices.is_empty() {
-        bail!("{source}: every feature column has non-finite values (all dropped)");
+        return Err(LoadError::non_finite(format!(
+            "{source}: every feature column has non-finite values (all dropped)"
+        )));
     }
     let d = columns.len();
     let mut values = Array2::zeros((n, d));
@@ -209,8 +292,21 @@ fn describe(col: &ArrayRef, row: usize, v: f64) -> String {
     }
 }
 
-/// A column rendered as strings (any type); nulls are errors.
+/// A column rendered as strings (any type); nulls are errors (`anyhow` form
+/// of [`text_column`]).
 pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Vec<String>> {
+    Ok(text_column(batch, name, source)?)
+}
+
+/// A column rendered as strings (any type), e.g. batch or plate labels.
+/// [`Schema`](crate::io::error::LoadErrorKind::Schema) errors: no such
+/// column (the message lists the metadata columns present), or a null value
+/// (naming the data row).
+pub fn text_column(
+    batch: &RecordBatch,
+    name: &str,
+    source: &str,
+) -> Result<Vec<String>, LoadError> {
     let schema = batch.schema();
     let Some((idx, _)) = schema.column_with_name(name) else {
         let meta: Vec<&str> = schema
@@ -219,26 +315,29 @@ pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Ve
             .map(|f| f.name().as_str())
             .filter(|n| n.starts_with(METADATA_PREFIX))
             .collect();
-        bail!(
+        return Err(LoadError::schema(format!(
             "{source}: no column '{name}' (metadata columns present: {})",
             if meta.is_empty() {
                 "none".to_string()
             } else {
                 meta.join(", ")
             }
-        );
+        )));
     };
     let col = batch.column(idx);
     let opts = arrow_cast::display::FormatOptions::default();
-    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts)
-        .with_context(|| format!("{source}: cannot render column '{name}' as text"))?;
+    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| {
+        LoadError::schema(format!(
+            "{source}: cannot render column '{name}' as text: {e}"
+        ))
+    })?;
     (0..col.len())
         .map(|r| {
             if col.is_null(r) {
-                bail!(
+                return Err(LoadError::schema(format!(
                     "{source}: column '{name}', data row {}: value is empty (null)",
                     r + 1
-                );
+                )));
             }
             Ok(fmt.value(r).to_string())
         })
@@ -307,31 +406,65 @@ pub struct ControlSelector {
     pub value: String,
 }
 
-impl std::str::FromStr for ControlSelector {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
+impl ControlSelector {
+    /// Parse `COLUMN=VALUE` (the column trimmed, the value kept as given); a
+    /// [`Schema`](crate::io::error::LoadErrorKind::Schema) error otherwise.
+    pub fn parse(s: &str) -> Result<ControlSelector, LoadError> {
         match s.split_once('=') {
             Some((c, v)) if !c.trim().is_empty() => Ok(ControlSelector {
                 column: c.trim().to_string(),
                 value: v.to_string(),
             }),
-            _ => bail!("control selector {s:?} is not COLUMN=VALUE (e.g. Metadata_MoA=DMSO)"),
+            _ => Err(LoadError::schema(format!(
+                "control selector {s:?} is not COLUMN=VALUE (e.g. Metadata_MoA=DMSO)"
+            ))),
         }
     }
 }
 
-/// Rows whose `sel.column` renders as `sel.value`.
+impl std::fmt::Display for ControlSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.column, self.value)
+    }
+}
+
+impl std::str::FromStr for ControlSelector {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(ControlSelector::parse(s)?)
+    }
+}
+
+/// Rows whose `sel.column` renders as `sel.value` (`anyhow` form of
+/// [`control_rows`]).
 pub fn control_mask(batch: &RecordBatch, sel: &ControlSelector, source: &str) -> Result<Vec<bool>> {
+    Ok(control_rows(batch, sel, source)?)
+}
+
+/// Rows whose `sel.column` renders as `sel.value` (nulls never match). A
+/// [`Schema`](crate::io::error::LoadErrorKind::Schema) error when the table
+/// has no such column; no matching row is *not* an error here (see
+/// [`crate::io::dataset::Scope`]).
+pub fn control_rows(
+    batch: &RecordBatch,
+    sel: &ControlSelector,
+    source: &str,
+) -> Result<Vec<bool>, LoadError> {
     let schema = batch.schema();
-    let (idx, _) = schema.column_with_name(&sel.column).with_context(|| {
-        format!(
+    let Some((idx, _)) = schema.column_with_name(&sel.column) else {
+        return Err(LoadError::schema(format!(
             "{source}: no column '{}' (from the control selector)",
             sel.column
-        )
-    })?;
+        )));
+    };
     let col = batch.column(idx);
     let opts = arrow_cast::display::FormatOptions::default();
-    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts)?;
+    let fmt = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| {
+        LoadError::schema(format!(
+            "{source}: cannot render column '{}' as text: {e}",
+            sel.column
+        ))
+    })?;
     Ok((0..col.len())
         .map(|r| !col.is_null(r) && fmt.value(r).to_string() == sel.value)
         .collect())

@@ -21,6 +21,7 @@
 //! - [`plate`] — the daemon's plate step ([`correct_plate`], [`PlateQc`]);
 //! - [`offline`] — the per-plate QC table of an offline fit;
 //! - [`outlier`] — the outlier test ([`assess`], `[qc]` configuration);
+//! - [`table`] — the offline QC run of a fit and its Arrow table;
 //! - [`mixing`] — the quick before/after figures of the `balans correct`
 //!   summary (a different, whole-table figure set).
 
@@ -29,6 +30,7 @@ pub mod mixing;
 pub mod offline;
 pub mod outlier;
 pub mod plate;
+pub mod table;
 
 pub use crate::method::model::QcFigures;
 pub use figures::finite;

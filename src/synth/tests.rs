@@ -7,6 +7,11 @@ use std::time::Instant;
 use arrow_array::{Array, Float64Array, StringArray};
 use proptest::prelude::*;
 
+use arrow_schema::DataType;
+
+use super::design::pick_weighted;
+use super::normal::Normal;
+use super::spec::control_count;
 use super::*;
 
 fn small_spec() -> SynthSpec {
