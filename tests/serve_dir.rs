@@ -34,12 +34,7 @@ fn outputs(outbox: &Path) -> Vec<String> {
 #[test]
 fn plates_are_corrected_once_and_bad_plates_dead_lettered() {
     let st = data();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let (state, inbox, outbox) = st.dirs();
     for (p, t) in &st.plates {
         drop_plate(&inbox, &format!("{p}.arrow"), t);
     }
@@ -130,12 +125,7 @@ fn plates_are_corrected_once_and_bad_plates_dead_lettered() {
 #[test]
 fn kill_nine_mid_stream_loses_nothing() {
     let st = data();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let (state, inbox, outbox) = st.dirs();
     let args = serve_args(&st, &state, &inbox, &outbox);
     let mut child = bin().args(&args).spawn().unwrap();
     // Feed plates one by one; kill -9 once some are out.
@@ -178,12 +168,7 @@ fn kill_nine_mid_stream_loses_nothing() {
 #[test]
 fn graceful_shutdown_on_sigterm_and_torn_log_tail() {
     let st = data();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let (state, inbox, outbox) = st.dirs();
     let mut args = serve_args(&st, &state, &inbox, &outbox);
     let n = args.len();
     args[n - 1] = "100".into(); // --snapshot-every 100: the restart replays the log

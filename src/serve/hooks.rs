@@ -29,7 +29,8 @@ pub struct StageTimes {
     /// Publishing the outputs until durable (outbox files; Kafka: produce
     /// until the broker acknowledged).
     pub publish: Duration,
-    /// Apply to the model (+ snapshot when due).
+    /// Applying the change to the model (the index update; the snapshot,
+    /// when due, is timed by [`PlateHooks::checkpoint`]).
     pub apply: Duration,
     /// Acknowledging the input (move to done/; Kafka: offset commit).
     pub commit: Duration,

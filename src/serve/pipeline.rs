@@ -139,6 +139,13 @@ pub trait Sink {
     ) -> Result<Delivery>;
 }
 
+/// The two ends of a run and its stop flag, handed down the per-plate steps.
+struct Ends<'a, So, Si> {
+    source: &'a mut So,
+    sink: &'a mut Si,
+    stop: &'a AtomicBool,
+}
+
 /// The model, its durable state, and the per-plate sequence.
 pub struct Pipeline {
     cfg: Config,
@@ -222,10 +229,11 @@ impl Pipeline {
         So: Source,
         Si: Sink<Input = So::Input>,
     {
+        let mut ends = Ends { source, sink, stop };
         while !stop.load(Ordering::SeqCst) {
-            match source.next(stop, &*self.hooks)? {
-                Next::Plate(input) => self.process(input, source, sink, stop)?,
-                Next::Rejected(input, r) => self.reject(input, r, 0, source, sink, stop)?,
+            match ends.source.next(stop, &*self.hooks)? {
+                Next::Plate(input) => self.process(input, &mut ends)?,
+                Next::Rejected(input, r) => self.reject(input, r, 0, &mut ends)?,
                 Next::Idle => {}
                 Next::Exhausted => break,
             }
@@ -234,13 +242,7 @@ impl Pipeline {
     }
 
     /// One input, start to end. `Err` only when the daemon must stop.
-    pub fn process<So, Si>(
-        &mut self,
-        input: So::Input,
-        source: &mut So,
-        sink: &mut Si,
-        stop: &AtomicBool,
-    ) -> Result<()>
+    fn process<So, Si>(&mut self, input: So::Input, ends: &mut Ends<'_, So, Si>) -> Result<()>
     where
         So: Source,
         Si: Sink<Input = So::Input>,
@@ -248,8 +250,8 @@ impl Pipeline {
         let mut st = StageTimes::default();
         let mut rows = 0;
         match self.correct(&input, &mut st, &mut rows) {
-            Ok((decoded, out)) => self.deliver(input, decoded, out, st, source, sink, stop),
-            Err(PlateError::Rejected(r)) => self.reject(input, r, rows, source, sink, stop),
+            Ok((decoded, out)) => self.deliver(input, decoded, out, st, ends),
+            Err(PlateError::Rejected(r)) => self.reject(input, r, rows, ends),
             Err(PlateError::Fatal(e)) => Err(e),
         }
     }
@@ -299,16 +301,13 @@ impl Pipeline {
     }
 
     /// Steps 3-7 for a corrected (or replayed) plate.
-    #[allow(clippy::too_many_arguments)]
     fn deliver<So, Si>(
         &mut self,
         input: So::Input,
         decoded: DecodedPlate,
         out: Corrected,
         mut st: StageTimes,
-        source: &mut So,
-        sink: &mut Si,
-        stop: &AtomicBool,
+        ends: &mut Ends<'_, So, Si>,
     ) -> Result<()>
     where
         So: Source,
@@ -320,7 +319,7 @@ impl Pipeline {
         }
         st.wal = t.elapsed();
         let t = Instant::now();
-        if sink.publish(&input, &decoded, &out, stop)? == Delivery::Abandoned {
+        if ends.sink.publish(&input, &decoded, &out, ends.stop)? == Delivery::Abandoned {
             tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
             return Ok(());
         }
@@ -338,7 +337,7 @@ impl Pipeline {
             Outcome::Corrected
         };
         let t = Instant::now();
-        source.acknowledge(&input, outcome, &*self.hooks)?;
+        ends.source.acknowledge(&input, outcome, &*self.hooks)?;
         st.commit = t.elapsed();
         st.total = input.consumed().elapsed();
         self.report.count(outcome);
@@ -395,14 +394,12 @@ impl Pipeline {
 
     /// A rejected input: dead letter, acknowledge, report. `rows` = 0 when
     /// it was not a readable table.
-    pub fn reject<So, Si>(
+    fn reject<So, Si>(
         &mut self,
         input: So::Input,
         rejection: Rejection,
         rows: usize,
-        source: &mut So,
-        sink: &mut Si,
-        stop: &AtomicBool,
+        ends: &mut Ends<'_, So, Si>,
     ) -> Result<()>
     where
         So: Source,
@@ -417,13 +414,13 @@ impl Pipeline {
             "plate rejected to dlq"
         );
         let t = Instant::now();
-        if sink.dead_letter(&input, &rejection, stop)? == Delivery::Abandoned {
+        if ends.sink.dead_letter(&input, &rejection, ends.stop)? == Delivery::Abandoned {
             return Ok(()); // stopping: unacknowledged, redone on restart
         }
         let publish = t.elapsed();
         let outcome = Outcome::Rejected(rejection.reason);
         let t = Instant::now();
-        source.acknowledge(&input, outcome, &*self.hooks)?;
+        ends.source.acknowledge(&input, outcome, &*self.hooks)?;
         self.report.count(outcome);
         self.hooks.plate(&PlateEvent {
             plate: input.key().to_string(),
@@ -492,3 +489,6 @@ impl Pipeline {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -58,6 +58,13 @@ pub struct Data {
 }
 
 impl Data {
+    /// `state/`, `inbox/` (created) and `outbox/` under the test's directory.
+    pub fn dirs(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.dir.path();
+        std::fs::create_dir_all(d.join("inbox")).unwrap();
+        (d.join("state"), d.join("inbox"), d.join("outbox"))
+    }
+
     /// The streamed plates of the batch unseen at start.
     pub fn new_batch(&self) -> Vec<(String, RecordBatch)> {
         self.pick(|p| p.starts_with("Batch04"))
