@@ -15,79 +15,12 @@ use balans::io::profile::string_column;
 use balans::io::table::read_table;
 
 mod common;
+use common::scrape::{exported, Scrape};
 use common::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
-
-/// A scrape: series (name, sorted labels) -> value, and the family names.
-struct Scrape {
-    series: BTreeMap<(String, BTreeMap<String, String>), f64>,
-    text: String,
-}
-
-impl Scrape {
-    fn parse(text: &str) -> Scrape {
-        let mut series = BTreeMap::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let (key, value) = line.rsplit_once(' ').unwrap();
-            let value: f64 = match value {
-                "NaN" => f64::NAN,
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().unwrap(),
-            };
-            let (name, labels) = match key.split_once('{') {
-                None => (key.to_string(), BTreeMap::new()),
-                Some((n, rest)) => {
-                    let body = rest.trim_end_matches('}');
-                    let mut m = BTreeMap::new();
-                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                        let (k, v) = pair.split_once('=').unwrap();
-                        m.insert(k.to_string(), v.trim_matches('"').to_string());
-                    }
-                    (n.to_string(), m)
-                }
-            };
-            series.insert((name, labels), value);
-        }
-        Scrape {
-            series,
-            text: text.to_string(),
-        }
-    }
-
-    /// The value of `name` with exactly `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        *self
-            .series
-            .get(&(name.to_string(), want))
-            .unwrap_or_else(|| panic!("no series {name} {labels:?} in\n{}", self.text))
-    }
-
-    /// Series names (histograms give _bucket/_sum/_count) and family names.
-    fn names(&self) -> BTreeSet<String> {
-        let mut v: BTreeSet<String> = self.series.keys().map(|k| k.0.clone()).collect();
-        for line in self.text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                if let Some(n) = rest.split_whitespace().next() {
-                    v.insert(n.to_string());
-                }
-            }
-        }
-        v
-    }
-}
-
-// ---------------------------------------------------------------- data
 
 /// A copy of `t` as plate `id` with every feature multiplied by `factor`
 /// (per-plate centring removes shifts; a scale change survives it).
@@ -126,7 +59,12 @@ fn start_dir(st: &Data, config: &Path) -> Daemon {
     let d = st.dir.path();
     let mut args = dir_args(st, &d.join("state"), &d.join("inbox"), &d.join("outbox"));
     args.extend(["--config".to_string(), s(config).to_string()]);
-    Daemon::spawn(&args, d.join("daemon.log"), true)
+    Daemon::spawn_env(
+        &args,
+        &[("BALANS_LOG_FORMAT", "json")],
+        d.join("daemon.log"),
+        true,
+    )
 }
 
 fn scrape(d: &Daemon) -> Scrape {
@@ -188,17 +126,6 @@ fn names_in(exprs: &[String]) -> BTreeSet<String> {
         .iter()
         .flat_map(|e| re.find_iter(e).map(|m| m.as_str().to_string()))
         .collect()
-}
-
-/// `name` is exported: as a series, or as a histogram family once its
-/// `_bucket`/`_sum`/`_count` suffix is stripped.
-fn exported(names: &BTreeSet<String>, name: &str) -> bool {
-    if names.contains(name) {
-        return true;
-    }
-    ["_bucket", "_sum", "_count"]
-        .iter()
-        .any(|suf| name.strip_suffix(suf).is_some_and(|b| names.contains(b)))
 }
 
 // ---------------------------------------------------------------- tests
@@ -471,6 +398,34 @@ fn metrics_health_and_qc_over_http() {
         "referenced but not exported: {missing:?}"
     );
 
+    // JSON logs: one object per line; one `plate published` line per plate
+    // with the documented fields.
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let published: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == "plate published")
+        .collect();
+    assert_eq!(published.len(), n_good, "{log}");
+    for f in [
+        "plate",
+        "batch",
+        "rows",
+        "source",
+        "version",
+        "publish_s",
+        "latency_s",
+    ] {
+        assert!(
+            !published[0]["fields"][f].is_null(),
+            "{f}: {}",
+            published[0]
+        );
+    }
     // Restart: the QC history survives (snapshot + log), so a second
     // scaled plate is judged against every previous Batch04 plate.
     assert!(daemon.term(), "SIGTERM exits 0");

@@ -86,9 +86,8 @@ fn backlog(n: usize) -> i64 {
 }
 
 impl Inbox {
-    /// The inbox of `cfg` (creating it, `done/` and `dlq/`). With `once`,
-    /// exhausted after the first listing is processed.
-    pub fn open(cfg: &Config, once: bool) -> Result<Inbox> {
+    /// The inbox of `cfg` (creating it, `done/` and `dlq/`).
+    pub fn open(cfg: &Config) -> Result<Inbox> {
         let sc = &cfg.serve;
         for d in [
             sc.inbox.clone(),
@@ -102,10 +101,17 @@ impl Inbox {
             dir: sc.inbox.clone(),
             done: sc.inbox.join("done"),
             poll: Duration::from_millis(sc.poll_ms),
-            once,
+            once: false,
             queue: VecDeque::new(),
             scanned: false,
         })
+    }
+
+    /// With `once`, the inbox is exhausted once the next listing is
+    /// processed (`--once`); else it is listed again every `poll_ms`.
+    pub fn set_once(&mut self, once: bool) {
+        self.once = once;
+        self.scanned = false;
     }
 
     fn scan(&mut self) -> Result<()> {
@@ -249,6 +255,7 @@ fn sanitize(s: &str) -> String {
 /// The directory daemon: the pipeline with the inbox and the outbox.
 pub struct DirServer {
     pipeline: Pipeline,
+    inbox: Inbox,
     outbox: Outbox,
     telemetry: Telemetry,
 }
@@ -262,11 +269,12 @@ impl DirServer {
     /// [`DirServer::open`] reporting to `telemetry` (sets "state restored"
     /// when done).
     pub fn open_with(cfg: Config, telemetry: Telemetry) -> Result<DirServer> {
-        Inbox::open(&cfg, true)?;
+        let inbox = Inbox::open(&cfg)?;
         let outbox = Outbox::open(&cfg)?;
         let pipeline = Pipeline::open(cfg, Box::new(telemetry.clone()))?;
         Ok(DirServer {
             pipeline,
+            inbox,
             outbox,
             telemetry,
         })
@@ -290,7 +298,7 @@ impl DirServer {
     /// Poll the inbox until `stop` is set (or drain it once), then write a
     /// snapshot.
     pub fn run(&mut self, stop: Arc<AtomicBool>, once: bool) -> Result<RunReport> {
-        let mut inbox = Inbox::open(self.pipeline.config(), once)?;
-        self.pipeline.run(&mut inbox, &mut self.outbox, &stop)
+        self.inbox.set_once(once);
+        self.pipeline.run(&mut self.inbox, &mut self.outbox, &stop)
     }
 }

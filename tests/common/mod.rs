@@ -10,6 +10,8 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
+pub mod scrape;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -238,9 +240,14 @@ impl Daemon {
     /// `balans <args>` with stderr to `log`. With `metrics`, listens on a
     /// free port (`--metrics-addr`) and waits until `/healthz` answers.
     pub fn spawn(args: &[String], log: PathBuf, metrics: bool) -> Daemon {
+        Daemon::spawn_env(args, &[], log, metrics)
+    }
+
+    /// [`Daemon::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[String], env: &[(&str, &str)], log: PathBuf, metrics: bool) -> Daemon {
         let addr = metrics.then(|| format!("127.0.0.1:{}", free_port()));
         let mut cmd = bin();
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         if let Some(a) = &addr {
             cmd.args(["--metrics-addr", a.as_str()]);
         }

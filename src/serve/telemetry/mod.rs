@@ -2,18 +2,18 @@
 //! the readiness flags, and the HTTP listener serving `/metrics`,
 //! `/healthz` and `/readyz`.
 //!
-//! A [`Telemetry`] is a cheap clonable handle. A pipeline (the directory
-//! mode, the Kafka mode) calls its methods at the points of the plate's
-//! life: consumed, each stage timed, published or dead-lettered, committed;
-//! checkpoints; the model's shape after a plate; the source's backlog
-//! ([`Telemetry::consumer_lag`]). The algorithm core does not call it: it
-//! returns timings ([`crate::method::model::PlateTimings`]) and the pipeline reports
-//! them. Every family and its labels are listed in `docs/operations.md`.
+//! A [`Telemetry`] is a cheap clonable handle whose methods record the
+//! points of a plate's life: consumed, each stage timed, published or
+//! dead-lettered, acknowledged; checkpoints; the model's shape; the
+//! source's backlog ([`Telemetry::consumer_lag`]); readiness. Every family
+//! and its labels are listed in `docs/operations.md`.
 //!
 //! The pipeline ([`crate::serve::pipeline`]) does not call these methods
-//! itself: it reports to a [`crate::serve::hooks::PlateHooks`], which
-//! `Telemetry` implements (in [`crate::serve::hooks`]). The HTTP listener
-//! is in [`http`].
+//! itself, in either mode: it reports to a
+//! [`crate::serve::hooks::PlateHooks`], which `Telemetry` implements (in
+//! [`crate::serve::hooks`]). The algorithm core does not report at all: it
+//! returns timings ([`crate::method::model::PlateTimings`]) and the
+//! pipeline passes them on. The HTTP listener is in [`http`].
 
 mod http;
 
