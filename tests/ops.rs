@@ -6,181 +6,20 @@
 //! `promtool check rules` when promtool is installed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use balans::io::profile::string_column;
-use balans::io::table::{read_table, write_table};
+use balans::io::table::read_table;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balans"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::scrape::{exported, Scrape};
+use common::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-// ---------------------------------------------------------------- HTTP
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut c = std::net::TcpStream::connect(addr).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    let code = out.get(9..12)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
-    Some((code, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A scrape: series (name, sorted labels) -> value, and the family names.
-struct Scrape {
-    series: BTreeMap<(String, BTreeMap<String, String>), f64>,
-    text: String,
-}
-
-impl Scrape {
-    fn parse(text: &str) -> Scrape {
-        let mut series = BTreeMap::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let (key, value) = line.rsplit_once(' ').unwrap();
-            let value: f64 = match value {
-                "NaN" => f64::NAN,
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().unwrap(),
-            };
-            let (name, labels) = match key.split_once('{') {
-                None => (key.to_string(), BTreeMap::new()),
-                Some((n, rest)) => {
-                    let body = rest.trim_end_matches('}');
-                    let mut m = BTreeMap::new();
-                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                        let (k, v) = pair.split_once('=').unwrap();
-                        m.insert(k.to_string(), v.trim_matches('"').to_string());
-                    }
-                    (n.to_string(), m)
-                }
-            };
-            series.insert((name, labels), value);
-        }
-        Scrape {
-            series,
-            text: text.to_string(),
-        }
-    }
-
-    /// The value of `name` with exactly `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        *self
-            .series
-            .get(&(name.to_string(), want))
-            .unwrap_or_else(|| panic!("no series {name} {labels:?} in\n{}", self.text))
-    }
-
-    /// Series names (histograms give _bucket/_sum/_count) and family names.
-    fn names(&self) -> BTreeSet<String> {
-        let mut v: BTreeSet<String> = self.series.keys().map(|k| k.0.clone()).collect();
-        for line in self.text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                if let Some(n) = rest.split_whitespace().next() {
-                    v.insert(n.to_string());
-                }
-            }
-        }
-        v
-    }
-}
-
-// ---------------------------------------------------------------- data
-
-struct Setup {
-    dir: tempfile::TempDir,
-    reference: PathBuf,
-    /// Streamed plates of the batch unseen at start, in order.
-    new_batch: Vec<(String, RecordBatch)>,
-    /// Streamed plates of known batches.
-    known: Vec<(String, RecordBatch)>,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("all.parquet");
-    let o = bin()
-        .args([
-            "-q",
-            "synth",
-            "--rows",
-            "2400",
-            "--batches",
-            "4",
-            "--features",
-            "20",
-            "--seed",
-            "9",
-            "--output",
-            s(&all),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let t = read_table(&all).unwrap();
-    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
-    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
-    let mut names: Vec<String> = plate.clone();
-    names.sort();
-    names.dedup();
-    let keep = |f: &dyn Fn(usize) -> bool| -> RecordBatch {
-        let mask = BooleanArray::from((0..t.num_rows()).map(f).collect::<Vec<bool>>());
-        arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
-    };
-    let streamed = |p: &String| p.starts_with("Batch04") || p.ends_with("Plate04");
-    let reference = dir.path().join("reference.parquet");
-    write_table(
-        &reference,
-        &keep(&|i| !streamed(&plate[i]) && batch[i] != "Batch04"),
-    )
-    .unwrap();
-    let pick = |f: &dyn Fn(&String) -> bool| -> Vec<(String, RecordBatch)> {
-        names
-            .iter()
-            .filter(|p| f(p))
-            .map(|p| (p.clone(), keep(&|i| plate[i] == *p)))
-            .collect()
-    };
-    Setup {
-        reference,
-        new_batch: pick(&|p| p.starts_with("Batch04")),
-        known: pick(&|p| p.ends_with("Plate04") && !p.starts_with("Batch04")),
-        dir,
-    }
 }
 
 /// A copy of `t` as plate `id` with every feature multiplied by `factor`
@@ -207,12 +46,6 @@ fn scaled_plate(t: &RecordBatch, id: &str, factor: f64) -> RecordBatch {
     RecordBatch::try_new(t.schema(), cols).unwrap()
 }
 
-fn drop_plate(inbox: &Path, name: &str, t: &RecordBatch) {
-    let tmp = inbox.parent().unwrap().join(format!("staging-{name}"));
-    write_table(&tmp, t).unwrap();
-    std::fs::rename(&tmp, inbox.join(name)).unwrap();
-}
-
 fn count_files(dir: &Path, suffix: &str) -> usize {
     std::fs::read_dir(dir).map_or(0, |rd| {
         rd.filter_map(|e| e.ok())
@@ -221,92 +54,21 @@ fn count_files(dir: &Path, suffix: &str) -> usize {
     })
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The directory-mode daemon of `st` with `config`, listening for metrics.
+fn start_dir(st: &Data, config: &Path) -> Daemon {
+    let d = st.dir.path();
+    let mut args = dir_args(st, &d.join("state"), &d.join("inbox"), &d.join("outbox"));
+    args.extend(["--config".to_string(), s(config).to_string()]);
+    Daemon::spawn_env(
+        &args,
+        &[("BALANS_LOG_FORMAT", "json")],
+        d.join("daemon.log"),
+        true,
+    )
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(st: &Setup, config: &Path) -> Daemon {
-        let d = st.dir.path();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = bin()
-            .args([
-                "serve",
-                "--config",
-                s(config),
-                "--reference",
-                s(&st.reference),
-                "--state-dir",
-                s(&d.join("state")),
-                "--inbox",
-                s(&d.join("inbox")),
-                "--outbox",
-                s(&d.join("outbox")),
-                "--batch-col",
-                "Metadata_Batch",
-                "--control",
-                "Metadata_Label=DMSO",
-                "--poll-ms",
-                "50",
-                "--snapshot-every",
-                "3",
-                "--metrics-addr",
-                addr.as_str(),
-            ])
-            .env("BALANS_LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, addr };
-        wait_until("/healthz", 120, || {
-            matches!(http_get(&d.addr, "/healthz"), Some((200, _)))
-        });
-        d
-    }
-
-    fn scrape(&self) -> Scrape {
-        let (code, body) = http_get(&self.addr, "/metrics").expect("scrape");
-        assert_eq!(code, 200);
-        Scrape::parse(&body)
-    }
-
-    /// SIGTERM and expect exit 0.
-    fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "{st:?}");
-                return;
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "no exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn scrape(d: &Daemon) -> Scrape {
+    Scrape::parse(&d.metrics())
 }
 
 fn qc_json(outbox: &Path, plate: &str) -> serde_json::Value {
@@ -366,36 +128,26 @@ fn names_in(exprs: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// `name` is exported: as a series, or as a histogram family once its
-/// `_bucket`/`_sum`/`_count` suffix is stripped.
-fn exported(names: &BTreeSet<String>, name: &str) -> bool {
-    if names.contains(name) {
-        return true;
-    }
-    ["_bucket", "_sum", "_count"]
-        .iter()
-        .any(|suf| name.strip_suffix(suf).is_some_and(|b| names.contains(b)))
-}
-
 // ---------------------------------------------------------------- tests
 
 #[test]
 fn metrics_health_and_qc_over_http() {
-    let st = setup();
+    let st = data();
+    let (new_batch, known) = (st.new_batch(), st.known());
     let d = st.dir.path();
     let (inbox, outbox) = (d.join("inbox"), d.join("outbox"));
     let config = d.join("balans.toml");
     std::fs::write(&config, "[qc]\nmin_history = 2\n").unwrap();
     std::fs::create_dir_all(&inbox).unwrap();
 
-    let daemon = Daemon::start(&st, &config);
+    let daemon = start_dir(&st, &config);
     // The listener starts before the warm start (an offline fit of the
     // reference, hundreds of ms even on an idle machine): /healthz is 200
     // and /readyz 503 meanwhile; 200 once the state is restored and the
     // inbox is being scanned.
     let mut saw_503 = None;
     wait_until("/readyz 200", 120, || {
-        match http_get(&daemon.addr, "/readyz") {
+        match http_get(daemon.addr(), "/readyz") {
             Some((503, body)) => {
                 saw_503.get_or_insert(body);
                 false
@@ -406,8 +158,8 @@ fn metrics_health_and_qc_over_http() {
     });
     let body = saw_503.expect("/readyz never answered 503 during the warm start");
     assert!(body.contains("state_restored false"), "{body}");
-    assert_eq!(http_get(&daemon.addr, "/nothing").unwrap().0, 404);
-    let m0 = daemon.scrape();
+    assert_eq!(http_get(daemon.addr(), "/nothing").unwrap().0, 404);
+    let m0 = scrape(&daemon);
     assert_eq!(m0.get("balans_plates_consumed_total", &[]), 0.0);
     assert_eq!(m0.get("balans_ready", &[]), 1.0);
     assert_eq!(
@@ -433,23 +185,23 @@ fn metrics_health_and_qc_over_http() {
     // and three bad files.
     let mut good_rows = 0usize;
     let mut n_good = 0usize;
-    for (i, (p, t)) in st.new_batch.iter().enumerate() {
+    for (i, (p, t)) in new_batch.iter().enumerate() {
         drop_plate(&inbox, &format!("a{i}_{p}.parquet"), t);
         good_rows += t.num_rows();
         n_good += 1;
     }
     let new_batch_rows = good_rows;
-    let scaled = scaled_plate(&st.new_batch[0].1, "Batch04_Scaled", 8.0);
+    let scaled = scaled_plate(&new_batch[0].1, "Batch04_Scaled", 8.0);
     drop_plate(&inbox, "b_scaled.parquet", &scaled);
     good_rows += scaled.num_rows();
     n_good += 1;
-    for (p, t) in &st.known {
+    for (p, t) in &known {
         drop_plate(&inbox, &format!("c_{p}.parquet"), t);
         good_rows += t.num_rows();
         n_good += 1;
     }
     std::fs::write(inbox.join("z_garbage.parquet"), b"not parquet").unwrap();
-    drop_plate(&inbox, "z_empty.parquet", &st.known[0].1.slice(0, 0));
+    drop_plate(&inbox, "z_empty.parquet", &known[0].1.slice(0, 0));
     std::fs::write(
         inbox.join("z_nan.csv"),
         "Metadata_Batch,Metadata_Plate,Feature_000\nBatch01,PX,1.0\nBatch01,PX,nan\n",
@@ -472,12 +224,10 @@ fn metrics_health_and_qc_over_http() {
     }
     // The counters move after the acknowledgement: give the last one a beat.
     wait_until("counters", 10, || {
-        daemon
-            .scrape()
-            .get("balans_plates_published_total", &[("replay", "false")])
+        scrape(&daemon).get("balans_plates_published_total", &[("replay", "false")])
             == n_good as f64
     });
-    let m = daemon.scrape();
+    let m = scrape(&daemon);
     assert_eq!(
         m.get("balans_plates_consumed_total", &[]),
         (n_good + n_bad) as f64
@@ -564,7 +314,7 @@ fn metrics_health_and_qc_over_http() {
     assert_eq!(m.get("balans_model_rows", &[]), ref_rows + good_rows as f64);
     assert_eq!(m.get("balans_model_plates", &[]), n_good as f64);
     assert_eq!(m.get("balans_model_generation", &[]), 1.0);
-    let last = qc_json(&outbox, &st.known[st.known.len() - 1].0);
+    let last = qc_json(&outbox, &known[known.len() - 1].0);
     assert_eq!(
         last["model_version"].as_str().unwrap(),
         format!("g1.p{}", n_good - 1),
@@ -595,7 +345,7 @@ fn metrics_health_and_qc_over_http() {
     assert_eq!(qc["outlier"]["outlier"], true, "{qc:#}");
     assert_eq!(
         qc["outlier"]["history"].as_u64().unwrap(),
-        st.new_batch.len() as u64
+        new_batch.len() as u64
     );
     let reasons: Vec<String> = qc["outlier"]["reasons"]
         .as_array()
@@ -605,7 +355,7 @@ fn metrics_health_and_qc_over_http() {
         .collect();
     assert!(!reasons.is_empty());
     eprintln!("scaled plate flagged for {reasons:?}");
-    let first = qc_json(&outbox, &st.new_batch[0].0);
+    let first = qc_json(&outbox, &new_batch[0].0);
     assert_eq!(first["outlier"]["history"], 0);
     assert_eq!(first["outlier"]["outlier"], false);
     assert!(first["qc"]["new_batch"].as_bool().unwrap());
@@ -648,17 +398,45 @@ fn metrics_health_and_qc_over_http() {
         "referenced but not exported: {missing:?}"
     );
 
+    // JSON logs: one object per line; one `plate published` line per plate
+    // with the documented fields.
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let published: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == "plate published")
+        .collect();
+    assert_eq!(published.len(), n_good, "{log}");
+    for f in [
+        "plate",
+        "batch",
+        "rows",
+        "source",
+        "version",
+        "publish_s",
+        "latency_s",
+    ] {
+        assert!(
+            !published[0]["fields"][f].is_null(),
+            "{f}: {}",
+            published[0]
+        );
+    }
     // Restart: the QC history survives (snapshot + log), so a second
     // scaled plate is judged against every previous Batch04 plate.
-    daemon.stop();
-    let daemon = Daemon::start(&st, &config);
+    assert!(daemon.term(), "SIGTERM exits 0");
+    let daemon = start_dir(&st, &config);
     wait_until("/readyz 200 after restart", 120, || {
-        matches!(http_get(&daemon.addr, "/readyz"), Some((200, _)))
+        matches!(http_get(daemon.addr(), "/readyz"), Some((200, _)))
     });
-    let m = daemon.scrape();
+    let m = scrape(&daemon);
     assert_eq!(m.get("balans_model_plates", &[]), n_good as f64);
     assert_eq!(m.get("balans_plates_consumed_total", &[]), 0.0);
-    let again = scaled_plate(&st.new_batch[1].1, "Batch04_Scaled2", 8.0);
+    let again = scaled_plate(&new_batch[1].1, "Batch04_Scaled2", 8.0);
     drop_plate(&inbox, "d_scaled.parquet", &again);
     wait_until("the second scaled plate", 120, || {
         outbox.join("Batch04_Scaled2.qc.json").exists()
@@ -666,10 +444,10 @@ fn metrics_health_and_qc_over_http() {
     let qc = qc_json(&outbox, "Batch04_Scaled2");
     assert_eq!(
         qc["outlier"]["history"].as_u64().unwrap(),
-        st.new_batch.len() as u64 + 1,
+        new_batch.len() as u64 + 1,
         "{qc:#}"
     );
-    daemon.stop();
+    assert!(daemon.term(), "SIGTERM exits 0");
 }
 
 #[test]
@@ -875,4 +653,179 @@ fn correct_writes_the_per_plate_qc_table() {
         mean("mixing_before")
     );
     assert!(mean("mean_offset") > 0.0);
+}
+
+// ---------------------------------------------------------------- both modes
+
+/// A plain file where `StateDir::snapshot` creates its `snapshot.tmp/`
+/// directory: every snapshot fails until it is removed.
+fn break_snapshots(state: &Path) -> PathBuf {
+    let blocker = state.join("snapshot.tmp");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    blocker
+}
+
+/// Wait until `balans_plates_published_total{replay="false"}` reaches `n`.
+fn wait_published(daemon: &Daemon, n: usize) -> Scrape {
+    let mut last = None;
+    wait_until(&format!("{n} plates published"), 120, || {
+        let m = scrape(daemon);
+        let done = m.get("balans_plates_published_total", &[("replay", "false")]) >= n as f64;
+        last = Some(m);
+        done
+    });
+    last.unwrap()
+}
+
+/// The failure policy of periodic snapshots, checked in one mode: a failed
+/// snapshot is logged and counted, plates keep flowing, the snapshot is
+/// retried at the next plate and succeeds once the cause is gone; the
+/// shutdown checkpoint then finds nothing left to write and the state holds
+/// every plate.
+fn failed_checkpoints_are_counted_and_retried(
+    daemon: Daemon,
+    state: &Path,
+    feed: &dyn Fn(&(String, RecordBatch)),
+    plates: &[(String, RecordBatch)],
+) {
+    daemon.wait_ready();
+    let blocker = break_snapshots(state);
+    // snapshot_every = 3: plate 3 fails the snapshot, plate 4 retries it.
+    for p in &plates[..4] {
+        feed(p);
+    }
+    let m = wait_published(&daemon, 4);
+    assert!(
+        m.get("balans_checkpoint_failures_total", &[]) >= 2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.get("balans_last_checkpoint_timestamp_seconds", &[]), 0.0);
+    assert_eq!(m.get("balans_model_plates", &[]), 4.0);
+    let failed = m.get("balans_checkpoint_failures_total", &[]);
+    std::fs::remove_file(&blocker).unwrap();
+    feed(&plates[4]);
+    let m = wait_published(&daemon, 5);
+    assert_eq!(m.get("balans_checkpoint_failures_total", &[]), failed);
+    assert!(m.get("balans_last_checkpoint_timestamp_seconds", &[]) > 1.6e9);
+    let log = daemon.log();
+    assert!(log.contains("checkpoint failed"), "{log}");
+    assert!(daemon.term(), "SIGTERM exits 0");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("snapshot/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["plates"].as_object().unwrap().len(), 5);
+}
+
+#[test]
+fn failed_checkpoint_is_not_fatal_directory_mode() {
+    let st = data();
+    let d = st.dir.path();
+    let inbox = d.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let config = d.join("balans.toml");
+    std::fs::write(&config, "").unwrap();
+    let daemon = start_dir(&st, &config);
+    let feed = |(p, t): &(String, RecordBatch)| drop_plate(&inbox, &format!("{p}.parquet"), t);
+    failed_checkpoints_are_counted_and_retried(daemon, &d.join("state"), &feed, &st.plates);
+}
+
+/// The Kafka-mode daemon of `d` listening for metrics, on fresh topics.
+fn start_kafka(d: &Data, b: &str, test: &str) -> (Daemon, Topics) {
+    let t = Topics::new(test);
+    create_topics(b, &t, 1);
+    let cfg = write_config(d.dir.path(), &t, &unique("g"), "");
+    let state = d.dir.path().join("state");
+    let log = d.dir.path().join("daemon.log");
+    let daemon = Daemon::spawn(&kafka_args(d, b, &cfg, &state), log, true);
+    (daemon, t)
+}
+
+#[test]
+fn failed_checkpoint_is_not_fatal_kafka_mode() {
+    let b = brokers();
+    let st = data();
+    let (daemon, t) = start_kafka(&st, &b, "ckpt");
+    let p = producer(&b);
+    let feed = |(id, table): &(String, RecordBatch)| send_plate(&p, &t.plates, id, table);
+    failed_checkpoints_are_counted_and_retried(
+        daemon,
+        &st.dir.path().join("state"),
+        &feed,
+        &st.plates,
+    );
+}
+
+/// Kafka mode feeds the same families as the directory mode: the model
+/// gauges (coverage included, from the start) and the per-plate counters.
+#[test]
+fn kafka_mode_metrics_cover_the_model_and_the_plates() {
+    let b = brokers();
+    let st = data();
+    let (daemon, t) = start_kafka(&st, &b, "ops");
+    daemon.wait_ready();
+    let m0 = scrape(&daemon);
+    let ref_rows = read_table(&st.reference).unwrap().num_rows() as f64;
+    assert_eq!(m0.get("balans_model_rows", &[]), ref_rows);
+    assert_eq!(m0.get("balans_model_generation", &[]), 1.0);
+    for q in ["min", "median"] {
+        let c = m0.get("balans_model_coverage", &[("quantile", q)]);
+        assert!(c.is_finite() && c >= 0.0, "coverage {q} = {c}");
+    }
+    let p = producer(&b);
+    let plates = &st.plates[..3];
+    let rows: usize = plates.iter().map(|(_, t)| t.num_rows()).sum();
+    for (id, table) in plates {
+        send_plate(&p, &t.plates, id, table);
+    }
+    send(&p, &t.plates, "junk", b"not a plate", &[]);
+    wait_published(&daemon, 3);
+    wait_until("the dead letter counted", 60, || {
+        scrape(&daemon).get(
+            "balans_plates_dead_lettered_total",
+            &[("reason", "unreadable")],
+        ) == 1.0
+    });
+    let m = scrape(&daemon);
+    assert_eq!(m.get("balans_plates_consumed_total", &[]), 4.0);
+    assert_eq!(m.get("balans_rows_consumed_total", &[]), rows as f64);
+    assert_eq!(m.get("balans_rows_published_total", &[]), rows as f64);
+    assert_eq!(m.get("balans_model_plates", &[]), 3.0);
+    assert_eq!(m.get("balans_model_rows", &[]), ref_rows + rows as f64);
+    assert_eq!(m.get("balans_plate_latency_seconds_count", &[]), 3.0);
+    for stage in [
+        "decode",
+        "sampling",
+        "correction",
+        "qc",
+        "encode",
+        "wal",
+        "produce",
+        "index_update",
+    ] {
+        assert_eq!(
+            m.get("balans_stage_duration_seconds_count", &[("stage", stage)]),
+            3.0,
+            "{stage}"
+        );
+    }
+    assert_eq!(
+        m.get("balans_stage_duration_seconds_count", &[("stage", "write")]),
+        0.0
+    );
+    // snapshot_every = 3: one checkpoint, after which coverage is recomputed.
+    assert_eq!(m.get("balans_checkpoint_duration_seconds_count", &[]), 1.0);
+    assert_eq!(m.get("balans_checkpoint_failures_total", &[]), 0.0);
+    for q in ["min", "median"] {
+        assert!(m
+            .get("balans_model_coverage", &[("quantile", q)])
+            .is_finite());
+    }
+    assert!(m.get("balans_commit_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(m.get("balans_ready", &[]), 1.0);
+    assert_eq!(
+        m.get("balans_qc_mixing_count", &[("correction", "after")]),
+        3.0
+    );
+    assert!(m.get("balans_last_publish_timestamp_seconds", &[]) > 1.6e9);
+    assert!(daemon.term(), "SIGTERM exits 0");
 }

@@ -2,120 +2,20 @@
 //! are corrected and published once, bad plates are dead-lettered with a
 //! reason, and a crash (kill -9) loses nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow_array::{BooleanArray, RecordBatch};
-use balans::io::profile::string_column;
-use balans::io::table::{read_table, write_table};
+use balans::io::table::read_table;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balans"))
-}
+mod common;
+use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A synthetic table split into a reference part and plate files.
-struct Setup {
-    dir: tempfile::TempDir,
-    reference: PathBuf,
-    plates: Vec<(String, RecordBatch)>,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("all.parquet");
-    let o = bin()
-        .args([
-            "-q",
-            "synth",
-            "--rows",
-            "2400",
-            "--batches",
-            "4",
-            "--features",
-            "20",
-            "--seed",
-            "9",
-            "--output",
-            s(&all),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let t = read_table(&all).unwrap();
-    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
-    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
-    // Reference: batches 1-3 minus the last plate of each; streamed: those
-    // plates plus every plate of batch 4 (unseen at start).
-    let mut names: Vec<String> = plate.clone();
-    names.sort();
-    names.dedup();
-    let streamed: Vec<String> = names
-        .iter()
-        .filter(|p| p.starts_with("Batch04") || p.ends_with("Plate04"))
-        .cloned()
-        .collect();
-    let keep = |f: &dyn Fn(usize) -> bool| -> RecordBatch {
-        let mask = BooleanArray::from((0..t.num_rows()).map(f).collect::<Vec<bool>>());
-        arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
-    };
-    let reference = dir.path().join("reference.parquet");
-    write_table(
-        &reference,
-        &keep(&|i| !streamed.contains(&plate[i]) && batch[i] != "Batch04"),
-    )
-    .unwrap();
-    let plates = streamed
-        .iter()
-        .map(|p| (p.clone(), keep(&|i| plate[i] == *p)))
-        .collect();
-    Setup {
-        dir,
-        reference,
-        plates,
-    }
-}
-
-fn serve_args<'a>(
-    st: &'a Setup,
-    state: &'a Path,
-    inbox: &'a Path,
-    outbox: &'a Path,
-) -> Vec<String> {
-    [
-        "-q",
-        "serve",
-        "--reference",
-        s(&st.reference),
-        "--state-dir",
-        s(state),
-        "--inbox",
-        s(inbox),
-        "--outbox",
-        s(outbox),
-        "--batch-col",
-        "Metadata_Batch",
-        "--control",
-        "Metadata_Label=DMSO",
-        "--poll-ms",
-        "50",
-        "--snapshot-every",
-        "3",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
-}
-
-/// Drop a file atomically (write aside, rename in).
-fn drop_plate(inbox: &Path, name: &str, t: &RecordBatch) {
-    let tmp = inbox.parent().unwrap().join(format!("staging-{name}"));
-    write_table(&tmp, t).unwrap();
-    std::fs::rename(&tmp, inbox.join(name)).unwrap();
+/// `-q serve ...` in directory mode.
+fn serve_args(st: &Data, state: &Path, inbox: &Path, outbox: &Path) -> Vec<String> {
+    let mut v = vec!["-q".to_string()];
+    v.extend(dir_args(st, state, inbox, outbox));
+    v
 }
 
 fn outputs(outbox: &Path) -> Vec<String> {
@@ -133,13 +33,8 @@ fn outputs(outbox: &Path) -> Vec<String> {
 
 #[test]
 fn plates_are_corrected_once_and_bad_plates_dead_lettered() {
-    let st = setup();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
     for (p, t) in &st.plates {
         drop_plate(&inbox, &format!("{p}.arrow"), t);
     }
@@ -229,13 +124,8 @@ fn plates_are_corrected_once_and_bad_plates_dead_lettered() {
 
 #[test]
 fn kill_nine_mid_stream_loses_nothing() {
-    let st = setup();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
     let args = serve_args(&st, &state, &inbox, &outbox);
     let mut child = bin().args(&args).spawn().unwrap();
     // Feed plates one by one; kill -9 once some are out.
@@ -277,13 +167,8 @@ fn kill_nine_mid_stream_loses_nothing() {
 
 #[test]
 fn graceful_shutdown_on_sigterm_and_torn_log_tail() {
-    let st = setup();
-    let (state, inbox, outbox) = (
-        st.dir.path().join("state"),
-        st.dir.path().join("inbox"),
-        st.dir.path().join("outbox"),
-    );
-    std::fs::create_dir_all(&inbox).unwrap();
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
     let mut args = serve_args(&st, &state, &inbox, &outbox);
     let n = args.len();
     args[n - 1] = "100".into(); // --snapshot-every 100: the restart replays the log

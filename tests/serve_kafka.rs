@@ -13,289 +13,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow_array::{BooleanArray, RecordBatch};
+use arrow_array::RecordBatch;
 use balans::io::profile::string_column;
-use balans::io::table::{encode_ipc_stream, encode_parquet, read_table};
+use balans::io::table::{encode_ipc_stream, encode_parquet};
 use balans::serve::kafka::chunks::{Added, Assembler, Chunk};
 use balans::serve::kafka::wire::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{Headers, Message};
+
+mod common;
+use common::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn brokers() -> String {
-    std::env::var("BALANS_TEST_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "BALANS_TEST_BROKERS is not set: the Kafka integration tests need a broker. \
-             Run them with `bash scripts/test.sh` (it installs and starts tansu via \
-             scripts/broker.sh), or start one with `scripts/broker.sh start` and export \
-             BALANS_TEST_BROKERS=<printed address>."
-        )
-    })
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balans"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// Topic names of one test.
-#[derive(Clone)]
-struct Topics {
-    plates: String,
-    aligned: String,
-    qc: String,
-    dlq: String,
-}
-
-impl Topics {
-    fn new(test: &str) -> Topics {
-        let u = unique(test);
-        Topics {
-            plates: format!("{u}.plates"),
-            aligned: format!("{u}.aligned"),
-            qc: format!("{u}.qc"),
-            dlq: format!("{u}.dlq"),
-        }
-    }
-}
-
-fn create_topics(brokers: &str, t: &Topics, plate_partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let news = [
-        NewTopic::new(&t.plates, plate_partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&t.aligned, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&t.qc, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
-    ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let res = rt
-        .block_on(admin.create_topics(&news, &AdminOptions::new()))
-        .unwrap();
-    for r in res {
-        if let Err((name, e)) = r {
-            panic!("cannot create topic {name}: {e}");
-        }
-    }
-}
-
-/// The synthetic data: a reference table and the plates to stream.
-struct Data {
-    dir: tempfile::TempDir,
-    reference: PathBuf,
-    /// (plate id, table), streamed in this order: the last plate of
-    /// batches 1-3, then every plate of batch 4 (unseen at start).
-    plates: Vec<(String, RecordBatch)>,
-}
-
-fn data() -> Data {
-    let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("all.parquet");
-    let o = bin()
-        .args([
-            "-q",
-            "synth",
-            "--rows",
-            "2400",
-            "--batches",
-            "4",
-            "--features",
-            "20",
-            "--seed",
-            "9",
-            "--output",
-            s(&all),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let t = read_table(&all).unwrap();
-    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
-    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
-    let mut names: Vec<String> = plate.clone();
-    names.sort();
-    names.dedup();
-    let streamed: Vec<String> = names
-        .iter()
-        .filter(|p| p.starts_with("Batch04") || p.ends_with("Plate04"))
-        .cloned()
-        .collect();
-    let keep = |f: &dyn Fn(usize) -> bool| -> RecordBatch {
-        let mask = BooleanArray::from((0..t.num_rows()).map(f).collect::<Vec<bool>>());
-        arrow_select::filter::filter_record_batch(&t, &mask).unwrap()
-    };
-    let reference = dir.path().join("reference.parquet");
-    balans::io::table::write_table(
-        &reference,
-        &keep(&|i| !streamed.contains(&plate[i]) && batch[i] != "Batch04"),
-    )
-    .unwrap();
-    let plates = streamed
-        .iter()
-        .map(|p| (p.clone(), keep(&|i| plate[i] == *p)))
-        .collect();
-    Data {
-        dir,
-        reference,
-        plates,
-    }
-}
-
-/// A daemon process with its log file.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-    /// SIGTERM; returns the exit status success.
-    fn term(mut self) -> bool {
-        assert!(Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.success();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("daemon did not stop on SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Config file of a test's daemon.
-fn write_config(dir: &Path, t: &Topics, group: &str, extra: &str) -> PathBuf {
-    let p = dir.join(format!("{group}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "[serve]\nsnapshot_every = 3\n\n[kafka]\ngroup_id = \"{group}\"\nplates_topic = \"{}\"\n\
-             aligned_topic = \"{}\"\nqc_topic = \"{}\"\ndlq_topic = \"{}\"\npoll_ms = 50\n\
-             delivery_timeout_ms = 10000\n{extra}\n\n[kafka.properties]\n\
-             \"session.timeout.ms\" = \"2000\"\n\"heartbeat.interval.ms\" = \"200\"\n",
-            t.plates, t.aligned, t.qc, t.dlq
-        ),
-    )
-    .unwrap();
-    p
-}
-
 fn start_daemon(d: &Data, brokers: &str, config: &Path, state: &Path, tag: &str) -> Daemon {
-    start_daemon_with(d, brokers, config, state, tag, &[])
-}
-
-fn start_daemon_with(
-    d: &Data,
-    brokers: &str,
-    config: &Path,
-    state: &Path,
-    tag: &str,
-    extra: &[&str],
-) -> Daemon {
     let log = d.dir.path().join(format!("daemon-{tag}.log"));
-    let child = bin()
-        .args([
-            "serve",
-            "--config",
-            s(config),
-            "--brokers",
-            brokers,
-            "--reference",
-            s(&d.reference),
-            "--state-dir",
-            s(state),
-            "--batch-col",
-            "Metadata_Batch",
-            "--control",
-            "Metadata_Label=DMSO",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
-}
-
-fn producer(brokers: &str) -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.max.bytes", "10000000")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap()
-}
-
-fn send(p: &BaseProducer, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    p.send(BaseRecord::to(topic).key(key).payload(payload).headers(h))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    p.flush(Duration::from_secs(30)).unwrap();
-}
-
-fn send_plate(p: &BaseProducer, topic: &str, key: &str, t: &RecordBatch) {
-    let bytes = encode_ipc_stream(t).unwrap();
-    send(
-        p,
-        topic,
-        key,
-        &bytes,
-        &[
-            (H_CONTENT_TYPE, CT_ARROW_STREAM),
-            (H_SCHEMA_VERSION, SCHEMA_VERSION),
-        ],
-    );
+    Daemon::spawn(&kafka_args(d, brokers, config, state), log, false)
 }
 
 /// A received output message.
@@ -435,21 +172,6 @@ fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
     let wells_in = string_column(input, "Metadata_Well", plate).unwrap();
     let wells_out = string_column(&out, "Metadata_Well", plate).unwrap();
     assert_eq!(wells_in, wells_out, "{plate}: row order");
-}
-
-/// The whole HTTP response of `GET path`.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// A copy of `t` with one feature value replaced.
@@ -624,13 +346,8 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
         &format!("max_plate_bytes = {limit}\nchunk_timeout_ms = 1500"),
     );
     let state = d.dir.path().join("state");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
-    let daemon = start_daemon_with(&d, &b, &cfg, &state, "a", &["--metrics-addr", &metrics]);
+    let log = d.dir.path().join("daemon-a.log");
+    let daemon = Daemon::spawn(&kafka_args(&d, &b, &cfg, &state), log, true);
     let p = producer(&b);
     send_plate(&p, &t.plates, good_a, ta);
     // 1. not Arrow at all
@@ -712,7 +429,7 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
     has("v9", "schema version");
     has("half", "incomplete chunked plate");
     // The Prometheus endpoint counts the Kafka path too.
-    let scrape = http_get(&metrics, "/metrics");
+    let scrape = daemon.metrics();
     assert!(
         scrape.contains("balans_plates_published_total{replay=\"false\"} 2"),
         "{scrape}"
@@ -740,7 +457,7 @@ fn malformed_plates_go_to_the_dlq_and_good_plates_keep_flowing() {
             "{line}"
         );
     }
-    assert!(http_get(&metrics, "/readyz").starts_with("HTTP/1.1 200"));
+    assert_eq!(http_get(daemon.addr(), "/readyz").unwrap().0, 200);
     // Dead letters keep the original bytes and name their source.
     let junk = r.dlq.iter().find(|g| g.key == "junk").unwrap();
     assert_eq!(junk.payload, b"this is not an arrow stream");

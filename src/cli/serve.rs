@@ -121,30 +121,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
-    if !cfg.kafka.brokers.is_empty() {
+    let report = if cfg.kafka.brokers.is_empty() {
+        tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
+        DirServer::open_with(cfg, telemetry)?.run(stop, a.once)?
+    } else {
         anyhow::ensure!(!a.once, "--once applies to the directory mode only");
-        let mut server = KafkaServer::open(cfg)?;
-        telemetry.set_state_restored(true);
-        telemetry.set_consuming(true);
-        server.set_hooks(Box::new(telemetry.clone()));
-        let report = server.run(stop);
-        telemetry.set_consuming(false);
-        let report = report?;
-        tracing::info!(
-            corrected = report.corrected,
-            replayed = report.replayed,
-            rejected = report.rejected,
-            "stopped"
-        );
-        println!(
-            "balans serve: corrected {} plates, re-published {}, rejected {}",
-            report.corrected, report.replayed, report.rejected
-        );
-        return Ok(());
-    }
-    tracing::info!(inbox = %cfg.serve.inbox.display(), outbox = %cfg.serve.outbox.display(), "balans serve (directory mode)");
-    let mut server = DirServer::open_with(cfg, telemetry)?;
-    let report = server.run(stop, a.once)?;
+        KafkaServer::open_with(cfg, Box::new(telemetry))?.run(stop)?
+    };
     tracing::info!(
         corrected = report.corrected,
         replayed = report.replayed,

@@ -1,15 +1,28 @@
 //! `balans serve`: the streaming correction daemon.
 //!
-//! The pipeline is source -> decode -> correct -> encode -> sink, with the
-//! acknowledgement flowing back: an input is acknowledged (its file moved to
-//! `done/`) only after the plate's state change is in the write-ahead log
-//! and its outputs are durable. This module has the embedded directory mode
-//! ([`dir`]) and the Kafka mode ([`kafka`]); the plate logic shared by every
-//! source is in [`plate`], the write-ahead log and snapshots in [`state`],
-//! the Prometheus metrics and HTTP listener in [`telemetry`].
+//! One pipeline, two modes. [`pipeline`] has the per-plate sequence —
+//! decode -> correct -> log -> publish -> apply (snapshot when due) ->
+//! acknowledge -> report — written once, with every guarantee and failure
+//! policy; a mode is a [`pipeline::Source`] and a [`pipeline::Sink`]:
+//!
+//! - [`dir`]: the embedded directory mode (inbox files -> outbox files;
+//!   acknowledged by moving the file to `done/`);
+//! - [`kafka`]: the Kafka mode (plates topic -> aligned/QC/DLQ topics;
+//!   acknowledged by committing offsets).
+//!
+//! Around them: [`plate`] (pure per-plate logic: decode, check, correct),
+//! [`outcome`] (how a plate can end: rejections, fatal errors, counts),
+//! [`model_state`] (restore or warm-start the model at start-up),
+//! [`state`] (the write-ahead log and snapshots), [`hooks`] (what the
+//! pipeline reports, and the Prometheus telemetry fed from it) and
+//! [`telemetry`] (the metric families and the HTTP listener).
 
 pub mod dir;
+pub mod hooks;
 pub mod kafka;
+pub mod model_state;
+pub mod outcome;
+pub mod pipeline;
 pub mod plate;
 pub mod state;
 pub mod telemetry;

@@ -1,7 +1,10 @@
 //! One plate through the model: decode its table, check it, correct it (or
 //! re-derive a replayed plate's output), encode the result.
+//!
+//! Pure functions of the table, the configuration and the model: no I/O,
+//! no telemetry. The order around them (log, publish, apply, acknowledge)
+//! is [`super::pipeline`]'s.
 
-use anyhow::Result;
 use arrow_array::RecordBatch;
 use serde::Serialize;
 
@@ -9,38 +12,7 @@ use crate::config::CorrectConfig;
 use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
 use crate::method::model::{content_hash, Lookup, Model, PlateTimings};
 use crate::qc::{assess, OutlierVerdict, PlateQc, QcConfig};
-pub use crate::serve::telemetry::RejectReason;
-
-/// Why a plate was rejected (it goes to the dead-letter destination): a
-/// reason kind (the metric label, the DLQ header) and a message for people.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    /// The kind.
-    pub reason: RejectReason,
-    /// What exactly was wrong (column, row, ...).
-    pub message: String,
-}
-
-impl Rejection {
-    /// A rejection of kind `reason`.
-    pub fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
-        Rejection {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// A rejection from an error, with its context chain as the message.
-    pub fn from_error(reason: RejectReason, e: &anyhow::Error) -> Rejection {
-        Rejection::new(reason, format!("{e:#}"))
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.reason, self.message)
-    }
-}
+use crate::serve::outcome::{PlateError, RejectReason, Rejection};
 
 /// A plate ready for the model.
 pub struct DecodedPlate {
@@ -87,7 +59,7 @@ pub fn decode(
     fallback_id: &str,
     cfg: &CorrectConfig,
     source: &str,
-) -> std::result::Result<DecodedPlate, Rejection> {
+) -> Result<DecodedPlate, Rejection> {
     let schema = |e: anyhow::Error| Rejection::from_error(RejectReason::Schema, &e);
     if table.num_rows() == 0 {
         return Err(Rejection::new(
@@ -169,12 +141,13 @@ pub struct Corrected {
 }
 
 /// Correct a decoded plate (pure: the model is not changed) and judge its QC
-/// figures against the batch's history with `qc`.
+/// figures against the batch's history with `qc`. Rejects a plate whose
+/// features do not match the model or whose id is reused with other content.
 pub fn correct(
     model: &Model,
     p: &DecodedPlate,
     qc_cfg: &QcConfig,
-) -> std::result::Result<Result<Corrected>, Rejection> {
+) -> Result<Corrected, PlateError> {
     let started = std::time::Instant::now();
     let schema = |e: anyhow::Error| Rejection::from_error(RejectReason::Schema, &e);
     let bad = |e: anyhow::Error| Rejection::from_error(RejectReason::Model, &e);
@@ -185,13 +158,13 @@ pub fn correct(
     let mut outlier = None;
     let (values, qc, delta, version, replay) = match model.lookup(&p.plate, p.hash) {
         Lookup::Clash(r) => {
-            return Err(Rejection::new(
+            return Err(PlateError::Rejected(Rejection::new(
                 RejectReason::Duplicate,
                 format!(
                 "duplicate plate id {}: already incorporated (version {}) with different content",
                 p.plate, r.version
             ),
-            ))
+            )))
         }
         Lookup::Replay(r) => {
             let v = model
@@ -224,11 +197,10 @@ pub fn correct(
     for (model_j, &plate_j) in pos.iter().enumerate() {
         out.column_mut(plate_j).assign(&values.column(model_j));
     }
-    let table = match profile::replace_features(&p.table, &p.columns, out.view(), &[]) {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(e)),
-    };
-    Ok(Ok(Corrected {
+    // Cannot fail on a table that decoded: an error here is a bug, not a
+    // bad plate, so it stops the daemon.
+    let table = profile::replace_features(&p.table, &p.columns, out.view(), &[])?;
+    Ok(Corrected {
         table,
         qc: QcRecord {
             plate: p.plate.clone(),
@@ -242,5 +214,5 @@ pub fn correct(
         delta,
         timings,
         encode_seconds: t_encode.elapsed().as_secs_f64(),
-    }))
+    })
 }

@@ -8,7 +8,7 @@
 
 use arrow_array::RecordBatch;
 
-use crate::serve::plate::{RejectReason, Rejection};
+use crate::serve::outcome::{RejectReason, Rejection};
 
 /// Header: the payload's content type.
 pub const H_CONTENT_TYPE: &str = "content-type";

@@ -2,19 +2,23 @@
 //! the readiness flags, and the HTTP listener serving `/metrics`,
 //! `/healthz` and `/readyz`.
 //!
-//! A [`Telemetry`] is a cheap clonable handle. A pipeline (the directory
-//! mode, the Kafka mode) calls its methods at the points of the plate's
-//! life: consumed, each stage timed, published or dead-lettered, committed;
-//! checkpoints; the model's shape after a plate; the source's backlog
-//! ([`Telemetry::consumer_lag`]). The algorithm core does not call it: it
-//! returns timings ([`crate::method::model::PlateTimings`]) and the pipeline reports
-//! them. Every family and its labels are listed in `docs/operations.md`.
+//! A [`Telemetry`] is a cheap clonable handle whose methods record the
+//! points of a plate's life: consumed, each stage timed, published or
+//! dead-lettered, acknowledged; checkpoints; the model's shape; the
+//! source's backlog ([`Telemetry::consumer_lag`]); readiness. Every family
+//! and its labels are listed in `docs/operations.md`.
 //!
-//! The HTTP listener is `tiny_http` on its own thread (synchronous, no
-//! async runtime, a handful of small dependencies): the directory mode is
-//! synchronous and the metrics endpoint sees one scrape every few seconds.
+//! The pipeline ([`crate::serve::pipeline`]) does not call these methods
+//! itself, in either mode: it reports to a
+//! [`crate::serve::hooks::PlateHooks`], which `Telemetry` implements (in
+//! [`crate::serve::hooks`]). The algorithm core does not report at all: it
+//! returns timings ([`crate::method::model::PlateTimings`]) and the
+//! pipeline passes them on. The HTTP listener is in [`http`].
 
-use std::net::SocketAddr;
+mod http;
+
+pub use http::{HttpServer, MetricsConfig};
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -23,33 +27,10 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::method::model::Model;
 use crate::qc::{OutlierReason, OutlierVerdict};
-
-/// `[metrics]` configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`),
-    /// e.g. `127.0.0.1:9464` or `0.0.0.0:9464`; empty or `off` = no listener.
-    pub listen: String,
-}
-
-impl MetricsConfig {
-    /// The address to bind, or `None` when disabled.
-    pub fn address(&self) -> Result<Option<SocketAddr>> {
-        let s = self.listen.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("off") {
-            return Ok(None);
-        }
-        let addr = s
-            .parse::<SocketAddr>()
-            .with_context(|| format!("[metrics] listen = {s:?} is not HOST:PORT (or \"off\")"))?;
-        Ok(Some(addr))
-    }
-}
+use crate::serve::outcome::RejectReason;
 
 /// Pipeline stages timed by `balans_stage_duration_seconds{stage}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,59 +82,6 @@ impl Stage {
             Stage::Produce => "produce",
             Stage::IndexUpdate => "index_update",
         }
-    }
-}
-
-/// Why a plate was dead-lettered: a small fixed set (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    /// Not a readable table (not Arrow/Parquet/CSV, truncated, wrong content type).
-    Unreadable,
-    /// Readable, but not a plate of the expected layout (batch column
-    /// missing, several batches or plate ids, model features missing, ...).
-    Schema,
-    /// NaN/inf/null feature values.
-    NonFinite,
-    /// No rows.
-    Empty,
-    /// A plate id already incorporated with different content.
-    Duplicate,
-    /// Larger than the configured limit (Kafka mode; chunk reassembly).
-    Oversized,
-    /// The model could not take the plate (e.g. cannot bootstrap from it).
-    Model,
-}
-
-impl RejectReason {
-    /// Every reason.
-    pub const ALL: [RejectReason; 7] = [
-        RejectReason::Unreadable,
-        RejectReason::Schema,
-        RejectReason::NonFinite,
-        RejectReason::Empty,
-        RejectReason::Duplicate,
-        RejectReason::Oversized,
-        RejectReason::Model,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Unreadable => "unreadable",
-            RejectReason::Schema => "schema",
-            RejectReason::NonFinite => "non_finite",
-            RejectReason::Empty => "empty",
-            RejectReason::Duplicate => "duplicate",
-            RejectReason::Oversized => "oversized",
-            RejectReason::Model => "model",
-        }
-    }
-}
-
-impl std::fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -681,174 +609,7 @@ impl Telemetry {
             && r.broker.load(Ordering::SeqCst) != 2
     }
 
-    /// Why not ready (for the `/readyz` body).
-    fn readiness_text(&self) -> String {
-        let r = &self.inner.ready;
-        let broker = match r.broker.load(Ordering::SeqCst) {
-            0 => "none",
-            1 => "reachable",
-            _ => "unreachable",
-        };
-        format!(
-            "state_restored {}\nconsuming {}\nbroker {}\n",
-            r.state_restored.load(Ordering::SeqCst),
-            r.consuming.load(Ordering::SeqCst),
-            broker
-        )
-    }
-
     fn update_ready(&self) {
         self.inner.ready_gauge.set(self.is_ready() as i64);
-    }
-
-    /// Start the HTTP listener on its own thread. Stops when the returned
-    /// handle is dropped.
-    pub fn serve_http(&self, addr: SocketAddr) -> Result<HttpServer> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?;
-        let server = Arc::new(server);
-        let local = server
-            .server_addr()
-            .to_ip()
-            .context("the metrics listener has no IP address")?;
-        let t = self.clone();
-        let s = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("balans-http".into())
-            .spawn(move || {
-                for req in s.incoming_requests() {
-                    t.respond(req);
-                }
-            })
-            .context("cannot start the HTTP thread")?;
-        tracing::info!(address = %local, "metrics listener: /metrics /healthz /readyz");
-        Ok(HttpServer {
-            server,
-            thread: Some(thread),
-            addr: local,
-        })
-    }
-
-    fn respond(&self, req: tiny_http::Request) {
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let get = matches!(
-            req.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        );
-        let (code, ctype, body) = match (get, path.as_str()) {
-            (false, _) => (
-                405,
-                "text/plain; charset=utf-8",
-                "method not allowed\n".into(),
-            ),
-            (true, "/metrics") => (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.render(),
-            ),
-            (true, "/healthz") => (200, "text/plain; charset=utf-8", "ok\n".into()),
-            (true, "/readyz") => {
-                let code = if self.is_ready() { 200 } else { 503 };
-                (code, "text/plain; charset=utf-8", self.readiness_text())
-            }
-            _ => (404, "text/plain; charset=utf-8", "not found\n".into()),
-        };
-        let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
-            resp = resp.with_header(h);
-        }
-        if let Err(e) = req.respond(resp) {
-            tracing::debug!(error = %e, "metrics client went away");
-        }
-    }
-}
-
-/// The running HTTP listener; dropping it stops it.
-pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
-}
-
-impl HttpServer {
-    /// The bound address (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-
-    fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out[9..12].parse().unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (code, body)
-    }
-
-    #[test]
-    fn endpoints_and_readiness() {
-        let t = Telemetry::new().unwrap();
-        let srv = t.serve_http("127.0.0.1:0".parse().unwrap()).unwrap();
-        let a = srv.addr();
-        assert_eq!(get(a, "/healthz").0, 200);
-        let (code, body) = get(a, "/readyz");
-        assert_eq!(code, 503);
-        assert!(body.contains("state_restored false"), "{body}");
-        t.set_state_restored(true);
-        assert_eq!(get(a, "/readyz").0, 503);
-        t.set_consuming(true);
-        assert_eq!(get(a, "/readyz").0, 200);
-        t.set_broker_reachable(false);
-        assert_eq!(get(a, "/readyz").0, 503);
-        t.set_broker_reachable(true);
-        assert_eq!(get(a, "/readyz").0, 200);
-        assert_eq!(get(a, "/nope").0, 404);
-        t.plate_dead_lettered(RejectReason::NonFinite, 7);
-        let (code, m) = get(a, "/metrics");
-        assert_eq!(code, 200);
-        assert!(
-            m.contains("balans_plates_dead_lettered_total{reason=\"non_finite\"} 1"),
-            "{m}"
-        );
-        assert!(m.contains("balans_rows_dead_lettered_total{reason=\"non_finite\"} 7"));
-        assert!(m.contains("balans_plates_dead_lettered_total{reason=\"empty\"} 0"));
-        assert!(m.contains("balans_ready 1"));
-        assert!(m.contains(&format!(
-            "balans_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        )));
-        drop(srv);
-    }
-
-    #[test]
-    fn listen_parsing() {
-        let c = |s: &str| MetricsConfig { listen: s.into() }.address();
-        assert_eq!(c("").unwrap(), None);
-        assert_eq!(c("off").unwrap(), None);
-        assert_eq!(
-            c("127.0.0.1:9464").unwrap(),
-            Some("127.0.0.1:9464".parse().unwrap())
-        );
-        assert!(c("localhost").is_err());
     }
 }

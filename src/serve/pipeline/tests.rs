@@ -1,0 +1,229 @@
+//! The pipeline's order and failure policy with an in-memory source and
+//! sink: the state change is logged before publishing, the input is
+//! acknowledged only after its outputs are durable, rejections are
+//! dead-lettered then acknowledged, and a failed periodic snapshot does not
+//! stop the loop.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::synth::{generate, to_record_batch, SynthSpec, CONTROL_LABEL};
+
+/// Everything the fakes saw, in order.
+type Log = Arc<Mutex<Vec<String>>>;
+
+struct FakeInput {
+    name: String,
+    table: Option<RecordBatch>,
+    bytes: Vec<u8>,
+    consumed: Instant,
+}
+
+impl Input for FakeInput {
+    fn source(&self) -> &str {
+        &self.name
+    }
+    fn consumed(&self) -> Instant {
+        self.consumed
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn table(&self) -> Result<RecordBatch, Rejection> {
+        self.table
+            .clone()
+            .ok_or_else(|| Rejection::new(RejectReason::Unreadable, "not a table"))
+    }
+    fn fallback_id(&self) -> String {
+        self.name.clone()
+    }
+}
+
+struct FakeSource {
+    inputs: VecDeque<FakeInput>,
+    log: Log,
+}
+
+impl Source for FakeSource {
+    type Input = FakeInput;
+    fn next(&mut self, _: &AtomicBool, _: &dyn PlateHooks) -> Result<Next<FakeInput>> {
+        Ok(self.inputs.pop_front().map_or(Next::Exhausted, Next::Plate))
+    }
+    fn acknowledge(&mut self, i: &FakeInput, o: Outcome, _: &dyn PlateHooks) -> Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("ack {} {o:?}", i.name));
+        Ok(())
+    }
+}
+
+struct FakeSink {
+    wal: PathBuf,
+    log: Log,
+    /// Removed after this many publications (un-breaks snapshots).
+    blocker: Option<(PathBuf, usize)>,
+    published: usize,
+}
+
+impl Sink for FakeSink {
+    type Input = FakeInput;
+    const STAGE: Stage = Stage::Write;
+    fn publish(
+        &mut self,
+        i: &FakeInput,
+        _: &DecodedPlate,
+        out: &Corrected,
+        _: &AtomicBool,
+    ) -> Result<Delivery> {
+        let logged = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        // Step 3 before step 4: a new plate's change is already in the log.
+        assert!(out.delta.is_none() || logged > 0, "published before logged");
+        self.log.lock().unwrap().push(format!("publish {}", i.name));
+        self.published += 1;
+        if let Some((path, after)) = &self.blocker {
+            if self.published == *after {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(Delivery::Durable)
+    }
+    fn dead_letter(&mut self, i: &FakeInput, r: &Rejection, _: &AtomicBool) -> Result<Delivery> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("dead_letter {} {r}", i.name));
+        Ok(Delivery::Durable)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Counts(Arc<Mutex<(usize, usize, usize)>>);
+
+impl PlateHooks for Counts {
+    fn plate(&self, _: &PlateEvent) {
+        self.0.lock().unwrap().0 += 1;
+    }
+    fn checkpoint(&self, _: f64, ok: bool) {
+        let mut c = self.0.lock().unwrap();
+        if ok {
+            c.1 += 1;
+        } else {
+            c.2 += 1;
+        }
+    }
+}
+
+/// Plates of a small synthetic table, as fake inputs.
+fn plates() -> Vec<FakeInput> {
+    let spec = SynthSpec {
+        rows: 900,
+        batches: 3,
+        features: 12,
+        plates_per_batch: 2,
+        seed: 5,
+        ..SynthSpec::default()
+    };
+    let t = to_record_batch(&generate(&spec).unwrap()).unwrap();
+    let plate = crate::io::profile::string_column(&t, "Metadata_Plate", "t").unwrap();
+    let mut names = plate.clone();
+    names.sort();
+    names.dedup();
+    names
+        .iter()
+        .map(|p| {
+            let mask = arrow_array::BooleanArray::from(
+                plate.iter().map(|x| x == p).collect::<Vec<bool>>(),
+            );
+            let table = arrow_select::filter::filter_record_batch(&t, &mask).unwrap();
+            FakeInput {
+                name: p.clone(),
+                bytes: crate::io::table::encode_ipc_stream(&table).unwrap(),
+                table: Some(table),
+                consumed: Instant::now(),
+            }
+        })
+        .collect()
+}
+
+fn config(state: PathBuf) -> Config {
+    let mut cfg = Config::default();
+    cfg.correct.batch_col = Some("Metadata_Batch".into());
+    cfg.correct.control = Some(format!("Metadata_Label={CONTROL_LABEL}"));
+    cfg.serve.state_dir = state;
+    cfg.serve.snapshot_every = 2;
+    cfg
+}
+
+#[test]
+fn order_rejections_and_a_failed_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut inputs = plates();
+    let n = inputs.len();
+    assert!(n >= 5, "{n} plates");
+    inputs.insert(
+        2,
+        FakeInput {
+            name: "junk".into(),
+            table: None,
+            bytes: b"junk".to_vec(),
+            consumed: Instant::now(),
+        },
+    );
+    let log: Log = Arc::default();
+    let counts = Counts::default();
+    let mut p = Pipeline::open(config(state.clone()), Box::new(counts.clone())).unwrap();
+    // Snapshots fail (a plain file where snapshot.tmp/ goes) until the
+    // sink removes it after the fourth plate.
+    let blocker = state.join("snapshot.tmp");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut source = FakeSource {
+        inputs: inputs.into(),
+        log: Arc::clone(&log),
+    };
+    let mut sink = FakeSink {
+        wal: state.join("wal.log"),
+        log: Arc::clone(&log),
+        blocker: Some((blocker, 4)),
+        published: 0,
+    };
+    let report = p
+        .run(&mut source, &mut sink, &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(
+        report,
+        RunReport {
+            corrected: n,
+            replayed: 0,
+            rejected: 1
+        }
+    );
+    let log = log.lock().unwrap();
+    // Every plate: published, then acknowledged; the junk input:
+    // dead-lettered with its reason, then acknowledged.
+    assert_eq!(log.len(), 2 * (n + 1), "{log:#?}");
+    for pair in log.chunks(2) {
+        let name = pair[0].split(' ').nth(1).unwrap();
+        if name == "junk" {
+            assert_eq!(pair[0], "dead_letter junk unreadable: not a table");
+            assert_eq!(pair[1], "ack junk Rejected(Unreadable)");
+        } else {
+            assert_eq!(pair[0], format!("publish {name}"));
+            assert_eq!(pair[1], format!("ack {name} Corrected"));
+        }
+    }
+    // snapshot_every = 2: plates 2 and 3 failed to snapshot (the retry at
+    // plate 3 too), plate 4 removed the cause after publishing and its
+    // snapshot succeeded; then every second plate.
+    let (events, ok, failed) = *counts.0.lock().unwrap();
+    assert_eq!(events, n + 1);
+    assert_eq!(failed, 2);
+    assert!(ok >= 1);
+    // The state holds every plate.
+    let (restored, replayed) = StateDir::open(&state).unwrap().restore().unwrap().unwrap();
+    assert_eq!(restored.meta().plates.len(), n);
+    assert_eq!(replayed, 0, "the shutdown checkpoint emptied the log");
+}
