@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
-use balans::io::profile::string_column;
+use balans::io::profile::text_column;
 use balans::io::table::read_table;
 
 mod common;
@@ -607,7 +607,7 @@ fn correct_writes_the_per_plate_qc_table() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let t = read_table(&qc).unwrap();
     let src = read_table(&input).unwrap();
-    let mut plates = string_column(&src, "Metadata_Plate", "t").unwrap();
+    let mut plates = text_column(&src, "Metadata_Plate", "t").unwrap();
     plates.sort();
     plates.dedup();
     assert_eq!(t.num_rows(), plates.len());

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use balans::io::profile::string_column;
+use balans::io::profile::text_column;
 use balans::io::table::{encode_ipc_stream, encode_parquet};
 use balans::serve::kafka::chunks::{Added, Assembler, Chunk};
 use balans::serve::kafka::wire::*;
@@ -169,8 +169,8 @@ fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
     let out = balans::io::table::decode_ipc_stream(output_bytes).unwrap();
     assert_eq!(out.num_rows(), input.num_rows(), "{plate}: rows");
     assert_eq!(out.schema(), input.schema(), "{plate}: columns");
-    let wells_in = string_column(input, "Metadata_Well", plate).unwrap();
-    let wells_out = string_column(&out, "Metadata_Well", plate).unwrap();
+    let wells_in = text_column(input, "Metadata_Well", plate).unwrap();
+    let wells_out = text_column(&out, "Metadata_Well", plate).unwrap();
     assert_eq!(wells_in, wells_out, "{plate}: row order");
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Most callers load a whole table with [`crate::io::dataset`], which
 //! composes these steps. The `anyhow` forms ([`feature_columns`],
-//! [`feature_matrix`], [`string_column`], [`control_mask`]) are for callers
+//! [`feature_matrix`], [`text_column`], [`control_mask`]) are for callers
 //! that do not classify failures; their messages are those of the typed
 //! forms.
 
@@ -84,16 +84,6 @@ fn is_numeric(t: &DataType) -> bool {
             | DataType::Float32
             | DataType::Float64
     )
-}
-
-/// Numeric non-`Metadata_` columns not matched by `exclude` (`anyhow` form
-/// of [`select_features`]).
-pub fn feature_columns(
-    batch: &RecordBatch,
-    exclude: Option<&regex::Regex>,
-    source: &str,
-) -> Result<FeatureColumns> {
-    Ok(select_features(batch, exclude, source)?)
 }
 
 /// Numeric non-`Metadata_` columns not matched by `exclude`, in table order.
@@ -182,17 +172,6 @@ pub fn columns_like(
         indices,
         names: names.to_vec(),
     })
-}
-
-/// Copy the features into an n x d matrix, applying `policy` (`anyhow`
-/// form of [`extract_features`]).
-pub fn feature_matrix(
-    batch: &RecordBatch,
-    cols: FeatureColumns,
-    policy: NonFinitePolicy,
-    source: &str,
-) -> Result<FeatureMatrix> {
-    Ok(extract_features(batch, cols, policy, source)?)
 }
 
 /// The message of an empty table.
@@ -290,12 +269,6 @@ fn describe(col: &ArrayRef, row: usize, v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-/// A column rendered as strings (any type); nulls are errors (`anyhow` form
-/// of [`text_column`]).
-pub fn string_column(batch: &RecordBatch, name: &str, source: &str) -> Result<Vec<String>> {
-    Ok(text_column(batch, name, source)?)
 }
 
 /// A column rendered as strings (any type), e.g. batch or plate labels.
@@ -435,12 +408,6 @@ impl std::str::FromStr for ControlSelector {
     }
 }
 
-/// Rows whose `sel.column` renders as `sel.value` (`anyhow` form of
-/// [`control_rows`]).
-pub fn control_mask(batch: &RecordBatch, sel: &ControlSelector, source: &str) -> Result<Vec<bool>> {
-    Ok(control_rows(batch, sel, source)?)
-}
-
 /// Rows whose `sel.column` renders as `sel.value` (nulls never match). A
 /// [`Schema`](crate::io::error::LoadErrorKind::Schema) error when the table
 /// has no such column; no matching row is *not* an error here (see
@@ -505,7 +472,7 @@ mod tests {
     fn features_are_numeric_non_metadata_minus_excluded() {
         let t = table();
         let re = regex::Regex::new("_Location_").unwrap();
-        let f = feature_columns(&t, Some(&re), "t.csv").unwrap();
+        let f = select_features(&t, Some(&re), "t.csv").unwrap();
         assert_eq!(f.names, vec!["Cells_A", "Cells_B", "Nuclei_Count"]);
         assert_eq!(f.indices, vec![1, 3, 4]);
     }
@@ -513,18 +480,18 @@ mod tests {
     #[test]
     fn non_finite_policies() {
         let t = table();
-        let f = feature_columns(&t, None, "t.csv").unwrap();
-        let e = feature_matrix(&t, f.clone(), NonFinitePolicy::Error, "t.csv").unwrap_err();
+        let f = select_features(&t, None, "t.csv").unwrap();
+        let e = extract_features(&t, f.clone(), NonFinitePolicy::Error, "t.csv").unwrap_err();
         let msg = format!("{e}");
         assert!(
             msg.contains("t.csv") && msg.contains("Cells_A") && msg.contains("data row 2"),
             "{msg}"
         );
-        let m = feature_matrix(&t, f.clone(), NonFinitePolicy::Impute, "t.csv").unwrap();
+        let m = extract_features(&t, f.clone(), NonFinitePolicy::Impute, "t.csv").unwrap();
         assert_eq!(m.imputed, 2);
         assert_eq!(m.values[[1, 0]], 2.0);
         assert_eq!(m.values[[2, 1]], 2.0);
-        let m = feature_matrix(&t, f, NonFinitePolicy::DropFeatures, "t.csv").unwrap();
+        let m = extract_features(&t, f, NonFinitePolicy::DropFeatures, "t.csv").unwrap();
         assert_eq!(m.dropped, vec!["Cells_A", "Cells_B"]);
         assert_eq!(m.columns.names, vec!["Nuclei_Count", "Cells_Location_X"]);
     }
@@ -532,8 +499,8 @@ mod tests {
     #[test]
     fn replace_keeps_types_order_and_metadata() {
         let t = table();
-        let f = feature_columns(&t, None, "t.csv").unwrap();
-        let m = feature_matrix(&t, f, NonFinitePolicy::Impute, "t.csv").unwrap();
+        let f = select_features(&t, None, "t.csv").unwrap();
+        let m = extract_features(&t, f, NonFinitePolicy::Impute, "t.csv").unwrap();
         let mut v = m.values.clone();
         v.mapv_inplace(|x| x + 0.6);
         let out = replace_features(&t, &m.columns, v.view(), &[]).unwrap();
@@ -558,10 +525,10 @@ mod tests {
     fn string_columns_and_controls() {
         let t = table();
         assert_eq!(
-            string_column(&t, "Metadata_Dose", "t").unwrap(),
+            text_column(&t, "Metadata_Dose", "t").unwrap(),
             vec!["0.1", "0.2", "0.3"]
         );
-        let e = string_column(&t, "Metadata_Batch", "t.parquet").unwrap_err();
+        let e = text_column(&t, "Metadata_Batch", "t.parquet").unwrap_err();
         let msg = format!("{e}");
         assert!(
             msg.contains("Metadata_Batch")
@@ -570,18 +537,18 @@ mod tests {
         );
         let sel: ControlSelector = "Metadata_Plate=p2".parse().unwrap();
         assert_eq!(
-            control_mask(&t, &sel, "t").unwrap(),
+            control_rows(&t, &sel, "t").unwrap(),
             vec![false, false, true]
         );
         assert!("nonsense".parse::<ControlSelector>().is_err());
-        assert!(control_mask(&t, &"Metadata_X=1".parse().unwrap(), "t").is_err());
+        assert!(control_rows(&t, &"Metadata_X=1".parse().unwrap(), "t").is_err());
     }
 
     #[test]
     fn empty_table_is_an_error() {
         let t = table().slice(0, 0);
-        let f = feature_columns(&t, None, "e.csv").unwrap();
-        let e = feature_matrix(&t, f, NonFinitePolicy::Error, "e.csv").unwrap_err();
+        let f = select_features(&t, None, "e.csv").unwrap();
+        let e = extract_features(&t, f, NonFinitePolicy::Error, "e.csv").unwrap_err();
         assert!(format!("{e}").contains("no rows"));
     }
 }

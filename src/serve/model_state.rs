@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::config::Config;
-use crate::io::profile::{self, ControlSelector, NonFinitePolicy};
-use crate::io::table;
-use crate::method::fit::{correct as fit, Dataset, NoProgress};
+use crate::io::dataset::{LoadSpec, ProfileTable};
+use crate::io::profile::NonFinitePolicy;
+use crate::method::fit::{correct as fit, NoProgress};
 use crate::method::model::Model;
 use crate::serve::state::StateDir;
 
@@ -59,38 +59,17 @@ pub fn open_state(cfg: &Config) -> Result<(StateDir, Option<Model>)> {
 
 /// Fit the reference table offline and seed the model with it.
 fn warm_start(cfg: &Config, path: &Path) -> Result<Model> {
-    let source = path.display().to_string();
-    let cc = &cfg.correct;
-    let batch_col = cc
-        .batch_col
-        .as_deref()
-        .context("[correct] batch_col is required for the reference table")?;
-    let t = table::read_table(path)?;
-    let batch = profile::string_column(&t, batch_col, &source)?;
-    let plate = if t.schema().column_with_name(&cc.plate_col).is_some() {
-        Some(profile::string_column(&t, &cc.plate_col, &source)?)
-    } else {
-        None
+    // The reference is read like a `balans correct` input, except that
+    // non-finite values are always refused (the daemon has no --impute)
+    // and the label column is not needed.
+    let spec = LoadSpec {
+        non_finite: NonFinitePolicy::Error,
+        label_col: None,
+        ..LoadSpec::from_config(&cfg.correct)?
     };
-    let controls = match cc.control.as_deref() {
-        Some(s) => Some(profile::control_mask(
-            &t,
-            &s.parse::<ControlSelector>()?,
-            &source,
-        )?),
-        None => None,
-    };
-    let exclude = cc.exclude.as_deref().map(regex::Regex::new).transpose()?;
-    let cols = profile::feature_columns(&t, exclude.as_ref(), &source)?;
-    let fm = profile::feature_matrix(&t, cols, NonFinitePolicy::Error, &source)?;
-    let data = Dataset {
-        x: fm.values.view(),
-        batch: &batch,
-        plate: plate.as_deref(),
-        controls: controls.as_deref(),
-    };
-    let f = fit(&data, &cfg.method, &NoProgress)?;
-    Model::from_fit(&f, fm.columns.names.clone(), &cfg.method)
+    let t = ProfileTable::load(path, &spec)?;
+    let f = fit(&t.dataset(), &cfg.method, &NoProgress)?;
+    Model::from_fit(&f, t.columns.names.clone(), &cfg.method)
 }
 
 /// A fresh state directory seeded with `model` (the stream bench builds its

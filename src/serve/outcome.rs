@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::error::{LoadError, LoadErrorKind};
+
 /// Why a plate was dead-lettered: a small fixed set (the `reason` label of
 /// the Prometheus families, the first word of a DLQ reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +101,20 @@ impl Rejection {
     /// in front of the message.
     pub fn at(self, source: &str) -> Rejection {
         Rejection::new(self.reason, format!("{source}: {}", self.message))
+    }
+}
+
+/// A table that failed to load is rejected with the reason of the same
+/// kind (the loader's message names the file, column and row).
+impl From<LoadError> for Rejection {
+    fn from(e: LoadError) -> Rejection {
+        let reason = match e.kind() {
+            LoadErrorKind::Unreadable => RejectReason::Unreadable,
+            LoadErrorKind::Schema => RejectReason::Schema,
+            LoadErrorKind::NonFinite => RejectReason::NonFinite,
+            LoadErrorKind::Empty => RejectReason::Empty,
+        };
+        Rejection::new(reason, e.message())
     }
 }
 

@@ -9,7 +9,8 @@ use arrow_array::RecordBatch;
 use serde::Serialize;
 
 use crate::config::CorrectConfig;
-use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use crate::io::dataset::{LoadSpec, ProfileTable};
+use crate::io::profile::{self, FeatureColumns};
 use crate::method::model::{content_hash, Lookup, Model, PlateTimings};
 use crate::qc::{assess, OutlierVerdict, PlateQc, QcConfig};
 use crate::serve::outcome::{PlateError, RejectReason, Rejection};
@@ -52,7 +53,7 @@ pub struct QcRecord {
 }
 
 /// Decode and check a plate table. `fallback_id` names the plate when the
-/// table has no single-valued plate column.
+/// table has no plate column.
 pub fn decode(
     table: RecordBatch,
     bytes: &[u8],
@@ -60,67 +61,17 @@ pub fn decode(
     cfg: &CorrectConfig,
     source: &str,
 ) -> Result<DecodedPlate, Rejection> {
-    let schema = |e: anyhow::Error| Rejection::from_error(RejectReason::Schema, &e);
-    if table.num_rows() == 0 {
-        return Err(Rejection::new(
-            RejectReason::Empty,
-            format!("{source}: empty plate (no rows)"),
-        ));
-    }
-    let batch_col = cfg.batch_col.as_deref().ok_or_else(|| {
-        Rejection::new(
-            RejectReason::Schema,
-            "no batch column configured ([correct] batch_col)",
-        )
-    })?;
-    let batches = profile::string_column(&table, batch_col, source).map_err(schema)?;
-    let batch = batches[0].clone();
-    if let Some(other) = batches.iter().find(|b| **b != batch) {
-        return Err(Rejection::new(
-            RejectReason::Schema,
-            format!(
-            "{source}: plate rows span several batches ({batch}, {other}); one plate = one batch"
-        ),
-        ));
-    }
-    let plate = match profile::string_column(&table, &cfg.plate_col, source) {
-        Ok(p) if p.iter().all(|x| *x == p[0]) => p[0].clone(),
-        Ok(_) => {
-            return Err(Rejection::new(
-                RejectReason::Schema,
-                format!(
-                    "{source}: column {} has several values; one message/file = one plate",
-                    cfg.plate_col
-                ),
-            ))
-        }
-        Err(_) => fallback_id.to_string(),
-    };
-    let exclude = cfg
-        .exclude
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .map_err(|e| Rejection::new(RejectReason::Schema, format!("invalid exclude regex: {e}")))?;
-    let columns = profile::feature_columns(&table, exclude.as_ref(), source).map_err(schema)?;
-    // The rows are non-empty (checked above): the only failure left is a
-    // non-finite value.
-    let fm = profile::feature_matrix(&table, columns, NonFinitePolicy::Error, source)
-        .map_err(|e| Rejection::from_error(RejectReason::NonFinite, &e))?;
-    let controls = match cfg.control.as_deref() {
-        Some(sel) => {
-            let sel: ControlSelector = sel.parse().map_err(schema)?;
-            Some(profile::control_mask(&table, &sel, source).map_err(schema)?)
-        }
-        None => None,
-    };
+    let spec = LoadSpec::for_plate(cfg)?;
+    let t = ProfileTable::from_table(table, &spec, source)?;
+    let batch = t.single_batch()?.to_string();
+    let plate = t.single_plate()?.unwrap_or(fallback_id).to_string();
     Ok(DecodedPlate {
         plate,
         batch,
-        table,
-        columns: fm.columns,
-        x: fm.values,
-        controls,
+        table: t.table,
+        columns: t.columns,
+        x: t.x,
+        controls: t.controls,
         hash: content_hash(bytes),
     })
 }

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::{BooleanArray, RecordBatch};
-use balans::io::profile::string_column;
+use balans::io::profile::text_column;
 use balans::io::table::{encode_ipc_stream, read_table, write_table};
 use balans::serve::kafka::wire::{
     CT_ARROW_STREAM, H_CONTENT_TYPE, H_SCHEMA_VERSION, SCHEMA_VERSION,
@@ -104,8 +104,8 @@ pub fn data() -> Data {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let t = read_table(&all).unwrap();
-    let batch = string_column(&t, "Metadata_Batch", "all").unwrap();
-    let plate = string_column(&t, "Metadata_Plate", "all").unwrap();
+    let batch = text_column(&t, "Metadata_Batch", "all").unwrap();
+    let plate = text_column(&t, "Metadata_Plate", "all").unwrap();
     let mut names: Vec<String> = plate.clone();
     names.sort();
     names.dedup();

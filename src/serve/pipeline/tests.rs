@@ -127,7 +127,7 @@ fn plates() -> Vec<FakeInput> {
         ..SynthSpec::default()
     };
     let t = to_record_batch(&generate(&spec).unwrap()).unwrap();
-    let plate = crate::io::profile::string_column(&t, "Metadata_Plate", "t").unwrap();
+    let plate = crate::io::profile::text_column(&t, "Metadata_Plate", "t").unwrap();
     let mut names = plate.clone();
     names.sort();
     names.dedup();
