@@ -6,45 +6,38 @@
 //! command-line flags. `config/balans.toml` lists every key with its
 //! default. Unknown keys are errors, so a typo cannot be silently ignored.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::io::profile::NonFinitePolicy;
+pub use crate::io::layout::CorrectConfig;
 use crate::method::params::Params;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BALANS_";
 
-/// Options of `balans correct` (table layout and preprocessing).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[metrics]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
-pub struct CorrectConfig {
-    /// Column holding the batch label (required).
-    pub batch_col: Option<String>,
-    /// Column holding the plate label (per-plate normalisation).
-    pub plate_col: String,
-    /// Negative controls, `COLUMN=VALUE`.
-    pub control: Option<String>,
-    /// Regex of feature columns to pass through uncorrected.
-    pub exclude: Option<String>,
-    /// Non-finite feature policy.
-    pub non_finite: NonFinitePolicy,
-    /// Optional biological label column, used only for the summary figures.
-    pub label_col: Option<String>,
+pub struct MetricsConfig {
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`),
+    /// e.g. `127.0.0.1:9464` or `0.0.0.0:9464`; empty or `off` = no listener.
+    pub listen: String,
 }
 
-impl Default for CorrectConfig {
-    fn default() -> Self {
-        CorrectConfig {
-            batch_col: None,
-            plate_col: "Metadata_Plate".into(),
-            control: None,
-            exclude: None,
-            non_finite: NonFinitePolicy::Error,
-            label_col: None,
+impl MetricsConfig {
+    /// The address to bind, or `None` when disabled.
+    pub fn address(&self) -> Result<Option<SocketAddr>> {
+        let s = self.listen.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(None);
         }
+        let addr = s
+            .parse::<SocketAddr>()
+            .with_context(|| format!("[metrics] listen = {s:?} is not HOST:PORT (or \"off\")"))?;
+        Ok(Some(addr))
     }
 }
 
@@ -141,7 +134,7 @@ pub struct Config {
     /// Method parameters.
     pub method: Params,
     /// `/metrics`, `/healthz`, `/readyz` listener (`balans serve`).
-    pub metrics: crate::serve::telemetry::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Per-plate QC outlier thresholds.
     pub qc: crate::qc::QcConfig,
     /// `balans correct` options (table layout; also used by `serve`).
@@ -250,6 +243,7 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::profile::NonFinitePolicy;
 
     #[test]
     fn defaults_file_env_precedence() {

@@ -57,7 +57,7 @@ use arrow_array::RecordBatch;
 use ndarray::{Array2, ArrayView2};
 use regex::Regex;
 
-use crate::config::CorrectConfig;
+use crate::io::layout::CorrectConfig;
 use crate::io::error::LoadError;
 use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
 use crate::io::table;

@@ -3,9 +3,11 @@
 //! columns, control rows ([`profile`]) — and the one loader every command
 //! and the daemon use to turn a table into a feature matrix with its batch,
 //! plate, control and label columns ([`dataset`]), whose failures are
-//! classified ([`error`]).
+//! classified ([`error`]); the `[correct]` configuration section that
+//! describes a table's layout ([`layout`]).
 
 pub mod dataset;
 pub mod error;
+pub mod layout;
 pub mod profile;
 pub mod table;

@@ -288,7 +288,7 @@ mod tests {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balans.toml");
         let c = crate::config::Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
         assert_eq!(c.qc, QcConfig::default());
-        assert_eq!(c.metrics, crate::serve::telemetry::MetricsConfig::default());
+        assert_eq!(c.metrics, crate::config::MetricsConfig::default());
     }
 
     #[test]

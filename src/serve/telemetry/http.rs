@@ -11,32 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::Telemetry;
-
-/// `[metrics]` configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`),
-    /// e.g. `127.0.0.1:9464` or `0.0.0.0:9464`; empty or `off` = no listener.
-    pub listen: String,
-}
-
-impl MetricsConfig {
-    /// The address to bind, or `None` when disabled.
-    pub fn address(&self) -> Result<Option<SocketAddr>> {
-        let s = self.listen.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("off") {
-            return Ok(None);
-        }
-        let addr = s
-            .parse::<SocketAddr>()
-            .with_context(|| format!("[metrics] listen = {s:?} is not HOST:PORT (or \"off\")"))?;
-        Ok(Some(addr))
-    }
-}
 
 impl Telemetry {
     /// Start the HTTP listener on its own thread. Stops when the returned
@@ -197,7 +173,7 @@ mod tests {
 
     #[test]
     fn listen_parsing() {
-        let c = |s: &str| MetricsConfig { listen: s.into() }.address();
+        let c = |s: &str| crate::config::MetricsConfig { listen: s.into() }.address();
         assert_eq!(c("").unwrap(), None);
         assert_eq!(c("off").unwrap(), None);
         assert_eq!(
