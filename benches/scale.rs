@@ -9,9 +9,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use balans::method::fit::{correct, Dataset, NoProgress};
 use balans::method::params::Params;
 use balans::synth::{generate, SynthSpec};
+use balans::{correct, Dataset, NoProgress};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -16,7 +16,7 @@ pub use crate::io::layout::CorrectConfig;
 use crate::method::params::Params;
 
 /// Prefix of environment overrides.
-pub const ENV_PREFIX: &str = "BALANS_";
+pub(crate) const ENV_PREFIX: &str = "BALANS_";
 
 /// `[metrics]` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -162,7 +162,7 @@ fn env_value(raw: &str) -> toml::Value {
 
 /// Apply `BALANS_<SECTION>__<KEY>=value` pairs to a TOML document.
 /// Only variables with a double underscore are config overrides.
-pub fn apply_env_overrides(
+pub(crate) fn apply_env_overrides(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> Result<()> {

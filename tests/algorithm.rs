@@ -1,7 +1,6 @@
 //! Algorithm-level tests: the exact mode as oracle for the approximate path,
 //! and property tests on invariants of the correction.
 
-use balans::method::fit::{correct, Correction, Dataset, NoProgress};
 use balans::method::index::{build_batch_indices, BatchIndex};
 use balans::method::params::{IndexKind, KernelKind, Params, Retention, SamplingRule, TrustRule};
 use balans::method::pca::Pca;
@@ -10,6 +9,7 @@ use balans::method::rows::MatrixRows;
 use balans::method::sampling::{compute_row, SamplingConfig};
 use balans::method::scales::ScaleCache;
 use balans::qc::mixing::mixing_figures;
+use balans::{correct, Correction, Dataset, NoProgress};
 use ndarray::{Array2, Axis};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};

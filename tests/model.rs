@@ -1,12 +1,12 @@
 //! The incremental model: plates corrected one at a time against a
 //! reference fit, published rows never move, replays are idempotent.
 
-use balans::method::fit::{correct, Dataset, NoProgress};
 use balans::method::model::{content_hash, Lookup, Model};
 use balans::method::params::IndexKind;
 use balans::method::params::Params;
 use balans::qc::{correct_plate, offline_plate_qc, plate_mixing, plate_qc, QcConfig};
 use balans::synth::{generate, SynthSpec, SynthTable};
+use balans::{correct, Dataset, NoProgress};
 use ndarray::{Array2, Axis};
 
 fn table() -> SynthTable {

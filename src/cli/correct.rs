@@ -11,12 +11,12 @@ use balans::config::Config;
 use balans::io::dataset::{LoadSpec, ProfileTable};
 use balans::io::profile::NonFinitePolicy;
 use balans::io::table;
-use balans::method::fit::{correct, Summary};
 use balans::method::params::{
     BatchScale, IndexKind, KernelKind, NeighborSpace, Retention, SamplingRule, TrustRule,
 };
 use balans::qc;
 use balans::qc::mixing::MixingFigures;
+use balans::{correct, Summary};
 
 use super::logging::LogArgs;
 use super::progress::Bar;

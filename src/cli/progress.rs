@@ -1,6 +1,6 @@
 //! An indicatif progress bar behind the library's `Progress` trait.
 
-use balans::method::fit::Progress;
+use balans::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A bar on stderr (drawn only when stderr is a terminal).

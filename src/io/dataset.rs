@@ -57,8 +57,8 @@ use arrow_array::RecordBatch;
 use ndarray::{Array2, ArrayView2};
 use regex::Regex;
 
-use crate::io::layout::CorrectConfig;
 use crate::io::error::LoadError;
+use crate::io::layout::CorrectConfig;
 use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
 use crate::io::table;
 use crate::method::fit::Dataset;

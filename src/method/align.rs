@@ -87,7 +87,7 @@ pub struct Offsets {
 /// of the *other* batches present (if any), so `x` moves all the way to
 /// rows that are already aligned and will not move (the daemon's plate in
 /// flight against published rows).
-pub fn landmark_deltas(
+pub(crate) fn landmark_deltas(
     z: &dyn Features,
     n_batches: usize,
     rows: &[SparseRow],

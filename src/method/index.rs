@@ -290,7 +290,7 @@ impl BatchIndex {
 /// Squared Euclidean distance with eight independent accumulators, so the
 /// compiler can vectorise it (a single running f32 sum cannot be reordered).
 #[inline]
-pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);

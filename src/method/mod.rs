@@ -13,10 +13,10 @@
 //! - [`align`] — per-row offsets from the sampled affinity rows;
 //! - [`rows`] — row sources over the neighbour-space coordinates.
 
-pub mod align;
+pub(crate) mod align;
 pub mod fit;
 pub mod index;
-pub mod kernel;
+pub(crate) mod kernel;
 pub mod model;
 pub mod params;
 pub mod pca;

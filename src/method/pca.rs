@@ -46,7 +46,7 @@ pub const WHITEN_RIDGE: f64 = 1e-3;
 
 /// Fewest control rows per neighbour dimension for which the control
 /// covariance is estimated well enough to whiten with.
-pub const WHITEN_MIN_ROWS_PER_DIM: usize = 2;
+pub(crate) const WHITEN_MIN_ROWS_PER_DIM: usize = 2;
 
 /// A fitted, frozen PCA basis, optionally followed by a control whitening.
 ///

@@ -38,7 +38,7 @@ pub const MIN_GAIN_CONTROLS: usize = 8;
 /// Sampling variance of log(MAD) of `n` normal values is about `1.36 / n`.
 const LOG_MAD_VAR: f64 = 1.36;
 /// Clip of the working copy, in robust-z units.
-pub const CLIP: f64 = 50.0;
+pub(crate) const CLIP: f64 = 50.0;
 /// MAD consistency constant for normally distributed data.
 const MAD_K: f64 = 1.4826;
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 
 /// Sizes of the strongly connected components of a directed graph given as
 /// adjacency lists (iterative Tarjan, no recursion).
-pub fn strong_component_sizes(adj: &[Vec<usize>]) -> Vec<usize> {
+pub(crate) fn strong_component_sizes(adj: &[Vec<usize>]) -> Vec<usize> {
     let n = adj.len();
     const UNSEEN: usize = usize::MAX;
     let mut index = vec![UNSEEN; n];

@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Minimum number of control rows for the gauge fix: `max(10, d / 50)`.
-pub fn min_controls(dims: usize) -> usize {
+pub(crate) fn min_controls(dims: usize) -> usize {
     (dims / 50).max(10)
 }
 
@@ -54,7 +54,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Orthogonal `R` minimising `||A R - B||_F`.
-pub fn procrustes_rotation(a: &Array2<f64>, b: &Array2<f64>) -> Result<Array2<f64>> {
+pub(crate) fn procrustes_rotation(a: &Array2<f64>, b: &Array2<f64>) -> Result<Array2<f64>> {
     let m = a.t().dot(b);
     let (u, _s, v) = svd_jacobi(&m)?;
     Ok(u.dot(&v.t()))

@@ -37,10 +37,10 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 
 /// Largest label subset whose diffusion map uses a dense eigen-solver.
-pub const DENSE_MAX: usize = 200;
+pub(crate) const DENSE_MAX: usize = 200;
 /// Label subsets above this size find their diffusion-space neighbours
 /// with HNSW instead of exactly.
-pub const DIFFUSION_EXACT_MAX_ROWS: usize = 20_000;
+pub(crate) const DIFFUSION_EXACT_MAX_ROWS: usize = 20_000;
 const SMOOTH_K_TOLERANCE: f64 = 1e-5;
 const MIN_K_DIST_SCALE: f64 = 1e-3;
 
@@ -99,7 +99,7 @@ impl Graph {
 
 /// UMAP `smooth_knn_dist` (local connectivity 1, bandwidth 1): `(sigma, rho)`
 /// per row. Column 0 of each row must be the row itself.
-pub fn smooth_knn_dist(nn: &Neighbors) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn smooth_knn_dist(nn: &Neighbors) -> (Vec<f64>, Vec<f64>) {
     let k = nn.k;
     let target = (k as f64).log2();
     let mean_all = nn.distances.iter().sum::<f64>() / nn.distances.len().max(1) as f64;
@@ -149,7 +149,7 @@ pub fn smooth_knn_dist(nn: &Neighbors) -> (Vec<f64>, Vec<f64>) {
 
 /// UMAP fuzzy simplicial set of a k-NN graph (scib's
 /// `knn_graph_connectivities`).
-pub fn fuzzy_connectivities(nn: &Neighbors) -> Graph {
+pub(crate) fn fuzzy_connectivities(nn: &Neighbors) -> Graph {
     let (sigma, rho) = smooth_knn_dist(nn);
     let n = nn.n;
     let mut directed: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n];
@@ -253,12 +253,12 @@ fn top_eigen(
 }
 
 /// scib's `diffusion_nn` embedding of a connected (sub)graph.
-pub fn diffusion_embedding(g: &Graph, n_comps: usize) -> Result<Array2<f64>> {
+pub(crate) fn diffusion_embedding(g: &Graph, n_comps: usize) -> Result<Array2<f64>> {
     diffusion_embedding_with(g, n_comps, DENSE_MAX)
 }
 
 /// [`diffusion_embedding`] with an explicit dense-solver threshold.
-pub fn diffusion_embedding_with(
+pub(crate) fn diffusion_embedding_with(
     g: &Graph,
     n_comps: usize,
     dense_max: usize,
@@ -285,7 +285,7 @@ pub fn diffusion_embedding_with(
 /// Regularised upper incomplete gamma function `Q(a, x)` (series /
 /// continued fraction, Numerical Recipes §6.2): the chi-square survival
 /// function is `Q(dof / 2, stat / 2)`.
-pub fn gamma_q(a: f64, x: f64) -> f64 {
+pub(crate) fn gamma_q(a: f64, x: f64) -> f64 {
     if x <= 0.0 {
         return 1.0;
     }
@@ -336,7 +336,7 @@ pub fn gamma_q(a: f64, x: f64) -> f64 {
 }
 
 /// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, 9 terms; ~1e-15 relative).
-pub fn ln_gamma(x: f64) -> f64 {
+pub(crate) fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
         0.999_999_999_999_809_9,
         676.520_368_121_885_1,
@@ -363,7 +363,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 
 /// kBET acceptance rate of one neighbourhood graph: `nn` rows are tested
 /// against the batch frequencies of all its rows.
-pub fn kbet_acceptance(nn: &Neighbors, batches: &Codes, alpha: f64) -> f64 {
+pub(crate) fn kbet_acceptance(nn: &Neighbors, batches: &Codes, alpha: f64) -> f64 {
     let nb = batches.n_levels();
     if nb < 2 {
         return 0.0; // scib: chi2 with 0 dof gives NaN / 0 p-values -> no acceptance

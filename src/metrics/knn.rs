@@ -27,9 +27,9 @@ use ndarray::{s, Array2, ArrayView1, Axis};
 use rayon::prelude::*;
 
 /// Queries per parallel work item.
-pub const QUERY_BLOCK: usize = 256;
+pub(crate) const QUERY_BLOCK: usize = 256;
 /// Candidates per GEMM tile.
-pub const CANDIDATE_BLOCK: usize = 2048;
+pub(crate) const CANDIDATE_BLOCK: usize = 2048;
 /// Extra candidates kept per query before the exact `f64` re-ranking.
 const SLACK: usize = 8;
 /// Graph degree of [`knn_hnsw`]'s index.

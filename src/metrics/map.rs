@@ -221,7 +221,7 @@ fn matches(same: &[&[usize]], diff: &[&[usize]], i: usize, j: usize) -> bool {
 }
 
 /// AP from positive and negative similarities (positives first on ties).
-pub fn ap_from_sims(pos: &mut [f64], neg: &[f64]) -> Option<f64> {
+pub(crate) fn ap_from_sims(pos: &mut [f64], neg: &[f64]) -> Option<f64> {
     if pos.is_empty() {
         return None;
     }
@@ -329,7 +329,7 @@ pub fn average_precision(
 /// `n_total`), so a draw costs `O(n_pos + n_total / 64)` instead of the
 /// `O(n_total)` of an in-place shuffle — this is what makes mAP p-values
 /// affordable on 100k-row tables.
-pub fn null_aps(n_pos: usize, n_total: usize, null_size: usize, seed: u64) -> Vec<f64> {
+pub(crate) fn null_aps(n_pos: usize, n_total: usize, null_size: usize, seed: u64) -> Vec<f64> {
     let mix = seed ^ ((n_pos as u64) << 32 | n_total as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = ChaCha8Rng::seed_from_u64(mix);
     let n_pos = n_pos.min(n_total);
@@ -379,7 +379,7 @@ pub fn null_aps(n_pos: usize, n_total: usize, null_size: usize, seed: u64) -> Ve
 }
 
 /// Benjamini–Hochberg adjusted p-values (statsmodels `fdr_bh`).
-pub fn bh_fdr(p: &[f64]) -> Vec<f64> {
+pub(crate) fn bh_fdr(p: &[f64]) -> Vec<f64> {
     let m = p.len();
     let mut order: Vec<usize> = (0..m).collect();
     order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
@@ -489,7 +489,7 @@ pub fn mean_average_precision(
 /// Pick query rows: all `candidates`, or — when there are more than `max` —
 /// a seeded sample stratified by `groups` (each group keeps
 /// `max(1, round(max * size / total))` rows, so no group disappears).
-pub fn sample_queries(
+pub(crate) fn sample_queries(
     candidates: &[usize],
     groups: Option<&[usize]>,
     max: Option<usize>,

@@ -29,10 +29,10 @@
 pub mod cluster;
 pub mod connectivity;
 pub mod drift;
-pub mod evaluate;
+pub(crate) mod evaluate;
 pub mod kbet;
 pub mod knn;
-pub mod labels;
+pub(crate) mod labels;
 pub mod lisi;
 pub mod map;
 pub mod nsc;

@@ -146,7 +146,7 @@ pub fn scatter(title: &str, xy: &[(f64, f64)], groups: &[String]) -> Result<Stri
 }
 
 /// One metric for [`metric_bars`]: name, value before (if any), value after.
-pub type BarRow = (String, Option<f64>, Option<f64>);
+pub(crate) type BarRow = (String, Option<f64>, Option<f64>);
 
 /// Horizontal bars, one pair per metric: before (grey) and after (blue).
 /// Values are expected in `[0, 1]`; missing values are left out.

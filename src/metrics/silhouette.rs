@@ -55,7 +55,7 @@ fn distance_tile(a: &Array2<f64>, b: &Array2<f64>, bsq: &[f64], metric: Metric) 
 }
 
 /// Per-row silhouette widths of the clustering `labels` (codes `0..C`).
-pub fn silhouette_samples(
+pub(crate) fn silhouette_samples(
     x: &Array2<f64>,
     labels: &[usize],
     metric: Metric,

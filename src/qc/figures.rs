@@ -66,7 +66,7 @@ pub struct LeaveOut<'a> {
 /// index, as `(squared distance, batch id)`, index by index, without the
 /// rows `leave_out` names. Rows are queried in parallel. Cost: |rows| x
 /// batches searches.
-pub fn batch_hits(
+pub(crate) fn batch_hits(
     indices: &[BatchIndex],
     y: ArrayView2<f32>,
     rows: &[usize],

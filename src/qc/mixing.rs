@@ -23,9 +23,9 @@ use serde::Serialize;
 use crate::method::pca::Pca;
 
 /// Rows used at most.
-pub const MAX_ROWS: usize = 4000;
+pub(crate) const MAX_ROWS: usize = 4000;
 /// Neighbours per row.
-pub const K: usize = 15;
+pub(crate) const K: usize = 15;
 
 /// The figures; label figures are `None` without labels.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -27,9 +27,9 @@
 
 pub mod figures;
 pub mod mixing;
-pub mod offline;
-pub mod outlier;
-pub mod plate;
+pub(crate) mod offline;
+pub(crate) mod outlier;
+pub(crate) mod plate;
 pub mod table;
 
 pub use crate::method::model::QcFigures;

@@ -34,7 +34,7 @@ use crate::serve::plate::{Corrected, DecodedPlate};
 use crate::serve::telemetry::{Stage, Telemetry};
 
 /// The `topic` label of the inbox backlog in `balans_consumer_lag`.
-pub const INBOX_TOPIC: &str = "inbox";
+pub(crate) const INBOX_TOPIC: &str = "inbox";
 
 /// A plate file taken from the inbox.
 pub struct InboxFile {

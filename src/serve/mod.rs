@@ -20,7 +20,7 @@
 pub mod dir;
 pub mod hooks;
 pub mod kafka;
-pub mod model_state;
+pub(crate) mod model_state;
 pub mod outcome;
 pub mod pipeline;
 pub mod plate;

@@ -103,8 +103,8 @@ mod design;
 mod model;
 mod names;
 mod normal;
-pub mod spec;
-pub mod table;
+pub(crate) mod spec;
+pub(crate) mod table;
 
 use anyhow::{Context, Result};
 use ndarray::Array2;

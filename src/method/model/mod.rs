@@ -38,8 +38,8 @@
 //! pair; [`meta`] the persisted records; [`projection`] a plate's way into
 //! the neighbour space and back.
 
-pub mod meta;
-pub mod projection;
+pub(crate) mod meta;
+pub(crate) mod projection;
 
 use std::collections::BTreeMap;
 

@@ -38,8 +38,8 @@
 pub mod chunks;
 mod client;
 pub mod offsets;
-pub mod sink;
-pub mod source;
+pub(crate) mod sink;
+pub(crate) mod source;
 pub mod wire;
 
 use std::sync::atomic::AtomicBool;
