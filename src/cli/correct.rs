@@ -197,7 +197,7 @@ impl CorrectArgs {
 
 /// The summary printed (and optionally written as JSON) after a run.
 #[derive(Debug, Serialize)]
-pub struct RunReport {
+pub struct CorrectReport {
     /// Input file.
     pub input: String,
     /// Output file.
@@ -226,7 +226,7 @@ pub fn run(args: CorrectArgs, log: &LogArgs) -> Result<()> {
 }
 
 /// Read, correct and write; returns the report.
-pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
+pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     let cfg = args.resolve()?;
     let spec = LoadSpec::from_config(&cfg.correct)?;
     let t = ProfileTable::load(&args.input, &spec)?;
@@ -257,7 +257,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
         tracing::info!(output = %qc_path.display(), plates = rows.len(), outliers, "wrote per-plate QC table");
     }
     let figures = qc::table::before_after(&fit, &data, t.labels.as_deref(), cfg.method.seed);
-    Ok(RunReport {
+    Ok(CorrectReport {
         input: t.source.clone(),
         output: args.output.display().to_string(),
         fit: fit.summary,
@@ -269,7 +269,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<RunReport> {
 }
 
 /// Print the human summary on stdout.
-pub fn print_report(r: &RunReport) {
+pub fn print_report(r: &CorrectReport) {
     let f = &r.fit;
     println!("balans correct: {} -> {}", r.input, r.output);
     println!(
