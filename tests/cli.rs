@@ -534,3 +534,98 @@ fn evaluate_reports_every_aggregate_and_drift_is_zero_for_identical_tables() {
     let e = fails(&["evaluate", "-i", s(&input), "--batch-col", "Metadata_Nope"]);
     assert!(e.contains("Metadata_Nope"), "{e}");
 }
+
+/// The arguments of the README's first command (`cargo run -- correct ...`
+/// under "# 1."), split as a POSIX shell would for the quoting it uses.
+fn readme_first_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let line = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("# 1."))
+        .find(|l| l.starts_with("cargo run"))
+        .expect("README: a `cargo run` line after `# 1.`");
+    let rest = line
+        .split_once(" -- ")
+        .map(|(_, r)| r)
+        .expect("README: `cargo run -- ARGS`");
+    let (mut words, mut cur, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in rest.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+}
+
+/// Issue 15, case 0: the README's first command, run from a fresh checkout
+/// (no `out/` directory), succeeds and writes its output.
+#[test]
+fn readme_first_command_runs_in_a_fresh_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/bbbc021");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(bbbc021(), data.join("bbbc021_wells_annotated.csv.gz")).unwrap();
+    let args = readme_first_command();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("correct"),
+        "{args:?}"
+    );
+    let out = bin().args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "README command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let i = args.iter().position(|a| a == "--output").unwrap();
+    let t = read_table(&dir.path().join(&args[i + 1])).unwrap();
+    assert_eq!(t.num_rows(), 632);
+}
+
+/// Outputs are checked before the fit: a missing directory is created, a
+/// directory or the input itself (also through a hard link) is refused
+/// with a message naming the path, and the input is left untouched.
+#[test]
+fn outputs_are_checked_before_the_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = synth(dir.path(), "in.csv");
+    let before = std::fs::read(&input).unwrap();
+    let base = [
+        "correct",
+        "--batch-col",
+        "Metadata_Batch",
+        "--input",
+        s(&input),
+    ];
+    let deep = dir.path().join("a/b/out.parquet");
+    ok(&[&base[..], &["--output", s(&deep)]].concat());
+    assert!(deep.exists());
+    let e = fails(&[&base[..], &["--output", s(&input)]].concat());
+    assert!(e.contains("it is the input"), "{e}");
+    let link = dir.path().join("link.csv");
+    std::fs::hard_link(&input, &link).unwrap();
+    let e = fails(&[&base[..], &["--output", s(&link)]].concat());
+    assert!(e.contains("it is the input"), "{e}");
+    let d = dir.path().join("adir.parquet");
+    std::fs::create_dir(&d).unwrap();
+    let e = fails(&[&base[..], &["--output", s(&d)]].concat());
+    assert!(e.contains("is a directory"), "{e}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}

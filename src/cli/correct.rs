@@ -228,6 +228,11 @@ pub fn run(args: CorrectArgs, log: &LogArgs) -> Result<()> {
 /// Read, correct and write; returns the report.
 pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     let cfg = args.resolve()?;
+    // Every output is checked (and its directory created) before the fit.
+    table::prepare_output(&args.output, &[&args.input])?;
+    if let Some(qc) = &args.qc {
+        table::prepare_output(qc, &[&args.input, &args.output])?;
+    }
     let spec = LoadSpec::from_config(&cfg.correct)?;
     let t = ProfileTable::load(&args.input, &spec)?;
     if t.plate.is_none() {

@@ -172,6 +172,58 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
     }
 }
 
+/// Check, before any work, that a table can be written to `path`: its
+/// format is known from the extension, its parent directory exists (it is
+/// created when missing, like `mkdir -p`) and accepts a new file, `path` is
+/// not a directory, and it is not one of `inputs` (the same file under
+/// another name or a hard link included: writing the output would replace
+/// the raw input). A long fit then never ends in "cannot write".
+pub fn prepare_output(path: &Path, inputs: &[&Path]) -> Result<()> {
+    Format::from_path(path)?;
+    let what = || format!("cannot write {}", path.display());
+    if path.is_dir() {
+        bail!("{}: it is a directory", what());
+    }
+    for input in inputs {
+        if same_file(path, input) {
+            bail!(
+                "{}: it is the input {} (choose another output path)",
+                what(),
+                input.display()
+            );
+        }
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the directory {}", what(), dir.display()))?;
+    // Probe: the same temporary name the write will use.
+    let probe = temp_path(path)?;
+    File::create(&probe).with_context(|| format!("{}: the directory is not writable", what()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file (device and inode on
+/// Unix, so hard links and symlinks count; canonical paths elsewhere).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// `<dir>/<name>.tmp-<pid>` next to `path`.
 fn temp_path(path: &Path) -> Result<PathBuf> {
     let Some(name) = path.file_name() else {
