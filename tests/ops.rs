@@ -3,7 +3,8 @@
 //! per-plate QC outlier flags (and their history surviving a restart), and
 //! the deploy/ artefacts: every metric name the alert rules and the Grafana
 //! dashboard use is exported by the running daemon; YAML/JSON parse;
-//! `promtool check rules` when promtool is installed.
+//! `promtool check rules` when promtool is installed. The listener's
+//! limits under hostile clients (issue 15) are in `ops/listener.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ use balans::io::table::read_table;
 mod common;
 use common::scrape::{exported, Scrape};
 use common::*;
+
+#[path = "ops/listener.rs"]
+mod listener;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

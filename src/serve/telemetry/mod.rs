@@ -17,7 +17,7 @@
 
 mod http;
 
-pub use http::HttpServer;
+pub use http::{HttpLimits, HttpServer};
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
