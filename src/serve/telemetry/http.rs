@@ -111,14 +111,6 @@ impl Telemetry {
 
     /// [`Telemetry::serve_http`] with explicit limits.
     pub fn serve_http_with(&self, addr: SocketAddr, limits: HttpLimits) -> Result<HttpServer> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} for /metrics"))?;
-        listener
-            .set_nonblocking(true)
-            .context("cannot make the metrics listener non-blocking")?;
-        let local = listener
-            .local_addr()
-            .context("the metrics listener has no address")?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -126,8 +118,11 @@ impl Telemetry {
             .context("cannot start the HTTP runtime")?;
         let listener = {
             let _in_runtime = rt.enter();
-            TcpListener::from_std(listener).context("cannot register the metrics listener")?
+            bind(addr).with_context(|| format!("cannot listen on {addr} for /metrics"))?
         };
+        let local = listener
+            .local_addr()
+            .context("the metrics listener has no address")?;
         let (stop, stopped) = watch::channel(false);
         let t = self.clone();
         let thread = std::thread::Builder::new()
@@ -227,6 +222,22 @@ impl Drop for HttpServer {
 }
 
 // ---------------------------------------------------------------- accept
+
+/// Pending connections the kernel queues before `accept` (a burst of
+/// clients waits there instead of retrying its SYN a second later).
+const BACKLOG: u32 = 1024;
+
+/// Listen on `addr` (inside the runtime).
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accept connections until told to stop, one task each, at most
 /// `limits.max_connections` at once; then give the open ones the grace.
@@ -538,6 +549,7 @@ mod tests {
         // The whole text arrives, whatever its size against the buffers.
         assert_eq!(m, t.render());
         drop(srv);
+        assert!(std::net::TcpStream::connect(a).is_err(), "still listening");
     }
 
     #[test]
