@@ -558,10 +558,12 @@ mod tests {
         let srv = t.serve_http("127.0.0.1:0".parse().unwrap()).unwrap();
         let raw = |req: &str| {
             let mut s = std::net::TcpStream::connect(srv.addr()).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
             s.write_all(req.as_bytes()).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out); // EOF, or a timeout failing below
+            String::from_utf8_lossy(&out).into_owned()
         };
         let post = raw(
             "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -571,6 +573,11 @@ mod tests {
             post.to_ascii_lowercase().contains("allow: get, head"),
             "{post}"
         );
+        // A body announced but never sent is not waited for.
+        let big = raw(
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n0123456789",
+        );
+        assert!(big.starts_with("HTTP/1.1 405"), "{big}");
         let head = raw("HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
