@@ -72,17 +72,23 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// constants above); tests shorten the timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// See [`MAX_HEADER_BYTES`].
+    /// Request head (request line + headers) larger than this: 431 and
+    /// the connection closed. Default 16 KiB.
     pub max_header_bytes: usize,
-    /// See [`MAX_HEADERS`].
+    /// More header fields than this: 431. Default 64.
     pub max_headers: usize,
-    /// See [`HEADER_TIMEOUT`].
+    /// The whole request head must arrive within this (slowloris); also
+    /// the longest a connection waits idle for its next request.
+    /// Default 10 s.
     pub header_timeout: Duration,
-    /// See [`STALL_TIMEOUT`].
+    /// A connection that moves no byte either way for this long is
+    /// closed (a client not reading its replies). Default 10 s.
     pub stall_timeout: Duration,
-    /// See [`MAX_CONNECTIONS`] (at least 1).
+    /// Connections open at once (at least 1); a new one beyond it closes
+    /// the least recently active. Default 256.
     pub max_connections: usize,
-    /// See [`SHUTDOWN_GRACE`].
+    /// At shutdown, how long requests in flight may take to finish.
+    /// Default 1 s.
     pub shutdown_grace: Duration,
 }
 
