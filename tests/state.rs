@@ -251,7 +251,11 @@ fn snapshot_damage_is_refused_naming_the_file() {
     // A snapshot one row short, without a manifest (as an old build wrote
     // it): the row counts disagree with the plates recorded.
     let d = fresh("short");
-    let p = restore(&state).unwrap().0.meta().dims;
+    // First fold the log into the snapshot, so the plates are in it.
+    let mut sd = StateDir::open(&d).unwrap();
+    let (m, _) = sd.restore().unwrap().unwrap();
+    sd.snapshot(&m).unwrap();
+    let p = m.meta().dims;
     for (f, w) in [("y.f32", 4 * p), ("batch.u32", 4), ("coverage.f32", 4)] {
         let path = d.join("snapshot").join(f);
         let b = std::fs::read(&path).unwrap();
