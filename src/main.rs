@@ -28,6 +28,8 @@ enum Command {
     Evaluate(Box<cli::evaluate::EvaluateArgs>),
     /// The streaming daemon: Kafka (--brokers) or the embedded directory mode (inbox -> outbox).
     Serve(Box<cli::serve::ServeArgs>),
+    /// Inspect (`check`) or repair (`repair`) a daemon's state directory.
+    State(cli::state::StateArgs),
     /// Generate a synthetic profile table with known biology and batch effects.
     Synth(cli::synth::SynthArgs),
 }
@@ -40,6 +42,11 @@ fn main() -> std::process::ExitCode {
         Command::Synth(a) => cli::synth::run(a),
         Command::Serve(a) => cli::serve::run(*a),
         Command::Evaluate(a) => cli::evaluate::run(*a),
+        Command::State(a) => match cli::state::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

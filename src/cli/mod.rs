@@ -6,4 +6,5 @@ pub mod evaluate;
 pub mod logging;
 pub mod progress;
 pub mod serve;
+pub mod state;
 pub mod synth;

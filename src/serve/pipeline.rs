@@ -315,7 +315,7 @@ impl Pipeline {
     {
         let t = Instant::now();
         if let Some(delta) = &out.delta {
-            self.state.append(delta)?;
+            self.state.append(self.model.as_ref(), delta)?;
         }
         st.wal = t.elapsed();
         let t = Instant::now();

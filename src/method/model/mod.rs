@@ -138,6 +138,18 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The PCA as [`Model::restore`] rebuilds it from a snapshot: the
+/// whitening's inverse recomputed from the stored matrix (the fit's own
+/// inverse differs in the last bits). A new model uses this form from the
+/// start, so a plate published before a restart and replayed after it gets
+/// bit-identical values.
+fn as_restored(mut pca: Pca) -> Result<Pca> {
+    if let Some(w) = pca.whitening.take() {
+        pca.whitening = Some(Whitening::from_matrix(w.w).context("whitening matrix")?);
+    }
+    Ok(pca)
+}
+
 impl Model {
     /// A model seeded from an offline fit of a reference table.
     pub fn from_fit(fit: &Correction, features: Vec<String>, params: &Params) -> Result<Model> {
@@ -166,7 +178,7 @@ impl Model {
             generation: 1,
         };
         let mut model = Model {
-            pca: fit.pca.clone(),
+            pca: as_restored(fit.pca.clone())?,
             meta,
             indices: Vec::new(),
             y: Vec::new(),
@@ -232,7 +244,7 @@ impl Model {
             generation: 1,
         };
         Ok(Model {
-            pca,
+            pca: as_restored(pca)?,
             meta,
             indices: Vec::new(),
             y: Vec::new(),
@@ -516,7 +528,13 @@ impl Model {
             }
         }
         let y_corr = &y_raw - &offset;
-        let corrected = self.to_features(x, &z, offset.mapv(|v| v as f64).view());
+        // Publish the offset a replay can re-derive: the stored coordinates
+        // are `y_corr` (f32), and a replay recomputes `y_raw - y_corr` in
+        // f32 ([`Model::replay_plate`]). That differs from `offset` by the
+        // rounding of the subtraction, so the first publication uses the
+        // same difference: a replay then publishes identical values.
+        let published = (&y_raw - &y_corr).mapv(f64::from);
+        let corrected = self.to_features(x, &z, published.view());
         let (plate_coverage, coverage_updates) = self.coverage_added(&last_rows, n_plate);
         timings.correction = (t_correction.elapsed().as_secs_f64() - timings.sampling).max(0.0);
         let delta = PlateDelta {

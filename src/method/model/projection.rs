@@ -109,7 +109,9 @@ impl Model {
     }
 
     /// Re-derive a replayed plate's published output from the stored
-    /// corrected coordinates (same values as when it was first published).
+    /// corrected coordinates: bit-identical to the first publication, which
+    /// [`Model::align_plate`] computes from the same f32 difference
+    /// `y_raw - stored`.
     pub fn replay_plate(
         &self,
         record: &PlateRecord,

@@ -1,0 +1,360 @@
+//! A snapshot: the whole model in one directory, checksummed.
+//!
+//! ```text
+//! snapshot/meta.json       ModelMeta (params, basis, batches, plates)
+//! snapshot/y.f32           corrected neighbour-space rows, little-endian f32
+//! snapshot/batch.u32       batch id per row
+//! snapshot/coverage.f32    coverage per row
+//! snapshot/manifest.json   length and 64-bit hash of each file above, rows, dims
+//! ```
+//!
+//! The manifest is written last and fsynced with the directory, so a
+//! snapshot with a manifest is complete. [`read`] verifies every file's
+//! length and hash against it, then the model's consistency: row counts
+//! against the manifest and the meta's plates, dimensions, finite and
+//! bounded values, batch ids. A snapshot without a manifest predates
+//! checksums: it restores with a warning (unless the state directory's
+//! `FORMAT` file says it was written by a build that writes manifests —
+//! then the missing manifest is damage and is refused).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::method::model::{content_hash, Model, ModelMeta, PlateDelta};
+
+/// Largest absolute neighbour-space coordinate accepted from a snapshot or
+/// a log record. Real coordinates are PCA scores of clipped, normalised
+/// profiles (tens at most); a larger one is damage, and would overflow the
+/// f32 squared distances of the index.
+pub const MAX_ABS_COORD: f32 = 1e9;
+
+/// The files of a snapshot besides the manifest.
+pub const FILES: [&str; 4] = ["meta.json", "y.f32", "batch.u32", "coverage.f32"];
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// One file in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileSum {
+    /// File name inside the snapshot directory.
+    pub name: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// [`content_hash`] of the bytes.
+    pub hash: u64,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Snapshot format (2: the first with a manifest).
+    pub format: u32,
+    /// Rows of the model.
+    pub rows: u64,
+    /// Neighbour-space dimensions.
+    pub dims: u64,
+    /// Plates incorporated.
+    pub plates: u64,
+    /// Every other file of the snapshot.
+    pub files: Vec<FileSum>,
+}
+
+fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(v.len() * N);
+    for x in v {
+        bytes.extend_from_slice(&f(*x));
+    }
+    bytes
+}
+
+/// Write `bytes` to `path` and fsync it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Fsync a directory (its entries: renames, creations, truncations).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+/// Write the model's snapshot into the (empty, existing) directory `dir`:
+/// the data files, then the manifest, each fsynced, then the directory.
+pub fn write(dir: &Path, model: &Model) -> Result<()> {
+    let files: [(&str, Vec<u8>); 4] = [
+        (FILES[0], serde_json::to_vec(model.meta())?),
+        (FILES[1], le_bytes(model.rows_y(), f32::to_le_bytes)),
+        (FILES[2], le_bytes(model.rows_batch(), u32::to_le_bytes)),
+        (FILES[3], le_bytes(model.rows_coverage(), f32::to_le_bytes)),
+    ];
+    let mut sums = Vec::new();
+    for (name, bytes) in &files {
+        write_synced(&dir.join(name), bytes)?;
+        sums.push(FileSum {
+            name: name.to_string(),
+            len: bytes.len() as u64,
+            hash: content_hash(bytes),
+        });
+    }
+    let manifest = Manifest {
+        format: 2,
+        rows: model.len() as u64,
+        dims: model.meta().dims as u64,
+        plates: model.meta().plates.len() as u64,
+        files: sums,
+    };
+    write_synced(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    sync_dir(dir)
+}
+
+/// Read a snapshot file, checked against its manifest entry.
+fn read_checked(dir: &Path, name: &str, manifest: Option<&Manifest>) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some(m) = manifest {
+        let sum = m
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .with_context(|| format!("{}: not listed in {MANIFEST}", path.display()))?;
+        ensure!(
+            bytes.len() as u64 == sum.len,
+            "{}: {} bytes, the manifest says {}",
+            path.display(),
+            bytes.len(),
+            sum.len
+        );
+        ensure!(
+            content_hash(&bytes) == sum.hash,
+            "{}: checksum mismatch (the file is damaged)",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+fn words(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 4]>> {
+    ensure!(
+        bytes.len() % 4 == 0,
+        "{}: {} bytes, not a whole number of 4-byte values",
+        path.display(),
+        bytes.len()
+    );
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect())
+}
+
+/// Does `dir` hold a manifest?
+pub fn has_manifest(dir: &Path) -> bool {
+    dir.join(MANIFEST).exists()
+}
+
+/// Read and verify a snapshot (see the module doc). `require_manifest`:
+/// refuse a snapshot without one.
+pub fn read(dir: &Path, require_manifest: bool) -> Result<Model> {
+    let mpath = dir.join(MANIFEST);
+    let manifest: Option<Manifest> = match std::fs::read(&mpath) {
+        Ok(b) => Some(
+            serde_json::from_slice(&b)
+                .with_context(|| format!("{}: not a snapshot manifest", mpath.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if require_manifest {
+                bail!(
+                    "{} is missing (this state directory was written with checksums)",
+                    mpath.display()
+                );
+            }
+            tracing::warn!(
+                snapshot = %dir.display(),
+                "snapshot predates checksums (no manifest.json): restored unverified; the next snapshot adds one"
+            );
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", mpath.display())),
+    };
+    let m = manifest.as_ref();
+    let meta_path = dir.join(FILES[0]);
+    let meta = super::parse_meta(&read_checked(dir, FILES[0], m)?)
+        .with_context(|| format!("{}", meta_path.display()))?;
+    check_meta(&meta).with_context(|| format!("{}", meta_path.display()))?;
+    let yp = dir.join(FILES[1]);
+    let y: Vec<f32> = words(&yp, &read_checked(dir, FILES[1], m)?)?
+        .into_iter()
+        .map(f32::from_le_bytes)
+        .collect();
+    let bp = dir.join(FILES[2]);
+    let batch: Vec<u32> = words(&bp, &read_checked(dir, FILES[2], m)?)?
+        .into_iter()
+        .map(u32::from_le_bytes)
+        .collect();
+    let cp = dir.join(FILES[3]);
+    let cov: Vec<f32> = words(&cp, &read_checked(dir, FILES[3], m)?)?
+        .into_iter()
+        .map(f32::from_le_bytes)
+        .collect();
+    let n = batch.len();
+    let p = meta.dims;
+    if let Some(m) = m {
+        ensure!(
+            m.rows == n as u64 && m.dims == p as u64 && m.plates == meta.plates.len() as u64,
+            "{}: {} rows, {} dims, {} plates; the manifest says {}, {}, {}",
+            dir.display(),
+            n,
+            p,
+            meta.plates.len(),
+            m.rows,
+            m.dims,
+            m.plates
+        );
+    }
+    ensure!(
+        y.len() == n * p,
+        "{}: {} values, {} rows x {} dims expected (from {})",
+        yp.display(),
+        y.len(),
+        n,
+        p,
+        bp.display()
+    );
+    ensure!(
+        cov.len() == n,
+        "{}: {} rows, {} has {}",
+        cp.display(),
+        cov.len(),
+        bp.display(),
+        n
+    );
+    if let Some(i) = y
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > MAX_ABS_COORD)
+    {
+        bail!(
+            "{}: row {} holds {} (not a finite coordinate)",
+            yp.display(),
+            i / p.max(1),
+            y[i]
+        );
+    }
+    if let Some(i) = cov.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        bail!("{}: row {i} holds coverage {}", cp.display(), cov[i]);
+    }
+    if let Some(i) = batch.iter().position(|&b| b as usize >= meta.batches.len()) {
+        bail!(
+            "{}: row {i} has batch id {}, the meta names {} batches",
+            bp.display(),
+            batch[i],
+            meta.batches.len()
+        );
+    }
+    for (id, r) in &meta.plates {
+        ensure!(
+            r.first_row
+                .checked_add(r.rows)
+                .is_some_and(|e| e <= n as u64),
+            "{}: plate {id} spans rows {}..{}, the snapshot holds {n}",
+            meta_path.display(),
+            r.first_row,
+            r.first_row.saturating_add(r.rows)
+        );
+    }
+    Model::restore(meta, y, batch, cov).with_context(|| format!("{}", dir.display()))
+}
+
+/// Shapes and finiteness of the meta's arrays.
+fn check_meta(m: &ModelMeta) -> Result<()> {
+    let nf = m.features.len();
+    let nv = m.varying.len();
+    let p = m.dims;
+    ensure!(p >= 1, "dims is 0");
+    ensure!(
+        m.scale.len() == nf && m.global_centre.len() == nf,
+        "scale/global_centre lengths {}/{} differ from {nf} features",
+        m.scale.len(),
+        m.global_centre.len()
+    );
+    ensure!(
+        m.varying.iter().all(|&f| f < nf),
+        "a varying feature index is out of range"
+    );
+    ensure!(
+        m.control_mad.is_empty() || m.control_mad.len() == nf,
+        "control_mad has {} values for {nf} features",
+        m.control_mad.len()
+    );
+    ensure!(
+        m.pca_mean.len() == nv && m.pca_components.len() == nv * p,
+        "PCA shapes do not match {nv} varying features x {p} dims"
+    );
+    let arrays: [(&str, &[f64]); 5] = [
+        ("scale", &m.scale),
+        ("global_centre", &m.global_centre),
+        ("pca_mean", &m.pca_mean),
+        ("pca_components", &m.pca_components),
+        ("control_mad", &m.control_mad),
+    ];
+    for (name, a) in arrays {
+        ensure!(
+            a.iter().all(|v| v.is_finite()),
+            "{name} holds a non-finite value"
+        );
+    }
+    if let Some(w) = &m.pca_whitening {
+        ensure!(
+            w.iter().all(|v| v.is_finite()),
+            "pca_whitening holds a non-finite value"
+        );
+    }
+    for (b, g) in &m.batch_gain {
+        ensure!(
+            g.iter().all(|v| v.is_finite() && *v > 0.0),
+            "batch_gain of {b} holds a non-finite or non-positive value"
+        );
+    }
+    Ok(())
+}
+
+/// Check a log record's state change against the model it is applied to:
+/// lengths, finite and bounded values, row ids in range.
+pub fn check_delta(model: &Model, d: &PlateDelta) -> Result<()> {
+    let p = model.meta().dims;
+    ensure!(
+        d.y.len() == d.plate_coverage.len() * p,
+        "plate {}: {} coordinates for {} rows x {p} dims",
+        d.plate,
+        d.y.len(),
+        d.plate_coverage.len()
+    );
+    if let Some(v) =
+        d.y.iter()
+            .find(|v| !v.is_finite() || v.abs() > MAX_ABS_COORD)
+    {
+        bail!(
+            "plate {}: coordinate {v} is not finite or out of range",
+            d.plate
+        );
+    }
+    let bad_cov = |v: &f32| !v.is_finite() || *v < 0.0;
+    if let Some(v) = d.plate_coverage.iter().find(|v| bad_cov(v)) {
+        bail!("plate {}: coverage {v}", d.plate);
+    }
+    for (j, a) in &d.coverage_updates {
+        ensure!(
+            (*j as usize) < model.len() && !bad_cov(a),
+            "plate {}: coverage update ({j}, {a}) out of range (model has {} rows)",
+            d.plate,
+            model.len()
+        );
+    }
+    Ok(())
+}
