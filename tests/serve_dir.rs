@@ -299,7 +299,10 @@ fn bad_plate_files_are_dead_lettered_and_the_feed_goes_on() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("corrected 1 plates, re-published 1"), "{stdout}");
+    assert!(
+        stdout.contains("corrected 1 plates, re-published 1"),
+        "{stdout}"
+    );
     assert!(inbox.join("done/zz_reencoded.parquet").exists());
 
     let r = reason(&inbox, "zz_text.csv");
@@ -335,12 +338,21 @@ fn bad_plate_files_are_dead_lettered_and_the_feed_goes_on() {
         "{r}"
     );
     let r = reason(&inbox, "zz_big.parquet");
-    assert!(r.starts_with("oversized:") && r.contains("max_plate_bytes"), "{r}");
+    assert!(
+        r.starts_with("oversized:") && r.contains("max_plate_bytes"),
+        "{r}"
+    );
     #[cfg(target_os = "linux")]
     {
         let r = reason(&inbox, "zz_unreadable.csv");
-        assert!(r.starts_with("unreadable:") && r.contains("zz_unreadable.csv"), "{r}");
-        assert!(inbox.join("dlq/zz_unreadable.csv").symlink_metadata().is_ok());
+        assert!(
+            r.starts_with("unreadable:") && r.contains("zz_unreadable.csv"),
+            "{r}"
+        );
+        assert!(inbox
+            .join("dlq/zz_unreadable.csv")
+            .symlink_metadata()
+            .is_ok());
         // Could not be moved: left in the inbox, skipped, the daemon went on.
         assert!(inbox.join("zz_stuck.csv").symlink_metadata().is_ok());
     }
@@ -355,7 +367,11 @@ fn output_names_are_injective_and_fit_the_file_system() {
     let long = "L".repeat(300);
     let ids = ["X/Y", "X_Y", long.as_str()];
     for (i, id) in ids.iter().enumerate() {
-        drop_plate(&inbox, &format!("p{i}.arrow"), &renamed(&st.plates[i].1, id));
+        drop_plate(
+            &inbox,
+            &format!("p{i}.arrow"),
+            &renamed(&st.plates[i].1, id),
+        );
     }
     let mut args = serve_args(&st, &state, &inbox, &outbox);
     args.push("--once".into());
@@ -405,7 +421,10 @@ fn inbox_files_are_read_only_once_complete() {
     let path = inbox.join(format!("{p0}.csv"));
     std::fs::write(&path, &head).unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     std::io::Write::write_all(&mut f, tail.as_bytes()).unwrap();
     drop(f);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -417,7 +436,11 @@ fn inbox_files_are_read_only_once_complete() {
     let _ = child.0.wait();
     assert_eq!(outputs(&outbox), vec![format!("{p0}.parquet")]);
     let out = read_table(&outbox.join(format!("{p0}.parquet"))).unwrap();
-    assert_eq!(out.num_rows(), t0.num_rows(), "the whole plate, not its first rows");
+    assert_eq!(
+        out.num_rows(),
+        t0.num_rows(),
+        "the whole plate, not its first rows"
+    );
     assert!(inbox.join(".hidden.arrow").exists());
     assert!(inbox.join("copy.csv.part").exists());
     assert!(!outbox.join("P.parquet.tmp-99999").exists());

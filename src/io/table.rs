@@ -161,7 +161,10 @@ pub fn decode_table(bytes: &[u8], format: Format) -> Result<RecordBatch> {
         Format::ArrowIpc => read_ipc_file(Cursor::new(bytes))?,
         Format::Csv => read_csv(|| Ok(Box::new(Cursor::new(bytes)) as Box<dyn BufRead>))?,
         Format::CsvGz => read_csv(|| {
-            Ok(Box::new(BufReader::new(MultiGzDecoder::new(Cursor::new(bytes)))) as Box<dyn BufRead>)
+            Ok(
+                Box::new(BufReader::new(MultiGzDecoder::new(Cursor::new(bytes))))
+                    as Box<dyn BufRead>,
+            )
         })?,
     };
     check_unique_names(batch.schema_ref())?;
@@ -394,8 +397,8 @@ pub fn encode_ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 /// Decode an in-memory Parquet file into one batch.
 pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
-    let batch =
-        read_parquet(bytes::Bytes::copy_from_slice(bytes)).context("cannot decode Parquet bytes")?;
+    let batch = read_parquet(bytes::Bytes::copy_from_slice(bytes))
+        .context("cannot decode Parquet bytes")?;
     check_unique_names(batch.schema_ref()).context("cannot decode Parquet bytes")?;
     Ok(batch)
 }
@@ -491,8 +494,7 @@ impl ColumnScan {
                  whose name does not start with {METADATA_PREFIX} is a feature: fix the cell \
                  (leave it empty for a missing value), or name the column {METADATA_PREFIX}... \
                  if it is an annotation",
-                self.numbers,
-                self.texts
+                self.numbers, self.texts
             ))
             .into());
         }

@@ -127,7 +127,10 @@ const TEMP_SUFFIXES: [&str; 7] = [
 /// Whether `name` looks like a plate file: a table extension, not a
 /// dot-file, not a temporary name.
 fn is_plate_name(p: &Path) -> bool {
-    let Some(name) = p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()) else {
+    let Some(name) = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+    else {
         return false;
     };
     !name.starts_with('.')
@@ -352,8 +355,12 @@ impl Outbox {
             let dot_tmp = name.starts_with('.') && name.ends_with(".tmp");
             if pid_tmp || dot_tmp {
                 match std::fs::remove_file(e.path()) {
-                    Ok(()) => tracing::info!(file = %name, "removed a temporary file left in the outbox"),
-                    Err(err) => tracing::warn!(file = %name, error = %err, "cannot remove a temporary file in the outbox"),
+                    Ok(()) => {
+                        tracing::info!(file = %name, "removed a temporary file left in the outbox")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %name, error = %err, "cannot remove a temporary file in the outbox")
+                    }
                 }
             }
         }
