@@ -626,6 +626,41 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_saturated_never_null() {
+        let v = [-3.4, 0.4, 70000.0, 12.6];
+        let (a, clamped) = saturating_array(&v, &DataType::UInt16).unwrap();
+        let a = a.as_primitive::<UInt16Type>();
+        assert_eq!(a.null_count(), 0);
+        assert_eq!(a.values().to_vec(), vec![0, 0, u16::MAX, 13]);
+        assert_eq!(clamped, 2);
+        let (a, clamped) = saturating_array(&[-1e30, 1e30], &DataType::Int64).unwrap();
+        let a = a.as_primitive::<Int64Type>();
+        assert_eq!(a.values().to_vec(), vec![i64::MIN, i64::MAX]);
+        assert_eq!(clamped, 2);
+        let (_, clamped) = saturating_array(&[-1e30], &DataType::Float32).unwrap();
+        assert_eq!(clamped, 0);
+    }
+
+    #[test]
+    fn values_beyond_the_bound_are_out_of_range() {
+        let t = table();
+        let f = select_features(&t, None, "t.csv").unwrap();
+        let rules = ValueRules {
+            non_finite: NonFinitePolicy::Impute,
+            max_abs_value: 25.0,
+            flag_hints: false,
+        };
+        let e = extract_features_with(&t, f, &rules, "t.csv").unwrap_err();
+        assert_eq!(e.kind(), crate::io::error::LoadErrorKind::OutOfRange);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("t.csv") && msg.contains("Nuclei_Count") && msg.contains("data row 3"),
+            "{msg}"
+        );
+        assert!(!msg.contains("--max-abs-value"), "{msg}");
+    }
+
+    #[test]
     fn string_columns_and_controls() {
         let t = table();
         assert_eq!(

@@ -218,9 +218,9 @@ impl Inbox {
         Ok(())
     }
 
-    /// Read `path` once, checking it held still; `None` when it changed
-    /// (left for a later scan).
-    fn take(&self, path: PathBuf) -> Next<InboxFile> {
+    /// Read `path` once, checking it held still; [`Next::Idle`] when it
+    /// changed (left for a later scan, which `--once` waits for).
+    fn take(&mut self, path: PathBuf) -> Next<InboxFile> {
         let consumed = Instant::now();
         let source = path.display().to_string();
         let mut file = InboxFile {
@@ -262,6 +262,7 @@ impl Inbox {
         let after = fingerprint(&file.path).ok();
         if after != Some(before) || file.bytes.len() as u64 != before.0 {
             tracing::info!(source = %file.source, "file changed while read: left for a later scan");
+            self.unsettled += 1;
             return Next::Idle;
         }
         Next::Plate(file)
@@ -518,5 +519,44 @@ impl DirServer {
     pub fn run(&mut self, stop: Arc<AtomicBool>, once: bool) -> Result<RunReport> {
         self.inbox.set_once(once);
         self.pipeline.run(&mut self.inbox, &mut self.outbox, &stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_injective_short_and_plain() {
+        assert_eq!(output_name("Batch01_Plate04"), "Batch01_Plate04");
+        assert_eq!(output_name("X/Y"), "X%2FY");
+        assert_eq!(output_name("X_Y"), "X_Y");
+        assert_eq!(output_name("X%2FY"), "X%252FY");
+        assert_eq!(output_name(".."), "%2E.");
+        assert_eq!(output_name("a b.c"), "a%20b.c");
+        let long = "p".repeat(300);
+        let other = format!("{}q", "p".repeat(299));
+        let (a, b) = (output_name(&long), output_name(&other));
+        assert!(a.len() <= MAX_NAME_BYTES && a.contains('~'), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(output_name(&"p".repeat(200)), "p".repeat(200));
+    }
+
+    #[test]
+    fn temporary_names_are_not_plates() {
+        for n in ["a.parquet", "b.csv.gz", "c.arrow"] {
+            assert!(is_plate_name(Path::new(n)), "{n}");
+        }
+        for n in [
+            ".a.parquet",
+            "a.parquet.tmp",
+            "a.csv.part",
+            "a.csv.crdownload",
+            "a.parquet.tmp-123",
+            "a.csv~",
+            "notes.txt",
+        ] {
+            assert!(!is_plate_name(Path::new(n)), "{n}");
+        }
     }
 }

@@ -258,3 +258,52 @@ pub fn correct(
         encode_seconds: t_encode.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Float64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::io::table;
+
+    fn plate(v: f64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Metadata_Plate", DataType::Utf8, true),
+            Field::new("F1", DataType::Float64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["P", "P"])),
+                Arc::new(Float64Array::from(vec![1.0, v])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn table_hash_follows_content_not_encoding() {
+        let t = plate(2.0);
+        let from_ipc = table::decode_ipc_stream(&table::encode_ipc_stream(&t).unwrap()).unwrap();
+        let from_parquet = table::decode_parquet(&table::encode_parquet(&t).unwrap()).unwrap();
+        assert_ne!(
+            table::encode_ipc_stream(&t).unwrap(),
+            table::encode_parquet(&t).unwrap()
+        );
+        assert_eq!(table_hash(&t), table_hash(&from_ipc));
+        assert_eq!(table_hash(&t), table_hash(&from_parquet));
+        assert_ne!(table_hash(&t), table_hash(&plate(2.5)), "a value");
+        let renamed = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("Metadata_Plate", DataType::Utf8, true),
+                Field::new("F2", DataType::Float64, true),
+            ])),
+            t.columns().to_vec(),
+        )
+        .unwrap();
+        assert_ne!(table_hash(&t), table_hash(&renamed), "a name");
+    }
+}
