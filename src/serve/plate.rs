@@ -306,4 +306,58 @@ mod tests {
         .unwrap();
         assert_ne!(table_hash(&t), table_hash(&renamed), "a name");
     }
+
+    /// 40 rows, one batch, one plate, 4 features.
+    fn wide_plate() -> RecordBatch {
+        let n = 40;
+        let mut fields = vec![
+            Field::new("Metadata_Batch", DataType::Utf8, true),
+            Field::new("Metadata_Plate", DataType::Utf8, true),
+        ];
+        let mut cols: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["B1"; n])),
+            Arc::new(StringArray::from(vec!["P1"; n])),
+        ];
+        for j in 0..4 {
+            fields.push(Field::new(format!("F{j}"), DataType::Float64, true));
+            let v: Vec<f64> = (0..n)
+                .map(|i| ((i * (j + 3) + j * 7) % 17) as f64 + 0.1 * j as f64)
+                .collect();
+            cols.push(Arc::new(Float64Array::from(v)));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+    }
+
+    #[test]
+    fn a_plate_logged_under_its_byte_hash_is_still_a_replay() {
+        let cfg = CorrectConfig {
+            batch_col: Some("Metadata_Batch".into()),
+            ..CorrectConfig::default()
+        };
+        let qc = QcConfig::default();
+        let dec = |bytes: &[u8]| decode(wide_plate(), bytes, "f", &cfg, "p.arrow").unwrap();
+        let first = dec(b"old bytes");
+        let params = crate::method::params::Params {
+            threads: 1,
+            ..Default::default()
+        };
+        let mut model =
+            Model::bootstrap(first.x.view(), None, first.columns.names.clone(), &params).unwrap();
+        // An older daemon recorded the hash of the bytes.
+        let old = DecodedPlate {
+            hash: first.legacy_hash,
+            ..dec(b"old bytes")
+        };
+        let out = correct(&model, &old, &qc).unwrap();
+        model.apply(out.delta.as_ref().unwrap()).unwrap();
+        // The same bytes again: a replay, recognised by either hash.
+        let again = correct(&model, &first, &qc).unwrap();
+        assert!(again.qc.replay && again.delta.is_none());
+        // Other bytes: with only the byte hash on record, it cannot be told
+        // apart from other content, so it is still a clash.
+        match correct(&model, &dec(b"other bytes"), &qc) {
+            Err(PlateError::Rejected(r)) => assert_eq!(r.reason, RejectReason::Duplicate),
+            _ => panic!("expected a duplicate"),
+        }
+    }
 }
