@@ -244,6 +244,15 @@ impl ProfileTable {
             .map(|col| profile::text_column(&table, col, source))
             .transpose()?;
         let columns = profile::select_features(&table, spec.exclude.as_ref(), source)?;
+        let text = profile::text_non_metadata(&table);
+        if spec.scope == Scope::Table && !text.is_empty() {
+            tracing::warn!(
+                source,
+                count = text.len(),
+                columns = %text.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                "non-numeric columns without the Metadata_ prefix pass through uncorrected"
+            );
+        }
         let rules = ValueRules {
             non_finite: spec.non_finite,
             max_abs_value: spec.max_abs_value,

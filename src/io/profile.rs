@@ -116,6 +116,19 @@ pub fn select_features(
     Ok(FeatureColumns { indices, names })
 }
 
+/// Non-`Metadata_` columns that are not numeric: they pass through
+/// uncorrected (a table of text annotations without the prefix, or a
+/// feature read as text); the loader warns about them.
+pub(crate) fn text_non_metadata(batch: &RecordBatch) -> Vec<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with(METADATA_PREFIX) && !is_numeric(f.data_type()))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// Column values as f64 with nulls as NaN.
 fn column_f64(col: &ArrayRef) -> Option<Vec<f64>> {
     fn conv<T: arrow_array::ArrowPrimitiveType>(
