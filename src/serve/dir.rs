@@ -195,7 +195,9 @@ impl Inbox {
     fn settled(&self, p: &Path) -> bool {
         let age = std::fs::metadata(p)
             .and_then(|m| m.modified())
-            .map(|t| t.elapsed().unwrap_or(Duration::ZERO));
+            // An mtime in the future (a skewed clock) would never settle:
+            // count it as settled; the read-time check still applies.
+            .map(|t| t.elapsed().unwrap_or(self.settle));
         match age {
             Ok(age) => age >= self.settle,
             // Cannot tell (stat failed): let the read decide (a dead letter).
