@@ -57,6 +57,14 @@ pub struct ServeConfig {
     pub poll_ms: u64,
     /// Plates between full snapshots (the log is replayed in between).
     pub snapshot_every: usize,
+    /// An inbox file is picked up only once it is this many milliseconds
+    /// old (by modification time) and unchanged while read: a file written
+    /// in place is not read half-written.
+    pub settle_ms: u64,
+    /// Largest plate file accepted (bytes on disk); a bigger file goes to
+    /// `dlq/` (reason `oversized`) without being read. The directory mode's
+    /// counterpart of `[kafka] max_plate_bytes`.
+    pub max_plate_bytes: u64,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +76,8 @@ impl Default for ServeConfig {
             reference: None,
             poll_ms: 500,
             snapshot_every: 50,
+            settle_ms: 1000,
+            max_plate_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -629,3 +629,201 @@ fn outputs_are_checked_before_the_fit() {
     assert!(e.contains("is a directory"), "{e}");
     assert_eq!(std::fs::read(&input).unwrap(), before);
 }
+
+// ------------------------------------------------ issue 15: damaged tables
+
+/// `t` plus (or with, if present) column `name` = `col`.
+fn set_column(
+    t: &arrow_array::RecordBatch,
+    name: &str,
+    col: arrow_array::ArrayRef,
+) -> arrow_array::RecordBatch {
+    use arrow_schema::{Field, Schema};
+    let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| (**f).clone()).collect();
+    let mut cols = t.columns().to_vec();
+    let field = Field::new(name, col.data_type().clone(), true);
+    match t.schema().index_of(name) {
+        Ok(i) => {
+            fields[i] = field;
+            cols[i] = col;
+        }
+        Err(_) => {
+            fields.push(field);
+            cols.push(col);
+        }
+    }
+    arrow_array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols).unwrap()
+}
+
+fn feature(t: &arrow_array::RecordBatch, name: &str) -> Vec<f64> {
+    t.column(t.schema().index_of(name).unwrap())
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
+/// Case 4: a corrected value below 0 in a uint16 column is clamped to 0
+/// (and counted in a warning), never written as a null.
+#[test]
+fn unsigned_features_are_saturated_not_nulled() {
+    use arrow_array::Array;
+    let dir = tempfile::tempdir().unwrap();
+    let t = read_table(&synth(dir.path(), "in.parquet")).unwrap();
+    // A count-like feature: small non-negative integers, zero in a third
+    // of the rows, shifted by batch.
+    let f0 = feature(&t, "Feature_000");
+    let counts: Vec<u16> = f0
+        .iter()
+        .map(|x| (x * 3.0 + 2.0).round().max(0.0) as u16)
+        .collect();
+    let input = dir.path().join("u16.parquet");
+    balans::io::table::write_table(
+        &input,
+        &set_column(
+            &t,
+            "Cells_Count",
+            std::sync::Arc::new(arrow_array::UInt16Array::from(counts)),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out.parquet");
+    let o = bin()
+        .args([
+            "correct",
+            "-i",
+            s(&input),
+            "-o",
+            s(&out),
+            "--batch-col",
+            "Metadata_Batch",
+            "--control",
+            "Metadata_Label=DMSO",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let c = read_table(&out).unwrap();
+    let col = c.column(c.schema().index_of("Cells_Count").unwrap());
+    assert_eq!(col.data_type(), &arrow_schema::DataType::UInt16);
+    assert_eq!(col.null_count(), 0, "no null where the input had a value");
+    assert!(
+        stderr.contains("clamped") && stderr.contains("Cells_Count"),
+        "the clamping is reported: {stderr}"
+    );
+}
+
+/// Cases 6, 7 and 8: a text cell in a feature column, an extreme value and
+/// a duplicate column name are refused, naming file, column and row.
+#[test]
+fn damaged_feature_tables_are_refused_with_file_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let args = |input: &Path| -> Vec<String> {
+        [
+            "correct",
+            "-i",
+            s(input),
+            "-o",
+            s(&out),
+            "--batch-col",
+            "Metadata_Batch",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let fails_on = |input: &Path, extra: &[&str]| -> String {
+        let mut a = args(input);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let e = fails(&a);
+        assert!(!out.exists(), "nothing written");
+        e
+    };
+    // 6. one text cell among numbers: an error naming file, column, row.
+    let csv = dir.path().join("text.csv");
+    std::fs::write(
+        &csv,
+        "Metadata_Batch,Metadata_Plate,F1,F2,Note\nA,p1,1,2,x\nA,p1,2,3,y\nB,p2,3,n/a,z\n\
+         B,p2,4,5,w\nA,p1,1.5,2,v\nB,p2,2.5,3,u\n",
+    )
+    .unwrap();
+    let e = fails_on(&csv, &[]);
+    assert!(
+        e.contains("text.csv")
+            && e.contains("'F2'")
+            && e.contains("data row 3")
+            && e.contains("n/a"),
+        "{e}"
+    );
+    // A genuinely textual column still passes through.
+    let fixed = dir.path().join("fixed.csv");
+    std::fs::write(
+        &fixed,
+        std::fs::read_to_string(&csv).unwrap().replace("n/a", "4"),
+    )
+    .unwrap();
+    let mut a = args(&fixed);
+    a.extend(["--k", "2", "--m", "2"].iter().map(|x| x.to_string()));
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = read_table(&out).unwrap();
+    assert_eq!(
+        t.schema().field_with_name("Note").unwrap().data_type(),
+        &arrow_schema::DataType::Utf8
+    );
+    std::fs::remove_file(&out).unwrap();
+    // 7. an extreme value: refused above max_abs_value (default 1e12);
+    // raising the bound lets it through.
+    let huge = dir.path().join("huge.csv");
+    std::fs::write(
+        &huge,
+        std::fs::read_to_string(&fixed)
+            .unwrap()
+            .replace("B,p2,4,5,w", "B,p2,4,1e300,w"),
+    )
+    .unwrap();
+    let e = fails_on(&huge, &[]);
+    assert!(
+        e.contains("huge.csv")
+            && e.contains("'F2'")
+            && e.contains("data row 4")
+            && e.contains("max_abs_value")
+            && e.contains("--max-abs-value"),
+        "{e}"
+    );
+    let e = fails_on(&fixed, &["--max-abs-value", "3"]);
+    assert!(e.contains("'F1'") && e.contains("data row 4"), "{e}");
+    let mut a = args(&huge);
+    a.extend(
+        ["--k", "2", "--m", "2", "--max-abs-value", "inf"]
+            .iter()
+            .map(|x| x.to_string()),
+    );
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::remove_file(&out).unwrap();
+    // 8. a duplicate column name in Parquet and Arrow: refused, named.
+    let t = read_table(&synth(dir.path(), "syn.parquet")).unwrap();
+    let j = t.schema().index_of("Feature_004").unwrap();
+    let mut fields: Vec<arrow_schema::Field> =
+        t.schema().fields().iter().map(|f| (**f).clone()).collect();
+    let mut cols = t.columns().to_vec();
+    fields.push(fields[j].clone());
+    cols.push(cols[j].clone());
+    let dup = arrow_array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow_schema::Schema::new(fields)),
+        cols,
+    )
+    .unwrap();
+    for name in ["dup.parquet", "dup.arrow"] {
+        let p = dir.path().join(name);
+        balans::io::table::write_table(&p, &dup).unwrap();
+        let e = fails_on(&p, &[]);
+        assert!(
+            e.contains(name) && e.contains("'Feature_004'") && e.contains("more than once"),
+            "{e}"
+        );
+    }
+}

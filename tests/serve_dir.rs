@@ -6,7 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use balans::io::table::read_table;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow_schema::{Field, Schema};
+use balans::io::table::{read_table, write_table};
 
 mod common;
 use common::*;
@@ -202,4 +206,257 @@ fn graceful_shutdown_on_sigterm_and_torn_log_tail() {
     let o = bin().args(&args2).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(outputs(&outbox).len(), 2);
+}
+
+// ------------------------------------------------ issue 15: bad inputs
+
+/// `t` with column `name` replaced by `col`.
+fn with_column(t: &RecordBatch, name: &str, col: ArrayRef) -> RecordBatch {
+    let i = t.schema().index_of(name).unwrap();
+    let mut cols = t.columns().to_vec();
+    let mut fields: Vec<Field> = t.schema().fields().iter().map(|f| (**f).clone()).collect();
+    fields[i] = Field::new(name, col.data_type().clone(), true);
+    cols[i] = col;
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+}
+
+/// `t` with every plate id set to `id`.
+fn renamed(t: &RecordBatch, id: &str) -> RecordBatch {
+    let ids: ArrayRef = Arc::new(StringArray::from(vec![id; t.num_rows()]));
+    with_column(t, "Metadata_Plate", ids)
+}
+
+fn reason(inbox: &Path, file: &str) -> String {
+    std::fs::read_to_string(inbox.join("dlq").join(format!("{file}.reason.txt")))
+        .unwrap_or_else(|e| panic!("{file}: no reason file: {e}"))
+}
+
+/// Cases 6, 7, 8, 12, 13 and the smaller ones: every bad file goes to
+/// dlq/ with its reason, the good plates are published, the daemon exits 0.
+#[test]
+fn bad_plate_files_are_dead_lettered_and_the_feed_goes_on() {
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
+    let (p0, t0) = &st.plates[0];
+    drop_plate(&inbox, &format!("{p0}.arrow"), t0);
+    // Re-encoded copy of the same plate (Parquet, other name): a replay.
+    drop_plate(&inbox, "zz_reencoded.parquet", t0);
+    let t1 = &st.plates[1].1;
+    // 6. one text cell in a feature column (CSV).
+    let csv = "Metadata_Batch,Metadata_Plate,Metadata_Label,Feature_000,Feature_001\n\
+               Batch01,PT,DMSO,1.0,2.0\nBatch01,PT,x,1.5,oops\nBatch01,PT,y,2.0,3.0\n";
+    std::fs::write(inbox.join("zz_text.csv"), csv).unwrap();
+    // 7. an extreme value.
+    let f = t1.column(t1.schema().index_of("Feature_003").unwrap());
+    let mut v: Vec<f64> = f
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    v[4] = 1e300;
+    drop_plate(
+        &inbox,
+        "zz_huge.arrow",
+        &with_column(t1, "Feature_003", Arc::new(Float64Array::from(v))),
+    );
+    // 8. a duplicate column name (Parquet allows it).
+    let mut fields: Vec<Field> = t1.schema().fields().iter().map(|f| (**f).clone()).collect();
+    let mut cols = t1.columns().to_vec();
+    let j = t1.schema().index_of("Feature_002").unwrap();
+    fields.push(fields[j].clone());
+    cols.push(cols[j].clone());
+    let dup = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    drop_plate(&inbox, "zz_dup.parquet", &dup);
+    // Missing model feature: the reason names the file.
+    let k = t1.schema().index_of("Feature_007").unwrap();
+    let keep: Vec<usize> = (0..t1.num_columns()).filter(|&i| i != k).collect();
+    drop_plate(&inbox, "zz_missing.arrow", &t1.project(&keep).unwrap());
+    // Non-finite: the reason does not suggest --impute (serve has no such flag).
+    std::fs::write(
+        inbox.join("zz_nan.csv"),
+        "Metadata_Batch,Metadata_Plate,Feature_000\nBatch01,PX,1.0\nBatch01,PX,nan\n",
+    )
+    .unwrap();
+    // 13. over max_plate_bytes: dead-lettered without being read (garbage
+    // would otherwise be "unreadable").
+    std::fs::write(inbox.join("zz_big.parquet"), vec![7u8; 300_000]).unwrap();
+    // 12. a file that cannot be read (reading /proc/self/mem at offset 0
+    // fails with EIO, even as root, where mode 000 would not stop a read),
+    // and one whose move to dlq/ fails too (dlq/<name> is a directory).
+    #[cfg(target_os = "linux")]
+    {
+        std::os::unix::fs::symlink("/proc/self/mem", inbox.join("zz_unreadable.csv")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/mem", inbox.join("zz_stuck.csv")).unwrap();
+        std::fs::create_dir_all(inbox.join("dlq").join("zz_stuck.csv")).unwrap();
+    }
+    let mut args = serve_args(&st, &state, &inbox, &outbox);
+    args.push("--once".into());
+    let o = bin()
+        .args(&args)
+        .env("BALANS_SERVE__MAX_PLATE_BYTES", "250000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("corrected 1 plates, re-published 1"),
+        "{stdout}"
+    );
+    assert!(inbox.join("done/zz_reencoded.parquet").exists());
+
+    let r = reason(&inbox, "zz_text.csv");
+    assert!(
+        r.starts_with("schema:")
+            && r.contains("zz_text.csv")
+            && r.contains("Feature_001")
+            && r.contains("data row 2"),
+        "{r}"
+    );
+    let r = reason(&inbox, "zz_huge.arrow");
+    assert!(
+        r.starts_with("out_of_range:")
+            && r.contains("zz_huge.arrow")
+            && r.contains("Feature_003")
+            && r.contains("data row 5")
+            && !r.contains("--max-abs-value"),
+        "{r}"
+    );
+    let r = reason(&inbox, "zz_dup.parquet");
+    assert!(
+        r.starts_with("schema:") && r.contains("zz_dup.parquet") && r.contains("Feature_002"),
+        "{r}"
+    );
+    let r = reason(&inbox, "zz_missing.arrow");
+    assert!(
+        r.contains("zz_missing.arrow") && r.contains("Feature_007"),
+        "{r}"
+    );
+    let r = reason(&inbox, "zz_nan.csv");
+    assert!(
+        r.starts_with("non_finite:") && r.contains("data row 2") && !r.contains("--impute"),
+        "{r}"
+    );
+    let r = reason(&inbox, "zz_big.parquet");
+    assert!(
+        r.starts_with("oversized:") && r.contains("max_plate_bytes"),
+        "{r}"
+    );
+    #[cfg(target_os = "linux")]
+    {
+        let r = reason(&inbox, "zz_unreadable.csv");
+        assert!(
+            r.starts_with("unreadable:") && r.contains("zz_unreadable.csv"),
+            "{r}"
+        );
+        assert!(inbox
+            .join("dlq/zz_unreadable.csv")
+            .symlink_metadata()
+            .is_ok());
+        // Could not be moved: left in the inbox, skipped, the daemon went on.
+        assert!(inbox.join("zz_stuck.csv").symlink_metadata().is_ok());
+    }
+}
+
+/// Cases 10 and 11: output names are injective and short enough, and a
+/// restart after a long plate id makes progress.
+#[test]
+fn output_names_are_injective_and_fit_the_file_system() {
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
+    let long = "L".repeat(300);
+    let ids = ["X/Y", "X_Y", long.as_str()];
+    for (i, id) in ids.iter().enumerate() {
+        drop_plate(
+            &inbox,
+            &format!("p{i}.arrow"),
+            &renamed(&st.plates[i].1, id),
+        );
+    }
+    let mut args = serve_args(&st, &state, &inbox, &outbox);
+    args.push("--once".into());
+    for _ in 0..2 {
+        let o = bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let outs = outputs(&outbox);
+    assert_eq!(outs.len(), 3, "{outs:?}");
+    assert!(outs.contains(&"X%2FY.parquet".to_string()), "{outs:?}");
+    assert!(outs.contains(&"X_Y.parquet".to_string()), "{outs:?}");
+    assert!(outs.iter().all(|n| n.len() < 255), "{outs:?}");
+    for i in 0..3 {
+        assert!(inbox.join(format!("done/p{i}.arrow")).exists());
+    }
+    let qc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outbox.join("X%2FY.qc.json")).unwrap()).unwrap();
+    assert_eq!(qc["plate"], "X/Y");
+}
+
+/// Case 9 and the outbox's leftovers: a CSV written in place is read only
+/// once complete; temporary names are ignored; `*.tmp-<pid>` files left by
+/// a killed daemon are removed at start.
+#[test]
+fn inbox_files_are_read_only_once_complete() {
+    let st = data();
+    let (state, inbox, outbox) = st.dirs();
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::fs::write(outbox.join("P.parquet.tmp-99999"), b"half").unwrap();
+    std::fs::write(outbox.join(".P.qc.json.tmp"), b"half").unwrap();
+    let (p0, t0) = &st.plates[0];
+    let staging = st.dir.path().join("whole.csv");
+    write_table(&staging, t0).unwrap();
+    let text = std::fs::read_to_string(&staging).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let head = lines[..4].join("\n") + "\n";
+    let tail = lines[4..].join("\n") + "\n";
+    // Temporary names of a complete plate: never read.
+    drop_plate(&inbox, ".hidden.arrow", &st.plates[1].1);
+    std::fs::copy(&staging, inbox.join("copy.csv.part")).unwrap();
+    let child = bin()
+        .args(serve_args(&st, &state, &inbox, &outbox))
+        .spawn()
+        .unwrap();
+    let mut child = scopeguard(child);
+    std::thread::sleep(Duration::from_millis(1500)); // the daemon is up
+    let path = inbox.join(format!("{p0}.csv"));
+    std::fs::write(&path, &head).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, tail.as_bytes()).unwrap();
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs(&outbox).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    assert_eq!(outputs(&outbox), vec![format!("{p0}.parquet")]);
+    let out = read_table(&outbox.join(format!("{p0}.parquet"))).unwrap();
+    assert_eq!(
+        out.num_rows(),
+        t0.num_rows(),
+        "the whole plate, not its first rows"
+    );
+    assert!(inbox.join(".hidden.arrow").exists());
+    assert!(inbox.join("copy.csv.part").exists());
+    assert!(!outbox.join("P.parquet.tmp-99999").exists());
+    assert!(!outbox.join(".P.qc.json.tmp").exists());
+}
+
+/// Kills the child when dropped (a failed assertion does not leak it).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
 }

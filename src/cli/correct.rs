@@ -52,6 +52,9 @@ pub struct CorrectArgs {
     /// Remove feature columns with NaN/inf/null values from the output (default: error).
     #[arg(long)]
     pub drop_features: bool,
+    /// Refuse the table when a feature value's magnitude exceeds this (a damaged cell or a unit error); `inf` = no check [default: 1e12].
+    #[arg(long)]
+    pub max_abs_value: Option<f64>,
     /// Biological label column, used only for the before/after summary.
     #[arg(long)]
     pub label_col: Option<String>,
@@ -158,6 +161,13 @@ impl CorrectArgs {
         }
         if let Some(v) = &self.label_col {
             c.label_col = Some(v.clone());
+        }
+        if let Some(v) = self.max_abs_value {
+            anyhow::ensure!(
+                v > 0.0,
+                "--max-abs-value must be positive (inf turns the check off), got {v}"
+            );
+            c.max_abs_value = v;
         }
         let m = &mut cfg.method;
         macro_rules! set {

@@ -25,7 +25,8 @@
 //! 5. the feature columns (numeric, not `Metadata_*`, not excluded; at
 //!    least one — `Schema`) and their values under the non-finite policy
 //!    ([`NonFinite`](super::error::LoadErrorKind::NonFinite), naming column
-//!    and data row);
+//!    and data row) and the magnitude bound `max_abs_value`
+//!    ([`OutOfRange`](super::error::LoadErrorKind::OutOfRange));
 //! 6. the control rows: the selector's column exists (`Schema`) and, for a
 //!    whole table ([`Scope::Table`]), at least one row matches it (`Schema`;
 //!    a typo in the value would otherwise silently turn the controls off).
@@ -59,7 +60,9 @@ use regex::Regex;
 
 use crate::io::error::LoadError;
 use crate::io::layout::CorrectConfig;
-use crate::io::profile::{self, ControlSelector, FeatureColumns, NonFinitePolicy};
+use crate::io::profile::{
+    self, ControlSelector, FeatureColumns, NonFinitePolicy, ValueRules, DEFAULT_MAX_ABS_VALUE,
+};
 use crate::io::table;
 use crate::method::fit::Dataset;
 
@@ -93,6 +96,8 @@ pub struct LoadSpec {
     pub non_finite: NonFinitePolicy,
     /// Biological label column, read (and required) when set.
     pub label_col: Option<String>,
+    /// Largest accepted feature magnitude (`[correct] max_abs_value`).
+    pub max_abs_value: f64,
 }
 
 impl LoadSpec {
@@ -107,6 +112,7 @@ impl LoadSpec {
             exclude: None,
             non_finite: NonFinitePolicy::Error,
             label_col: None,
+            max_abs_value: DEFAULT_MAX_ABS_VALUE,
         }
     }
 
@@ -143,6 +149,7 @@ impl LoadSpec {
             exclude,
             non_finite: cfg.non_finite,
             label_col: cfg.label_col.clone(),
+            max_abs_value: cfg.max_abs_value,
         })
     }
 
@@ -203,7 +210,13 @@ impl ProfileTable {
     /// [`Unreadable`](super::error::LoadErrorKind::Unreadable).
     pub fn load(path: &Path, spec: &LoadSpec) -> Result<ProfileTable, LoadError> {
         tracing::info!(input = %path.display(), "reading table");
-        let table = table::read_table(path).map_err(|e| LoadError::unreadable(&e))?;
+        let table = table::read_table(path).map_err(|e| {
+            if table::is_layout_error(&e) {
+                LoadError::schema(format!("{e:#}"))
+            } else {
+                LoadError::unreadable(&e)
+            }
+        })?;
         ProfileTable::from_table(table, spec, &path.display().to_string())
     }
 
@@ -231,7 +244,22 @@ impl ProfileTable {
             .map(|col| profile::text_column(&table, col, source))
             .transpose()?;
         let columns = profile::select_features(&table, spec.exclude.as_ref(), source)?;
-        let fm = profile::extract_features(&table, columns, spec.non_finite, source)?;
+        let text = profile::text_non_metadata(&table);
+        if spec.scope == Scope::Table && !text.is_empty() {
+            tracing::warn!(
+                source,
+                count = text.len(),
+                columns = %text.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                "non-numeric columns without the Metadata_ prefix pass through uncorrected"
+            );
+        }
+        let rules = ValueRules {
+            non_finite: spec.non_finite,
+            max_abs_value: spec.max_abs_value,
+            // The daemon has no --impute / --max-abs-value flags to suggest.
+            flag_hints: spec.scope == Scope::Table,
+        };
+        let fm = profile::extract_features_with(&table, columns, &rules, source)?;
         if !fm.dropped.is_empty() {
             tracing::warn!(
                 source,

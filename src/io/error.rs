@@ -26,6 +26,9 @@ pub enum LoadErrorKind {
     NonFinite,
     /// The table has no rows.
     Empty,
+    /// A finite feature value beyond the magnitude bound
+    /// ([`ValueRules::max_abs_value`](crate::io::profile::ValueRules)).
+    OutOfRange,
 }
 
 impl LoadErrorKind {
@@ -36,6 +39,7 @@ impl LoadErrorKind {
             LoadErrorKind::Schema => "schema",
             LoadErrorKind::NonFinite => "non_finite",
             LoadErrorKind::Empty => "empty",
+            LoadErrorKind::OutOfRange => "out_of_range",
         }
     }
 }
@@ -85,6 +89,11 @@ impl LoadError {
     /// [`LoadErrorKind::Empty`].
     pub fn empty(message: impl Into<String>) -> LoadError {
         LoadError::new(LoadErrorKind::Empty, message)
+    }
+
+    /// [`LoadErrorKind::OutOfRange`].
+    pub fn out_of_range(message: impl Into<String>) -> LoadError {
+        LoadError::new(LoadErrorKind::OutOfRange, message)
     }
 
     /// The class of the failure.

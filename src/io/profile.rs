@@ -116,6 +116,19 @@ pub fn select_features(
     Ok(FeatureColumns { indices, names })
 }
 
+/// Non-`Metadata_` columns that are not numeric: they pass through
+/// uncorrected (a table of text annotations without the prefix, or a
+/// feature read as text); the loader warns about them.
+pub(crate) fn text_non_metadata(batch: &RecordBatch) -> Vec<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with(METADATA_PREFIX) && !is_numeric(f.data_type()))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// Column values as f64 with nulls as NaN.
 fn column_f64(col: &ArrayRef) -> Option<Vec<f64>> {
     fn conv<T: arrow_array::ArrowPrimitiveType>(
@@ -193,6 +206,55 @@ pub fn extract_features(
     policy: NonFinitePolicy,
     source: &str,
 ) -> Result<FeatureMatrix, LoadError> {
+    let rules = ValueRules {
+        non_finite: policy,
+        ..ValueRules::default()
+    };
+    extract_features_with(batch, cols, &rules, source)
+}
+
+/// The default of [`ValueRules::max_abs_value`] (`[correct]
+/// max_abs_value`): 1e12. Raw CellProfiler features reach about 1e8
+/// (integrated intensities, areas in pixels), normalised ones are O(1-100);
+/// 1e12 leaves four orders of magnitude of margin above the largest real
+/// feature while still refusing the values that only a damaged file or a
+/// unit error produces (a single 1e300 moved other rows by 8.6 SD).
+pub const DEFAULT_MAX_ABS_VALUE: f64 = 1e12;
+
+/// What feature values are accepted: the non-finite policy and a magnitude
+/// bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValueRules {
+    /// Null, NaN and infinite values.
+    pub non_finite: NonFinitePolicy,
+    /// A finite value whose magnitude exceeds this is refused
+    /// ([`OutOfRange`](crate::io::error::LoadErrorKind::OutOfRange)); `inf`
+    /// turns the check off.
+    pub max_abs_value: f64,
+    /// Whether messages may suggest `balans correct`'s flags (`--impute`,
+    /// `--max-abs-value`): not for the daemon, which has none of them.
+    pub flag_hints: bool,
+}
+
+impl Default for ValueRules {
+    fn default() -> Self {
+        ValueRules {
+            non_finite: NonFinitePolicy::Error,
+            max_abs_value: DEFAULT_MAX_ABS_VALUE,
+            flag_hints: true,
+        }
+    }
+}
+
+/// [`extract_features`] under `rules`: also refuses, naming column, data
+/// row and value, a finite value above [`ValueRules::max_abs_value`].
+pub fn extract_features_with(
+    batch: &RecordBatch,
+    cols: FeatureColumns,
+    rules: &ValueRules,
+    source: &str,
+) -> Result<FeatureMatrix, LoadError> {
+    let policy = rules.non_finite;
     let n = batch.num_rows();
     if n == 0 {
         return Err(no_rows(source));
@@ -213,11 +275,15 @@ pub fn extract_features(
             match policy {
                 NonFinitePolicy::Error => {
                     return Err(LoadError::non_finite(format!(
-                        "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column); \
-                         use --impute or --drop-features to proceed",
+                        "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column){}",
                         bad[0] + 1,
                         describe(batch.column(ci), bad[0], v[bad[0]]),
-                        bad.len()
+                        bad.len(),
+                        if rules.flag_hints {
+                            "; use --impute or --drop-features to proceed"
+                        } else {
+                            ""
+                        }
                     )))
                 }
                 NonFinitePolicy::DropFeatures => {
@@ -238,6 +304,25 @@ pub fn extract_features(
                     imputed += bad.len();
                 }
             }
+        }
+        let big: Vec<usize> = (0..n)
+            .filter(|&r| v[r].abs() > rules.max_abs_value)
+            .collect();
+        if let Some(&r) = big.first() {
+            return Err(LoadError::out_of_range(format!(
+                "{source}: column '{name}', data row {}: value {} is beyond the bound of \
+                 {:e} in magnitude ({} such value(s) in this column); check the input, or raise \
+                 {}[correct] max_abs_value",
+                r + 1,
+                v[r],
+                rules.max_abs_value,
+                big.len(),
+                if rules.flag_hints {
+                    "--max-abs-value / "
+                } else {
+                    ""
+                }
+            )));
         }
         kept.indices.push(ci);
         kept.names.push(name.clone());
@@ -318,7 +403,10 @@ pub fn text_column(
 }
 
 /// Write corrected values back: same schema (minus `drop`), same order, each
-/// feature column in its original type (integers rounded, saturating).
+/// feature column in its original type. Integer columns are rounded and
+/// *saturated*: a corrected value outside the type's range (below 0 in an
+/// unsigned column, say) becomes the nearest value the type can hold, never
+/// a null, and the number of such values is logged as a warning per column.
 pub fn replace_features(
     batch: &RecordBatch,
     columns: &FeatureColumns,
@@ -345,29 +433,58 @@ pub fn replace_features(
             arrays.push(batch.column(i).clone());
             continue;
         };
-        let col = values.column(j);
-        let orig = batch.column(i);
-        let v: Vec<f64> = col.to_vec();
-        let arr: ArrayRef = match f.data_type() {
-            DataType::Float64 => Arc::new(Float64Array::from(v)),
-            DataType::Float32 => Arc::new(Float32Array::from(
-                v.iter().map(|x| *x as f32).collect::<Vec<_>>(),
-            )),
-            t => arrow_cast::cast(
-                &(Arc::new(Float64Array::from(
-                    v.iter().map(|x| x.round()).collect::<Vec<_>>(),
-                )) as ArrayRef),
-                t,
-            )
-            .with_context(|| format!("casting corrected column '{}' back to {t}", f.name()))?,
-        };
-        // Keep the input's nulls where it had them (only possible for features the
-        // policy imputed; the corrected value is kept there).
-        let _ = orig;
+        let v: Vec<f64> = values.column(j).to_vec();
+        let (arr, clamped) = saturating_array(&v, f.data_type())
+            .with_context(|| format!("corrected column '{}'", f.name()))?;
+        if clamped > 0 {
+            tracing::warn!(
+                column = %f.name(),
+                r#type = %f.data_type(),
+                clamped,
+                "corrected values outside the column type's range were clamped to it"
+            );
+        }
         arrays.push(arr);
     }
     let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+/// `v` as an array of type `t`, and how many values had to be clamped to
+/// its range. Floats are converted as is; integers are rounded, then
+/// saturated (Rust's `as` from a float clamps to the target's range).
+fn saturating_array(v: &[f64], t: &DataType) -> Result<(ArrayRef, usize)> {
+    fn ints<T: arrow_array::ArrowPrimitiveType>(
+        v: &[f64],
+        min: f64,
+        max: f64,
+        conv: impl Fn(f64) -> T::Native,
+    ) -> (ArrayRef, usize) {
+        let clamped = v
+            .iter()
+            .filter(|x| x.round() < min || x.round() > max)
+            .count();
+        let arr = PrimitiveArray::<T>::from_iter_values(v.iter().map(|x| conv(x.round())));
+        (Arc::new(arr), clamped)
+    }
+    Ok(match t {
+        DataType::Float64 => (Arc::new(Float64Array::from(v.to_vec())), 0),
+        DataType::Float32 => (
+            Arc::new(Float32Array::from(
+                v.iter().map(|x| *x as f32).collect::<Vec<_>>(),
+            )),
+            0,
+        ),
+        DataType::Int64 => ints::<Int64Type>(v, i64::MIN as f64, i64::MAX as f64, |x| x as i64),
+        DataType::Int32 => ints::<Int32Type>(v, i32::MIN.into(), i32::MAX.into(), |x| x as i32),
+        DataType::Int16 => ints::<Int16Type>(v, i16::MIN.into(), i16::MAX.into(), |x| x as i16),
+        DataType::Int8 => ints::<Int8Type>(v, i8::MIN.into(), i8::MAX.into(), |x| x as i8),
+        DataType::UInt64 => ints::<UInt64Type>(v, 0.0, u64::MAX as f64, |x| x as u64),
+        DataType::UInt32 => ints::<UInt32Type>(v, 0.0, u32::MAX.into(), |x| x as u32),
+        DataType::UInt16 => ints::<UInt16Type>(v, 0.0, u16::MAX.into(), |x| x as u16),
+        DataType::UInt8 => ints::<UInt8Type>(v, 0.0, u8::MAX.into(), |x| x as u8),
+        t => anyhow::bail!("cannot write a feature back to type {t}"),
+    })
 }
 
 /// Negative-control selector `COLUMN=VALUE`.
@@ -519,6 +636,41 @@ mod tests {
         assert_eq!(out.column(6).as_ref(), t.column(6).as_ref());
         let dropped = replace_features(&t, &m.columns, v.view(), &["Note".to_string()]).unwrap();
         assert_eq!(dropped.num_columns(), 6);
+    }
+
+    #[test]
+    fn integers_are_saturated_never_null() {
+        let v = [-3.4, 0.4, 70000.0, 12.6];
+        let (a, clamped) = saturating_array(&v, &DataType::UInt16).unwrap();
+        let a = a.as_primitive::<UInt16Type>();
+        assert_eq!(a.null_count(), 0);
+        assert_eq!(a.values().to_vec(), vec![0, 0, u16::MAX, 13]);
+        assert_eq!(clamped, 2);
+        let (a, clamped) = saturating_array(&[-1e30, 1e30], &DataType::Int64).unwrap();
+        let a = a.as_primitive::<Int64Type>();
+        assert_eq!(a.values().to_vec(), vec![i64::MIN, i64::MAX]);
+        assert_eq!(clamped, 2);
+        let (_, clamped) = saturating_array(&[-1e30], &DataType::Float32).unwrap();
+        assert_eq!(clamped, 0);
+    }
+
+    #[test]
+    fn values_beyond_the_bound_are_out_of_range() {
+        let t = table();
+        let f = select_features(&t, None, "t.csv").unwrap();
+        let rules = ValueRules {
+            non_finite: NonFinitePolicy::Impute,
+            max_abs_value: 25.0,
+            flag_hints: false,
+        };
+        let e = extract_features_with(&t, f, &rules, "t.csv").unwrap_err();
+        assert_eq!(e.kind(), crate::io::error::LoadErrorKind::OutOfRange);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("t.csv") && msg.contains("Nuclei_Count") && msg.contains("data row 3"),
+            "{msg}"
+        );
+        assert!(!msg.contains("--max-abs-value"), "{msg}");
     }
 
     #[test]

@@ -30,6 +30,13 @@
 //!   [`crate::io::profile`] instead of silently turning a feature into text.
 //!   A non-metadata column whose cells are all empty becomes an all-null
 //!   `Float64` column.
+//! * A non-metadata column whose cells are *mostly* numbers but not all is
+//!   an error naming the column and the first bad cell's data row: it is a
+//!   feature column with a damaged cell, and reading it as text would leave
+//!   the feature silently uncorrected. A column of text (at least half its
+//!   non-empty cells) is read as `Utf8` and passes through.
+//! * Column names must be unique, in every format (Parquet and Arrow allow
+//!   duplicates; lookups by name would take the first copy).
 //! * Empty cells are nulls (so an empty *string* does not survive a CSV
 //!   round trip; it comes back as null).
 //!
@@ -119,17 +126,14 @@ pub fn read_table(path: &Path) -> Result<RecordBatch> {
 }
 
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
-    match format {
+    let batch = match format {
         Format::Parquet => {
             let file = File::open(path)?;
-            read_parquet(file)
+            read_parquet(file)?
         }
         Format::ArrowIpc => {
             let file = File::open(path)?;
-            let reader = arrow_ipc::reader::FileReader::try_new_buffered(file, None)?;
-            let schema = reader.schema();
-            let batches = reader.collect::<Result<Vec<_>, _>>()?;
-            Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+            read_ipc_file(file)?
         }
         Format::Csv | Format::CsvGz => {
             let gz = format == Format::CsvGz;
@@ -141,9 +145,66 @@ fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
                     Box::new(BufReader::new(file))
                 })
             };
-            read_csv(open)
+            read_csv(open)?
+        }
+    };
+    check_unique_names(batch.schema_ref())?;
+    Ok(batch)
+}
+
+/// Decode a whole file already in memory, in `format` (the daemon reads a
+/// plate file once, then hashes and decodes the same bytes, so what is
+/// decoded is exactly what was checked). Same rules as [`read_table`].
+pub fn decode_table(bytes: &[u8], format: Format) -> Result<RecordBatch> {
+    let batch = match format {
+        Format::Parquet => read_parquet(bytes::Bytes::copy_from_slice(bytes))?,
+        Format::ArrowIpc => read_ipc_file(Cursor::new(bytes))?,
+        Format::Csv => read_csv(|| Ok(Box::new(Cursor::new(bytes)) as Box<dyn BufRead>))?,
+        Format::CsvGz => read_csv(|| {
+            Ok(
+                Box::new(BufReader::new(MultiGzDecoder::new(Cursor::new(bytes))))
+                    as Box<dyn BufRead>,
+            )
+        })?,
+    };
+    check_unique_names(batch.schema_ref())?;
+    Ok(batch)
+}
+
+fn read_ipc_file<R: std::io::Read + std::io::Seek>(source: R) -> Result<RecordBatch> {
+    let reader = arrow_ipc::reader::FileReader::try_new_buffered(source, None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+/// A readable table whose layout is wrong (duplicate column names, a
+/// feature column with text cells): the daemon dead-letters it as `schema`,
+/// not `unreadable`. Found in an error's chain by [`is_layout_error`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LayoutError(pub String);
+
+/// Whether `e` (or its cause) is a [`LayoutError`].
+pub fn is_layout_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<LayoutError>())
+}
+
+/// Refuse a table with two columns of the same name (Parquet and Arrow
+/// allow it; every lookup by name would silently take the first copy). The
+/// message names the column; the caller's context names the file.
+pub fn check_unique_names(schema: &Schema) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for f in schema.fields() {
+        if !seen.insert(f.name().as_str()) {
+            return Err(LayoutError(format!(
+                "the column name '{}' appears more than once (columns are looked up by name)",
+                f.name()
+            ))
+            .into());
         }
     }
+    Ok(())
 }
 
 /// Write `batch` to `path` atomically, in the format given by its extension.
@@ -234,6 +295,16 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     Ok(path.with_file_name(tmp_name))
 }
 
+/// fsync the directory `dir`, making renames into and out of it durable
+/// (a no-op off Unix).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Make the rename durable. Failing here cannot corrupt the (already
 /// complete) output, so it is best effort.
 fn sync_parent_dir(path: &Path) {
@@ -309,6 +380,7 @@ pub fn decode_ipc_stream(bytes: &[u8]) -> Result<RecordBatch> {
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .context("cannot decode Arrow IPC stream: bad record batch")?;
+    check_unique_names(&schema).context("cannot decode Arrow IPC stream")?;
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
@@ -325,7 +397,10 @@ pub fn encode_ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 /// Decode an in-memory Parquet file into one batch.
 pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
-    read_parquet(bytes::Bytes::copy_from_slice(bytes)).context("cannot decode Parquet bytes")
+    let batch = read_parquet(bytes::Bytes::copy_from_slice(bytes))
+        .context("cannot decode Parquet bytes")?;
+    check_unique_names(batch.schema_ref()).context("cannot decode Parquet bytes")?;
+    Ok(batch)
 }
 
 /// Encode one batch as an in-memory Parquet file (zstd-compressed).
@@ -364,21 +439,66 @@ enum Inferred {
 }
 
 impl Inferred {
-    fn update(self, cell: &str) -> Inferred {
-        match self {
-            Inferred::Text => Inferred::Text,
-            Inferred::Empty | Inferred::Int if cell.parse::<i64>().is_ok() => Inferred::Int,
-            _ if parse_float(cell).is_some() => Inferred::Float,
-            _ => Inferred::Text,
-        }
-    }
-
     fn data_type(self) -> DataType {
         match self {
             Inferred::Int => DataType::Int64,
             Inferred::Empty | Inferred::Float => DataType::Float64,
             Inferred::Text => DataType::Utf8,
         }
+    }
+}
+
+/// What pass 1 saw in one non-metadata CSV column: the numeric type of its
+/// numeric cells, how many cells are numbers and how many are text, and the
+/// first text cell (data row, value).
+#[derive(Debug, Clone, Default)]
+struct ColumnScan {
+    numeric: Option<Inferred>,
+    numbers: usize,
+    texts: usize,
+    first_text: Option<(usize, String)>,
+}
+
+impl ColumnScan {
+    fn see(&mut self, row: usize, cell: &str) {
+        let kind = if cell.parse::<i64>().is_ok() {
+            Inferred::Int
+        } else if parse_float(cell).is_some() {
+            Inferred::Float
+        } else {
+            self.texts += 1;
+            if self.first_text.is_none() {
+                self.first_text = Some((row, cell.to_string()));
+            }
+            return;
+        };
+        self.numbers += 1;
+        self.numeric = Some(self.numeric.map_or(kind, |k| k.max(kind)));
+    }
+
+    /// The column's type: numeric when every non-empty cell is a number,
+    /// text when text cells are at least half of them. A column of numbers
+    /// with a few text cells is neither: it is a feature column with bad
+    /// cells, and reading it as text would silently leave the feature
+    /// uncorrected, so it is an error naming the column and the first bad
+    /// cell.
+    fn decide(&self, name: &str) -> Result<Inferred> {
+        if self.texts == 0 {
+            return Ok(self.numeric.unwrap_or(Inferred::Empty));
+        }
+        if self.numbers > self.texts {
+            let (row, value) = self.first_text.clone().unwrap_or_default();
+            return Err(LayoutError(format!(
+                "column '{name}', data row {row}: value {value:?} is not a number, but {} \
+                 other cell(s) of this feature column are ({} text cell(s) in all); a column \
+                 whose name does not start with {METADATA_PREFIX} is a feature: fix the cell \
+                 (leave it empty for a missing value), or name the column {METADATA_PREFIX}... \
+                 if it is an annotation",
+                self.numbers, self.texts
+            ))
+            .into());
+        }
+        Ok(Inferred::Text)
     }
 }
 
@@ -397,7 +517,7 @@ enum ColumnBuilder {
 
 /// Read a CSV table. `open` is called twice (infer, then convert), each time
 /// returning a fresh reader positioned at the start of the text.
-fn read_csv(open: impl Fn() -> Result<Box<dyn BufRead>>) -> Result<RecordBatch> {
+fn read_csv<'a>(open: impl Fn() -> Result<Box<dyn BufRead + 'a>>) -> Result<RecordBatch> {
     let names = csv_header(open()?)?;
     // Everything is decoded as text; typing is ours (see module docs).
     let text_schema: SchemaRef = Arc::new(Schema::new(
@@ -412,31 +532,31 @@ fn read_csv(open: impl Fn() -> Result<Box<dyn BufRead>>) -> Result<RecordBatch> 
         .collect();
 
     // Pass 1: infer the type of each non-metadata column over all rows.
-    let mut inferred = vec![Inferred::Empty; names.len()];
+    let mut scans = vec![ColumnScan::default(); names.len()];
+    let mut rows_seen = 0usize;
     for chunk in csv_text_chunks(open()?, &text_schema)? {
         let chunk = chunk?;
-        for (c, state) in inferred.iter_mut().enumerate() {
-            if is_meta[c] || *state == Inferred::Text {
+        for (c, scan) in scans.iter_mut().enumerate() {
+            if is_meta[c] {
                 continue;
             }
             let col = text_column(&chunk, c)?;
-            for cell in col.iter().flatten() {
-                *state = state.update(cell);
-                if *state == Inferred::Text {
-                    break;
+            for (r, cell) in col.iter().enumerate() {
+                if let Some(cell) = cell {
+                    scan.see(rows_seen + r + 1, cell);
                 }
             }
         }
+        rows_seen += chunk.num_rows();
     }
-    let types: Vec<DataType> = (0..names.len())
-        .map(|c| {
-            if is_meta[c] {
-                DataType::Utf8
-            } else {
-                inferred[c].data_type()
-            }
-        })
-        .collect();
+    let mut types: Vec<DataType> = Vec::with_capacity(names.len());
+    for (c, scan) in scans.iter().enumerate() {
+        types.push(if is_meta[c] {
+            DataType::Utf8
+        } else {
+            scan.decide(&names[c])?.data_type()
+        });
+    }
 
     // Pass 2: convert into typed builders.
     let mut builders: Vec<ColumnBuilder> = types
@@ -504,7 +624,7 @@ fn read_csv(open: impl Fn() -> Result<Box<dyn BufRead>>) -> Result<RecordBatch> 
 
 /// Column names from the header row; errors on a missing header or
 /// duplicate names (lookups by name would be ambiguous).
-fn csv_header(reader: Box<dyn BufRead>) -> Result<Vec<String>> {
+fn csv_header(reader: Box<dyn BufRead + '_>) -> Result<Vec<String>> {
     let (schema, _) = arrow_csv::reader::Format::default()
         .with_header(true)
         .infer_schema(reader, Some(0))
@@ -522,10 +642,10 @@ fn csv_header(reader: Box<dyn BufRead>) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn csv_text_chunks(
-    reader: Box<dyn BufRead>,
+fn csv_text_chunks<'a>(
+    reader: Box<dyn BufRead + 'a>,
     text_schema: &SchemaRef,
-) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + 'a> {
     let reader = arrow_csv::ReaderBuilder::new(Arc::clone(text_schema))
         .with_header(true)
         .with_batch_size(CSV_CHUNK_ROWS)

@@ -34,15 +34,18 @@ pub enum RejectReason {
     Empty,
     /// A plate id already incorporated with different content.
     Duplicate,
-    /// Larger than the configured limit (Kafka mode; chunk reassembly).
+    /// Larger than the configured limit (`[kafka] max_plate_bytes`, chunk
+    /// reassembly; `[serve] max_plate_bytes` for inbox files).
     Oversized,
     /// The model could not take the plate (e.g. cannot bootstrap from it).
     Model,
+    /// A feature value beyond `[correct] max_abs_value` in magnitude.
+    OutOfRange,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Unreadable,
         RejectReason::Schema,
         RejectReason::NonFinite,
@@ -50,6 +53,7 @@ impl RejectReason {
         RejectReason::Duplicate,
         RejectReason::Oversized,
         RejectReason::Model,
+        RejectReason::OutOfRange,
     ];
 
     /// The `reason` label value.
@@ -62,6 +66,7 @@ impl RejectReason {
             RejectReason::Duplicate => "duplicate",
             RejectReason::Oversized => "oversized",
             RejectReason::Model => "model",
+            RejectReason::OutOfRange => "out_of_range",
         }
     }
 }
@@ -113,6 +118,7 @@ impl From<LoadError> for Rejection {
             LoadErrorKind::Schema => RejectReason::Schema,
             LoadErrorKind::NonFinite => RejectReason::NonFinite,
             LoadErrorKind::Empty => RejectReason::Empty,
+            LoadErrorKind::OutOfRange => RejectReason::OutOfRange,
         };
         Rejection::new(reason, e.message())
     }
