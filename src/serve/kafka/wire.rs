@@ -129,6 +129,11 @@ pub fn decode_payload(
         }
     };
     r.map_err(|e| {
+        // A readable table with a bad layout (a column name twice) is a
+        // schema rejection, as in the directory mode.
+        if crate::io::table::is_layout_error(&e) {
+            return Rejection::new(RejectReason::Schema, format!("{source}: {e:#}"));
+        }
         Rejection::new(
             RejectReason::Unreadable,
             format!(
@@ -204,5 +209,24 @@ mod tests {
         );
         assert!(check_schema_version(Some("2")).is_err());
         assert!(check_schema_version(Some("1")).is_ok());
+    }
+
+    /// A payload whose table names a column twice is a `schema` rejection
+    /// (as in the directory mode), naming the column and the message.
+    #[test]
+    fn duplicate_column_names_are_a_schema_rejection() {
+        let a = Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.0])) as arrow_array::ArrayRef;
+        let schema = Arc::new(arrow_schema::Schema::new(vec![
+            arrow_schema::Field::new("x", arrow_schema::DataType::Float64, false),
+            arrow_schema::Field::new("x", arrow_schema::DataType::Float64, false),
+        ]));
+        let t = RecordBatch::try_new(schema, vec![a.clone(), a]).unwrap();
+        let ipc = crate::io::table::encode_ipc_stream(&t).unwrap();
+        let e = decode_payload(&ipc, Encoding::ArrowStream, "t/0@9").unwrap_err();
+        assert_eq!(e.reason, RejectReason::Schema, "{e:?}");
+        assert!(
+            e.message.contains("t/0@9") && e.message.contains('x'),
+            "{e:?}"
+        );
     }
 }
