@@ -20,10 +20,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::method::align::{point_offsets, DenseFeatures};
+use crate::method::blocked::knn_blocked;
 use crate::method::index::{build_batch_indices, BatchIndex};
 use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
@@ -105,6 +107,9 @@ pub struct Summary {
     pub corrected_features: usize,
     /// Plates centred on all rows for lack of controls.
     pub plates_without_controls: usize,
+    /// Rows the sampling fit ran on (all rows, or the `fit_rows`
+    /// subsample; the others took their offsets from it).
+    pub fit_rows: usize,
     /// Neighbour-space dimensions used.
     pub neighbor_dims: usize,
     /// Neighbour space used: `whitened` (on the controls) or `pca`.
@@ -209,19 +214,24 @@ fn correct_in_pool(
         _ => false,
     };
     let kind = params.index_kind();
+    // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
+    // stratified subsample; the other rows take their offsets from their
+    // nearest subsample rows (docs/performance.md).
+    let subset = fit_subset(&batch_of, n_batches, params);
+    let n_fit = subset.as_ref().map_or(n, |s| s.len());
     let budget_rows = if params.exact {
         n
     } else {
-        ((params.budget * n as f64).ceil() as usize)
+        ((params.budget * n_fit as f64).ceil() as usize)
             .max(params.min_landmarks)
-            .min(n)
+            .min(n_fit)
     };
     let coverage_target = if params.exact {
         f64::INFINITY
     } else {
         params.coverage_target
     };
-    let round_rows = ((params.round_fraction * n as f64).ceil() as usize).max(16);
+    let round_rows = ((params.round_fraction * n_fit as f64).ceil() as usize).max(16);
     let cfg = SamplingConfig::from_params(params, budget_rows, coverage_target, round_rows);
     // Whether the trust test weighs kernel mass at a (calibrated) width.
     let width_used = params.trust > 0.0 && params.trust_rule.uses_mass();
@@ -236,23 +246,38 @@ fn correct_in_pool(
             &format!("round {}/{}: indexing", round + 1, params.rounds),
             1,
         );
-        let indices = build_batch_indices(y.view(), &batch_of, n_batches, kind, threads)?;
+        // The rows the fit samples from: all, or the subsample (its own
+        // copies, row t = subsample row `subset[t]`).
+        let sub = subset.as_ref().map(|s| {
+            (
+                y.select(Axis(0), s),
+                current.select(Axis(0), s),
+                s.iter().map(|&i| batch_of[i]).collect::<Vec<u32>>(),
+                data.controls
+                    .map(|m| s.iter().map(|&i| m[i]).collect::<Vec<bool>>()),
+            )
+        });
+        let (y_fit, current_fit, batch_fit, controls_fit) = match &sub {
+            Some((a, b, c, m)) => (a.view(), b.view(), c.as_slice(), m.as_deref()),
+            None => (y.view(), current.view(), batch_of.as_slice(), data.controls),
+        };
+        let indices = build_batch_indices(y_fit, batch_fit, n_batches, kind, threads)?;
         let index_seconds = t0.elapsed().as_secs_f64();
         progress.stage(
             &format!("round {}/{}: sampling", round + 1, params.rounds),
             budget_rows as u64,
         );
         let mut cfg = cfg.clone();
-        if let (Some(mask), true) = (data.controls, width_used) {
+        if let (Some(mask), true) = (controls_fit, width_used) {
             if let Some(width) =
-                calibrate_trust(y.view(), &batch_of, &indices, mask, params, round as u64)?
+                calibrate_trust(y_fit, batch_fit, &indices, mask, params, round as u64)?
             {
                 cfg.trust = params.trust * width;
             }
         }
         trust_widths.push(if width_used { cfg.trust } else { 0.0 });
-        let cache = ScaleCache::new(n, n_batches, params.k);
-        let rows = MatrixRows::new(y.view(), &batch_of)?;
+        let cache = ScaleCache::new(n_fit, n_batches, params.k);
+        let rows = MatrixRows::new(y_fit, batch_fit)?;
         let index_refs: Vec<&BatchIndex> = indices.iter().collect();
         let s = sample(&rows, &index_refs, &cache, &cfg, None, None, &|done| {
             progress.set(done as u64)
@@ -263,15 +288,25 @@ fn correct_in_pool(
             1,
         );
         let own = |j: usize| -> Result<Vec<u32>> {
-            let q: Vec<f32> = y.row(j).iter().copied().collect();
-            let nb = indices[batch_of[j] as usize].search(&q, params.k.max(params.m))?;
+            let q: Vec<f32> = y_fit.row(j).iter().copied().collect();
+            let nb = indices[batch_fit[j] as usize].search(&q, params.k.max(params.m))?;
             Ok(nb.iter().map(|n| n.key as u32).collect())
         };
         let feats = DenseFeatures {
-            z: current.view(),
-            batch_of: &batch_of,
+            z: current_fit,
+            batch_of: batch_fit,
         };
-        let off = point_offsets(&feats, n_batches, &s.rows, 0..n, None, &own)?;
+        let mut off = point_offsets(&feats, n_batches, &s.rows, 0..n_fit, None, &own)?;
+        if let Some(ids) = &subset {
+            off.values = interpolate_offsets(
+                y.view(),
+                &batch_of,
+                ids,
+                batch_fit,
+                off.values.view(),
+                params.k.max(params.m),
+            );
+        }
         let mean_offset = off
             .values
             .rows()
@@ -318,6 +353,7 @@ fn correct_in_pool(
         features: d,
         corrected_features: varying.len(),
         plates_without_controls: norm.plates_without_controls.len(),
+        fit_rows: n_fit,
         neighbor_dims: pca.dims(),
         neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
         trust_rule: if params.trust > 0.0 {
@@ -396,4 +432,92 @@ fn calibrate_trust(
     ratios.sort_by(|a, b| a.total_cmp(b));
     let q = ratios[((ratios.len() as f64 * 0.9) as usize).min(ratios.len() - 1)];
     Ok(Some(q.max(1e-3)))
+}
+
+/// The rows the sampling fit runs on when the table has more than
+/// `params.fit_rows` rows (and the fit is not exact): `fit_rows` rows drawn
+/// per batch in proportion to its size (at least `min(size, 2k)` of each
+/// batch, so every batch keeps a scale's worth of rows), seeded, sorted.
+/// `None` = all rows.
+pub(crate) fn fit_subset(
+    batch_of: &[u32],
+    n_batches: usize,
+    params: &Params,
+) -> Option<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let n = batch_of.len();
+    if params.exact || params.fit_rows == 0 || n <= params.fit_rows {
+        return None;
+    }
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n_batches];
+    for (i, &b) in batch_of.iter().enumerate() {
+        if let Some(m) = members.get_mut(b as usize) {
+            m.push(i);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed ^ 0x5eed_f17);
+    let mut out = Vec::with_capacity(params.fit_rows + n_batches);
+    for m in &mut members {
+        let share = (params.fit_rows as f64 * m.len() as f64 / n as f64).round() as usize;
+        let take = share.max(2 * params.k).min(m.len());
+        m.shuffle(&mut rng);
+        out.extend_from_slice(&m[..take]);
+    }
+    out.sort_unstable();
+    Some(out)
+}
+
+/// Offsets of every row from those of the fitted subsample `ids` (row t of
+/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): a subsample row keeps
+/// its own; any other row takes the mean offset of its `k` nearest
+/// subsample rows of its batch (exact, blocked: [`knn_blocked`]) — the rule
+/// the fit already uses for rows no landmark retained.
+fn interpolate_offsets(
+    y: ArrayView2<f32>,
+    batch_of: &[u32],
+    ids: &[usize],
+    batch_fit: &[u32],
+    fitted: ArrayView2<f64>,
+    k: usize,
+) -> Array2<f64> {
+    let (n, d) = (y.nrows(), fitted.ncols());
+    let n_batches = batch_of.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
+    let mut in_fit = vec![false; n];
+    let mut out = Array2::<f64>::zeros((n, d));
+    for (t, &i) in ids.iter().enumerate() {
+        in_fit[i] = true;
+        out.row_mut(i).assign(&fitted.row(t));
+    }
+    for c in 0..n_batches as u32 {
+        let base_pos: Vec<usize> = (0..ids.len()).filter(|&t| batch_fit[t] == c).collect();
+        let targets: Vec<usize> = (0..n).filter(|&i| batch_of[i] == c && !in_fit[i]).collect();
+        if targets.is_empty() || base_pos.is_empty() {
+            continue;
+        }
+        let base_rows: Vec<usize> = base_pos.iter().map(|&t| ids[t]).collect();
+        let base = y.select(Axis(0), &base_rows);
+        let queries = y.select(Axis(0), &targets);
+        let nb = knn_blocked(queries.view(), base.view(), k);
+        let kk = k.min(base_pos.len());
+        let mut vals = vec![0f64; targets.len() * d];
+        vals.par_chunks_mut(d)
+            .zip(nb.par_chunks(kk))
+            .for_each(|(o, near)| {
+                for m in near {
+                    for (a, v) in o.iter_mut().zip(fitted.row(base_pos[m.key as usize])) {
+                        *a += v;
+                    }
+                }
+                for a in o.iter_mut() {
+                    *a /= kk as f64;
+                }
+            });
+        for (&i, v) in targets.iter().zip(vals.chunks_exact(d)) {
+            for (o, x) in out.row_mut(i).iter_mut().zip(v) {
+                *o = *x;
+            }
+        }
+    }
+    out
 }

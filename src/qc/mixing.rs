@@ -20,6 +20,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::method::index::l2sq;
 use crate::method::pca::Pca;
 
 /// Rows used at most.
@@ -71,20 +72,29 @@ pub fn mixing_figures(
     let per_row: Vec<(f64, f64, f64)> = (0..n)
         .into_par_iter()
         .map(|i| {
+            let yi = y.row(i);
+            let yi = yi.as_slice().unwrap_or(&[]);
             let mut d: Vec<(f32, usize)> = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| {
-                    let dist = y
-                        .row(i)
-                        .iter()
-                        .zip(y.row(j).iter())
-                        .map(|(a, c)| (a - c) * (a - c))
-                        .sum::<f32>();
-                    (dist, j)
-                })
+                .map(|j| (l2sq(yi, y.row(j).as_slice().unwrap_or(&[])), j))
                 .collect();
-            d.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
-            let knn = &d[..K.min(d.len())];
+            let by = |a: &(f32, usize), c: &(f32, usize)| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1));
+            // Only the K nearest (and the K nearest of other batches) are
+            // needed, in order: select them, then sort the prefix.
+            let nearest = |v: &mut Vec<(f32, usize)>| {
+                if v.len() > K {
+                    v.select_nth_unstable_by(K - 1, by);
+                    v.truncate(K);
+                }
+                v.sort_by(by);
+            };
+            let mut cross_all: Vec<(f32, usize)> = if l.is_some() {
+                d.iter().copied().filter(|&(_, j)| b[j] != b[i]).collect()
+            } else {
+                Vec::new()
+            };
+            nearest(&mut d);
+            let knn = &d[..];
             let other =
                 knn.iter().filter(|&&(_, j)| b[j] != b[i]).count() as f64 / knn.len() as f64;
             let expected = 1.0 - (size[b[i] as usize] as f64 - 1.0) / (n as f64 - 1.0);
@@ -97,12 +107,8 @@ pub fn mixing_figures(
                 Some(l) => {
                     let same = knn.iter().filter(|&&(_, j)| l[j] == l[i]).count() as f64
                         / knn.len() as f64;
-                    let cross_nb: Vec<usize> = d
-                        .iter()
-                        .filter(|&&(_, j)| b[j] != b[i])
-                        .take(K)
-                        .map(|&(_, j)| j)
-                        .collect();
+                    nearest(&mut cross_all);
+                    let cross_nb: Vec<usize> = cross_all.iter().map(|&(_, j)| j).collect();
                     let cross = if cross_nb.is_empty() {
                         0.0
                     } else {
