@@ -58,22 +58,29 @@ pub(crate) fn knn_blocked(
             let lo = blk * BLOCK;
             let hi = (lo + BLOCK).min(nq);
             let g = q.slice(s![lo..hi, ..]).dot(&bt);
-            let mut cand: Vec<(f32, u32)> = Vec::with_capacity(nb);
+            // The `short` smallest GEMM distances, kept sorted while
+            // streaming over the base: most candidates fail the one
+            // comparison with the current worst (keys increase, so a tie
+            // never displaces an earlier key).
+            let mut top: Vec<(f32, u32)> = Vec::with_capacity(short + 1);
             let mut exact: Vec<Neighbor> = Vec::with_capacity(short);
-            let by = |a: &(f32, u32), c: &(f32, u32)| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1));
             for (t, grow) in g.rows().into_iter().enumerate() {
                 let qrow = &qs[(lo + t) * dims..(lo + t + 1) * dims];
-                cand.clear();
-                cand.extend(
-                    grow.iter()
-                        .zip(&norms)
-                        .enumerate()
-                        .map(|(j, (&dot, &bn))| (bn - 2.0 * dot, j as u32)),
-                );
-                if short < cand.len() {
-                    cand.select_nth_unstable_by(short - 1, by);
-                    cand.truncate(short);
+                top.clear();
+                for (j, (&dot, &bn)) in grow.iter().zip(&norms).enumerate() {
+                    let v = bn - 2.0 * dot;
+                    if top.len() == short {
+                        match top.last() {
+                            Some(w) if v.total_cmp(&w.0).is_lt() => {
+                                top.pop();
+                            }
+                            _ => continue,
+                        }
+                    }
+                    let at = top.partition_point(|e| e.0.total_cmp(&v).is_le());
+                    top.insert(at, (v, j as u32));
                 }
+                let cand = &top;
                 exact.clear();
                 exact.extend(cand.iter().map(|&(_, j)| Neighbor {
                     key: j as u64,
