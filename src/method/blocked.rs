@@ -22,6 +22,8 @@ use crate::method::index::{l2sq, Neighbor};
 
 /// Query rows per GEMM block.
 const BLOCK: usize = 256;
+/// Base rows scanned per vectorised threshold test.
+const CHUNK: usize = 16;
 /// Extra shortlisted candidates recomputed exactly.
 const SHORTLIST_EXTRA: usize = 8;
 
@@ -59,26 +61,38 @@ pub(crate) fn knn_blocked(
             let hi = (lo + BLOCK).min(nq);
             let g = q.slice(s![lo..hi, ..]).dot(&bt);
             // The `short` smallest GEMM distances, kept sorted while
-            // streaming over the base: most candidates fail the one
-            // comparison with the current worst (keys increase, so a tie
-            // never displaces an earlier key).
+            // streaming over the base in chunks: a chunk whose smallest
+            // value does not beat the current worst is skipped after one
+            // vectorised min (keys increase, so a tie never displaces an
+            // earlier key).
             let mut top: Vec<(f32, u32)> = Vec::with_capacity(short + 1);
             let mut exact: Vec<Neighbor> = Vec::with_capacity(short);
+            let mut v = vec![0f32; nb];
             for (t, grow) in g.rows().into_iter().enumerate() {
                 let qrow = &qs[(lo + t) * dims..(lo + t + 1) * dims];
+                for ((o, &dot), &bn) in v.iter_mut().zip(grow.iter()).zip(&norms) {
+                    *o = bn - 2.0 * dot;
+                }
                 top.clear();
-                for (j, (&dot, &bn)) in grow.iter().zip(&norms).enumerate() {
-                    let v = bn - 2.0 * dot;
+                for (ci, chunk) in v.chunks(CHUNK).enumerate() {
                     if top.len() == short {
-                        match top.last() {
-                            Some(w) if v.total_cmp(&w.0).is_lt() => {
-                                top.pop();
-                            }
-                            _ => continue,
+                        let worst = top.last().map_or(f32::INFINITY, |w| w.0);
+                        if chunk.iter().fold(f32::INFINITY, |a, &b| a.min(b)) >= worst {
+                            continue;
                         }
                     }
-                    let at = top.partition_point(|e| e.0.total_cmp(&v).is_le());
-                    top.insert(at, (v, j as u32));
+                    for (o, &x) in chunk.iter().enumerate() {
+                        if top.len() == short {
+                            match top.last() {
+                                Some(w) if x.total_cmp(&w.0).is_lt() => {
+                                    top.pop();
+                                }
+                                _ => continue,
+                            }
+                        }
+                        let at = top.partition_point(|e| e.0.total_cmp(&x).is_le());
+                        top.insert(at, (x, (ci * CHUNK + o) as u32));
+                    }
                 }
                 let cand = &top;
                 exact.clear();
