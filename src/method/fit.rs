@@ -356,8 +356,15 @@ fn correct_in_pool(
         }
         None => total_fit,
     };
-    let y_after = pca.transform_f32((&w - &total).view());
-    let z_after = &z - &total;
+    // In place (the same element-wise operations as `&w - &total` and
+    // `&z - &total`): two fewer n x d arrays at the fit's peak.
+    drop(w_fit);
+    let mut w = w;
+    w -= &total;
+    let y_after = pca.transform_f32(w.view());
+    drop(w);
+    let mut z_after = total;
+    z_after.zip_mut_with(&z, |t, &zz| *t = zz - *t);
     let mut corrected = data.x.to_owned();
     norm.denormalise(z_after.view(), &varying, &mut corrected);
     let summary = Summary {

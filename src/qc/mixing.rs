@@ -49,7 +49,15 @@ pub fn mixing_figures(
     keep: &[bool],
     seed: u64,
 ) -> Option<MixingFigures> {
-    let mut rows: Vec<usize> = (0..z.nrows()).filter(|&i| keep[i]).collect();
+    let rows = figure_rows(keep, seed)?;
+    let sub = z.select(Axis(0), &rows);
+    mixing_figures_of(sub.view(), &rows, batch_of, labels, seed)
+}
+
+/// The rows [`mixing_figures`] judges: those `keep` selects, at most
+/// [`MAX_ROWS`] of them (a seeded sample), sorted; `None` when too few.
+pub(crate) fn figure_rows(keep: &[bool], seed: u64) -> Option<Vec<usize>> {
+    let mut rows: Vec<usize> = (0..keep.len()).filter(|&i| keep[i]).collect();
     if rows.len() < K + 2 {
         return None;
     }
@@ -58,7 +66,18 @@ pub fn mixing_figures(
         rows.truncate(MAX_ROWS);
         rows.sort_unstable();
     }
-    let sub = z.select(Axis(0), &rows);
+    Some(rows)
+}
+
+/// [`mixing_figures`] of the rows `rows` ([`figure_rows`]), given their
+/// values `sub` (row t = table row `rows[t]`).
+pub(crate) fn mixing_figures_of(
+    sub: ArrayView2<f64>,
+    rows: &[usize],
+    batch_of: &[u32],
+    labels: Option<&[u32]>,
+    seed: u64,
+) -> Option<MixingFigures> {
     let pca = Pca::fit(sub.view(), 50, seed).ok()?;
     let y: Array2<f32> = pca.transform_f32(sub.view());
     let n = rows.len();
@@ -134,7 +153,18 @@ pub fn mixing_figures(
 /// Global robust scaling (median/MAD over all rows, clipped to +-50) of the
 /// given columns — the "uncorrected" reference of the evaluation protocol.
 pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
-    let mut out = Array2::zeros((x.nrows(), cols.len()));
+    let all: Vec<usize> = (0..x.nrows()).collect();
+    global_robust_scale_rows(x, cols, &all)
+}
+
+/// [`global_robust_scale`] (medians and MADs over all rows) of the rows
+/// `rows` only: row t of the result = row `rows[t]`.
+pub(crate) fn global_robust_scale_rows(
+    x: ArrayView2<f64>,
+    cols: &[usize],
+    rows: &[usize],
+) -> Array2<f64> {
+    let mut out = Array2::zeros((rows.len(), cols.len()));
     for (j, &c) in cols.iter().enumerate() {
         let col = x.column(c);
         let mut v: Vec<f64> = col.to_vec();
@@ -142,8 +172,8 @@ pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
         let mut dev: Vec<f64> = col.iter().map(|a| (a - med).abs()).collect();
         let mad = crate::method::preprocess::median_inplace(&mut dev) * 1.4826;
         let s = if mad > 0.0 { mad } else { 1.0 };
-        for (o, a) in out.column_mut(j).iter_mut().zip(col.iter()) {
-            *o = ((a - med) / s).clamp(-50.0, 50.0);
+        for (o, &r) in out.column_mut(j).iter_mut().zip(rows) {
+            *o = ((col[r] - med) / s).clamp(-50.0, 50.0);
         }
     }
     out
