@@ -63,7 +63,7 @@ pub(crate) fn knn_blocked(
             // The `short` smallest GEMM distances, kept sorted while
             // streaming over the base in chunks: a chunk whose smallest
             // value does not beat the current worst is skipped after one
-            // vectorised min (keys increase, so a tie never displaces an
+            // vectorised test (keys increase, so a tie never displaces an
             // earlier key).
             let mut top: Vec<(f32, u32)> = Vec::with_capacity(short + 1);
             let mut exact: Vec<Neighbor> = Vec::with_capacity(short);
@@ -77,7 +77,9 @@ pub(crate) fn knn_blocked(
                 for (ci, chunk) in v.chunks(CHUNK).enumerate() {
                     if top.len() == short {
                         let worst = top.last().map_or(f32::INFINITY, |w| w.0);
-                        if chunk.iter().fold(f32::INFINITY, |a, &b| a.min(b)) >= worst {
+                        // A branch-free count (vectorises; a float `min`
+                        // fold does not).
+                        if chunk.iter().fold(0u32, |c, &x| c + u32::from(x < worst)) == 0 {
                             continue;
                         }
                     }
