@@ -88,6 +88,9 @@ pub struct CorrectArgs {
     /// Minimum landmarks regardless of the budget [default: 500].
     #[arg(long)]
     pub min_landmarks: Option<usize>,
+    /// Rows the sampling fit runs on: larger tables are fitted on a stratified subsample of this many rows, the other rows take the mean offset of their nearest subsample rows (0 = all rows) [default: 10000].
+    #[arg(long)]
+    pub fit_rows: Option<usize>,
     /// Coverage at which a row stops being a sampling priority [default: 1.0].
     #[arg(long)]
     pub coverage_target: Option<f64>,
@@ -180,6 +183,7 @@ impl CorrectArgs {
             gain_shrinkage,
             budget,
             min_landmarks,
+            fit_rows,
             coverage_target,
             round_fraction,
             rounds,

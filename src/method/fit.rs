@@ -20,10 +20,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::method::align::{point_offsets, DenseFeatures};
+use crate::method::blocked::knn_blocked;
 use crate::method::index::{build_batch_indices, BatchIndex};
 use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
@@ -105,6 +107,9 @@ pub struct Summary {
     pub corrected_features: usize,
     /// Plates centred on all rows for lack of controls.
     pub plates_without_controls: usize,
+    /// Rows the sampling fit ran on (all rows, or the `fit_rows`
+    /// subsample; the others took their offsets from it).
+    pub fit_rows: usize,
     /// Neighbour-space dimensions used.
     pub neighbor_dims: usize,
     /// Neighbour space used: `whitened` (on the controls) or `pca`.
@@ -209,50 +214,74 @@ fn correct_in_pool(
         _ => false,
     };
     let kind = params.index_kind();
+    // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
+    // stratified subsample; the other rows take their offsets from their
+    // nearest subsample rows (docs/performance.md).
+    let subset = fit_subset(&batch_of, n_batches, params);
+    let n_fit = subset.as_ref().map_or(n, |s| s.len());
     let budget_rows = if params.exact {
         n
     } else {
-        ((params.budget * n as f64).ceil() as usize)
+        ((params.budget * n_fit as f64).ceil() as usize)
             .max(params.min_landmarks)
-            .min(n)
+            .min(n_fit)
     };
     let coverage_target = if params.exact {
         f64::INFINITY
     } else {
         params.coverage_target
     };
-    let round_rows = ((params.round_fraction * n as f64).ceil() as usize).max(16);
+    let round_rows = ((params.round_fraction * n_fit as f64).ceil() as usize).max(16);
     let cfg = SamplingConfig::from_params(params, budget_rows, coverage_target, round_rows);
     // Whether the trust test weighs kernel mass at a (calibrated) width.
     let width_used = params.trust > 0.0 && params.trust_rule.uses_mass();
-    let mut total = Array2::<f64>::zeros(w.dim());
+    // The rows the alignment rounds work on: all, or the subsample (row t
+    // = table row `subset[t]`); only their offsets feed the next round, so
+    // the other rows are interpolated once, after the last round.
+    let w_fit: CowArray<f64, Ix2> = match &subset {
+        Some(ids) => CowArray::from(w.select(Axis(0), ids)),
+        None => CowArray::from(w.view()),
+    };
+    let sub_labels = subset.as_ref().map(|ids| {
+        (
+            ids.iter().map(|&i| batch_of[i]).collect::<Vec<u32>>(),
+            data.controls
+                .map(|m| ids.iter().map(|&i| m[i]).collect::<Vec<bool>>()),
+        )
+    });
+    let (batch_fit, controls_fit) = match &sub_labels {
+        Some((b, m)) => (b.as_slice(), m.as_deref()),
+        None => (batch_of.as_slice(), data.controls),
+    };
+    let mut total_fit = Array2::<f64>::zeros(w_fit.dim());
     let mut rounds = Vec::new();
     let mut trust_widths = Vec::new();
     for round in 0..params.rounds {
         let t0 = Instant::now();
-        let current = &w - &total;
+        let current = &w_fit - &total_fit;
         let y = pca.transform_f32(current.view());
         progress.stage(
             &format!("round {}/{}: indexing", round + 1, params.rounds),
             1,
         );
-        let indices = build_batch_indices(y.view(), &batch_of, n_batches, kind, threads)?;
+        let (y_fit, current_fit) = (y.view(), current.view());
+        let indices = build_batch_indices(y_fit, batch_fit, n_batches, kind, threads)?;
         let index_seconds = t0.elapsed().as_secs_f64();
         progress.stage(
             &format!("round {}/{}: sampling", round + 1, params.rounds),
             budget_rows as u64,
         );
         let mut cfg = cfg.clone();
-        if let (Some(mask), true) = (data.controls, width_used) {
+        if let (Some(mask), true) = (controls_fit, width_used) {
             if let Some(width) =
-                calibrate_trust(y.view(), &batch_of, &indices, mask, params, round as u64)?
+                calibrate_trust(y_fit, batch_fit, &indices, mask, params, round as u64)?
             {
                 cfg.trust = params.trust * width;
             }
         }
         trust_widths.push(if width_used { cfg.trust } else { 0.0 });
-        let cache = ScaleCache::new(n, n_batches, params.k);
-        let rows = MatrixRows::new(y.view(), &batch_of)?;
+        let cache = ScaleCache::new(n_fit, n_batches, params.k);
+        let rows = MatrixRows::new(y_fit, batch_fit)?;
         let index_refs: Vec<&BatchIndex> = indices.iter().collect();
         let s = sample(&rows, &index_refs, &cache, &cfg, None, None, &|done| {
             progress.set(done as u64)
@@ -263,23 +292,23 @@ fn correct_in_pool(
             1,
         );
         let own = |j: usize| -> Result<Vec<u32>> {
-            let q: Vec<f32> = y.row(j).iter().copied().collect();
-            let nb = indices[batch_of[j] as usize].search(&q, params.k.max(params.m))?;
+            let q: Vec<f32> = y_fit.row(j).iter().copied().collect();
+            let nb = indices[batch_fit[j] as usize].search(&q, params.k.max(params.m))?;
             Ok(nb.iter().map(|n| n.key as u32).collect())
         };
         let feats = DenseFeatures {
-            z: current.view(),
-            batch_of: &batch_of,
+            z: current_fit,
+            batch_of: batch_fit,
         };
-        let off = point_offsets(&feats, n_batches, &s.rows, 0..n, None, &own)?;
+        let off = point_offsets(&feats, n_batches, &s.rows, 0..n_fit, None, &own)?;
         let mean_offset = off
             .values
             .rows()
             .into_iter()
             .map(|r| r.dot(&r).sqrt())
             .sum::<f64>()
-            / n as f64;
-        total += &off.values;
+            / n_fit as f64;
+        total_fit += &off.values;
         let (cmin, cmed) = s.coverage_stats();
         let covered = s
             .coverage
@@ -291,7 +320,7 @@ fn correct_in_pool(
             sampling_rounds: s.rounds,
             coverage_min: cmin,
             coverage_median: cmed,
-            covered_fraction: covered as f64 / n as f64,
+            covered_fraction: covered as f64 / n_fit as f64,
             uncovered: off.uncovered,
             mean_offset,
             trust_width: trust_widths.last().copied().unwrap_or(0.0),
@@ -307,8 +336,35 @@ fn correct_in_pool(
             "alignment round done"
         );
     }
-    let y_after = pca.transform_f32((&w - &total).view());
-    let z_after = &z - &total;
+    let total = match &subset {
+        Some(ids) => {
+            let t0 = Instant::now();
+            let y0 = pca.transform_f32(w.view());
+            let t = interpolate_offsets(
+                y0.view(),
+                &batch_of,
+                ids,
+                batch_fit,
+                total_fit.view(),
+                params.k.max(params.m),
+            );
+            tracing::debug!(
+                seconds = t0.elapsed().as_secs_f64(),
+                "offsets interpolated to the rows outside the subsample"
+            );
+            t
+        }
+        None => total_fit,
+    };
+    // In place (the same element-wise operations as `&w - &total` and
+    // `&z - &total`): two fewer n x d arrays at the fit's peak.
+    drop(w_fit);
+    let mut w = w;
+    w -= &total;
+    let y_after = pca.transform_f32(w.view());
+    drop(w);
+    let mut z_after = total;
+    z_after.zip_mut_with(&z, |t, &zz| *t = zz - *t);
     let mut corrected = data.x.to_owned();
     norm.denormalise(z_after.view(), &varying, &mut corrected);
     let summary = Summary {
@@ -318,6 +374,7 @@ fn correct_in_pool(
         features: d,
         corrected_features: varying.len(),
         plates_without_controls: norm.plates_without_controls.len(),
+        fit_rows: n_fit,
         neighbor_dims: pca.dims(),
         neighbor_space: if whitened { "whitened" } else { "pca" }.to_string(),
         trust_rule: if params.trust > 0.0 {
@@ -396,4 +453,247 @@ fn calibrate_trust(
     ratios.sort_by(|a, b| a.total_cmp(b));
     let q = ratios[((ratios.len() as f64 * 0.9) as usize).min(ratios.len() - 1)];
     Ok(Some(q.max(1e-3)))
+}
+
+/// The rows the sampling fit runs on when the table has more than
+/// `params.fit_rows` rows (and the fit is not exact): `fit_rows` rows drawn
+/// per batch in proportion to its size (at least `min(size, 2k)` of each
+/// batch, so every batch keeps a scale's worth of rows), seeded, sorted.
+/// `None` = all rows.
+pub(crate) fn fit_subset(
+    batch_of: &[u32],
+    n_batches: usize,
+    params: &Params,
+) -> Option<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let n = batch_of.len();
+    if params.exact || params.fit_rows == 0 || n <= params.fit_rows {
+        return None;
+    }
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n_batches];
+    for (i, &b) in batch_of.iter().enumerate() {
+        if let Some(m) = members.get_mut(b as usize) {
+            m.push(i);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed ^ 0x05ee_df17);
+    let mut out = Vec::with_capacity(params.fit_rows + n_batches);
+    for m in &mut members {
+        let share = (params.fit_rows as f64 * m.len() as f64 / n as f64).round() as usize;
+        let take = share.max(2 * params.k).min(m.len());
+        m.shuffle(&mut rng);
+        out.extend_from_slice(&m[..take]);
+    }
+    out.sort_unstable();
+    Some(out)
+}
+
+/// Offsets of every row from those of the fitted subsample `ids` (row t of
+/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): a subsample row keeps
+/// its own; any other row takes the mean offset of its `k` nearest
+/// subsample rows of its batch in `y` (exact, blocked: [`knn_blocked`]) —
+/// the rule the fit already uses for rows no landmark retained. The fit
+/// passes the uncorrected neighbour space: within one batch the correction
+/// is a smooth shift, so a row's own-batch neighbours are those it had
+/// before the rounds moved them.
+fn interpolate_offsets(
+    y: ArrayView2<f32>,
+    batch_of: &[u32],
+    ids: &[usize],
+    batch_fit: &[u32],
+    fitted: ArrayView2<f64>,
+    k: usize,
+) -> Array2<f64> {
+    let (n, d) = (y.nrows(), fitted.ncols());
+    let n_batches = batch_of.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
+    let mut in_fit = vec![false; n];
+    let mut out = Array2::<f64>::zeros((n, d));
+    for (t, &i) in ids.iter().enumerate() {
+        in_fit[i] = true;
+        out.row_mut(i).assign(&fitted.row(t));
+    }
+    for c in 0..n_batches as u32 {
+        let base_pos: Vec<usize> = (0..ids.len()).filter(|&t| batch_fit[t] == c).collect();
+        let targets: Vec<usize> = (0..n).filter(|&i| batch_of[i] == c && !in_fit[i]).collect();
+        if targets.is_empty() || base_pos.is_empty() {
+            continue;
+        }
+        let base_rows: Vec<usize> = base_pos.iter().map(|&t| ids[t]).collect();
+        let base = y.select(Axis(0), &base_rows);
+        let queries = y.select(Axis(0), &targets);
+        let nb = knn_blocked(queries.view(), base.view(), k);
+        let kk = k.min(base_pos.len());
+        let mut vals = vec![0f64; targets.len() * d];
+        vals.par_chunks_mut(d)
+            .zip(nb.par_chunks(kk))
+            .for_each(|(o, near)| {
+                for m in near {
+                    for (a, v) in o.iter_mut().zip(fitted.row(base_pos[m.key as usize])) {
+                        *a += v;
+                    }
+                }
+                for a in o.iter_mut() {
+                    *a /= kk as f64;
+                }
+            });
+        for (&i, v) in targets.iter().zip(vals.chunks_exact(d)) {
+            for (o, x) in out.row_mut(i).iter_mut().zip(v) {
+                *o = *x;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{generate, SynthSpec};
+    use rand::{Rng, SeedableRng};
+
+    fn batches(n: usize, b: u32) -> Vec<u32> {
+        (0..n).map(|i| (i as u32 * 7 + i as u32 / 5) % b).collect()
+    }
+
+    #[test]
+    fn subset_is_stratified_seeded_and_only_above_fit_rows() {
+        let batch_of = batches(5000, 4);
+        let p = Params {
+            fit_rows: 1000,
+            ..Params::default()
+        };
+        let s = fit_subset(&batch_of, 4, &p).unwrap();
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+        assert!((s.len() as i64 - 1000).abs() <= 4, "{}", s.len());
+        for c in 0..4u32 {
+            let size = batch_of.iter().filter(|&&b| b == c).count();
+            let got = s.iter().filter(|&&i| batch_of[i] == c).count();
+            let want = 1000.0 * size as f64 / 5000.0;
+            assert!(
+                (got as f64 - want).abs() <= 1.0,
+                "batch {c}: {got} vs {want}"
+            );
+        }
+        assert_eq!(Some(s.clone()), fit_subset(&batch_of, 4, &p), "seeded");
+        let other = Params {
+            seed: 1,
+            ..p.clone()
+        };
+        assert_ne!(Some(s), fit_subset(&batch_of, 4, &other));
+        // At or below fit_rows, with fit_rows = 0 and in exact mode: all rows.
+        let all = |p: Params| fit_subset(&batch_of, 4, &p).is_none();
+        assert!(all(Params {
+            fit_rows: 5000,
+            ..p.clone()
+        }));
+        assert!(all(Params {
+            fit_rows: 0,
+            ..p.clone()
+        }));
+        assert!(all(Params {
+            exact: true,
+            ..p.clone()
+        }));
+        // A small batch keeps 2k rows (a scale's worth), or all of it.
+        let mut skewed = vec![0u32; 5000];
+        skewed[..40].iter_mut().for_each(|b| *b = 1);
+        let s = fit_subset(&skewed, 2, &p).unwrap();
+        assert_eq!(s.iter().filter(|&&i| skewed[i] == 1).count(), 30);
+    }
+
+    #[test]
+    fn interpolation_matches_brute_force() {
+        // Oracle: a row outside the subsample gets the plain mean offset of
+        // its k nearest subsample rows of its batch (brute force, f64
+        // distances); subsample rows keep theirs. Bound: exact up to f32
+        // distance ties (none in random data) and f64 summation order.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (n, p, d, k) = (400, 5, 3, 6);
+        let y = Array2::from_shape_fn((n, p), |_| rng.gen_range(-1.0f32..1.0));
+        let batch_of = batches(n, 3);
+        let ids: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
+        let batch_fit: Vec<u32> = ids.iter().map(|&i| batch_of[i]).collect();
+        let fitted = Array2::from_shape_fn((ids.len(), d), |_| rng.gen_range(-1.0..1.0));
+        let out = interpolate_offsets(y.view(), &batch_of, &ids, &batch_fit, fitted.view(), k);
+        for i in 0..n {
+            let want: Vec<f64> = if let Some(t) = ids.iter().position(|&j| j == i) {
+                fitted.row(t).to_vec()
+            } else {
+                let mut near: Vec<(f64, usize)> = (0..ids.len())
+                    .filter(|&t| batch_fit[t] == batch_of[i])
+                    .map(|t| {
+                        let d2 = (0..p)
+                            .map(|c| (y[[i, c]] as f64 - y[[ids[t], c]] as f64).powi(2))
+                            .sum::<f64>();
+                        (d2, t)
+                    })
+                    .collect();
+                near.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (0..d)
+                    .map(|c| near[..k].iter().map(|&(_, t)| fitted[[t, c]]).sum::<f64>() / k as f64)
+                    .collect()
+            };
+            for c in 0..d {
+                assert!((out[[i, c]] - want[c]).abs() < 1e-12, "row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn subsample_fit_is_as_close_to_the_truth_as_the_full_fit() {
+        // 6000 rows in 4 batches with a strong shift: fit on a 2000-row
+        // subsample vs all rows, each scored against the batch-free truth
+        // (per-feature standardised, mean per-row RMS error, as
+        // benches/perf/truth_error.py). Bound: the subsample fit's error is
+        // at most the full fit's + 0.02 and under half the uncorrected one.
+        let spec = SynthSpec {
+            rows: 6000,
+            batches: 4,
+            features: 20,
+            shift: 3.0,
+            seed: 5,
+            ..SynthSpec::default()
+        };
+        let t = generate(&spec).unwrap();
+        let data = Dataset {
+            x: t.features.view(),
+            batch: &t.batch,
+            plate: Some(&t.plate),
+            controls: None,
+        };
+        let run = |fit_rows: usize| {
+            let p = Params {
+                fit_rows,
+                threads: 2,
+                ..Params::default()
+            };
+            correct(&data, &p, &NoProgress).unwrap()
+        };
+        let (full, sub) = (run(0), run(2000));
+        assert_eq!(full.summary.fit_rows, 6000);
+        assert!((sub.summary.fit_rows as i64 - 2000).abs() <= 4);
+        let standardised = |a: &Array2<f64>| -> Array2<f64> {
+            let mut a = a.clone();
+            for mut col in a.columns_mut() {
+                let m = col.mean().unwrap_or(0.0);
+                let sd = col.std(0.0).max(1e-12);
+                col.mapv_inplace(|v| (v - m) / sd);
+            }
+            a
+        };
+        let truth = standardised(&t.truth);
+        let err = |a: &Array2<f64>| -> f64 {
+            let d = standardised(a) - &truth;
+            d.rows()
+                .into_iter()
+                .map(|r| (r.dot(&r) / r.len() as f64).sqrt())
+                .sum::<f64>()
+                / a.nrows() as f64
+        };
+        let (e_raw, e_full, e_sub) = (err(&t.features), err(&full.corrected), err(&sub.corrected));
+        eprintln!("error to truth: uncorrected {e_raw:.4} full {e_full:.4} subsample {e_sub:.4}");
+        assert!(e_sub <= e_full + 0.02, "{e_sub} vs {e_full}");
+        assert!(e_sub < 0.5 * e_raw, "{e_sub} vs {e_raw}");
+    }
 }

@@ -11,9 +11,11 @@
 //! - [`kernel`] — the symmetric batch-aware Gaussian kernel;
 //! - [`sampling`] — coverage-prioritised adaptive sampling of affinity rows;
 //! - [`align`] — per-row offsets from the sampled affinity rows;
+//! - [`blocked`] — blocked exact k-NN (GEMM) for small base sets;
 //! - [`rows`] — row sources over the neighbour-space coordinates.
 
 pub(crate) mod align;
+pub(crate) mod blocked;
 pub mod fit;
 pub mod index;
 pub(crate) mod kernel;

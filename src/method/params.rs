@@ -147,6 +147,11 @@ pub struct Params {
     pub budget: f64,
     /// Minimum number of landmarks regardless of `budget` (capped at n).
     pub min_landmarks: usize,
+    /// Rows the sampling fit runs on: a table with more rows is fitted on a
+    /// seeded per-batch stratified subsample of this many rows, and every
+    /// other row takes the mean offset of its nearest subsample rows of its
+    /// batch (0 = always fit on all rows; exact mode always does).
+    pub fit_rows: usize,
     /// Coverage a row needs before it stops being a sampling priority.
     pub coverage_target: f64,
     /// How each sampling round picks its landmarks.
@@ -189,6 +194,7 @@ impl Default for Params {
             gain_shrinkage: 0.5,
             budget: 0.3,
             min_landmarks: 500,
+            fit_rows: 10_000,
             coverage_target: 1.0,
             sampling_rule: SamplingRule::Lowest,
             round_fraction: 0.02,

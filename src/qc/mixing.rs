@@ -20,6 +20,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::method::index::l2sq;
 use crate::method::pca::Pca;
 
 /// Rows used at most.
@@ -48,7 +49,15 @@ pub fn mixing_figures(
     keep: &[bool],
     seed: u64,
 ) -> Option<MixingFigures> {
-    let mut rows: Vec<usize> = (0..z.nrows()).filter(|&i| keep[i]).collect();
+    let rows = figure_rows(keep, seed)?;
+    let sub = z.select(Axis(0), &rows);
+    mixing_figures_of(sub.view(), &rows, batch_of, labels, seed)
+}
+
+/// The rows [`mixing_figures`] judges: those `keep` selects, at most
+/// [`MAX_ROWS`] of them (a seeded sample), sorted; `None` when too few.
+pub(crate) fn figure_rows(keep: &[bool], seed: u64) -> Option<Vec<usize>> {
+    let mut rows: Vec<usize> = (0..keep.len()).filter(|&i| keep[i]).collect();
     if rows.len() < K + 2 {
         return None;
     }
@@ -57,7 +66,18 @@ pub fn mixing_figures(
         rows.truncate(MAX_ROWS);
         rows.sort_unstable();
     }
-    let sub = z.select(Axis(0), &rows);
+    Some(rows)
+}
+
+/// [`mixing_figures`] of the rows `rows` ([`figure_rows`]), given their
+/// values `sub` (row t = table row `rows[t]`).
+pub(crate) fn mixing_figures_of(
+    sub: ArrayView2<f64>,
+    rows: &[usize],
+    batch_of: &[u32],
+    labels: Option<&[u32]>,
+    seed: u64,
+) -> Option<MixingFigures> {
     let pca = Pca::fit(sub.view(), 50, seed).ok()?;
     let y: Array2<f32> = pca.transform_f32(sub.view());
     let n = rows.len();
@@ -71,20 +91,29 @@ pub fn mixing_figures(
     let per_row: Vec<(f64, f64, f64)> = (0..n)
         .into_par_iter()
         .map(|i| {
+            let yi = y.row(i);
+            let yi = yi.as_slice().unwrap_or(&[]);
             let mut d: Vec<(f32, usize)> = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| {
-                    let dist = y
-                        .row(i)
-                        .iter()
-                        .zip(y.row(j).iter())
-                        .map(|(a, c)| (a - c) * (a - c))
-                        .sum::<f32>();
-                    (dist, j)
-                })
+                .map(|j| (l2sq(yi, y.row(j).as_slice().unwrap_or(&[])), j))
                 .collect();
-            d.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
-            let knn = &d[..K.min(d.len())];
+            let by = |a: &(f32, usize), c: &(f32, usize)| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1));
+            // Only the K nearest (and the K nearest of other batches) are
+            // needed, in order: select them, then sort the prefix.
+            let nearest = |v: &mut Vec<(f32, usize)>| {
+                if v.len() > K {
+                    v.select_nth_unstable_by(K - 1, by);
+                    v.truncate(K);
+                }
+                v.sort_by(by);
+            };
+            let mut cross_all: Vec<(f32, usize)> = if l.is_some() {
+                d.iter().copied().filter(|&(_, j)| b[j] != b[i]).collect()
+            } else {
+                Vec::new()
+            };
+            nearest(&mut d);
+            let knn = &d[..];
             let other =
                 knn.iter().filter(|&&(_, j)| b[j] != b[i]).count() as f64 / knn.len() as f64;
             let expected = 1.0 - (size[b[i] as usize] as f64 - 1.0) / (n as f64 - 1.0);
@@ -97,12 +126,8 @@ pub fn mixing_figures(
                 Some(l) => {
                     let same = knn.iter().filter(|&&(_, j)| l[j] == l[i]).count() as f64
                         / knn.len() as f64;
-                    let cross_nb: Vec<usize> = d
-                        .iter()
-                        .filter(|&&(_, j)| b[j] != b[i])
-                        .take(K)
-                        .map(|&(_, j)| j)
-                        .collect();
+                    nearest(&mut cross_all);
+                    let cross_nb: Vec<usize> = cross_all.iter().map(|&(_, j)| j).collect();
                     let cross = if cross_nb.is_empty() {
                         0.0
                     } else {
@@ -128,7 +153,18 @@ pub fn mixing_figures(
 /// Global robust scaling (median/MAD over all rows, clipped to +-50) of the
 /// given columns — the "uncorrected" reference of the evaluation protocol.
 pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
-    let mut out = Array2::zeros((x.nrows(), cols.len()));
+    let all: Vec<usize> = (0..x.nrows()).collect();
+    global_robust_scale_rows(x, cols, &all)
+}
+
+/// [`global_robust_scale`] (medians and MADs over all rows) of the rows
+/// `rows` only: row t of the result = row `rows[t]`.
+pub(crate) fn global_robust_scale_rows(
+    x: ArrayView2<f64>,
+    cols: &[usize],
+    rows: &[usize],
+) -> Array2<f64> {
+    let mut out = Array2::zeros((rows.len(), cols.len()));
     for (j, &c) in cols.iter().enumerate() {
         let col = x.column(c);
         let mut v: Vec<f64> = col.to_vec();
@@ -136,8 +172,8 @@ pub fn global_robust_scale(x: ArrayView2<f64>, cols: &[usize]) -> Array2<f64> {
         let mut dev: Vec<f64> = col.iter().map(|a| (a - med).abs()).collect();
         let mad = crate::method::preprocess::median_inplace(&mut dev) * 1.4826;
         let s = if mad > 0.0 { mad } else { 1.0 };
-        for (o, a) in out.column_mut(j).iter_mut().zip(col.iter()) {
-            *o = ((a - med) / s).clamp(-50.0, 50.0);
+        for (o, &r) in out.column_mut(j).iter_mut().zip(rows) {
+            *o = ((col[r] - med) / s).clamp(-50.0, 50.0);
         }
     }
     out

@@ -19,7 +19,7 @@ use arrow_schema::{DataType, Field, Schema};
 use crate::method::fit::{Correction, Dataset};
 use crate::method::params::Params;
 use crate::method::preprocess::{clipped, dense_ids};
-use crate::qc::mixing::{global_robust_scale, mixing_figures, MixingFigures};
+use crate::qc::mixing::{figure_rows, global_robust_scale_rows, mixing_figures_of, MixingFigures};
 use crate::qc::{PlateQcRow, QcConfig};
 
 /// Per-plate QC rows of the fit `fit` of `data` with `params`, judged with
@@ -160,14 +160,23 @@ pub fn before_after(
         Some(m) => m.iter().map(|c| !c).collect(),
         None => vec![true; data.batch.len()],
     };
-    let scaled = global_robust_scale(data.x, &fit.varying);
-    let before = mixing_figures(scaled.view(), &batch_ids, labels.as_deref(), &keep, seed);
-    let after_clipped = clipped(&fit.z_after);
-    let after = mixing_figures(
+    // Only the judged rows are scaled / clipped (the medians and MADs of
+    // the "before" scaling are still over all rows): the same figures as
+    // `mixing_figures` on the whole scaled tables, without two n x d copies.
+    let Some(rows) = figure_rows(&keep, seed) else {
+        return BeforeAfter {
+            before: None,
+            after: None,
+        };
+    };
+    let scaled = global_robust_scale_rows(data.x, &fit.varying, &rows);
+    let before = mixing_figures_of(scaled.view(), &rows, &batch_ids, labels.as_deref(), seed);
+    let after_clipped = clipped(&fit.z_after.select(ndarray::Axis(0), &rows));
+    let after = mixing_figures_of(
         after_clipped.view(),
+        &rows,
         &batch_ids,
         labels.as_deref(),
-        &keep,
         seed,
     );
     BeforeAfter { before, after }
