@@ -8,8 +8,11 @@
 //! the caller commits none of those offsets before the plate is done (see
 //! [`super::offsets`]). Bad chunk sets — index out of range, disagreeing
 //! counts, the same index with different bytes, more bytes than the plate
-//! limit, or a set still incomplete after a timeout — are returned as
-//! rejections with every chunk's bytes, for the dead-letter topic.
+//! limit (redelivered duplicates count: they are held too), a new set when
+//! [`MAX_OPEN_SETS`] are already open, or a set still incomplete after a
+//! timeout — are returned as rejections with every chunk's bytes, for the
+//! dead-letter topic. What the assembler holds is so bounded by
+//! `MAX_OPEN_SETS x max_plate_bytes`.
 //!
 //! [`split`] is the producer side: the daemon splits an aligned plate larger
 //! than its own message limit the same way. Pure: no broker, no clock (the
@@ -17,6 +20,12 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// Chunk sets held open at once, at most. A producer interleaving more
+/// chunked plates than this (or abandoning sets faster than
+/// `chunk_timeout_ms` expires them) gets the chunks of each further set
+/// dead-lettered instead of growing the daemon's memory.
+pub const MAX_OPEN_SETS: usize = 64;
 
 /// One chunk message as received.
 #[derive(Debug, Clone)]
@@ -78,7 +87,11 @@ struct Partial {
     count: usize,
     parts: BTreeMap<usize, Chunk>,
     extra: Vec<Chunk>,
+    /// Bytes of the distinct chunks (the payload's size once complete).
     bytes: usize,
+    /// Bytes held, redelivered duplicates included (checked against the
+    /// plate limit).
+    held: usize,
     started: Instant,
 }
 
@@ -87,14 +100,22 @@ struct Partial {
 pub struct Assembler {
     open: BTreeMap<(i32, String), Partial>,
     max_plate_bytes: usize,
+    max_open: usize,
 }
 
 impl Assembler {
     /// An assembler refusing plates over `max_plate_bytes`.
     pub fn new(max_plate_bytes: usize) -> Self {
+        Assembler::with_max_open(max_plate_bytes, MAX_OPEN_SETS)
+    }
+
+    /// An assembler refusing plates over `max_plate_bytes` and holding at
+    /// most `max_open` sets at once.
+    pub fn with_max_open(max_plate_bytes: usize, max_open: usize) -> Self {
         Assembler {
             open: BTreeMap::new(),
             max_plate_bytes,
+            max_open,
         }
     }
 
@@ -117,11 +138,22 @@ impl Assembler {
                 chunks,
             });
         }
+        if !self.open.contains_key(&key) && self.open.len() >= self.max_open {
+            return Added::Rejected(Rejected {
+                reason: format!(
+                    "{where_}: too many chunked plates open at once ({} held; the limit is {})",
+                    self.open.len(),
+                    self.max_open
+                ),
+                chunks: vec![c],
+            });
+        }
         let p = self.open.entry(key.clone()).or_insert_with(|| Partial {
             count: c.count,
             parts: BTreeMap::new(),
             extra: Vec::new(),
             bytes: 0,
+            held: 0,
             started: now,
         });
         if p.count != c.count {
@@ -135,6 +167,16 @@ impl Assembler {
         }
         if let Some(prev) = p.parts.get(&c.index) {
             if prev.bytes == c.bytes {
+                p.held += c.bytes.len();
+                if p.held > self.max_plate_bytes {
+                    let reason = format!(
+                        "{where_}: oversized plate: chunks held, redelivered duplicates included, exceed max_plate_bytes ({} > {})",
+                        p.held, self.max_plate_bytes
+                    );
+                    let mut chunks = self.take(&key);
+                    chunks.push(c);
+                    return Added::Rejected(Rejected { reason, chunks });
+                }
                 p.extra.push(c);
                 return Added::Duplicate;
             }
@@ -145,10 +187,11 @@ impl Assembler {
             return Added::Rejected(Rejected { reason, chunks });
         }
         p.bytes += c.bytes.len();
-        if p.bytes > self.max_plate_bytes {
+        p.held += c.bytes.len();
+        if p.held > self.max_plate_bytes {
             let reason = format!(
                 "{where_}: oversized plate: chunks exceed max_plate_bytes ({} > {})",
-                p.bytes, self.max_plate_bytes
+                p.held, self.max_plate_bytes
             );
             let mut chunks = self.take(&key);
             chunks.push(c);
@@ -323,5 +366,60 @@ mod tests {
         assert!(r[0].reason.contains("1 of 2"), "{}", r[0].reason);
         assert_eq!(r[0].chunks[0].offset, 1);
         assert_eq!(a.pending(), 0);
+    }
+
+    /// Redelivered duplicates are held too, so they count against the plate
+    /// limit: a producer (or a broker) repeating one chunk cannot grow the
+    /// held bytes past `max_plate_bytes`.
+    #[test]
+    fn duplicates_count_against_the_plate_limit() {
+        let now = Instant::now();
+        let mut a = Assembler::new(100);
+        assert!(matches!(
+            a.add(chunk(1, 0, 3, &[1; 40]), now),
+            Added::Pending
+        ));
+        assert!(matches!(
+            a.add(chunk(2, 0, 3, &[1; 40]), now),
+            Added::Duplicate
+        ));
+        match a.add(chunk(3, 0, 3, &[1; 40]), now) {
+            Added::Rejected(r) => {
+                assert!(r.reason.contains("duplicates included"), "{}", r.reason);
+                assert_eq!(r.chunks.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.pending(), 0);
+    }
+
+    /// At most `max_open` sets are held: the first chunk of a further set
+    /// is rejected alone, the open sets are untouched and still complete.
+    #[test]
+    fn open_sets_are_capped() {
+        let now = Instant::now();
+        let mut a = Assembler::with_max_open(1_000, 2);
+        let c = |plate: &str, offset: i64, index: usize| Chunk {
+            partition: 0,
+            offset,
+            plate: plate.into(),
+            index,
+            count: 2,
+            bytes: vec![7; 10],
+        };
+        assert!(matches!(a.add(c("A", 1, 0), now), Added::Pending));
+        assert!(matches!(a.add(c("B", 2, 0), now), Added::Pending));
+        match a.add(c("C", 3, 0), now) {
+            Added::Rejected(r) => {
+                assert!(r.reason.contains("too many chunked plates"), "{}", r.reason);
+                assert_eq!(r.chunks.len(), 1);
+                assert_eq!(r.chunks[0].offset, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.pending(), 2);
+        assert!(matches!(a.add(c("A", 4, 1), now), Added::Complete(_)));
+        assert!(matches!(a.add(c("C", 5, 0), now), Added::Pending));
+        assert_eq!(Assembler::new(1).max_open, MAX_OPEN_SETS);
     }
 }
