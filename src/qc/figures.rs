@@ -199,8 +199,12 @@ pub fn control_dispersion(y: ArrayView2<f32>, rows: &[usize]) -> Option<f64> {
     Some(median_inplace(&mut d))
 }
 
-/// `(min, median)` of the rows' coverage (0 for the median of no rows).
+/// `(min, median)` of the rows' coverage; NaN for no rows. Used for a
+/// plate's QC record and for the model-wide `balans_model_coverage` gauge.
 pub fn coverage_figures(coverage: &[f32]) -> (f64, f64) {
+    if coverage.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     let mut cov: Vec<f64> = coverage.iter().map(|&c| c as f64).collect();
     let min = cov.iter().copied().fold(f64::INFINITY, f64::min);
     (min, median_inplace(&mut cov))

@@ -131,20 +131,17 @@ impl Assembler {
             c.offset
         );
         if c.count == 0 || c.index >= c.count {
-            let mut chunks = self.take(&key);
-            chunks.push(c);
-            return Added::Rejected(Rejected {
-                reason: format!("{where_}: chunk index out of range"),
-                chunks,
-            });
+            return self.reject(&key, c, format!("{where_}: chunk index out of range"));
         }
         if !self.open.contains_key(&key) && self.open.len() >= self.max_open {
+            let reason = format!(
+                "{where_}: too many chunked plates open at once ({} held; the limit is {})",
+                self.open.len(),
+                self.max_open
+            );
+            // Only this chunk: the open sets are not its.
             return Added::Rejected(Rejected {
-                reason: format!(
-                    "{where_}: too many chunked plates open at once ({} held; the limit is {})",
-                    self.open.len(),
-                    self.max_open
-                ),
+                reason,
                 chunks: vec![c],
             });
         }
@@ -161,42 +158,38 @@ impl Assembler {
                 "{where_}: chunk count disagrees with earlier chunks ({})",
                 p.count
             );
-            let mut chunks = self.take(&key);
-            chunks.push(c);
-            return Added::Rejected(Rejected { reason, chunks });
+            return self.reject(&key, c, reason);
         }
-        if let Some(prev) = p.parts.get(&c.index) {
-            if prev.bytes == c.bytes {
-                p.held += c.bytes.len();
-                if p.held > self.max_plate_bytes {
-                    let reason = format!(
-                        "{where_}: oversized plate: chunks held, redelivered duplicates included, exceed max_plate_bytes ({} > {})",
-                        p.held, self.max_plate_bytes
-                    );
-                    let mut chunks = self.take(&key);
-                    chunks.push(c);
-                    return Added::Rejected(Rejected { reason, chunks });
-                }
-                p.extra.push(c);
-                return Added::Duplicate;
+        let duplicate = match p.parts.get(&c.index) {
+            Some(prev) if prev.bytes == c.bytes => true,
+            Some(_) => {
+                let reason =
+                    format!("{where_}: the same chunk index arrived twice with different bytes");
+                return self.reject(&key, c, reason);
             }
-            let reason =
-                format!("{where_}: the same chunk index arrived twice with different bytes");
-            let mut chunks = self.take(&key);
-            chunks.push(c);
-            return Added::Rejected(Rejected { reason, chunks });
-        }
-        p.bytes += c.bytes.len();
+            None => false,
+        };
+        // Everything held counts against the limit, redelivered duplicates
+        // included.
         p.held += c.bytes.len();
         if p.held > self.max_plate_bytes {
             let reason = format!(
-                "{where_}: oversized plate: chunks exceed max_plate_bytes ({} > {})",
-                p.held, self.max_plate_bytes
+                "{where_}: oversized plate: chunks held{} exceed max_plate_bytes ({} > {})",
+                if duplicate {
+                    ", redelivered duplicates included,"
+                } else {
+                    ""
+                },
+                p.held,
+                self.max_plate_bytes
             );
-            let mut chunks = self.take(&key);
-            chunks.push(c);
-            return Added::Rejected(Rejected { reason, chunks });
+            return self.reject(&key, c, reason);
         }
+        if duplicate {
+            p.extra.push(c);
+            return Added::Duplicate;
+        }
+        p.bytes += c.bytes.len();
         p.parts.insert(c.index, c);
         if p.parts.len() < p.count {
             return Added::Pending;
@@ -218,6 +211,13 @@ impl Assembler {
             offsets,
             bytes,
         })
+    }
+
+    /// Reject the set `key` with every chunk held for it, plus `c`.
+    fn reject(&mut self, key: &(i32, String), c: Chunk, reason: String) -> Added {
+        let mut chunks = self.take(key);
+        chunks.push(c);
+        Added::Rejected(Rejected { reason, chunks })
     }
 
     fn take(&mut self, key: &(i32, String)) -> Vec<Chunk> {

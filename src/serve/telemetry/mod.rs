@@ -520,13 +520,7 @@ impl Telemetry {
     /// Coverage distribution over the model's rows (cost: O(rows log rows);
     /// called at start-up and on checkpoints, not per plate).
     pub fn model_coverage(&self, m: &Model) {
-        let mut c: Vec<f64> = m.rows_coverage().iter().map(|&x| x as f64).collect();
-        let (min, med) = if c.is_empty() {
-            (f64::NAN, f64::NAN)
-        } else {
-            let min = c.iter().copied().fold(f64::INFINITY, f64::min);
-            (min, crate::method::preprocess::median_inplace(&mut c))
-        };
+        let (min, med) = crate::qc::figures::coverage_figures(m.rows_coverage());
         self.inner
             .model_coverage
             .with_label_values(&["min"])
