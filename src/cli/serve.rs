@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// Plates between snapshots [default: 50].
     #[arg(long)]
     pub snapshot_every: Option<usize>,
+    /// Milliseconds a plate file must be unchanged before it is read
+    /// (directory mode; [serve] settle_ms) [default: 1000].
+    #[arg(long)]
+    pub settle_ms: Option<u64>,
+    /// Plate files larger than this many bytes are dead-lettered unread
+    /// (directory mode; [serve] max_plate_bytes) [default: 268435456].
+    #[arg(long)]
+    pub max_plate_bytes: Option<u64>,
     /// Process what is in the inbox, then exit (directory mode only).
     #[arg(long)]
     pub once: bool,
@@ -87,6 +95,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.snapshot_every {
         s.snapshot_every = v;
+    }
+    if let Some(v) = a.settle_ms {
+        s.settle_ms = v;
+    }
+    if let Some(v) = a.max_plate_bytes {
+        s.max_plate_bytes = v;
     }
     let c = &mut cfg.correct;
     if let Some(v) = &a.batch_col {
