@@ -67,6 +67,9 @@ pub struct PlateEvent {
 
 /// Per-plate hooks of the pipeline. The default does nothing.
 pub trait PlateHooks: Send {
+    /// The source handed over an input (a file picked up, a message or a
+    /// reassembled chunk set): counted before any work on it.
+    fn consumed(&self) {}
     /// An input is finished: published or dead-lettered, and acknowledged.
     fn plate(&self, _event: &PlateEvent) {}
     /// The source's backlog: Kafka, high watermark minus committed position
@@ -101,7 +104,6 @@ impl PlateHooks for NoHooks {}
 impl PlateHooks for Telemetry {
     fn plate(&self, e: &PlateEvent) {
         let s = &e.stages;
-        self.plate_consumed();
         self.rows_consumed(e.rows);
         match e.outcome {
             Outcome::Rejected(kind) => self.plate_dead_lettered(kind, e.rows),
@@ -129,6 +131,9 @@ impl PlateHooks for Telemetry {
                 );
             }
         }
+    }
+    fn consumed(&self) {
+        self.plate_consumed();
     }
     fn lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag(topic, partition, lag);

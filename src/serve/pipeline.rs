@@ -232,8 +232,14 @@ impl Pipeline {
         let mut ends = Ends { source, sink, stop };
         while !stop.load(Ordering::SeqCst) {
             match ends.source.next(stop, &*self.hooks)? {
-                Next::Plate(input) => self.process(input, &mut ends)?,
-                Next::Rejected(input, r) => self.reject(input, r, 0, &mut ends)?,
+                Next::Plate(input) => {
+                    self.hooks.consumed();
+                    self.process(input, &mut ends)?
+                }
+                Next::Rejected(input, r) => {
+                    self.hooks.consumed();
+                    self.reject(input, r, 0, &mut ends)?
+                }
                 Next::Idle => {}
                 Next::Exhausted => break,
             }
