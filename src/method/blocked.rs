@@ -22,7 +22,7 @@ use crate::method::index::{l2sq, Neighbor};
 
 /// Query rows per GEMM block.
 const BLOCK: usize = 256;
-/// Base rows scanned per vectorised threshold test.
+/// Base rows per chunk minimum in the shortlist's threshold ([`shortlist`]).
 const CHUNK: usize = 16;
 /// Extra shortlisted candidates recomputed exactly.
 const SHORTLIST_EXTRA: usize = 8;
@@ -60,12 +60,10 @@ pub(crate) fn knn_blocked(
             let lo = blk * BLOCK;
             let hi = (lo + BLOCK).min(nq);
             let g = q.slice(s![lo..hi, ..]).dot(&bt);
-            // The `short` smallest GEMM distances, kept sorted while
-            // streaming over the base in chunks: a chunk whose smallest
-            // value does not beat the current worst is skipped after one
-            // vectorised test (keys increase, so a tie never displaces an
-            // earlier key).
-            let mut top: Vec<(f32, u32)> = Vec::with_capacity(short + 1);
+            // Per query row: the `short` smallest GEMM distances
+            // ([`shortlist`]), then their exact distances, sorted.
+            let mut top: Vec<(f32, u32)> = Vec::with_capacity(nb);
+            let mut mins: Vec<f32> = Vec::with_capacity(nb.div_ceil(CHUNK));
             let mut exact: Vec<Neighbor> = Vec::with_capacity(short);
             let mut v = vec![0f32; nb];
             for (t, grow) in g.rows().into_iter().enumerate() {
@@ -73,29 +71,7 @@ pub(crate) fn knn_blocked(
                 for ((o, &dot), &bn) in v.iter_mut().zip(grow.iter()).zip(&norms) {
                     *o = bn - 2.0 * dot;
                 }
-                top.clear();
-                for (ci, chunk) in v.chunks(CHUNK).enumerate() {
-                    if top.len() == short {
-                        let worst = top.last().map_or(f32::INFINITY, |w| w.0);
-                        // A branch-free count (vectorises; a float `min`
-                        // fold does not).
-                        if chunk.iter().fold(0u32, |c, &x| c + u32::from(x < worst)) == 0 {
-                            continue;
-                        }
-                    }
-                    for (o, &x) in chunk.iter().enumerate() {
-                        if top.len() == short {
-                            match top.last() {
-                                Some(w) if x.total_cmp(&w.0).is_lt() => {
-                                    top.pop();
-                                }
-                                _ => continue,
-                            }
-                        }
-                        let at = top.partition_point(|e| e.0.total_cmp(&x).is_le());
-                        top.insert(at, (x, (ci * CHUNK + o) as u32));
-                    }
-                }
+                shortlist(&v, short, &mut mins, &mut top);
                 let cand = &top;
                 exact.clear();
                 exact.extend(cand.iter().map(|&(_, j)| Neighbor {
@@ -107,6 +83,48 @@ pub(crate) fn knn_blocked(
             }
         });
     out
+}
+
+/// The `short` smallest values of `v` as `(value, position)`, in
+/// (value, position) order, into `top` (`mins` is scratch).
+///
+/// A threshold first: the minima of the [`CHUNK`]-sized chunks of `v` are
+/// `short` distinct elements at or below the `short`-th smallest chunk
+/// minimum `tau`, so the `short` smallest values are all `<= tau`. One
+/// vectorised pass over the chunk minima, a selection among them, one
+/// filtering pass and a sort of the few survivors (typically 2-3 x
+/// `short`) replace a sorted insertion per improving candidate (about
+/// `short x ln(n / short)` of them in a streaming top-k).
+fn shortlist(v: &[f32], short: usize, mins: &mut Vec<f32>, top: &mut Vec<(f32, u32)>) {
+    let by_value = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    top.clear();
+    mins.clear();
+    // `if x < m` rather than `f32::min`: it vectorises (NaN, which the
+    // callers never pass, is simply never a minimum).
+    mins.extend(v.chunks(CHUNK).map(|c| {
+        c.iter()
+            .fold(f32::INFINITY, |m, &x| if x < m { x } else { m })
+    }));
+    if short < mins.len() {
+        let (_, tau, _) = mins.select_nth_unstable_by(short - 1, |a, b| a.total_cmp(b));
+        let tau = *tau;
+        top.extend(
+            v.iter()
+                .enumerate()
+                .filter(|(_, &x)| x <= tau)
+                .map(|(j, &x)| (x, j as u32)),
+        );
+    }
+    if top.len() < short {
+        // Few chunks (or non-finite values): take every value.
+        top.clear();
+        top.extend(v.iter().enumerate().map(|(j, &x)| (x, j as u32)));
+    }
+    if top.len() > short {
+        top.select_nth_unstable_by(short - 1, by_value);
+        top.truncate(short);
+    }
+    top.sort_unstable_by(by_value);
 }
 
 #[cfg(test)]
@@ -165,6 +183,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn prop_shortlist_is_the_smallest_by_value_then_position(
+            v in proptest::collection::vec(0u8..20, 1..200), short in 1usize..40) {
+            // Small integer values: many ties, which position must break.
+            let v: Vec<f32> = v.into_iter().map(f32::from).collect();
+            let mut want: Vec<(f32, u32)> =
+                v.iter().enumerate().map(|(j, &x)| (x, j as u32)).collect();
+            want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            want.truncate(short);
+            let (mut mins, mut top) = (Vec::new(), Vec::new());
+            shortlist(&v, short, &mut mins, &mut top);
+            prop_assert_eq!(top, want);
+        }
+
         #[test]
         fn prop_matches_brute_force(nq in 1usize..40, nb in 1usize..60, d in 1usize..9,
                                     k in 1usize..12, seed in 0u64..1000) {

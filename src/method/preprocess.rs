@@ -431,7 +431,7 @@ pub fn control_gain_figure(log_gains: &[f64]) -> Option<f64> {
 
 /// Clip a working copy to +-[`CLIP`].
 pub fn clipped(z: &Array2<f64>) -> Array2<f64> {
-    z.mapv(|v| v.clamp(-CLIP, CLIP))
+    ndarray::Zip::from(z).par_map_collect(|&v| v.clamp(-CLIP, CLIP))
 }
 
 /// Map string labels to dense ids in sorted name order (so ids do not depend

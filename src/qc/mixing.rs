@@ -164,16 +164,28 @@ pub(crate) fn global_robust_scale_rows(
     cols: &[usize],
     rows: &[usize],
 ) -> Array2<f64> {
+    // One column per task: the median and MAD of a column are two O(n)
+    // selections over a strided copy, independent across columns.
+    let scaled: Vec<Vec<f64>> = cols
+        .par_iter()
+        .map(|&c| {
+            let col = x.column(c);
+            let mut v: Vec<f64> = col.to_vec();
+            let med = crate::method::preprocess::median_inplace(&mut v);
+            for (d, a) in v.iter_mut().zip(col.iter()) {
+                *d = (a - med).abs();
+            }
+            let mad = crate::method::preprocess::median_inplace(&mut v) * 1.4826;
+            let s = if mad > 0.0 { mad } else { 1.0 };
+            rows.iter()
+                .map(|&r| ((col[r] - med) / s).clamp(-50.0, 50.0))
+                .collect()
+        })
+        .collect();
     let mut out = Array2::zeros((rows.len(), cols.len()));
-    for (j, &c) in cols.iter().enumerate() {
-        let col = x.column(c);
-        let mut v: Vec<f64> = col.to_vec();
-        let med = crate::method::preprocess::median_inplace(&mut v);
-        let mut dev: Vec<f64> = col.iter().map(|a| (a - med).abs()).collect();
-        let mad = crate::method::preprocess::median_inplace(&mut dev) * 1.4826;
-        let s = if mad > 0.0 { mad } else { 1.0 };
-        for (o, &r) in out.column_mut(j).iter_mut().zip(rows) {
-            *o = ((col[r] - med) / s).clamp(-50.0, 50.0);
+    for (j, col) in scaled.iter().enumerate() {
+        for (o, &v) in out.column_mut(j).iter_mut().zip(col) {
+            *o = v;
         }
     }
     out
