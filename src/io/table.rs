@@ -125,6 +125,20 @@ pub fn read_table(path: &Path) -> Result<RecordBatch> {
     read_table_as(path, format).with_context(|| format!("cannot read table {}", path.display()))
 }
 
+/// The number of rows of a table file: from the footer for Parquet; the
+/// other formats are read whole (and dropped). Errors name the file.
+pub fn count_rows(path: &Path) -> Result<usize> {
+    let format = Format::from_path(path)?;
+    if format == Format::Parquet {
+        let file =
+            File::open(path).with_context(|| format!("cannot read table {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("cannot read table {}", path.display()))?;
+        return Ok(usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0));
+    }
+    Ok(read_table(path)?.num_rows())
+}
+
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
     let batch = match format {
         Format::Parquet => {
