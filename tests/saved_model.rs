@@ -658,3 +658,24 @@ fn serve_refuses_a_saved_model_and_a_reference_together() {
         "{e}"
     );
 }
+
+#[test]
+fn a_plate_id_reused_with_other_content_is_refused() {
+    let (reference, held) = split();
+    let mut model = fit_model(&reference);
+    let opts = ApplyOptions::default();
+    apply_model(&mut model, &held, &opts).unwrap();
+    let n = model.len();
+    // The same plates with one value changed: the ids clash.
+    let mut changed = held.clone();
+    changed.x[(0, 0)] += 1.0;
+    let t = changed.corrected_table(changed.x.view()).unwrap();
+    let e = apply_model(&mut model, &load(t, "changed.parquet"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("changed.parquet") && e.contains("duplicate plate id"),
+        "{e}"
+    );
+    assert_eq!(model.len(), n);
+}
