@@ -24,5 +24,6 @@ pub(crate) mod model_state;
 pub mod outcome;
 pub mod pipeline;
 pub mod plate;
+pub mod saved;
 pub mod state;
 pub mod telemetry;
