@@ -25,7 +25,8 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, PrimitiveArray, RecordBatch};
 use arrow_schema::{DataType, Schema};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::io::error::LoadError;
 use crate::io::table::METADATA_PREFIX;
@@ -254,91 +255,55 @@ pub fn extract_features_with(
     rules: &ValueRules,
     source: &str,
 ) -> Result<FeatureMatrix, LoadError> {
-    let policy = rules.non_finite;
     let n = batch.num_rows();
     if n == 0 {
         return Err(no_rows(source));
     }
+    // Each column is converted, checked and written straight into its
+    // column of the matrix, in parallel: no second full copy of the
+    // features besides the Arrow table. Outcomes are then read in column
+    // order, so the first refused column is the one reported, as in a
+    // sequential pass.
+    let mut values = Array2::<f64>::zeros((n, cols.indices.len()));
+    let outcomes: Vec<Result<Column, LoadError>> = values
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .zip(cols.indices.par_iter().zip(cols.names.par_iter()))
+        .map(|(mut out, (&ci, name))| {
+            let v = checked_column(batch.column(ci), name, rules, source)?;
+            if let Column::Kept { .. } = v.0 {
+                for (o, x) in out.iter_mut().zip(&v.1) {
+                    *o = *x;
+                }
+            }
+            Ok(v.0)
+        })
+        .collect();
     let mut kept = FeatureColumns {
         indices: Vec::new(),
         names: Vec::new(),
     };
-    let mut columns: Vec<Vec<f64>> = Vec::new();
+    let mut keep_at = Vec::new();
     let mut dropped = Vec::new();
     let mut imputed = 0usize;
-    for (&ci, name) in cols.indices.iter().zip(&cols.names) {
-        let mut v = column_f64(batch.column(ci)).ok_or_else(|| {
-            LoadError::schema(format!("{source}: column '{name}' is not numeric"))
-        })?;
-        let bad: Vec<usize> = (0..n).filter(|&r| !v[r].is_finite()).collect();
-        if !bad.is_empty() {
-            match policy {
-                NonFinitePolicy::Error => {
-                    return Err(LoadError::non_finite(format!(
-                        "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column){}",
-                        bad[0] + 1,
-                        describe(batch.column(ci), bad[0], v[bad[0]]),
-                        bad.len(),
-                        if rules.flag_hints {
-                            "; use --impute or --drop-features to proceed"
-                        } else {
-                            ""
-                        }
-                    )))
-                }
-                NonFinitePolicy::DropFeatures => {
-                    dropped.push(name.clone());
-                    continue;
-                }
-                NonFinitePolicy::Impute => {
-                    let mut finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-                    if finite.is_empty() {
-                        return Err(LoadError::non_finite(format!(
-                            "{source}: column '{name}' has no finite value to impute from"
-                        )));
-                    }
-                    let med = median_inplace(&mut finite);
-                    for &r in &bad {
-                        v[r] = med;
-                    }
-                    imputed += bad.len();
-                }
+    for (j, outcome) in outcomes.into_iter().enumerate() {
+        match outcome? {
+            Column::Kept { imputed: i } => {
+                imputed += i;
+                keep_at.push(j);
+                kept.indices.push(cols.indices[j]);
+                kept.names.push(cols.names[j].clone());
             }
+            Column::Dropped => dropped.push(cols.names[j].clone()),
         }
-        let big: Vec<usize> = (0..n)
-            .filter(|&r| v[r].abs() > rules.max_abs_value)
-            .collect();
-        if let Some(&r) = big.first() {
-            return Err(LoadError::out_of_range(format!(
-                "{source}: column '{name}', data row {}: value {} is beyond the bound of \
-                 {:e} in magnitude ({} such value(s) in this column); check the input, or raise \
-                 {}[correct] max_abs_value",
-                r + 1,
-                v[r],
-                rules.max_abs_value,
-                big.len(),
-                if rules.flag_hints {
-                    "--max-abs-value / "
-                } else {
-                    ""
-                }
-            )));
-        }
-        kept.indices.push(ci);
-        kept.names.push(name.clone());
-        columns.push(v);
     }
     if kept.indices.is_empty() {
         return Err(LoadError::non_finite(format!(
             "{source}: every feature column has non-finite values (all dropped)"
         )));
     }
-    let d = columns.len();
-    let mut values = Array2::zeros((n, d));
-    for (j, col) in columns.iter().enumerate() {
-        for (r, v) in col.iter().enumerate() {
-            values[[r, j]] = *v;
-        }
+    if keep_at.len() < values.ncols() {
+        values = values.select(Axis(1), &keep_at);
     }
     Ok(FeatureMatrix {
         values,
@@ -346,6 +311,80 @@ pub fn extract_features_with(
         dropped,
         imputed,
     })
+}
+
+/// What became of one feature column.
+enum Column {
+    /// Kept, with this many values imputed.
+    Kept { imputed: usize },
+    /// Removed under [`NonFinitePolicy::DropFeatures`].
+    Dropped,
+}
+
+/// One feature column as f64 values under `rules`: non-finite values
+/// refused, imputed or the column dropped; out-of-range values refused.
+fn checked_column(
+    col: &ArrayRef,
+    name: &str,
+    rules: &ValueRules,
+    source: &str,
+) -> Result<(Column, Vec<f64>), LoadError> {
+    let mut v = column_f64(col)
+        .ok_or_else(|| LoadError::schema(format!("{source}: column '{name}' is not numeric")))?;
+    let n = v.len();
+    let mut imputed = 0;
+    let bad: Vec<usize> = (0..n).filter(|&r| !v[r].is_finite()).collect();
+    if !bad.is_empty() {
+        match rules.non_finite {
+            NonFinitePolicy::Error => {
+                return Err(LoadError::non_finite(format!(
+                    "{source}: column '{name}', data row {}: value is {} ({} non-finite value(s) in this column){}",
+                    bad[0] + 1,
+                    describe(col, bad[0], v[bad[0]]),
+                    bad.len(),
+                    if rules.flag_hints {
+                        "; use --impute or --drop-features to proceed"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            NonFinitePolicy::DropFeatures => return Ok((Column::Dropped, Vec::new())),
+            NonFinitePolicy::Impute => {
+                let mut finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+                if finite.is_empty() {
+                    return Err(LoadError::non_finite(format!(
+                        "{source}: column '{name}' has no finite value to impute from"
+                    )));
+                }
+                let med = median_inplace(&mut finite);
+                for &r in &bad {
+                    v[r] = med;
+                }
+                imputed = bad.len();
+            }
+        }
+    }
+    let big: Vec<usize> = (0..n)
+        .filter(|&r| v[r].abs() > rules.max_abs_value)
+        .collect();
+    if let Some(&r) = big.first() {
+        return Err(LoadError::out_of_range(format!(
+            "{source}: column '{name}', data row {}: value {} is beyond the bound of \
+             {:e} in magnitude ({} such value(s) in this column); check the input, or raise \
+             {}[correct] max_abs_value",
+            r + 1,
+            v[r],
+            rules.max_abs_value,
+            big.len(),
+            if rules.flag_hints {
+                "--max-abs-value / "
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok((Column::Kept { imputed }, v))
 }
 
 fn describe(col: &ArrayRef, row: usize, v: f64) -> String {
@@ -422,30 +461,32 @@ pub fn replace_features(
         columns.indices.len()
     );
     let schema = batch.schema();
-    let mut fields = Vec::new();
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    for (i, f) in schema.fields().iter().enumerate() {
-        if drop.iter().any(|d| d == f.name()) {
-            continue;
-        }
-        fields.push(f.clone());
-        let Some(j) = columns.indices.iter().position(|&c| c == i) else {
-            arrays.push(batch.column(i).clone());
-            continue;
-        };
-        let v: Vec<f64> = values.column(j).to_vec();
-        let (arr, clamped) = saturating_array(&v, f.data_type())
-            .with_context(|| format!("corrected column '{}'", f.name()))?;
-        if clamped > 0 {
-            tracing::warn!(
-                column = %f.name(),
-                r#type = %f.data_type(),
-                clamped,
-                "corrected values outside the column type's range were clamped to it"
-            );
-        }
-        arrays.push(arr);
-    }
+    let kept: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !drop.iter().any(|d| d == schema.field(i).name()))
+        .collect();
+    // Feature columns are converted in parallel (independent columns).
+    let arrays: Vec<ArrayRef> = kept
+        .par_iter()
+        .map(|&i| -> Result<ArrayRef> {
+            let f = schema.field(i);
+            let Some(j) = columns.indices.iter().position(|&c| c == i) else {
+                return Ok(batch.column(i).clone());
+            };
+            let v: Vec<f64> = values.column(j).to_vec();
+            let (arr, clamped) = saturating_array(&v, f.data_type())
+                .with_context(|| format!("corrected column '{}'", f.name()))?;
+            if clamped > 0 {
+                tracing::warn!(
+                    column = %f.name(),
+                    r#type = %f.data_type(),
+                    clamped,
+                    "corrected values outside the column type's range were clamped to it"
+                );
+            }
+            Ok(arr)
+        })
+        .collect::<Result<_>>()?;
+    let fields: Vec<_> = kept.iter().map(|&i| schema.fields()[i].clone()).collect();
     let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     Ok(RecordBatch::try_new(schema, arrays)?)
 }
