@@ -208,16 +208,25 @@ fn correct_in_pool(
     );
     let z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
     let w = clipped(&z);
-    let mut pca = Pca::fit(w.view(), params.neighbor_dims, params.seed)?;
+    // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
+    // stratified subsample; the other rows take their offsets from their
+    // nearest subsample rows (docs/performance.md).
+    let subset = fit_subset(&batch_of, n_batches, params);
+    // The rows the alignment rounds work on: all, or the subsample (row t
+    // = table row `subset[t]`); only their offsets feed the next round, so
+    // the other rows are interpolated once, after the last round. The
+    // neighbour-space basis is fitted on the same rows: its cost is
+    // `rows x features^2`, the largest of the fit for wide tables.
+    let w_fit: CowArray<f64, Ix2> = match &subset {
+        Some(ids) => CowArray::from(w.select(Axis(0), ids)),
+        None => CowArray::from(w.view()),
+    };
+    let mut pca = Pca::fit(w_fit.view(), params.neighbor_dims, params.seed)?;
     let whitened = match (params.neighbor_space, data.controls) {
         (NeighborSpace::Whitened, Some(mask)) => pca.whiten_on(w.view(), mask, WHITEN_RIDGE),
         _ => false,
     };
     let kind = params.index_kind();
-    // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
-    // stratified subsample; the other rows take their offsets from their
-    // nearest subsample rows (docs/performance.md).
-    let subset = fit_subset(&batch_of, n_batches, params);
     let n_fit = subset.as_ref().map_or(n, |s| s.len());
     let budget_rows = if params.exact {
         n
@@ -235,13 +244,6 @@ fn correct_in_pool(
     let cfg = SamplingConfig::from_params(params, budget_rows, coverage_target, round_rows);
     // Whether the trust test weighs kernel mass at a (calibrated) width.
     let width_used = params.trust > 0.0 && params.trust_rule.uses_mass();
-    // The rows the alignment rounds work on: all, or the subsample (row t
-    // = table row `subset[t]`); only their offsets feed the next round, so
-    // the other rows are interpolated once, after the last round.
-    let w_fit: CowArray<f64, Ix2> = match &subset {
-        Some(ids) => CowArray::from(w.select(Axis(0), ids)),
-        None => CowArray::from(w.view()),
-    };
     let sub_labels = subset.as_ref().map(|ids| {
         (
             ids.iter().map(|&i| batch_of[i]).collect::<Vec<u32>>(),
