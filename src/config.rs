@@ -53,6 +53,9 @@ pub struct ServeConfig {
     pub state_dir: std::path::PathBuf,
     /// Optional reference table for a warm start (fitted offline).
     pub reference: Option<std::path::PathBuf>,
+    /// Optional saved model (`balans correct --save-model`) to warm-start
+    /// from instead of fitting a reference; not together with `reference`.
+    pub model: Option<std::path::PathBuf>,
     /// Milliseconds between inbox scans.
     pub poll_ms: u64,
     /// Plates between full snapshots (the log is replayed in between).
@@ -74,6 +77,7 @@ impl Default for ServeConfig {
             outbox: "outbox".into(),
             state_dir: "state".into(),
             reference: None,
+            model: None,
             poll_ms: 500,
             snapshot_every: 50,
             settle_ms: 1000,
@@ -212,8 +216,19 @@ impl Config {
         path: Option<&Path>,
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Config> {
-        let mut doc: toml::Table = toml::Table::try_from(Config::default())
-            .context("serialising default configuration")?;
+        Self::load_over(&Config::default(), path, vars)
+    }
+
+    /// [`Config::load_with_env`] with `base` in place of the built-in
+    /// defaults: the file and the environment override it (`balans apply`
+    /// starts from the saved model's configuration).
+    pub fn load_over(
+        base: &Config,
+        path: Option<&Path>,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut doc: toml::Table =
+            toml::Table::try_from(base).context("serialising the base configuration")?;
         if let Some(p) = path {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;

@@ -38,7 +38,9 @@
 //!   cross-batch mAP, NSC/NSCB, drift, and the HTML report.
 //! - [`serve`] — the daemon ([`serve::pipeline`]), its sources and sinks
 //!   ([`serve::dir`], [`serve::kafka`]), state ([`serve::state`]) and
-//!   telemetry ([`serve::telemetry`]).
+//!   telemetry ([`serve::telemetry`]); saved models ([`serve::saved`]:
+//!   [`save_model`], [`load_model`], [`apply_model`] and the
+//!   [`Provenance`] every output carries).
 //! - [`synth`] — synthetic tables with known biology and batch effects.
 //! - [`config`] — the TOML configuration with environment overrides.
 //!
@@ -81,3 +83,4 @@ pub use method::fit::{correct, Correction, Dataset, NoProgress, Progress, Summar
 pub use method::model::Model;
 pub use method::params::Params;
 pub use metrics::{evaluate, EvalInput, EvalOptions, Report};
+pub use serve::saved::{apply_model, load_model, save_model, Applied, ApplyOptions, Provenance};

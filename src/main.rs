@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Correct batch effects in a profile table (Parquet, CSV, CSV.gz, Arrow IPC).
     Correct(Box<cli::correct::CorrectArgs>),
+    /// Correct new plates against a saved model (`correct --save-model`); the model's rows never move.
+    Apply(Box<cli::apply::ApplyArgs>),
     /// Score a table with the field's batch-correction metrics (or `drift`).
     Evaluate(Box<cli::evaluate::EvaluateArgs>),
     /// The streaming daemon: Kafka (--brokers) or the embedded directory mode (inbox -> outbox).
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
     cli::logging::init(&cli.log);
     let result = match cli.command {
         Command::Correct(a) => cli::correct::run(*a, &cli.log),
+        Command::Apply(a) => cli::apply::run(*a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Serve(a) => cli::serve::run(*a),
         Command::Evaluate(a) => cli::evaluate::run(*a),

@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Reference table for a warm start (ignored when the state directory has state).
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Saved model (`balans correct --save-model DIR`) to warm-start from instead of a reference table ([serve] model; ignored when the state directory has state; not with --reference).
+    #[arg(long, conflicts_with = "reference")]
+    pub model: Option<PathBuf>,
     /// State directory (snapshot + write-ahead log) [default: state].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -81,6 +84,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let s = &mut cfg.serve;
     if let Some(v) = &a.reference {
         s.reference = Some(v.clone());
+    }
+    if let Some(v) = &a.model {
+        s.model = Some(v.clone());
     }
     if let Some(v) = &a.state_dir {
         s.state_dir = v.clone();

@@ -8,6 +8,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod files;
 pub mod layout;
 pub mod profile;
 pub mod table;

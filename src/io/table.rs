@@ -125,6 +125,20 @@ pub fn read_table(path: &Path) -> Result<RecordBatch> {
     read_table_as(path, format).with_context(|| format!("cannot read table {}", path.display()))
 }
 
+/// The number of rows of a table file: from the footer for Parquet; the
+/// other formats are read whole (and dropped). Errors name the file.
+pub fn count_rows(path: &Path) -> Result<usize> {
+    let format = Format::from_path(path)?;
+    if format == Format::Parquet {
+        let file =
+            File::open(path).with_context(|| format!("cannot read table {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("cannot read table {}", path.display()))?;
+        return Ok(usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0));
+    }
+    Ok(read_table(path)?.num_rows())
+}
+
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
     let batch = match format {
         Format::Parquet => {
@@ -214,9 +228,21 @@ pub fn check_unique_names(schema: &Schema) -> Result<()> {
 /// complete new one. On error the temporary file is removed and `path` is
 /// left untouched.
 pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
+    write_table_with_metadata(path, batch, &[])
+}
+
+/// [`write_table`] with key-value metadata (e.g.
+/// [`Provenance::metadata`](crate::serve::saved::Provenance::metadata)):
+/// Parquet stores it in the file's key-value metadata, Arrow IPC in the
+/// schema's metadata; CSV has nowhere to put it (it is not written).
+pub fn write_table_with_metadata(
+    path: &Path,
+    batch: &RecordBatch,
+    metadata: &[(String, String)],
+) -> Result<()> {
     let format = Format::from_path(path)?;
     let tmp = temp_path(path)?;
-    let result = write_file(&tmp, format, batch).and_then(|()| {
+    let result = write_file(&tmp, format, batch, metadata).and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     });
@@ -323,15 +349,36 @@ fn sync_parent_dir(path: &Path) {
 }
 
 /// Create `tmp`, write the whole table into it and fsync it.
-fn write_file(tmp: &Path, format: Format, batch: &RecordBatch) -> Result<()> {
+fn write_file(
+    tmp: &Path,
+    format: Format,
+    batch: &RecordBatch,
+    metadata: &[(String, String)],
+) -> Result<()> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let file = match format {
         Format::Parquet => {
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(parquet_props()))?;
+            let props = if metadata.is_empty() {
+                parquet_props()
+            } else {
+                parquet_props()
+                    .into_builder()
+                    .set_key_value_metadata(Some(
+                        metadata
+                            .iter()
+                            .map(|(k, v)| {
+                                parquet::file::metadata::KeyValue::new(k.clone(), v.clone())
+                            })
+                            .collect(),
+                    ))
+                    .build()
+            };
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
             writer.write(batch)?;
             writer.into_inner()?
         }
         Format::ArrowIpc => {
+            let batch = &with_schema_metadata(batch, metadata)?;
             let mut writer =
                 arrow_ipc::writer::FileWriter::try_new_buffered(file, batch.schema_ref())?;
             writer.write(batch)?;
@@ -355,6 +402,50 @@ fn write_file(tmp: &Path, format: Format, batch: &RecordBatch) -> Result<()> {
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(())
+}
+
+/// `batch` with `metadata` added to its schema's metadata.
+fn with_schema_metadata(batch: &RecordBatch, metadata: &[(String, String)]) -> Result<RecordBatch> {
+    if metadata.is_empty() {
+        return Ok(batch.clone());
+    }
+    let mut md = batch.schema().metadata().clone();
+    md.extend(metadata.iter().cloned());
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(md));
+    Ok(batch.clone().with_schema(schema)?)
+}
+
+/// The key-value metadata of a Parquet file (its footer's), or of an Arrow
+/// IPC file's schema; empty for CSV. Errors name the file.
+pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>> {
+    let what = || format!("cannot read the metadata of {}", path.display());
+    match Format::from_path(path)? {
+        Format::Parquet => {
+            let file = File::open(path).with_context(what)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(what)?;
+            Ok(builder
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .map(|kv| {
+                    kv.iter()
+                        .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default())
+        }
+        Format::ArrowIpc => {
+            let file = File::open(path).with_context(what)?;
+            let reader = arrow_ipc::reader::FileReader::try_new(file, None).with_context(what)?;
+            Ok(reader
+                .schema()
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        Format::Csv | Format::CsvGz => Ok(Vec::new()),
+    }
 }
 
 fn write_csv<W: Write>(out: W, batch: &RecordBatch) -> Result<W> {

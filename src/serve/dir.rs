@@ -88,10 +88,7 @@ impl Input for InboxFile {
     }
     /// The file name up to its first dot.
     fn fallback_id(&self) -> String {
-        self.path
-            .file_name()
-            .and_then(|n| n.to_string_lossy().split('.').next().map(str::to_string))
-            .unwrap_or_else(|| "plate".into())
+        crate::io::files::plate_id_of(&self.path)
     }
 }
 

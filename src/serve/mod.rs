@@ -25,5 +25,6 @@ pub(crate) mod model_state;
 pub mod outcome;
 pub mod pipeline;
 pub mod plate;
+pub mod saved;
 pub mod state;
 pub mod telemetry;

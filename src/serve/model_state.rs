@@ -1,6 +1,7 @@
 //! The model's durable state at start-up: restore it from the state
-//! directory (snapshot + write-ahead log), or warm-start it from a
-//! reference table, or start with none (the first plate bootstraps one).
+//! directory (snapshot + write-ahead log), or warm-start it from a saved
+//! model (`[serve] model`) or a reference table (`[serve] reference`), or
+//! start with none (the first plate bootstraps one).
 //! Shared by every source; the pipeline ([`super::pipeline`]) keeps the
 //! state up to date afterwards.
 
@@ -16,11 +17,19 @@ use crate::method::model::Model;
 use crate::serve::state::StateDir;
 
 /// Open the state directory and restore the model from it, or warm-start
-/// it from the reference table (fitted offline, then snapshotted), or
-/// start with no model (the first plate bootstraps one). Shared by every
-/// source (directory and Kafka).
+/// it from the saved model or the reference table (fitted offline), then
+/// snapshot it, or start with no model (the first plate bootstraps one).
+/// Shared by every source (directory and Kafka). A saved model and a
+/// reference together are refused: which one to start from is ambiguous.
 pub fn open_state(cfg: &Config) -> Result<(StateDir, Option<Model>)> {
     let sc = &cfg.serve;
+    if let (Some(m), Some(r)) = (&sc.model, &sc.reference) {
+        anyhow::bail!(
+            "both a saved model ({}) and a reference table ({}) to start from: give one ([serve] model / --model or [serve] reference / --reference)",
+            m.display(),
+            r.display()
+        );
+    }
     let mut state = StateDir::open(&sc.state_dir)?;
     let model = match state.restore()? {
         Some((m, replayed)) => {
@@ -33,10 +42,24 @@ pub fn open_state(cfg: &Config) -> Result<(StateDir, Option<Model>)> {
             if sc.reference.is_some() {
                 tracing::info!("state exists: the reference table is not refitted");
             }
+            if sc.model.is_some() {
+                tracing::info!("state exists: the saved model is not loaded");
+            }
             Some(m)
         }
-        None => match &sc.reference {
-            Some(r) => {
+        None => match (&sc.model, &sc.reference) {
+            (Some(dir), _) => {
+                let m = crate::serve::saved::load_model(dir)?;
+                state.snapshot(&m)?;
+                tracing::info!(
+                    model = %dir.display(),
+                    rows = m.len(),
+                    plates = m.meta().plates.len(),
+                    "warm-started from the saved model"
+                );
+                Some(m)
+            }
+            (None, Some(r)) => {
                 let m = warm_start(cfg, r)?;
                 state.snapshot(&m)?;
                 tracing::info!(
@@ -46,7 +69,7 @@ pub fn open_state(cfg: &Config) -> Result<(StateDir, Option<Model>)> {
                 );
                 Some(m)
             }
-            None => {
+            (None, None) => {
                 tracing::info!(
                     "no state and no reference: the first plate fixes normalisation and basis"
                 );
