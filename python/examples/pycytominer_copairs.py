@@ -44,7 +44,9 @@ def map_scores(profiles: pd.DataFrame, cross_batch: bool) -> pd.Series:
     )
     m = mean_average_precision(ap, sameby=["Metadata_MoA"], null_size=10000, threshold=0.05, seed=0,
                                progress_bar=False)
-    return pd.Series({"mAP": m["mean_average_precision"].mean(), "MoAs retrieved (p<0.05)": m["below_corrected_p"].mean()})
+    significant = int(m["below_corrected_p"].sum())
+    return pd.Series({"mAP": round(m["mean_average_precision"].mean(), 3),
+                      "MoAs with p<0.05": f"{significant} of {len(m)}"})
 
 
 # 2a. balans on the DataFrame: the same DataFrame back, features corrected.
@@ -68,7 +70,7 @@ table = pd.DataFrame({
     "normalised, cross-week": map_scores(norm, cross_batch=True),
     "+ balans, cross-week": map_scores(corrected, cross_batch=True),
 }).T
-print(table.round(3).to_string())
+print(table.to_string())
 
 # 4. balans' own metric suite, before -> after.
 report = balans.evaluate(corrected, baseline=norm, batch_col="Metadata_Week", label_col="Metadata_MoA",
