@@ -208,7 +208,10 @@ def correct(
     corrected; ``obs``, ``var`` and the rest are kept) or a path to a table
     file. For a path, ``output=`` names the file written (format by
     extension) and the output path is returned; without ``output`` the
-    corrected ``pyarrow.Table`` is returned.
+    corrected ``pyarrow.Table`` is returned. A path may also be a folder or
+    a glob of plate files (``"plates/*.parquet"``): one fit over all of
+    them, and one corrected file per input, same name, under the folder
+    ``output``.
 
     The keywords are ``balans correct``'s options with the config file's
     names: ``batch_col`` (required here or in ``config``), ``control``
@@ -286,7 +289,9 @@ class Model:
     def transform(self, data: Any, *, output: Optional[PathLike] = None) -> Any:
         """Correct ``data`` against the model (``balans apply``); the result
         is the same kind as ``data`` (for a path with ``output=``, the file
-        is written and its path returned). The table layout (batch, plate,
+        is written and its path returned; a folder or glob of plate files
+        is applied file by file in name order, one output per input under
+        the folder ``output``). The table layout (batch, plate,
         control columns) is the one the model was fitted with."""
         layout = self._native.layout()
         inp = _Input(data, [layout.get("batch_col"), layout.get("plate_col"), _control_column(layout.get("control"))])

@@ -55,7 +55,12 @@ pub fn correct_table(data: Data, cfg: &Config) -> Result<RecordBatch> {
 /// Correct the table file `input` into `output` (format by extension, with
 /// the provenance metadata), checking the output before the fit as the CLI
 /// does.
+/// A folder or glob `input` writes one file per input under the folder
+/// `output` instead ([`crate::files::correct_many`]).
 pub fn correct_file(input: &Path, output: &Path, cfg: &Config) -> Result<()> {
+    if let Some(jobs) = crate::files::plan(input, output)? {
+        return crate::files::correct_many(&jobs, cfg);
+    }
     table::prepare_output(output, &[input])?;
     let batch = correct_table(Data::Path(input.to_path_buf()), cfg)?;
     crate::provenance::write(output, &batch, cfg)?;

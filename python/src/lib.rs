@@ -26,6 +26,7 @@ use pyo3::prelude::*;
 mod arrow;
 mod correct;
 mod evaluate;
+mod files;
 mod model;
 mod options;
 mod progress;

@@ -55,7 +55,12 @@ fn transform(model: &mut Model, data: Data, cfg: &Config) -> Result<RecordBatch>
 }
 
 /// `transform` of the file `input` into `output` (with the provenance).
+/// A folder or glob `input` writes one file per input under the folder
+/// `output` ([`crate::files::transform_many`]).
 fn transform_file(model: &mut Model, input: &Path, output: &Path, cfg: &Config) -> Result<()> {
+    if let Some(jobs) = crate::files::plan(input, output)? {
+        return crate::files::transform_many(model, &jobs, cfg);
+    }
     table::prepare_output(output, &[input])?;
     let batch = transform(model, Data::Path(input.to_path_buf()), cfg)?;
     crate::provenance::write(output, &batch, cfg)

@@ -47,9 +47,10 @@ def cli():
     binary = _binary()
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(binary), "-q", *map(str, args)], check=True, capture_output=True, text=True
-        )
+        done = subprocess.run([str(binary), "-q", *map(str, args)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise AssertionError(f"balans {' '.join(map(str, args))} failed:\n{done.stderr}")
+        return done
 
     return run
 

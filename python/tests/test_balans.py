@@ -312,3 +312,38 @@ def test_evaluate_returns_the_clis_figures(cli, cli_corrected, bbbc021_df, tmp_p
                           control="Metadata_MoA=DMSO", exclude="_Location_|_Center_")
     assert got == want
     assert "before" in got and got["before"]
+
+
+# ------------------------------------------------------ folders of plate files
+
+
+@pytest.fixture(scope="module")
+def plate_files(split):
+    """The new weeks as one Parquet file per plate, in a folder."""
+    import pyarrow.compute as pc
+
+    d = split / "plates"
+    d.mkdir()
+    t = pq.read_table(split / "new.parquet")
+    for plate in sorted(set(t.column("Metadata_Plate").to_pylist())):
+        pq.write_table(t.filter(pc.equal(t.column("Metadata_Plate"), plate)), d / f"{plate}.parquet")
+    return d
+
+
+def test_folder_in_folder_out_is_the_clis(cli, plate_files, tmp_path):
+    cli("correct", "-i", plate_files, "-o", tmp_path / "cli", *CLI_LAYOUT)
+    balans.correct(plate_files, output=tmp_path / "py", **LAYOUT)
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == sorted(p.name for p in plate_files.iterdir())
+    assert sorted(p.name for p in (tmp_path / "py").iterdir()) == names
+    for n in names:
+        assert (tmp_path / "py" / n).read_bytes() == (tmp_path / "cli" / n).read_bytes(), n
+
+
+def test_transform_folder_is_apply_folder(cli, split, cli_applied, plate_files, tmp_path):
+    cli("apply", "--model", split / "cli_model", "-i", str(plate_files / "*.parquet"), "-o", tmp_path / "cli")
+    balans.load(split / "cli_model").transform(str(plate_files / "*.parquet"), output=tmp_path / "py")
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert len(names) == len(list(plate_files.iterdir()))
+    for n in names:
+        assert (tmp_path / "py" / n).read_bytes() == (tmp_path / "cli" / n).read_bytes(), n
