@@ -307,3 +307,375 @@ fn provenance_is_written_to_parquet_and_arrow_outputs() {
         assert_eq!(read_table(&p).unwrap().num_rows(), t.num_rows());
     }
 }
+
+// ------------------------------------------------------------- the CLI
+
+mod common;
+use common::{bin, data, drop_plate, s};
+
+fn ok(args: &[&str]) -> String {
+    let o = bin().arg("-q").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "balans {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = bin().arg("-q").args(args).output().unwrap();
+    assert!(!o.status.success(), "balans {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `Feature_*` columns of a table file, by name.
+fn features(p: &Path) -> Vec<(String, Vec<f64>)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    let t = balans::io::table::read_table(p).unwrap();
+    let schema = t.schema();
+    let mut v: Vec<(String, Vec<f64>)> = schema
+        .fields()
+        .iter()
+        .zip(t.columns())
+        .filter(|(f, _)| f.name().starts_with("Feature_"))
+        .map(|(f, c)| {
+            (
+                f.name().clone(),
+                c.as_primitive::<Float64Type>().values().to_vec(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn provenance_of(p: &Path) -> Provenance {
+    let md = balans::io::table::read_metadata(p).unwrap();
+    Provenance::from_metadata(md.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .unwrap_or_else(|| panic!("{}: no provenance in {md:?}", p.display()))
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn correct_save_model_then_apply_a_folder_equals_serve_model() {
+    let st = data();
+    let d = st.dir.path();
+    let model = d.join("model");
+    ok(&[
+        "correct",
+        "-i",
+        s(&st.reference),
+        "-o",
+        s(&d.join("reference_corrected.parquet")),
+        "--batch-col",
+        "Metadata_Batch",
+        "--control",
+        "Metadata_Label=DMSO",
+        "--threads",
+        "2",
+        "--save-model",
+        s(&model),
+    ]);
+    let reference_rows = load_model(&model).unwrap().len();
+    // The held-out plates, one file each, in a folder (and in the inbox).
+    let plates = d.join("plates");
+    let inbox = d.join("inbox");
+    std::fs::create_dir_all(&plates).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    for (p, t) in &st.plates {
+        balans::io::table::write_table(&plates.join(format!("{p}.parquet")), t).unwrap();
+        drop_plate(&inbox, &format!("{p}.parquet"), t);
+    }
+    // The layout comes from the saved model: no --batch-col needed.
+    let applied = d.join("applied");
+    let grown = d.join("grown");
+    let out = ok(&[
+        "apply",
+        "--model",
+        s(&model),
+        "-i",
+        s(&plates),
+        "-o",
+        s(&applied),
+        "--save-model",
+        s(&grown),
+    ]);
+    assert!(out.contains(&st.plates[0].0), "{out}");
+    assert_eq!(
+        names(&applied),
+        names(&plates),
+        "one output per input, same names"
+    );
+    let rows: usize = st.plates.iter().map(|(_, t)| t.num_rows()).sum();
+    assert_eq!(load_model(&grown).unwrap().len(), reference_rows + rows);
+    assert_eq!(
+        load_model(&model).unwrap().len(),
+        reference_rows,
+        "the input model is not changed"
+    );
+
+    // The daemon warm-started from the same model publishes the same values.
+    let outbox = d.join("outbox");
+    ok(&[
+        "serve",
+        "--model",
+        s(&model),
+        "--state-dir",
+        s(&d.join("state")),
+        "--inbox",
+        s(&inbox),
+        "--outbox",
+        s(&outbox),
+        "--batch-col",
+        "Metadata_Batch",
+        "--control",
+        "Metadata_Label=DMSO",
+        "--poll-ms",
+        "50",
+        "--settle-ms",
+        "0",
+        "--once",
+    ]);
+    for (p, t) in &st.plates {
+        let a = applied.join(format!("{p}.parquet"));
+        let served = features(&outbox.join(format!("{p}.parquet")));
+        assert_eq!(features(&a), served, "plate {p}");
+        assert_ne!(
+            features(&plates.join(format!("{p}.parquet"))),
+            served,
+            "plate {p} corrected"
+        );
+        assert_eq!(
+            balans::io::table::read_table(&a).unwrap().num_rows(),
+            t.num_rows()
+        );
+        let prov = provenance_of(&a);
+        assert_eq!(prov.version, env!("CARGO_PKG_VERSION"));
+        assert!(prov.config.contains("Metadata_Batch"), "{}", prov.config);
+    }
+}
+
+#[test]
+fn a_folder_is_one_dataset_and_bad_files_are_named() {
+    let st = data();
+    let d = st.dir.path();
+    // The plates as files, and the same rows as one table in file order.
+    let plates = d.join("plates");
+    std::fs::create_dir_all(&plates).unwrap();
+    let mut parts = Vec::new();
+    for (p, t) in &st.plates {
+        balans::io::table::write_table(&plates.join(format!("{p}.parquet")), t).unwrap();
+        parts.push(t.clone());
+    }
+    let all = arrow_select::concat::concat_batches(&parts[0].schema(), &parts).unwrap();
+    let one = d.join("one.parquet");
+    balans::io::table::write_table(&one, &all).unwrap();
+    let layout = [
+        "--batch-col",
+        "Metadata_Batch",
+        "--control",
+        "Metadata_Label=DMSO",
+        "--threads",
+        "2",
+    ];
+    let run = |input: &Path, output: &Path| {
+        let mut a = vec!["correct", "-i", s(input), "-o", s(output)];
+        a.extend(layout);
+        ok(&a);
+    };
+    run(&one, &d.join("one_out.parquet"));
+    let glob = plates.join("*.parquet");
+    run(&glob, &d.join("many_out"));
+    assert_eq!(names(&d.join("many_out")), names(&plates));
+    let whole = features(&d.join("one_out.parquet"));
+    let mut at = 0;
+    for (p, t) in &st.plates {
+        let f = features(&d.join("many_out").join(format!("{p}.parquet")));
+        let n = t.num_rows();
+        for ((name, v), (wname, w)) in f.iter().zip(&whole) {
+            assert_eq!(name, wname);
+            assert_eq!(&v[..], &w[at..at + n], "{p} {name}");
+        }
+        at += n;
+    }
+
+    // A damaged file, and a file lacking a feature column, are named.
+    let bad = d.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for (p, t) in st.plates.iter().take(2) {
+        balans::io::table::write_table(&bad.join(format!("{p}.parquet")), t).unwrap();
+    }
+    std::fs::write(bad.join("zz_damaged.parquet"), b"not parquet").unwrap();
+    let bad_out = d.join("bad_out");
+    let mut a = vec!["correct", "-i", s(&bad), "-o", s(&bad_out)];
+    a.extend(layout);
+    let e = fails(&a);
+    assert!(e.contains("zz_damaged.parquet"), "{e}");
+    std::fs::remove_file(bad.join("zz_damaged.parquet")).unwrap();
+    let t = &st.plates[2].1;
+    let keep: Vec<usize> = (0..t.num_columns())
+        .filter(|&j| t.schema().field(j).name() != "Feature_007")
+        .collect();
+    balans::io::table::write_table(&bad.join("zz_short.parquet"), &t.project(&keep).unwrap())
+        .unwrap();
+    let e = fails(&a);
+    assert!(
+        e.contains("zz_short.parquet") && e.contains("Feature_007"),
+        "{e}"
+    );
+
+    // apply on a folder with a bad file names it too.
+    let model = d.join("model");
+    let ref_out = d.join("ref_out.parquet");
+    let mut a = vec![
+        "correct",
+        "-i",
+        s(&st.reference),
+        "-o",
+        s(&ref_out),
+        "--save-model",
+        s(&model),
+    ];
+    a.extend(layout);
+    ok(&a);
+    let e = fails(&[
+        "apply",
+        "--model",
+        s(&model),
+        "-i",
+        s(&bad),
+        "-o",
+        s(&d.join("ap")),
+    ]);
+    assert!(
+        e.contains("zz_short.parquet") && e.contains("Feature_007"),
+        "{e}"
+    );
+    // --impute needs a single table.
+    let x = d.join("x");
+    let mut a = vec!["correct", "-i", s(&plates), "-o", s(&x), "--impute"];
+    a.extend(layout);
+    let e = fails(&a);
+    assert!(e.contains("--impute"), "{e}");
+}
+
+#[test]
+fn a_run_repeats_from_its_output_metadata_alone() {
+    let st = data();
+    let d = st.dir.path();
+    let first = d.join("first.parquet");
+    ok(&[
+        "correct",
+        "-i",
+        s(&st.reference),
+        "-o",
+        s(&first),
+        "--batch-col",
+        "Metadata_Batch",
+        "--control",
+        "Metadata_Label=DMSO",
+        "--exclude",
+        "Feature_01",
+        "--k",
+        "9",
+        "--seed",
+        "7",
+        "--rounds",
+        "3",
+        "--threads",
+        "2",
+    ]);
+    let prov = provenance_of(&first);
+    assert_eq!(prov.seed, 7);
+    let cfg = prov.resolved_config().unwrap();
+    assert_eq!((cfg.method.k, cfg.method.rounds), (9, 3));
+    // Only the metadata: no flag but the input and output.
+    let config = d.join("from_metadata.toml");
+    std::fs::write(&config, &prov.config).unwrap();
+    let second = d.join("second.parquet");
+    ok(&[
+        "correct",
+        "-i",
+        s(&st.reference),
+        "-o",
+        s(&second),
+        "--config",
+        s(&config),
+    ]);
+    assert_eq!(features(&first), features(&second));
+    assert_eq!(provenance_of(&second), prov);
+    // A different seed is a different run (the seed matters).
+    let third = d.join("third.parquet");
+    ok(&[
+        "correct",
+        "-i",
+        s(&st.reference),
+        "-o",
+        s(&third),
+        "--config",
+        s(&config),
+        "--seed",
+        "8",
+    ]);
+    assert_ne!(features(&first), features(&third));
+}
+
+#[test]
+fn serve_refuses_a_saved_model_and_a_reference_together() {
+    let st = data();
+    let d = st.dir.path();
+    let o = bin()
+        .args([
+            "-q",
+            "serve",
+            "--reference",
+            s(&st.reference),
+            "--state-dir",
+        ])
+        .arg(d.join("state"))
+        .arg("--inbox")
+        .arg(d.join("inbox"))
+        .arg("--outbox")
+        .arg(d.join("outbox"))
+        .args(["--batch-col", "Metadata_Batch", "--once"])
+        .env("BALANS_SERVE__MODEL", d.join("model"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("both a saved model") && e.contains("reference"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_plate_id_reused_with_other_content_is_refused() {
+    let (reference, held) = split();
+    let mut model = fit_model(&reference);
+    let opts = ApplyOptions::default();
+    apply_model(&mut model, &held, &opts).unwrap();
+    let n = model.len();
+    // The same plates with one value changed: the ids clash.
+    let mut changed = held.clone();
+    changed.x[(0, 0)] += 1.0;
+    let t = changed.corrected_table(changed.x.view()).unwrap();
+    let e = apply_model(&mut model, &load(t, "changed.parquet"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("changed.parquet") && e.contains("duplicate plate id"),
+        "{e}"
+    );
+    assert_eq!(model.len(), n);
+}

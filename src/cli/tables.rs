@@ -24,7 +24,7 @@ pub struct TableArgs {
     /// TOML config file (same keys as config/balans.toml).
     #[arg(long, env = "BALANS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Batch label column (required here or in the config).
+    /// Batch label column (required here or in the config; `apply` takes it from the saved model when not given).
     #[arg(long)]
     pub batch_col: Option<String>,
     /// Plate column for per-plate normalisation [default: Metadata_Plate].
