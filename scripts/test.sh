@@ -2,7 +2,8 @@
 # The test command (README). Builds the dev profile and runs every test.
 # Starts any service the tests need itself: a Kafka-protocol broker (tansu,
 # installed into .venv-broker by scripts/broker.sh) for tests/serve_kafka.rs,
-# exported as BALANS_TEST_BROKERS and stopped on exit.
+# exported as BALANS_TEST_BROKERS and stopped on exit. Then the Python
+# package's tests (scripts/python-test.sh: builds it into .venv-py, pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${BALANS_TEST_BROKERS:-}" ]]; then
@@ -18,3 +19,5 @@ else
 fi
 # Doc tests (nextest does not run them).
 cargo test --doc --quiet
+# The Python package (python/): build into a venv, then pytest.
+bash scripts/python-test.sh

@@ -11,6 +11,7 @@ use clap::Args;
 
 use balans::config::Config;
 use balans::serve::dir::DirServer;
+#[cfg(feature = "kafka")]
 use balans::serve::kafka::KafkaServer;
 
 /// Options of `balans serve` (keys of `[serve]`, `[correct]`, `[method]`).
@@ -146,7 +147,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         DirServer::open_with(cfg, telemetry)?.run(stop, a.once)?
     } else {
         anyhow::ensure!(!a.once, "--once applies to the directory mode only");
-        KafkaServer::open_with(cfg, Box::new(telemetry))?.run(stop)?
+        kafka_mode(cfg, telemetry, stop)?
     };
     tracing::info!(
         corrected = report.corrected,
@@ -159,4 +160,27 @@ pub fn run(a: ServeArgs) -> Result<()> {
         report.corrected, report.replayed, report.rejected
     );
     Ok(())
+}
+
+/// The Kafka mode (`[kafka] brokers` set).
+#[cfg(feature = "kafka")]
+fn kafka_mode(
+    cfg: Config,
+    telemetry: balans::serve::telemetry::Telemetry,
+    stop: Arc<AtomicBool>,
+) -> Result<balans::serve::outcome::RunReport> {
+    KafkaServer::open_with(cfg, Box::new(telemetry))?.run(stop)
+}
+
+/// The Kafka mode asked for in a build without it (`--no-default-features`).
+#[cfg(not(feature = "kafka"))]
+fn kafka_mode(
+    cfg: Config,
+    _telemetry: balans::serve::telemetry::Telemetry,
+    _stop: Arc<AtomicBool>,
+) -> Result<balans::serve::outcome::RunReport> {
+    anyhow::bail!(
+        "balans was built without Kafka support (cargo feature `kafka`), but the configuration sets [kafka] brokers = {:?}; rebuild with the default features or leave brokers empty for the directory mode",
+        cfg.kafka.brokers
+    )
 }

@@ -19,6 +19,7 @@
 
 pub mod dir;
 pub mod hooks;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub(crate) mod model_state;
 pub mod outcome;

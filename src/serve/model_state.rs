@@ -98,6 +98,7 @@ fn warm_start(cfg: &Config, path: &Path) -> Result<Model> {
 /// A fresh state directory seeded with `model` (the stream bench builds its
 /// model itself): refuses a directory that already holds a snapshot, then
 /// writes one of `model`.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the Kafka mode only
 pub fn seed_state(cfg: &Config, model: &Model) -> Result<StateDir> {
     let dir = &cfg.serve.state_dir;
     anyhow::ensure!(
