@@ -815,7 +815,7 @@ mod tests {
     /// metadata; and it reads back to the same table.
     #[test]
     fn parallel_parquet_equals_arrow_writer_bytes() {
-        let n = 2500;
+        let n: usize = 2500;
         let schema = Arc::new(Schema::new(vec![
             Field::new("Metadata_Plate", DataType::Utf8, false),
             Field::new("count", DataType::Int32, true),
