@@ -1,13 +1,14 @@
-//! `balans.evaluate`: the steps of `balans evaluate` (run_table in
-//! src/cli/evaluate.rs) on a table and an optional baseline, returning the
-//! report the CLI writes with `--json`.
+//! `balans.evaluate`: `balans evaluate` on a table and an optional
+//! baseline, through the same library path (`balans::metrics::table`:
+//! `eval_input`, `eval_options`, `evaluate_table`), returning the report the
+//! CLI writes with `--json`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use balans::io::dataset::exclude_regex;
 use balans::io::profile::ControlSelector;
 use balans::io::table;
-use balans::metrics::{evaluate_full, EvalInput, EvalOptions};
-use balans::{LoadSpec, ProfileTable};
+use balans::metrics::{eval_input, eval_options, evaluate_table};
+use balans::LoadSpec;
 use serde::Deserialize;
 
 use crate::arrow::Data;
@@ -77,63 +78,23 @@ pub fn evaluate(data: Data, baseline: Option<Data>, a: &EvaluateOptions) -> Resu
         ..LoadSpec::new(&a.batch_col)
     };
     let t = crate::correct::load(data, &spec)?;
-    let source = t.source.clone();
     let baseline = match baseline {
-        Some(b) => {
-            let (b, s) = match b {
-                Data::Path(p) => (table::read_table(&p)?, p.display().to_string()),
-                Data::Table(b, s) => (b, s),
-            };
-            anyhow::ensure!(
-                b.num_rows() == t.rows(),
-                "{s} has {} rows, {source} {} (the baseline must hold the same rows)",
-                b.num_rows(),
-                t.rows()
-            );
-            Some(t.features_like(&b, &s)?)
-        }
+        Some(Data::Path(p)) => Some((table::read_table(&p)?, p.display().to_string())),
+        Some(Data::Table(b, s)) => Some((b, s)),
         None => None,
     };
-    let input = eval_input(t, &a.compound_col, &a.treatment_col, baseline)?;
-    let mut opts = EvalOptions {
-        seed: a.seed,
-        robust_scale: a.robust_scale,
-        pca_components: (a.pca > 0).then_some(a.pca),
-        ..EvalOptions::default()
-    };
-    opts.kmeans.seed = a.seed;
-    let after = evaluate_full(&input, &opts)?;
-    let mut report = after.report;
-    if let (Some(base), true) = (&input.baseline, a.baseline_scores) {
-        // As the CLI: the baseline scored against itself.
-        let base_input = EvalInput {
-            features: base.clone(),
-            ..input.clone()
-        };
-        let ev = evaluate_full(&base_input, &opts)
-            .context("scoring the baseline (pass baseline_scores=False to skip)")?;
-        report.before = Some(Box::new(ev.report));
-    }
-    report.to_json()
-}
-
-/// The metrics' input from a loaded table.
-fn eval_input(
-    t: ProfileTable,
-    compound_col: &str,
-    treatment_col: &str,
-    baseline: Option<ndarray::Array2<f64>>,
-) -> Result<EvalInput> {
-    let n = t.rows();
-    Ok(EvalInput {
-        compound: t.optional_column(compound_col)?,
-        treatment: t.optional_column(treatment_col)?,
-        features: t.x,
-        batch: t.batch,
-        label: t.labels.unwrap_or_default(),
-        plate: t.plate,
-        is_control: t.controls.unwrap_or_else(|| vec![false; n]),
-        baseline,
-        previous: None,
-    })
+    let input = eval_input(
+        t,
+        &a.compound_col,
+        &a.treatment_col,
+        baseline.as_ref().map(|(b, s)| (b, s.as_str())),
+    )?;
+    let opts = eval_options(a.seed, a.robust_scale, a.pca);
+    let scored = evaluate_table(
+        &input,
+        &opts,
+        a.baseline_scores,
+        "pass baseline_scores=False to skip",
+    )?;
+    scored.report().to_json()
 }

@@ -165,7 +165,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     }
     let (input, output) = &plan.jobs[0];
     let spec = LoadSpec::from_config(&cfg.correct)?;
-    let t = ProfileTable::load(input, &spec)?;
+    let mut t = ProfileTable::load(input, &spec)?;
     if t.plate.is_none() {
         tracing::warn!(
             plate_col = %cfg.correct.plate_col,
@@ -182,27 +182,36 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
             "constant features (zero MAD) pass through uncorrected"
         );
     }
-    table::write_table_with_metadata(
-        output,
-        &t.corrected_table(fit.corrected.view())?,
-        &prov.metadata(),
-    )?;
-    tracing::info!(output = %output.display(), "wrote corrected table");
+    // Everything that needs the fit's working arrays (QC table, saved
+    // model, summary figures) runs before the output is built, so that the
+    // write, the peak of a large run, holds only what it writes: the fit's
+    // `n x d` arrays and the input feature matrix are dropped first, and
+    // `corrected` once the output table is built.
     let f = Fitted {
         data,
         features: &t.columns.names,
         labels: t.labels.as_deref(),
     };
     let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f)?;
+    let Correction {
+        corrected, summary, ..
+    } = fit;
+    t.x = Array2::zeros((0, 0));
+    let out = t.corrected_table(corrected.view())?;
+    drop(corrected);
+    let (source, dropped, imputed) = (t.source, t.dropped, t.imputed);
+    drop(t.table);
+    table::write_table_with_metadata(output, &out, &prov.metadata())?;
+    tracing::info!(output = %output.display(), "wrote corrected table");
     Ok(CorrectReport {
-        input: t.source.clone(),
+        input: source,
         output: output.display().to_string(),
         files: Vec::new(),
-        fit: fit.summary,
+        fit: summary,
         before,
         after,
-        dropped_features: t.dropped.clone(),
-        imputed_values: t.imputed,
+        dropped_features: dropped,
+        imputed_values: imputed,
         saved_model,
     })
 }

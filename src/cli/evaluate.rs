@@ -14,7 +14,7 @@ use balans::metrics::drift::{replicate_distance, representation_drift};
 use balans::metrics::plots::{metric_bars, sample_rows, scatter, MAX_SCATTER_POINTS};
 use balans::metrics::preprocess::robust_scale;
 use balans::metrics::report::Figure;
-use balans::metrics::{evaluate_full, Codes, EvalInput, EvalOptions, Evaluation};
+use balans::metrics::{eval_input, eval_options, evaluate_table, Codes, EvalInput, Evaluation};
 
 /// Options of `balans evaluate`.
 #[derive(Args, Debug, Clone)]
@@ -149,68 +149,30 @@ fn run_table(a: TableArgs) -> Result<()> {
     let t = ProfileTable::load(input, &spec)?;
     let source = t.source.clone();
     let baseline = match &a.baseline {
-        Some(p) => {
-            let s = p.display().to_string();
-            let b = table::read_table(p)?;
-            anyhow::ensure!(
-                b.num_rows() == t.rows(),
-                "{s} has {} rows, {source} {} (the baseline must hold the same rows)",
-                b.num_rows(),
-                t.rows()
-            );
-            Some(t.features_like(&b, &s)?)
-        }
+        Some(p) => Some((table::read_table(p)?, p.display().to_string())),
         None => None,
     };
-    let n = t.rows();
-    let input_data = EvalInput {
-        compound: t.optional_column(&a.compound_col)?,
-        treatment: t.optional_column(&a.treatment_col)?,
-        features: t.x,
-        batch: t.batch,
-        label: t.labels.unwrap_or_default(),
-        plate: t.plate,
-        is_control: t.controls.unwrap_or_else(|| vec![false; n]),
-        baseline,
-        previous: None,
-    };
-    let mut opts = EvalOptions {
-        seed: a.seed,
-        robust_scale: !a.no_robust_scale,
-        pca_components: (a.pca > 0).then_some(a.pca),
-        ..EvalOptions::default()
-    };
-    opts.kmeans.seed = a.seed;
-    let started = std::time::Instant::now();
-    let after = evaluate_full(&input_data, &opts)?;
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "evaluated");
-    let before = match (&input_data.baseline, a.no_baseline_scores) {
-        (Some(base), false) => {
-            let started = std::time::Instant::now();
-            // The baseline scored against itself: PCR comparison 0 by
-            // definition, so its batch mean covers the same five metrics.
-            let base_input = EvalInput {
-                features: base.clone(),
-                ..input_data.clone()
-            };
-            let ev = evaluate_full(&base_input, &opts)
-                .context("scoring the baseline (use --no-baseline-scores to skip)")?;
-            tracing::info!(
-                seconds = started.elapsed().as_secs_f64(),
-                "baseline evaluated"
-            );
-            Some(ev)
-        }
-        _ => None,
-    };
-    let mut report = after.report.clone();
-    report.before = before.as_ref().map(|b| Box::new(b.report.clone()));
+    let input_data = eval_input(
+        t,
+        &a.compound_col,
+        &a.treatment_col,
+        baseline.as_ref().map(|(b, s)| (b, s.as_str())),
+    )?;
+    let opts = eval_options(a.seed, !a.no_robust_scale, a.pca);
+    let scored = evaluate_table(
+        &input_data,
+        &opts,
+        !a.no_baseline_scores,
+        "use --no-baseline-scores to skip",
+    )?;
+    let report = scored.report();
+    let (after, before) = (&scored.after, scored.before.as_ref());
     println!("{}", report.to_text());
     if let Some(p) = &a.json {
         write_text(p, &report.to_json()?)?;
     }
     if a.markdown.is_some() || a.html.is_some() {
-        let figures = figures(&input_data, &after, before.as_ref(), &report, a.seed)?;
+        let figures = figures(&input_data, after, before, &report, a.seed)?;
         if let Some(p) = &a.markdown {
             let stem = p
                 .file_stem()

@@ -41,8 +41,10 @@ pub mod plots;
 pub mod preprocess;
 pub mod report;
 pub mod silhouette;
+pub mod table;
 
 pub use evaluate::{evaluate, evaluate_full, EvalInput, EvalOptions, Evaluation};
 pub use knn::Metric;
 pub use labels::Codes;
 pub use report::Report;
+pub use table::{eval_input, eval_options, evaluate_table, TableEvaluation};
