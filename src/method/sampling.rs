@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use crate::method::index::BatchIndex;
+use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::kernel::affinity;
 use crate::method::params::{KernelKind, Params, Retention, SamplingRule, TrustRule};
 use crate::method::rows::RowSource;
@@ -146,30 +146,63 @@ pub fn compute_row_observed(
     indices: &[&BatchIndex],
     cache: &ScaleCache,
     cfg: &SamplingConfig,
-    observe: &mut dyn FnMut(usize, &[crate::method::index::Neighbor]),
+    observe: &mut dyn FnMut(usize, &[Neighbor]),
 ) -> Result<SparseRow> {
-    let bi = rows.batch(i) as usize;
-    let q = rows.row(i);
+    let lists = candidate_lists(rows.row(i), indices, cfg)?;
+    for (c, nb) in lists.iter().enumerate() {
+        observe(c, nb);
+    }
+    compute_row_from(i, rows, indices, &lists, cache, cfg)
+}
+
+/// The candidate queries of a sampled row at `q`: its `k.max(m)` nearest
+/// rows of every batch index, sorted (one list per index, in index order).
+pub fn candidate_lists(
+    q: &[f32],
+    indices: &[&BatchIndex],
+    cfg: &SamplingConfig,
+) -> Result<Vec<Vec<Neighbor>>> {
     let kq = cfg.k.max(cfg.m);
+    indices.iter().map(|index| index.search(q, kq)).collect()
+}
+
+/// [`compute_row`] from candidate lists already queried
+/// ([`candidate_lists`] at row `i`'s coordinates): the same row, without the
+/// queries. The daemon queries a whole plate first, so it can compute every
+/// candidate's scale against the plate in one pass
+/// ([`crate::method::scales::kth_scales_against`]) and hand them in `cache`.
+pub fn compute_row_from(
+    i: usize,
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
+    lists: &[Vec<Neighbor>],
+    cache: &ScaleCache,
+    cfg: &SamplingConfig,
+) -> Result<SparseRow> {
+    anyhow::ensure!(
+        lists.len() == indices.len(),
+        "row {i}: {} candidate lists for {} indices",
+        lists.len(),
+        indices.len()
+    );
+    let bi = rows.batch(i) as usize;
     let mut all: Vec<(u32, f32)> = Vec::new();
     let mut dist2: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
     let mut own_scale = 0.0;
-    for (c, index) in indices.iter().enumerate() {
-        let nb = index.search(q, kq)?;
-        observe(c, &nb);
+    for (c, nb) in lists.iter().enumerate() {
         if nb.is_empty() {
             continue;
         }
-        let s_i = kth_scale(&nb, cfg.k);
+        let s_i = kth_scale(nb, cfg.k);
         cache.set(i, c, s_i);
         if c == bi {
-            own_scale = kth_scale(&nb, cfg.trust_k.max(1));
+            own_scale = kth_scale(nb, cfg.trust_k.max(1));
         }
-        for n in &nb {
+        for n in nb {
             dist2.insert(n.key as u32, n.dist2);
         }
         let mut scored: Vec<(u32, f32)> = Vec::with_capacity(nb.len());
-        for n in &nb {
+        for n in nb {
             let j = n.key as usize;
             let s_j = match cfg.kernel {
                 KernelKind::Symmetric => cache.get_or_compute(j, bi, rows, indices)?,
