@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(back.search(&more.row(3).to_vec(), 1).unwrap()[0].key, 5003);
         // Refused: other rows than the caller's, a different vector, a cut
         // or flipped file, a different dimension.
-        let err = |r: Result<BatchIndex>| format!("{:#}", r.err().expect("refused"));
+        let err = |r: Result<BatchIndex>| format!("{:#}", r.expect_err("refused"));
         let e = err(BatchIndex::from_bytes(
             config,
             6,

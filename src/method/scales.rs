@@ -154,7 +154,7 @@ impl ScaleCache {
 /// plate's 384 rows and the distinct candidates of the plate's queries.
 pub fn kth_scales_against(rows: &[f32], dims: usize, queries: &[&[f32]], k: usize) -> Vec<f64> {
     use rayon::prelude::*;
-    let n = if dims == 0 { 0 } else { rows.len() / dims };
+    let n = rows.len().checked_div(dims).unwrap_or(0);
     let k = k.min(n);
     if k == 0 {
         return vec![0.0; queries.len()];
