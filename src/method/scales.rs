@@ -146,31 +146,83 @@ impl ScaleCache {
 /// `sigma_q` against a small block of rows for many queries: for each
 /// query, the distance to its k-th nearest row of `rows` (row-major, `dims`
 /// wide), counting a row at distance 0 — exactly [`kth_scale`] of an exact
-/// [`BatchIndex`] search over `rows` (same [`l2sq`] distances, so the same
-/// bits), without building neighbour lists. `k` is clamped to the row
-/// count; 0 rows give 0. Queries run in parallel, each reusing one buffer.
+/// [`BatchIndex`] search over `rows`, bit for bit. `k` is clamped to the
+/// row count; 0 rows give 0.
 ///
-/// Cost: `queries x rows x dims` multiply-adds; the daemon calls it with a
-/// plate's 384 rows and the distinct candidates of the plate's queries.
+/// How: the distances of a block of queries to every row come from one
+/// matrix product (`|q|^2 + |r|^2 - 2 q.r`, SIMD GEMM), which is fast but
+/// rounds differently; they only select the rows that can be among the k
+/// nearest — every row whose approximate distance is within twice the
+/// product's error bound of the approximate k-th — and those few rows get
+/// the exact [`l2sq`] distance the index would compute. The k-th smallest
+/// of those is the exact answer: a row left out is farther than the k-th
+/// by more than the bound, and at least k rows are kept.
+///
+/// Cost: `queries x rows x dims` multiply-adds in GEMM, plus about `k`
+/// exact distances per query. The daemon calls it with a plate's 384 rows
+/// and the distinct candidates of the plate's queries.
 pub fn kth_scales_against(rows: &[f32], dims: usize, queries: &[&[f32]], k: usize) -> Vec<f64> {
+    use ndarray::{Array2, ArrayView2};
     use rayon::prelude::*;
+    /// Queries per matrix product.
+    const BLOCK: usize = 128;
     let n = rows.len().checked_div(dims).unwrap_or(0);
     let k = k.min(n);
     if k == 0 {
         return vec![0.0; queries.len()];
     }
-    queries
-        .par_iter()
-        .map_init(
-            || Vec::with_capacity(n),
-            |buf: &mut Vec<f32>, q| {
-                buf.clear();
-                buf.extend(rows.chunks_exact(dims).map(|r| l2sq(r, q)));
-                let (_, kth, _) = buf.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
-                (kth.max(0.0) as f64).sqrt()
-            },
-        )
-        .collect()
+    let Ok(r) = ArrayView2::from_shape((n, dims), &rows[..n * dims]) else {
+        return vec![0.0; queries.len()];
+    };
+    let norms: Vec<f32> = rows
+        .chunks_exact(dims)
+        .map(|x| x.iter().map(|v| v * v).sum())
+        .collect();
+    let max_norm = norms.iter().copied().fold(0f32, f32::max);
+    // Rounding bound of a GEMM distance relative to |q|^2 + |r|^2: a few
+    // ulps per accumulated term, with a wide margin.
+    let rel = 8.0 * dims as f32 * f32::EPSILON;
+    let blocks: Vec<Vec<f64>> = queries
+        .par_chunks(BLOCK)
+        .map(|blk| {
+            let q = Array2::from_shape_fn((blk.len(), dims), |(a, t)| blk[a][t]);
+            let g = q.dot(&r.t());
+            let mut approx: Vec<f32> = Vec::with_capacity(n);
+            let mut work: Vec<f32> = Vec::with_capacity(n);
+            blk.iter()
+                .enumerate()
+                .map(|(a, qa)| {
+                    let qn: f32 = qa.iter().map(|v| v * v).sum();
+                    approx.clear();
+                    approx.extend(
+                        g.row(a)
+                            .iter()
+                            .zip(&norms)
+                            .map(|(&dot, &rn)| qn + rn - 2.0 * dot),
+                    );
+                    work.clear();
+                    work.extend_from_slice(&approx);
+                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
+                    let eps = rel * (qn + max_norm) + f32::MIN_POSITIVE;
+                    let limit = *kth + 2.0 * eps;
+                    work.clear();
+                    for (x, &d) in rows.chunks_exact(dims).zip(&approx) {
+                        if d <= limit {
+                            work.push(l2sq(x, qa));
+                        }
+                    }
+                    if work.len() < k {
+                        // Unreachable for finite inputs; exact over all rows.
+                        work.clear();
+                        work.extend(rows.chunks_exact(dims).map(|x| l2sq(x, qa)));
+                    }
+                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
+                    (kth.max(0.0) as f64).sqrt()
+                })
+                .collect()
+        })
+        .collect();
+    blocks.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -228,6 +280,35 @@ mod tests {
             }
         }
         assert_eq!(kth_scales_against(&[], d, &refs[..2], 3), vec![0.0, 0.0]);
+    }
+
+    proptest::proptest! {
+        /// Near-ties (coordinates on a coarse grid, so many rows at equal
+        /// distance) and large offsets (big norms, where the matrix
+        /// product's rounding is largest) still give the exact bits.
+        #[test]
+        fn prop_kth_scales_against_are_exact(
+            seed in 0u64..1000, n in 1usize..60, d in 1usize..40, k in 1usize..20,
+            grid in proptest::bool::ANY, shift in 0.0f32..500.0,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut draw = |rng: &mut rand_chacha::ChaCha8Rng| {
+                let v: f32 = rng.gen_range(-2.0..2.0);
+                shift + if grid { v.round() } else { v }
+            };
+            let rows: Vec<f32> = (0..n * d).map(|_| draw(&mut rng)).collect();
+            let queries: Vec<Vec<f32>> = (0..9).map(|_| (0..d).map(|_| draw(&mut rng)).collect()).collect();
+            let refs: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            let mut index = BatchIndex::new(IndexKind::Exact, d, 1).unwrap();
+            let keys: Vec<u64> = (0..n as u64).collect();
+            index.add(&keys, ndarray::ArrayView2::from_shape((n, d), &rows).unwrap(), 1).unwrap();
+            let got = kth_scales_against(&rows, d, &refs, k);
+            for (q, g) in refs.iter().zip(&got) {
+                let want = kth_scale(&index.search(q, k).unwrap(), k);
+                proptest::prop_assert_eq!(g.to_bits(), want.to_bits());
+            }
+        }
     }
 
     #[test]
