@@ -293,7 +293,7 @@ mod tests {
         ) {
             use rand::{Rng, SeedableRng};
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let mut draw = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let draw = |rng: &mut rand_chacha::ChaCha8Rng| {
                 let v: f32 = rng.gen_range(-2.0..2.0);
                 shift + if grid { v.round() } else { v }
             };
