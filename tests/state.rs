@@ -308,6 +308,95 @@ fn snapshot_damage_is_refused_naming_the_file() {
     assert!(e.contains("no snapshot"), "{e}");
 }
 
+// ------------------------------- stored batch indices: derived, verified
+
+/// The snapshot stores each batch's HNSW index with its checksum, so a
+/// restart loads instead of rebuilding it. An index file is derived data:
+/// one that is damaged, missing or does not match the rows is rebuilt from
+/// the (checksummed) rows with a warning — the restore succeeds with the
+/// same model — and `balans state check` names it.
+#[test]
+fn a_damaged_or_missing_index_file_is_rebuilt_and_reported() {
+    let (st, state, _, _) = logged_state();
+    // Fold the log into the snapshot, so every batch has an index file.
+    let mut sd = StateDir::open(&state).unwrap();
+    let (m, _) = sd.restore().unwrap().unwrap();
+    sd.snapshot(&m).unwrap();
+    drop((sd, m));
+    let snap = state.join("snapshot");
+    let manifest = std::fs::read_to_string(snap.join("manifest.json")).unwrap();
+    let (intact, _) = restore(&state).unwrap();
+    let nb = intact.meta().batches.len();
+    assert!(nb >= 2, "the fixture has {nb} batches");
+    for b in 0..nb {
+        let f = format!("index-{b}.usearch");
+        assert!(snap.join(&f).is_file(), "{f} written");
+        assert!(manifest.contains(&f), "{f} in the manifest");
+    }
+    let (code, out) = state_cmd("check", &state, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{nb} of {nb} batch indices load")),
+        "{out}"
+    );
+    // A loaded index answers like the live one: each row's nearest row of
+    // its own batch is itself.
+    let p = intact.meta().dims;
+    for i in (0..intact.len()).step_by(97) {
+        let b = intact.rows_batch()[i] as usize;
+        let q = &intact.rows_y()[i * p..(i + 1) * p];
+        let nn = intact.batch_indices()[b].search(q, 1).unwrap();
+        assert_eq!((nn[0].key, nn[0].dist2), (i as u64, 0.0));
+    }
+    // Damage: index 0 flipped, index 1 deleted, and (where there is a
+    // third batch) index 2 swapped for index 1's bytes with the manifest
+    // left as it was — the checksum catches the flip and the swap.
+    let d = st.dir.path().join("damaged-index");
+    copy_dir(&state, &d);
+    let ds = d.join("snapshot");
+    let len0 = std::fs::metadata(ds.join("index-0.usearch")).unwrap().len() as usize;
+    flip(&ds.join("index-0.usearch"), len0 / 2, 0x10);
+    if nb >= 3 {
+        std::fs::copy(ds.join("index-1.usearch"), ds.join("index-2.usearch")).unwrap();
+    }
+    std::fs::remove_file(ds.join("index-1.usearch")).unwrap();
+    let (rebuilt, _) = restore(&d).unwrap();
+    assert_eq!(fingerprint(&rebuilt), fingerprint(&intact));
+    for b in 0..nb {
+        assert_eq!(rebuilt.batch_rows(b), intact.batch_rows(b));
+    }
+    for i in (0..rebuilt.len()).step_by(97) {
+        let b = rebuilt.rows_batch()[i] as usize;
+        let q = &rebuilt.rows_y()[i * p..(i + 1) * p];
+        assert_eq!(
+            rebuilt.batch_indices()[b].search(q, 1).unwrap()[0].key,
+            i as u64
+        );
+    }
+    let (code, out) = state_cmd("check", &d, &[]);
+    assert_eq!(code, 0, "a rebuilt index is a warning, not an error: {out}");
+    let warned = |f: &str, why: &str| {
+        out.lines()
+            .any(|l| l.contains("WARNING") && l.contains(f) && l.contains(why))
+    };
+    assert!(warned("index-0.usearch", "checksum"), "{out}");
+    assert!(warned("index-1.usearch", "cannot read"), "{out}");
+    if nb >= 3 {
+        // (a different length here; same-length bytes fail the checksum)
+        assert!(warned("index-2.usearch", "the manifest says"), "{out}");
+    }
+    // The next snapshot writes them all again.
+    let mut sd = StateDir::open(&d).unwrap();
+    let (m, _) = sd.restore().unwrap().unwrap();
+    sd.snapshot(&m).unwrap();
+    let (code, out) = state_cmd("check", &d, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{nb} of {nb} batch indices load")),
+        "{out}"
+    );
+}
+
 // ------------------------------------------- property: single-byte flips
 
 proptest! {

@@ -273,6 +273,86 @@ impl BatchIndex {
         all
     }
 
+    /// The HNSW graph serialised (usearch's file format: the graph and the
+    /// vectors); `None` for the exact backend, which has no graph to keep.
+    /// [`BatchIndex::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let Some(index) = &self.hnsw else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; index.serialized_length()];
+        index
+            .save_to_buffer(&mut buf)
+            .map_err(|e| anyhow!("serialising a usearch index of {} rows: {e}", self.len()))?;
+        Ok(Some(buf))
+    }
+
+    /// An HNSW index read back from [`BatchIndex::to_bytes`], holding the
+    /// rows `keys` (in insertion order). The bytes are checked against
+    /// what the caller knows: the dimensions and the row count, and that
+    /// `sample` (`(key, vector)` pairs the caller holds) are stored with
+    /// exactly those vectors. Any mismatch is an error (the caller rebuilds
+    /// the index from its rows); the graph settings are reset to `config`'s
+    /// (usearch does not store the beam widths).
+    pub fn from_bytes(
+        config: IndexConfig,
+        dims: usize,
+        keys: Vec<u64>,
+        bytes: &[u8],
+        sample: &[(u64, &[f32])],
+        threads: usize,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            config.kind == IndexKind::Hnsw,
+            "only an HNSW index is stored"
+        );
+        let empty = BatchIndex::with_config(config, dims, 1, threads)?;
+        let index = empty.hnsw.context("HNSW index")?;
+        index
+            .load_from_buffer(bytes)
+            .map_err(|e| anyhow!("not a usearch index: {e}"))?;
+        anyhow::ensure!(
+            index.dimensions() == dims,
+            "index has {} dimensions, the model {dims}",
+            index.dimensions()
+        );
+        anyhow::ensure!(
+            index.size() == keys.len(),
+            "index holds {} rows, the model's batch {}",
+            index.size(),
+            keys.len()
+        );
+        anyhow::ensure!(
+            index.connectivity() == config.hnsw.connectivity,
+            "index has connectivity {}, expected {}",
+            index.connectivity(),
+            config.hnsw.connectivity
+        );
+        index.change_expansion_add(config.hnsw.expansion_add);
+        index.change_expansion_search(config.hnsw.expansion_search);
+        index
+            .reserve_capacity_and_threads(keys.len().max(INITIAL_CAPACITY), threads.max(1) + 1)
+            .map_err(|e| anyhow!("cannot reserve usearch index: {e}"))?;
+        let mut buf = vec![0f32; dims];
+        for (key, want) in sample {
+            let found = index
+                .get(*key, &mut buf)
+                .map_err(|e| anyhow!("reading row {key} from the index: {e}"))?;
+            anyhow::ensure!(
+                found == 1 && buf.as_slice() == *want,
+                "row {key} is {} in the index",
+                if found == 1 { "different" } else { "missing" }
+            );
+        }
+        Ok(BatchIndex {
+            config,
+            dims,
+            keys,
+            vectors: Vec::new(),
+            hnsw: Some(index),
+        })
+    }
+
     /// Serialise the HNSW graph (None for the exact backend).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         if let Some(index) = &self.hnsw {
@@ -485,6 +565,69 @@ mod tests {
         let b = BatchIndex::new(IndexKind::Hnsw, 8, 1).unwrap();
         assert_eq!(b.config(), IndexConfig::balans(IndexKind::Hnsw));
         assert_eq!(HnswParams::default(), HnswParams::BALANS);
+    }
+
+    #[test]
+    fn serialised_hnsw_index_loads_back_identical_and_is_checked() {
+        let y = clustered(500, 6, 8);
+        let keys: Vec<u64> = (0..500).map(|i| 2 * i + 5).collect();
+        let mut idx = BatchIndex::new(IndexKind::Hnsw, 6, 2).unwrap();
+        idx.add(&keys, y.view(), 2).unwrap();
+        let bytes = idx.to_bytes().unwrap().expect("an HNSW graph");
+        let sample: Vec<(u64, Vec<f32>)> = [0usize, 250, 499]
+            .iter()
+            .map(|&r| (keys[r], y.row(r).to_vec()))
+            .collect();
+        let sample: Vec<(u64, &[f32])> = sample.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        let config = IndexConfig::balans(IndexKind::Hnsw);
+        let mut back = BatchIndex::from_bytes(config, 6, keys.clone(), &bytes, &sample, 2).unwrap();
+        assert_eq!(back.len(), 500);
+        assert_eq!(back.keys(), &keys[..]);
+        for r in (0..500).step_by(9) {
+            let q = y.row(r).to_vec();
+            assert_eq!(idx.search(&q, 15).unwrap(), back.search(&q, 15).unwrap());
+        }
+        // It keeps growing like the original.
+        let more = clustered(40, 6, 9);
+        let new_keys: Vec<u64> = (5000..5040).collect();
+        back.add(&new_keys, more.view(), 2).unwrap();
+        idx.add(&new_keys, more.view(), 2).unwrap();
+        assert_eq!(back.search(&more.row(3).to_vec(), 1).unwrap()[0].key, 5003);
+        // Refused: other rows than the caller's, a different vector, a cut
+        // or flipped file, a different dimension.
+        let err = |r: Result<BatchIndex>| format!("{:#}", r.expect_err("refused"));
+        let e = err(BatchIndex::from_bytes(
+            config,
+            6,
+            keys[..499].to_vec(),
+            &bytes,
+            &sample,
+            1,
+        ));
+        assert!(e.contains("500 rows"), "{e}");
+        let other = vec![0.5f32; 6];
+        let e = err(BatchIndex::from_bytes(
+            config,
+            6,
+            keys.clone(),
+            &bytes,
+            &[(keys[7], &other)],
+            1,
+        ));
+        assert!(e.contains("different"), "{e}");
+        let e = err(BatchIndex::from_bytes(
+            config,
+            6,
+            keys.clone(),
+            &bytes,
+            &[(99_999, &other)],
+            1,
+        ));
+        assert!(e.contains("missing"), "{e}");
+        assert!(BatchIndex::from_bytes(config, 6, keys.clone(), &bytes[..100], &[], 1).is_err());
+        assert!(BatchIndex::from_bytes(config, 5, keys.clone(), &bytes, &[], 1).is_err());
+        let exact = BatchIndex::new(IndexKind::Exact, 6, 1).unwrap();
+        assert!(exact.to_bytes().unwrap().is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod fit;
 pub mod index;
 pub(crate) mod kernel;
 pub mod model;
+pub(crate) mod mutual;
 pub mod params;
 pub mod pca;
 pub mod preprocess;

@@ -18,8 +18,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use crate::method::index::BatchIndex;
+use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::kernel::affinity;
+use crate::method::mutual::mutual_fractions;
+pub use crate::method::mutual::mutual_rank;
 use crate::method::params::{KernelKind, Params, Retention, SamplingRule, TrustRule};
 use crate::method::rows::RowSource;
 use crate::method::scales::{kth_scale, ScaleCache};
@@ -146,30 +148,63 @@ pub fn compute_row_observed(
     indices: &[&BatchIndex],
     cache: &ScaleCache,
     cfg: &SamplingConfig,
-    observe: &mut dyn FnMut(usize, &[crate::method::index::Neighbor]),
+    observe: &mut dyn FnMut(usize, &[Neighbor]),
 ) -> Result<SparseRow> {
-    let bi = rows.batch(i) as usize;
-    let q = rows.row(i);
+    let lists = candidate_lists(rows.row(i), indices, cfg)?;
+    for (c, nb) in lists.iter().enumerate() {
+        observe(c, nb);
+    }
+    compute_row_from(i, rows, indices, &lists, cache, cfg)
+}
+
+/// The candidate queries of a sampled row at `q`: its `k.max(m)` nearest
+/// rows of every batch index, sorted (one list per index, in index order).
+pub fn candidate_lists(
+    q: &[f32],
+    indices: &[&BatchIndex],
+    cfg: &SamplingConfig,
+) -> Result<Vec<Vec<Neighbor>>> {
     let kq = cfg.k.max(cfg.m);
+    indices.iter().map(|index| index.search(q, kq)).collect()
+}
+
+/// [`compute_row`] from candidate lists already queried
+/// ([`candidate_lists`] at row `i`'s coordinates): the same row, without the
+/// queries. The daemon queries a whole plate first, so it can compute every
+/// candidate's scale against the plate in one pass
+/// ([`crate::method::scales::kth_scales_against`]) and hand them in `cache`.
+pub fn compute_row_from(
+    i: usize,
+    rows: &dyn RowSource,
+    indices: &[&BatchIndex],
+    lists: &[Vec<Neighbor>],
+    cache: &ScaleCache,
+    cfg: &SamplingConfig,
+) -> Result<SparseRow> {
+    anyhow::ensure!(
+        lists.len() == indices.len(),
+        "row {i}: {} candidate lists for {} indices",
+        lists.len(),
+        indices.len()
+    );
+    let bi = rows.batch(i) as usize;
     let mut all: Vec<(u32, f32)> = Vec::new();
     let mut dist2: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
     let mut own_scale = 0.0;
-    for (c, index) in indices.iter().enumerate() {
-        let nb = index.search(q, kq)?;
-        observe(c, &nb);
+    for (c, nb) in lists.iter().enumerate() {
         if nb.is_empty() {
             continue;
         }
-        let s_i = kth_scale(&nb, cfg.k);
+        let s_i = kth_scale(nb, cfg.k);
         cache.set(i, c, s_i);
         if c == bi {
-            own_scale = kth_scale(&nb, cfg.trust_k.max(1));
+            own_scale = kth_scale(nb, cfg.trust_k.max(1));
         }
-        for n in &nb {
+        for n in nb {
             dist2.insert(n.key as u32, n.dist2);
         }
         let mut scored: Vec<(u32, f32)> = Vec::with_capacity(nb.len());
-        for n in &nb {
+        for n in nb {
             let j = n.key as usize;
             let s_j = match cfg.kernel {
                 KernelKind::Symmetric => cache.get_or_compute(j, bi, rows, indices)?,
@@ -230,76 +265,6 @@ pub fn compute_row_observed(
         entries: all,
         trust,
     })
-}
-
-/// Relative tolerance of the mutual test's distance comparison.
-const MUTUAL_TOLERANCE: f64 = 1e-5;
-
-/// Rank of the mutual test against a batch of `size` rows: `k`, or half the
-/// batch when that is smaller. At a rank >= the batch's size every row of
-/// the batch is among `j`'s nearest and the test passes whatever the
-/// geometry; the daemon aligns each plate as its own batch, and a plate of
-/// fewer than `2k` rows would be trusted everywhere.
-pub fn mutual_rank(k: usize, size: usize) -> usize {
-    k.min(size / 2).max(1)
-}
-
-/// Per batch, the affinity-weighted fraction of the row's retained entries
-/// that are *mutual* neighbours of landmark `i` (batch `bi`): entry `j` of
-/// batch `c` is mutual when `i` lies within `j`'s `r` nearest rows of batch
-/// `bi` ([`mutual_rank`]: `r = k` unless `bi` has fewer than `2k` rows),
-/// i.e. `d(i, j) <= sigma_j^(bi)` at `r = k` (the scale the symmetric kernel
-/// already needs, memoised in `cache`). `i` has `j` among its own `k.max(m)`
-/// nearest of batch `c` by construction, so the test is the classic
-/// mutual-nearest-neighbour pair test (Haghverdi et al. 2018). The own batch
-/// gets 1.
-fn mutual_fractions(
-    entries: &[(u32, f32)],
-    dist2: &std::collections::HashMap<u32, f32>,
-    bi: usize,
-    rows: &dyn RowSource,
-    indices: &[&BatchIndex],
-    cache: &ScaleCache,
-    k: usize,
-) -> Result<Vec<f64>> {
-    let n_batches = indices.len();
-    let mut hit = vec![0f64; n_batches];
-    let mut all = vec![0f64; n_batches];
-    let rank = mutual_rank(k, indices.get(bi).map_or(0, |x| x.len()));
-    for &(j, a) in entries {
-        let c = rows.batch(j as usize) as usize;
-        if c == bi {
-            continue;
-        }
-        let s_j = if rank < k {
-            // A small batch (a daemon plate): its own rank, one exact
-            // query of a few dozen rows.
-            let nb = indices[bi].search(rows.row(j as usize), rank)?;
-            crate::method::scales::kth_scale(&nb, rank)
-        } else {
-            cache.get_or_compute(j as usize, bi, rows, indices)?
-        };
-        let d2 = dist2.get(&j).copied().unwrap_or(f32::INFINITY) as f64;
-        all[c] += a as f64;
-        // `d2` (from i's query) and `s_j` (from j's query) are f32
-        // distances computed by two searches; when i *is* j's k-th
-        // neighbour they differ in the last bits, so compare with a
-        // tolerance above f32 rounding and far below neighbour gaps.
-        if d2 <= s_j * s_j * (1.0 + MUTUAL_TOLERANCE) {
-            hit[c] += a as f64;
-        }
-    }
-    Ok((0..n_batches)
-        .map(|c| {
-            if c == bi {
-                1.0
-            } else if all[c] > 0.0 {
-                hit[c] / all[c]
-            } else {
-                0.0
-            }
-        })
-        .collect())
 }
 
 /// `take` of the rows `cand`, drawn without replacement with probability

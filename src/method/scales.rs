@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 
-use crate::method::index::{BatchIndex, Neighbor};
+use crate::method::index::{l2sq, BatchIndex, Neighbor};
 use crate::method::rows::RowSource;
 
 /// The scale from a sorted neighbour list: the distance to the k-th entry
@@ -40,6 +40,8 @@ pub struct ScaleCache {
     k: usize,
     values: Vec<AtomicU32>,
     sparse: Option<Mutex<HashMap<(u32, u32), f32>>>,
+    /// Scales computed before sampling (read without a lock).
+    known: HashMap<(u32, u32), f32>,
 }
 
 const UNKNOWN: u32 = u32::MAX; // a NaN bit pattern never produced by sqrt
@@ -55,6 +57,7 @@ impl ScaleCache {
             k,
             values,
             sparse: None,
+            known: HashMap::new(),
         }
     }
 
@@ -65,6 +68,18 @@ impl ScaleCache {
             k,
             values: Vec::new(),
             sparse: Some(Mutex::new(HashMap::new())),
+            known: HashMap::new(),
+        }
+    }
+
+    /// A sparse cache holding `known` scales (`(row, batch) -> sigma`,
+    /// computed beforehand with the same definition): they are read without
+    /// a lock and never recomputed; anything else is computed and memoised
+    /// as in [`ScaleCache::sparse`].
+    pub fn with_known(n_batches: usize, k: usize, known: HashMap<(u32, u32), f32>) -> Self {
+        ScaleCache {
+            known,
+            ..ScaleCache::sparse(n_batches, k)
         }
     }
 
@@ -75,6 +90,9 @@ impl ScaleCache {
 
     /// A known scale, if computed.
     pub fn get(&self, i: usize, c: usize) -> Option<f64> {
+        if let Some(&v) = self.known.get(&(i as u32, c as u32)) {
+            return Some(v as f64);
+        }
         if let Some(m) = &self.sparse {
             let m = m.lock().unwrap_or_else(|e| e.into_inner());
             return m.get(&(i as u32, c as u32)).map(|&v| v as f64);
@@ -85,6 +103,9 @@ impl ScaleCache {
 
     /// Record a scale.
     pub fn set(&self, i: usize, c: usize, v: f64) {
+        if self.known.contains_key(&(i as u32, c as u32)) {
+            return; // same definition, already there
+        }
         if let Some(m) = &self.sparse {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
             m.insert((i as u32, c as u32), v as f32);
@@ -113,13 +134,95 @@ impl ScaleCache {
     /// Number of scales computed so far (for the summary and metrics).
     pub fn computed(&self) -> usize {
         if let Some(m) = &self.sparse {
-            return m.lock().unwrap_or_else(|e| e.into_inner()).len();
+            return self.known.len() + m.lock().unwrap_or_else(|e| e.into_inner()).len();
         }
         self.values
             .iter()
             .filter(|v| v.load(Ordering::Relaxed) != UNKNOWN)
             .count()
     }
+}
+
+/// `sigma_q` against a small block of rows for many queries: for each
+/// query, the distance to its k-th nearest row of `rows` (row-major, `dims`
+/// wide), counting a row at distance 0 — exactly [`kth_scale`] of an exact
+/// [`BatchIndex`] search over `rows`, bit for bit. `k` is clamped to the
+/// row count; 0 rows give 0.
+///
+/// How: the distances of a block of queries to every row come from one
+/// matrix product (`|q|^2 + |r|^2 - 2 q.r`, SIMD GEMM), which is fast but
+/// rounds differently; they only select the rows that can be among the k
+/// nearest — every row whose approximate distance is within twice the
+/// product's error bound of the approximate k-th — and those few rows get
+/// the exact [`l2sq`] distance the index would compute. The k-th smallest
+/// of those is the exact answer: a row left out is farther than the k-th
+/// by more than the bound, and at least k rows are kept.
+///
+/// Cost: `queries x rows x dims` multiply-adds in GEMM, plus about `k`
+/// exact distances per query. The daemon calls it with a plate's 384 rows
+/// and the distinct candidates of the plate's queries.
+pub fn kth_scales_against(rows: &[f32], dims: usize, queries: &[&[f32]], k: usize) -> Vec<f64> {
+    use ndarray::{Array2, ArrayView2};
+    use rayon::prelude::*;
+    /// Queries per matrix product.
+    const BLOCK: usize = 128;
+    let n = rows.len().checked_div(dims).unwrap_or(0);
+    let k = k.min(n);
+    if k == 0 {
+        return vec![0.0; queries.len()];
+    }
+    let Ok(r) = ArrayView2::from_shape((n, dims), &rows[..n * dims]) else {
+        return vec![0.0; queries.len()];
+    };
+    let norms: Vec<f32> = rows
+        .chunks_exact(dims)
+        .map(|x| x.iter().map(|v| v * v).sum())
+        .collect();
+    let max_norm = norms.iter().copied().fold(0f32, f32::max);
+    // Rounding bound of a GEMM distance relative to |q|^2 + |r|^2: a few
+    // ulps per accumulated term, with a wide margin.
+    let rel = 8.0 * dims as f32 * f32::EPSILON;
+    let blocks: Vec<Vec<f64>> = queries
+        .par_chunks(BLOCK)
+        .map(|blk| {
+            let q = Array2::from_shape_fn((blk.len(), dims), |(a, t)| blk[a][t]);
+            let g = q.dot(&r.t());
+            let mut approx: Vec<f32> = Vec::with_capacity(n);
+            let mut work: Vec<f32> = Vec::with_capacity(n);
+            blk.iter()
+                .enumerate()
+                .map(|(a, qa)| {
+                    let qn: f32 = qa.iter().map(|v| v * v).sum();
+                    approx.clear();
+                    approx.extend(
+                        g.row(a)
+                            .iter()
+                            .zip(&norms)
+                            .map(|(&dot, &rn)| qn + rn - 2.0 * dot),
+                    );
+                    work.clear();
+                    work.extend_from_slice(&approx);
+                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
+                    let eps = rel * (qn + max_norm) + f32::MIN_POSITIVE;
+                    let limit = *kth + 2.0 * eps;
+                    work.clear();
+                    for (x, &d) in rows.chunks_exact(dims).zip(&approx) {
+                        if d <= limit {
+                            work.push(l2sq(x, qa));
+                        }
+                    }
+                    if work.len() < k {
+                        // Unreachable for finite inputs; exact over all rows.
+                        work.clear();
+                        work.extend(rows.chunks_exact(dims).map(|x| l2sq(x, qa)));
+                    }
+                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
+                    (kth.max(0.0) as f64).sqrt()
+                })
+                .collect()
+        })
+        .collect();
+    blocks.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -141,6 +244,73 @@ mod tests {
         assert_eq!(kth_scale(&[], 3), 0.0);
     }
 
+    /// The batch scales are the exact index's k-th distances, bit for bit,
+    /// including k beyond the rows (clamped) and duplicate rows.
+    #[test]
+    fn kth_scales_against_match_exact_index_queries() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (n, d) = (37usize, 9usize);
+        let mut rows: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-3.0..3.0)).collect();
+        rows.copy_within(0..d, d); // rows 0 and 1 coincide
+        let mut index = BatchIndex::new(IndexKind::Exact, d, 1).unwrap();
+        let keys: Vec<u64> = (100..100 + n as u64).collect();
+        index
+            .add(
+                &keys,
+                ndarray::ArrayView2::from_shape((n, d), &rows).unwrap(),
+                1,
+            )
+            .unwrap();
+        let queries: Vec<Vec<f32>> = (0..50)
+            .map(|q| {
+                if q < 5 {
+                    rows[q * d..(q + 1) * d].to_vec()
+                } else {
+                    (0..d).map(|_| rng.gen_range(-3.0..3.0)).collect()
+                }
+            })
+            .collect();
+        let refs: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        for k in [1usize, 2, 15, 37, 80] {
+            let got = kth_scales_against(&rows, d, &refs, k);
+            for (q, g) in refs.iter().zip(&got) {
+                let want = kth_scale(&index.search(q, k).unwrap(), k);
+                assert_eq!(g.to_bits(), want.to_bits(), "k {k}");
+            }
+        }
+        assert_eq!(kth_scales_against(&[], d, &refs[..2], 3), vec![0.0, 0.0]);
+    }
+
+    proptest::proptest! {
+        /// Near-ties (coordinates on a coarse grid, so many rows at equal
+        /// distance) and large offsets (big norms, where the matrix
+        /// product's rounding is largest) still give the exact bits.
+        #[test]
+        fn prop_kth_scales_against_are_exact(
+            seed in 0u64..1000, n in 1usize..60, d in 1usize..40, k in 1usize..20,
+            grid in proptest::bool::ANY, shift in 0.0f32..500.0,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let draw = |rng: &mut rand_chacha::ChaCha8Rng| {
+                let v: f32 = rng.gen_range(-2.0..2.0);
+                shift + if grid { v.round() } else { v }
+            };
+            let rows: Vec<f32> = (0..n * d).map(|_| draw(&mut rng)).collect();
+            let queries: Vec<Vec<f32>> = (0..9).map(|_| (0..d).map(|_| draw(&mut rng)).collect()).collect();
+            let refs: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            let mut index = BatchIndex::new(IndexKind::Exact, d, 1).unwrap();
+            let keys: Vec<u64> = (0..n as u64).collect();
+            index.add(&keys, ndarray::ArrayView2::from_shape((n, d), &rows).unwrap(), 1).unwrap();
+            let got = kth_scales_against(&rows, d, &refs, k);
+            for (q, g) in refs.iter().zip(&got) {
+                let want = kth_scale(&index.search(q, k).unwrap(), k);
+                proptest::prop_assert_eq!(g.to_bits(), want.to_bits());
+            }
+        }
+    }
+
     #[test]
     fn cache_computes_once_against_the_right_batch() {
         let y = array![[0.0f32], [1.0], [3.0], [10.0], [12.0]];
@@ -160,5 +330,13 @@ mod tests {
             assert_eq!(cache.get_or_compute(0, 0, &rows, &idx).unwrap(), 1.0);
             assert_eq!(cache.computed(), 2);
         }
+        // Known scales are read as given and never recomputed or replaced.
+        let known = [((0u32, 1u32), 7.5f32)].into_iter().collect();
+        let cache = ScaleCache::with_known(2, 2, known);
+        assert_eq!(cache.get_or_compute(0, 1, &rows, &idx).unwrap(), 7.5);
+        cache.set(0, 1, 1.0);
+        assert_eq!(cache.get(0, 1), Some(7.5));
+        assert_eq!(cache.get_or_compute(0, 0, &rows, &idx).unwrap(), 1.0);
+        assert_eq!(cache.computed(), 2);
     }
 }

@@ -39,7 +39,9 @@
 //! the neighbour space and back.
 
 pub(crate) mod meta;
+mod persist;
 pub(crate) mod projection;
+mod round;
 
 use std::collections::BTreeMap;
 
@@ -47,6 +49,7 @@ use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayView2};
 
 pub use self::meta::{ModelMeta, PlateDelta, PlateRecord, QcFigures};
+pub use self::persist::{IndexRestore, StoredIndex};
 use crate::method::align::{point_offsets, RowFeatures};
 use crate::method::fit::Correction;
 use crate::method::index::{BatchIndex, Neighbor};
@@ -54,8 +57,7 @@ use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
 use crate::method::pca::{Pca, Whitening, WHITEN_RIDGE};
 use crate::method::preprocess::{clipped, GainGroups};
 use crate::method::rows::{Concat, MatrixRows, RowSource};
-use crate::method::sampling::{compute_row_observed, SamplingConfig, SparseRow};
-use crate::method::scales::ScaleCache;
+use crate::method::sampling::{SamplingConfig, SparseRow};
 
 /// Seconds spent in the stages of correcting a plate (returned, not
 /// reported: the core does no I/O; the pipeline feeds them to telemetry).
@@ -191,7 +193,7 @@ impl Model {
             .iter()
             .copied()
             .collect::<Vec<f32>>();
-        model.restore_rows(y, fit.batch_of.clone(), vec![1.0; n])?;
+        model.restore_rows_from(y, fit.batch_of.clone(), vec![1.0; n], None)?;
         Ok(model)
     }
 
@@ -253,13 +255,22 @@ impl Model {
         })
     }
 
-    /// Rebuild a model from its meta and row arrays (checkpoint restore).
+    /// Rebuild a model from its meta and row arrays (checkpoint restore),
+    /// building every batch index from the rows (see
+    /// [`Model::restore_with_indices`] to load stored ones).
     pub fn restore(
         meta: ModelMeta,
         y: Vec<f32>,
         batch_of: Vec<u32>,
         coverage: Vec<f32>,
     ) -> Result<Model> {
+        let mut model = Model::restore_empty(meta)?;
+        model.restore_rows_from(y, batch_of, coverage, None)?;
+        Ok(model)
+    }
+
+    /// A model with `meta`'s basis and no rows yet.
+    fn restore_empty(meta: ModelMeta) -> Result<Model> {
         let nv = meta.varying.len();
         let components = Array2::from_shape_vec((nv, meta.dims), meta.pca_components.clone())
             .context("checkpoint: PCA loadings have the wrong shape")?;
@@ -277,38 +288,14 @@ impl Model {
             variances: ndarray::Array1::zeros(meta.dims),
             whitening,
         };
-        let mut model = Model {
+        Ok(Model {
             meta,
             pca,
             indices: Vec::new(),
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
-        };
-        model.restore_rows(y, batch_of, coverage)?;
-        Ok(model)
-    }
-
-    fn restore_rows(&mut self, y: Vec<f32>, batch_of: Vec<u32>, coverage: Vec<f32>) -> Result<()> {
-        let p = self.meta.dims;
-        let n = batch_of.len();
-        anyhow::ensure!(
-            y.len() == n * p && coverage.len() == n,
-            "row arrays disagree in length"
-        );
-        let yv = ArrayView2::from_shape((n, p), &y).context("row array shape")?;
-        let nb = self.meta.batches.len();
-        self.indices = crate::method::index::build_batch_indices(
-            yv,
-            &batch_of,
-            nb,
-            self.index_kind(),
-            self.threads(),
-        )?;
-        self.y = y;
-        self.batch_of = batch_of;
-        self.coverage = coverage;
-        Ok(())
+        })
     }
 
     fn index_kind(&self) -> IndexKind {
@@ -477,35 +464,10 @@ impl Model {
                     a: &old,
                     b: &plate_rows,
                 };
-                let mut refs: Vec<&BatchIndex> = self.indices.iter().collect();
-                refs.push(&plate_index);
-                let cache = ScaleCache::sparse(n_batches + 1, params.k);
-                let k = params.k;
-                let record = round == 0;
-                let (rows, hits): (Vec<SparseRow>, Vec<RowHits>) = {
-                    use rayon::prelude::*;
-                    let out: Vec<(SparseRow, RowHits)> = (self.len()..self.len() + n_plate)
-                        .into_par_iter()
-                        .map(|i| {
-                            let mut hits: RowHits = Vec::new();
-                            let row = compute_row_observed(
-                                i,
-                                &all,
-                                &refs,
-                                &cache,
-                                &cfg,
-                                &mut |c, nb| {
-                                    if record && c < n_batches {
-                                        hits.extend(nb.iter().take(k).map(|n| (n.dist2, c)));
-                                    }
-                                },
-                            )?;
-                            Ok((row, hits))
-                        })
-                        .collect::<Result<_>>()?;
-                    out.into_iter().unzip()
-                };
-                if record {
+                let round_rows =
+                    self.sample_plate(&all, current.view(), &plate_index, &cfg, round == 0)?;
+                let rows = round_rows.rows;
+                if let Some(hits) = round_rows.hits {
                     hits_before = Some(hits);
                 }
                 timings.sampling += t_sampling.elapsed().as_secs_f64();

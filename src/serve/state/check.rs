@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::method::model::{IndexRestore, Model};
+
 use super::snapshot::{sync_dir, write_synced};
 use super::wal::{self, Damage};
 use super::{locate_snapshot, read_log, replay, requires_manifest, truncate_log};
@@ -25,6 +27,40 @@ pub struct Report {
     pub cut: Option<(u64, String)>,
     /// True when the snapshot itself is damaged or missing (no repair).
     pub snapshot_damaged: bool,
+}
+
+/// The snapshot's batch indices: how many load from their files, and each
+/// one the restore rebuilds from the rows, with why (a warning, not an
+/// error: the index is derived data).
+fn index_lines(r: &mut Report, model: &Model, indices: &[IndexRestore]) {
+    let loaded = indices
+        .iter()
+        .filter(|x| **x == IndexRestore::Loaded)
+        .count();
+    let built = indices
+        .iter()
+        .filter(|x| **x == IndexRestore::Built)
+        .count();
+    if built == indices.len() {
+        r.lines.push(format!(
+            "snapshot: {built} batch indices are built from the rows at start (none stored)"
+        ));
+        return;
+    }
+    r.lines.push(format!(
+        "snapshot: {loaded} of {} batch indices load from their files (checksums and rows verified)",
+        indices.len()
+    ));
+    for (b, x) in indices.iter().enumerate() {
+        if let IndexRestore::Rebuilt(why) = x {
+            r.lines.push(format!(
+                "snapshot: WARNING the index of batch {} ({}) is not used: {why}; \
+                 the daemon rebuilds it from the rows at start",
+                model.meta().batches.get(b).map_or("?", String::as_str),
+                super::snapshot::index_file(b),
+            ));
+        }
+    }
 }
 
 /// Inspect a state directory the way the restore does (read only).
@@ -57,15 +93,16 @@ pub fn check(dir: &Path) -> Result<Report> {
             return Ok(r);
         }
     };
-    let mut model = match super::snapshot::read(&snap, requires_manifest(dir)) {
-        Ok(m) => m,
-        Err(e) => {
-            r.lines.push(format!("snapshot: ERROR {e:#}"));
-            r.ok = false;
-            r.snapshot_damaged = true;
-            return Ok(r);
-        }
-    };
+    let (mut model, indices) =
+        match super::snapshot::read_with_indices(&snap, requires_manifest(dir)) {
+            Ok(m) => m,
+            Err(e) => {
+                r.lines.push(format!("snapshot: ERROR {e:#}"));
+                r.ok = false;
+                r.snapshot_damaged = true;
+                return Ok(r);
+            }
+        };
     let verified = if super::snapshot::has_manifest(&snap) {
         "checksums verified"
     } else {
@@ -78,6 +115,7 @@ pub fn check(dir: &Path) -> Result<Report> {
         model.meta().plates.len(),
         model.meta().batches.len()
     ));
+    index_lines(&mut r, &model, &indices);
     let path = dir.join("wal.log");
     let bytes = read_log(&path)?;
     let scan = wal::scan(&bytes);
