@@ -8,6 +8,7 @@
 
 pub mod dataset;
 pub mod error;
+mod ipc_lengths;
 pub mod layout;
 pub mod profile;
 pub mod table;
