@@ -6,7 +6,9 @@
 #   scripts/soak.sh DURATION [RATE]
 #     DURATION  seconds, or with a unit: 90s, 30m, 2h
 #     RATE      plates per second (default 1)
-#   env: BALANS_SOAK_SAMPLE_SECS (5), BALANS_SOAK_CSV (target/soak/soak-<time>.csv)
+#   env: BALANS_SOAK_SAMPLE_SECS (5), BALANS_SOAK_CSV (target/soak/soak-<time>.csv),
+#        BALANS_SOAK_DISTINCT=N: ids cycle over N plates (every later plate a
+#        replay: the model stops growing, so RSS must go flat)
 #
 # The drill (tests/serve_kafka/drills.rs `soak`) starts a private tansu
 # broker with scripts/broker.sh, streams distinct plates (the test data's

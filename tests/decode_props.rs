@@ -543,3 +543,79 @@ proptest! {
         prop_assert_eq!(asm.pending(), 0);
     }
 }
+
+// ---------------------------------------------------------------- fuzz seeds
+
+/// Write the seed corpus of the cargo-fuzz harness (`fuzz/corpus/<target>/`)
+/// from the encodings above: `BALANS_FUZZ_SEEDS=fuzz/corpus cargo nextest
+/// run --test decode_props --run-ignored only write_fuzz_seeds` (what
+/// scripts/fuzz.sh does when a target's corpus is empty). Each input is in
+/// the layout its target reads (see the target's doc).
+#[test]
+#[ignore = "writes files: run by scripts/fuzz.sh"]
+fn write_fuzz_seeds() {
+    let root = std::path::PathBuf::from(
+        std::env::var("BALANS_FUZZ_SEEDS").expect("BALANS_FUZZ_SEEDS=<corpus directory>"),
+    );
+    let put = |target: &str, name: &str, bytes: &[u8]| {
+        let d = root.join(target);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), bytes).unwrap();
+    };
+    let e = encoded();
+    put("ipc_stream", "plate", &e.stream);
+    put("ipc_file", "plate", &e.file);
+    put("parquet", "plate", &e.parquet);
+    put("csv", "plate", &[&[0u8][..], &e.csv].concat());
+    put("csv", "plate_gz", &[&[1u8][..], &e.csv_gz].concat());
+    // Log: two records, the second with QC figures absent and updates.
+    let d = |plate: &str, y: Vec<f32>| PlateDelta {
+        plate: plate.into(),
+        batch: "B1".into(),
+        content_hash: 7,
+        version: "g0.p1".into(),
+        y,
+        coverage_updates: vec![(0, 0.5)],
+        plate_coverage: vec![1.0, 0.25],
+        qc: None,
+    };
+    let mut log = wal::encode(0, &d("P1", vec![0.5, -1.0, 2.0, 3.5])).unwrap();
+    log.extend(wal::encode(1, &d("P2", vec![1.5, 0.0, -2.0, 0.125])).unwrap());
+    put("wal", "two_records", &log);
+    // Snapshot: mode 0 (no manifest), 1 (manifest computed by the target),
+    // 2 (the real manifest as the rest).
+    let s = snap();
+    let mut files = Vec::new();
+    for (name, bytes) in &s.files[..4] {
+        let len = u16::try_from(bytes.len()).unwrap_or_else(|_| panic!("{name} over 64 KiB"));
+        files.extend(len.to_le_bytes());
+        files.extend(bytes);
+    }
+    put("snapshot", "no_manifest", &[&[0u8][..], &files].concat());
+    put(
+        "snapshot",
+        "computed_manifest",
+        &[&[1u8][..], &files].concat(),
+    );
+    put(
+        "snapshot",
+        "real_manifest",
+        &[&[2u8][..], &files, &s.files[4].1].concat(),
+    );
+    // Chunks: two chunks of one plate, a redelivery, a second plate.
+    put(
+        "chunks",
+        "two_plates",
+        &[
+            &[0u8, 0, 2, 3, 0][..],
+            b"abc",
+            &[0, 1, 2, 2, 1],
+            b"de",
+            &[0, 1, 2, 2, 1],
+            b"de",
+            &[32, 0, 1, 4, 2],
+            b"wxyz",
+        ]
+        .concat(),
+    );
+}

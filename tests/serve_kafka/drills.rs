@@ -202,7 +202,9 @@ fn check_outputs(ids: &[String], aligned: &[Got], dlq: &[Got]) -> Outcome {
 /// a publication, a commit, a start-up or a group join); the daemon is
 /// restarted at once. A broker restart happens after a random plate, while
 /// the daemon is running; the topics are recreated and every plate without
-/// output so far is re-sent.
+/// output so far is re-sent. Once every plate is out, all are sent again
+/// (with one more kill halfway): each is then re-published as a replay and
+/// compared with its first publication.
 fn crash_drill(plates: usize, kills: usize, restarts: usize, seed: u64) {
     let started = Instant::now();
     let d = data();
@@ -275,14 +277,43 @@ fn crash_drill(plates: usize, kills: usize, restarts: usize, seed: u64) {
         );
         r.read_for(Duration::from_millis(500));
     }
-    // Anything still in flight (replays of the last plates).
-    r.read_for(Duration::from_secs(2));
+    // The replay pass: every plate once more, with one more kill halfway,
+    // so every plate is re-published (a replay) at least once after the
+    // kills and restarts above, and compared with its first publication.
+    r.read_for(Duration::from_secs(1));
+    aligned.append(&mut r.aligned);
+    for (j, (id, table)) in stream.iter().enumerate() {
+        send_plate(&p, &t.plates, id, table);
+        if j == plates / 2 {
+            r.read_for(Duration::from_millis(rng.gen_range(0..1500)));
+            daemon.kill9();
+            daemon = start_daemon(&d, &broker.addr, &cfg, &state, &starts.to_string());
+            starts += 1;
+        }
+    }
+    let twice = |r: &Reader, before: &[Got]| -> usize {
+        let mut n: BTreeMap<&str, usize> = BTreeMap::new();
+        for g in r.aligned.iter().chain(before) {
+            *n.entry(g.key.as_str()).or_default() += 1;
+        }
+        n.values().filter(|&&c| c >= 2).count()
+    };
+    while twice(&r, &aligned) < plates {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60 + plates as u64),
+            "timed out in the replay pass: {} of {plates} plates re-published\ndaemon log:\n{}",
+            twice(&r, &aligned),
+            daemon.log()
+        );
+        r.read_for(Duration::from_millis(500));
+    }
+    r.read_for(Duration::from_secs(1));
     aligned.append(&mut r.aligned);
     dlq.append(&mut r.dlq);
     assert!(daemon.term(), "the daemon did not stop cleanly");
     let o = check_outputs(&ids, &aligned, &dlq);
     println!(
-        "crash drill: {plates} plates, {kills} kills (delays after a plate, ms: {kill_gaps:?}), \
+        "crash drill: {plates} plates, {kills} kills (delays after a plate, ms: {kill_gaps:?}) + 1 in the replay pass, \
          {restarts} broker restarts; {starts} daemon starts; {} plates out, {} aligned messages \
          ({} re-publications, {} marked replay, all identical to the first), {} dead letters, \
          {} distinct model versions; {:.1} s",
@@ -349,7 +380,10 @@ fn median(mut v: Vec<u64>) -> u64 {
 /// The soak: distinct plates at `BALANS_SOAK_RATE` per second for
 /// `BALANS_SOAK_SECS` through a private broker into one daemon, sampling its
 /// RSS, open file descriptors and threads every `BALANS_SOAK_SAMPLE_SECS`
-/// (5) into `BALANS_SOAK_CSV`. Run by `scripts/soak.sh`.
+/// (5) into `BALANS_SOAK_CSV`. Run by `scripts/soak.sh`. With
+/// `BALANS_SOAK_DISTINCT=N` the ids cycle over N plates, so after the first
+/// N every plate is a replay: the model stops growing and RSS must go flat
+/// (what is left growing would be a leak in the per-plate path).
 #[test]
 #[ignore = "long-running: scripts/soak.sh DURATION [RATE]"]
 fn soak() {
@@ -357,6 +391,7 @@ fn soak() {
     let rate: f64 = env_or("BALANS_SOAK_RATE", 1.0);
     let every: f64 = env_or("BALANS_SOAK_SAMPLE_SECS", 5.0);
     let csv: PathBuf = env_or("BALANS_SOAK_CSV", PathBuf::from("soak.csv"));
+    let distinct: usize = env_or("BALANS_SOAK_DISTINCT", 0);
     let d = data();
     let broker = PrivateBroker::start();
     let t = Topics::new("soak");
@@ -385,12 +420,14 @@ fn soak() {
     let mut next_sample = start;
     let mut sent = 0usize;
     let mut out_keys: BTreeSet<String> = BTreeSet::new();
+    let mut out_msgs = 0usize;
     let n_data = d.plates.len();
     while start.elapsed().as_secs_f64() < secs {
         let next_send = start + gap.mul_f64(sent as f64);
         if Instant::now() >= next_send {
-            let (orig, table) = &d.plates[sent % n_data];
-            let id = format!("S{sent:06}-{orig}");
+            let k = if distinct > 0 { sent % distinct } else { sent };
+            let (orig, table) = &d.plates[k % n_data];
+            let id = format!("S{k:06}-{orig}");
             send_plate(&p, &t.plates, &id, &renamed(table, &id));
             sent += 1;
         }
@@ -403,7 +440,7 @@ fn soak() {
                     .unwrap_or(0),
                 threads: proc_status(pid, "Threads:"),
                 sent,
-                out: out_keys.len(),
+                out: out_msgs,
                 state_bytes: dir_bytes(&state),
             };
             writeln!(
@@ -419,6 +456,7 @@ fn soak() {
         let until = (start + gap.mul_f64(sent as f64)).min(next_sample);
         let wait = until.saturating_duration_since(Instant::now());
         r.read_for(wait.max(Duration::from_millis(10)));
+        out_msgs += r.aligned.len();
         out_keys.extend(r.aligned.drain(..).map(|g| g.key));
         assert!(
             r.dlq.is_empty(),
@@ -430,14 +468,21 @@ fn soak() {
         );
         r.qc.clear();
     }
-    let lag_at_end = sent - out_keys.len();
+    let lag_at_end = sent - out_msgs;
     let drain = Instant::now();
-    while out_keys.len() < sent && drain.elapsed() < Duration::from_secs(600) {
+    while out_msgs < sent && drain.elapsed() < Duration::from_secs(600) {
         r.read_for(Duration::from_millis(500));
+        out_msgs += r.aligned.len();
         out_keys.extend(r.aligned.drain(..).map(|g| g.key));
     }
     assert!(daemon.term(), "the daemon did not stop cleanly");
-    assert_eq!(out_keys.len(), sent, "plates lost during the soak");
+    assert_eq!(out_msgs, sent, "plates lost during the soak");
+    let ids = if distinct > 0 {
+        distinct.min(sent)
+    } else {
+        sent
+    };
+    assert_eq!(out_keys.len(), ids, "plates lost during the soak");
     let rss: Vec<u64> = samples.iter().map(|s| s.rss_kb).collect();
     let fds: Vec<u64> = samples.iter().map(|s| s.fds as u64).collect();
     let half = samples.len() / 2;
@@ -447,13 +492,14 @@ fn soak() {
         |a: &Sample, b: &Sample| (b.state_bytes as i64 - a.state_bytes as i64) / 1024;
     let last = samples.len() - 1;
     println!(
-        "soak: {:.0} s at {rate} plates/s: {sent} plates sent, all {} out ({lag_at_end} behind at the end, \
+        "soak: {:.0} s at {rate} plates/s: {sent} plates sent ({} distinct ids), all {} out ({lag_at_end} behind at the end, \
          drained in {:.1} s); {} samples\n\
          RSS kB: start {} median {} max {} end {}; fds: start {} median {} max {} end {}; threads: start {} end {}\n\
          RSS growth kB: 1st quarter->half {} , half->end {} (state dir growth kB: {} , {}); \
          state dir at end {} kB",
         secs,
-        out_keys.len(),
+        ids,
+        out_msgs,
         drain.elapsed().as_secs_f64(),
         samples.len(),
         rss[0],
