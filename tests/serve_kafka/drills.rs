@@ -201,8 +201,9 @@ fn check_outputs(ids: &[String], aligned: &[Got], dlq: &[Got]) -> Outcome {
 /// random plate, a random 0-2.5 s later (so during a correction, an append,
 /// a publication, a commit, a start-up or a group join); the daemon is
 /// restarted at once. A broker restart happens after a random plate, while
-/// the daemon is running; the topics are recreated and every plate without
-/// output so far is re-sent. Once every plate is out, all are sent again
+/// the daemon is running; the topics are recreated, the daemon is restarted
+/// (a consumer keeps its fetch position across a topic's recreation) and
+/// every plate without output so far is re-sent. Once every plate is out, all are sent again
 /// (with one more kill halfway): each is then re-published as a replay and
 /// compared with its first publication.
 fn crash_drill(plates: usize, kills: usize, restarts: usize, seed: u64) {
@@ -249,6 +250,17 @@ fn crash_drill(plates: usize, kills: usize, restarts: usize, seed: u64) {
             drop(r);
             broker.restart();
             create_topics(&broker.addr, &t, 1);
+            // The recreated topic starts at offset 0 again, but a running
+            // consumer keeps its fetch position from the old one: once the
+            // re-sent plates pass it, the ones below it would be skipped
+            // (suspected cause of one failed run, see docs/reliability.md).
+            // An operator recreating topics restarts the consumers; so does
+            // the drill (the broker lost the group's offsets: it reads from
+            // the start, and plates already incorporated come back as
+            // replays).
+            daemon.kill9();
+            daemon = start_daemon(&d, &broker.addr, &cfg, &state, &starts.to_string());
+            starts += 1;
             p = producer(&broker.addr);
             r = Reader::new(&broker.addr, &t);
             let out: BTreeSet<&str> = aligned.iter().map(|g| g.key.as_str()).collect();
