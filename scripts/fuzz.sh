@@ -59,7 +59,7 @@ for t in "${targets[@]}"; do
   rssmb=$(grep -oE 'stat::peak_rss_mb: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$')
   corpus=$(ls "fuzz/work/$t" "fuzz/corpus/$t" | grep -vc ':$\|^$')
   found=$(( $(ls "fuzz/artifacts/$t" | wc -l) - before ))
-  kinds=$(ls -t "fuzz/artifacts/$t" | head -n "$found" | sed 's/-.*//' | sort | uniq -c | awk '{printf "%s%s %s", NR>1?", ":"", $1, $2}')
+  kinds=$(ls -t "fuzz/artifacts/$t" | head -n "$found" | sed 's/-.*//' | sort | uniq -c | awk '{printf "%s%s %s", (NR>1 ? ", " : ""), $1, $2}')
   [[ $rc -eq 0 ]] || status=1
   line="| $(date -u +%F) | \`$t\` | ${executed:-?} | ${eps:-?} | ${corpus} | ${found}${kinds:+ ($kinds)} | ${secs} s | ${rssmb:-?} MB |"
   echo "$line   (exit $rc, log $log)"
