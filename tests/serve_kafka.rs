@@ -28,6 +28,10 @@ use rdkafka::message::{Headers, Message};
 mod common;
 use common::*;
 
+// The crash drill and the soak (scripts/crash.sh, scripts/soak.sh).
+#[path = "serve_kafka/drills.rs"]
+mod drills;
+
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn start_daemon(d: &Data, brokers: &str, config: &Path, state: &Path, tag: &str) -> Daemon {

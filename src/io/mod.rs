@@ -9,6 +9,7 @@
 pub mod dataset;
 pub mod error;
 pub mod files;
+mod ipc_lengths;
 pub mod layout;
 pub mod profile;
 pub mod table;

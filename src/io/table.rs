@@ -139,14 +139,15 @@ pub fn count_rows(path: &Path) -> Result<usize> {
 }
 
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
-    let batch = match format {
-        Format::Parquet => {
-            let file = File::open(path)?;
-            read_parquet(file)?
-        }
+    let batch = contained(format, || match format {
+        Format::Parquet => read_parquet(File::open(path)?),
         Format::ArrowIpc => {
-            let file = File::open(path)?;
-            read_ipc_file(file)?
+            let mut file = File::open(path)?;
+            super::ipc_lengths::check_file(
+                &super::ipc_lengths::file_footer(&mut file)?,
+                file.metadata()?.len(),
+            )?;
+            read_ipc_file(file)
         }
         Format::Csv | Format::CsvGz => {
             let gz = format == Format::CsvGz;
@@ -158,9 +159,9 @@ fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
                     Box::new(BufReader::new(file))
                 })
             };
-            read_csv(open)?
+            read_csv(open)
         }
-    };
+    })?;
     check_unique_names(batch.schema_ref())?;
     Ok(batch)
 }
@@ -169,19 +170,74 @@ fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
 /// plate file once, then hashes and decodes the same bytes, so what is
 /// decoded is exactly what was checked). Same rules as [`read_table`].
 pub fn decode_table(bytes: &[u8], format: Format) -> Result<RecordBatch> {
-    let batch = match format {
-        Format::Parquet => read_parquet(bytes::Bytes::copy_from_slice(bytes))?,
-        Format::ArrowIpc => read_ipc_file(Cursor::new(bytes))?,
-        Format::Csv => read_csv(|| Ok(Box::new(Cursor::new(bytes)) as Box<dyn BufRead>))?,
+    let batch = contained(format, || match format {
+        Format::Parquet => read_parquet(bytes::Bytes::copy_from_slice(bytes)),
+        Format::ArrowIpc => {
+            super::ipc_lengths::check_file(
+                &super::ipc_lengths::file_footer(&mut Cursor::new(bytes))?,
+                bytes.len() as u64,
+            )?;
+            read_ipc_file(Cursor::new(bytes))
+        }
+        Format::Csv => read_csv(|| Ok(Box::new(Cursor::new(bytes)) as Box<dyn BufRead>)),
         Format::CsvGz => read_csv(|| {
             Ok(
                 Box::new(BufReader::new(MultiGzDecoder::new(Cursor::new(bytes))))
                     as Box<dyn BufRead>,
             )
-        })?,
-    };
+        }),
+    })?;
     check_unique_names(batch.schema_ref())?;
     Ok(batch)
+}
+
+/// Run a third-party decoder on outside bytes, turning its panic into an
+/// error. arrow-ipc 57 panics on some malformed inputs instead of returning
+/// an error: a record batch announcing more rows than its null bitmap holds
+/// stops in arrow-buffer's `BooleanBuffer::new` ("buffer not large
+/// enough"), found by tests/decode_props.rs and the fuzz harness (fuzz/).
+/// Such bytes are a bad input, not a state of ours: the caller gets the
+/// usual unreadable-table error (the daemon dead-letters the plate as
+/// `unreadable`) and a warning is logged. The decoders only read their
+/// input and build fresh arrays, so nothing is left half-changed.
+fn contained<T>(format: Format, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    quiet_decoder_panics();
+    let was = IN_DECODER.with(|d| d.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_DECODER.with(|d| d.set(was));
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::warn!(?format, panic = %msg, "table decoder panicked on malformed input");
+            bail!("malformed {format:?} data (the decoder failed: {msg})")
+        }
+    }
+}
+
+thread_local! {
+    /// Set while [`contained`] runs a decoder on this thread.
+    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Keep a contained decoder panic off stderr (it is logged as a warning
+/// and returned as an error instead; printing it, with a backtrace when
+/// `RUST_BACKTRACE` is set, would look like a crash and cost milliseconds
+/// per bad plate). Every other panic goes to the hook installed before.
+fn quiet_decoder_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_DECODER.with(|d| d.get()) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn read_ipc_file<R: std::io::Read + std::io::Seek>(source: R) -> Result<RecordBatch> {
@@ -520,14 +576,27 @@ fn parquet_props() -> WriterProperties {
 /// Decode an Arrow IPC *stream* (as sent over the wire by the daemon's
 /// clients) into one batch, concatenating all its record batches.
 pub fn decode_ipc_stream(bytes: &[u8]) -> Result<RecordBatch> {
-    let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(bytes), None)
-        .context("cannot decode Arrow IPC stream: bad schema message")?;
+    super::ipc_lengths::check_stream(bytes).context("cannot decode Arrow IPC stream")?;
+    let reader = contained(Format::ArrowIpc, || {
+        Ok(arrow_ipc::reader::StreamReader::try_new(
+            Cursor::new(bytes),
+            None,
+        )?)
+    })
+    .context("cannot decode Arrow IPC stream: bad schema message")?;
     let schema = reader.schema();
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot decode Arrow IPC stream: bad record batch")?;
+    let batches = contained(Format::ArrowIpc, || {
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    })
+    .context("cannot decode Arrow IPC stream: bad record batch")?;
     check_unique_names(&schema).context("cannot decode Arrow IPC stream")?;
-    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+    // Also contained: a stream with no record batch builds an empty batch
+    // from its schema, and arrow panics on some schemas (a union type
+    // without children: found by fuzz/ target ipc_stream).
+    contained(Format::ArrowIpc, || {
+        Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+    })
+    .context("cannot decode Arrow IPC stream")
 }
 
 /// Encode one batch as an Arrow IPC *stream* (schema + one record batch).
@@ -543,8 +612,10 @@ pub fn encode_ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 /// Decode an in-memory Parquet file into one batch.
 pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
-    let batch = read_parquet(bytes::Bytes::copy_from_slice(bytes))
-        .context("cannot decode Parquet bytes")?;
+    let batch = contained(Format::Parquet, || {
+        read_parquet(bytes::Bytes::copy_from_slice(bytes))
+    })
+    .context("cannot decode Parquet bytes")?;
     check_unique_names(batch.schema_ref()).context("cannot decode Parquet bytes")?;
     Ok(batch)
 }
