@@ -184,7 +184,10 @@ pub fn load_with_provenance(dir: &Path) -> Result<(Model, Provenance)> {
         manifest.display(),
         dir.join(MODEL_FILE).display()
     );
-    let model = snapshot::read(&snap, true)
+    // Indices rebuilt from the rows (not the stored files): the loaded model
+    // then aligns new plates exactly as the model that was saved
+    // ([`snapshot::read_rebuilt`]).
+    let model = snapshot::read_rebuilt(&snap, true)
         .with_context(|| format!("cannot load the saved model {}", dir.display()))?;
     tracing::info!(model = %dir.display(), rows = model.len(), plates = model.meta().plates.len(), "loaded saved model");
     Ok((model, desc.provenance))

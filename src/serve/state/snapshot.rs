@@ -222,9 +222,35 @@ fn stored_index(dir: &Path, b: usize, manifest: Option<&Manifest>) -> StoredInde
     read_checked(dir, &name, Some(m)).map_err(|e| format!("{e:#}"))
 }
 
+/// [`read`], except that every batch index is built from the rows, as
+/// when the model was first built, even when stored files are present.
+///
+/// An HNSW index loaded from its file answers every query it answered
+/// before, but rows *added* to it afterwards land differently (the graph's
+/// level generator starts afresh, where an index built row by row has
+/// advanced it by every insertion), so the plates aligned next can differ
+/// in their last bits from those an unsaved model would align. Saved models
+/// promise that `load` + `apply` equals applying to the model that was
+/// saved; they pay the rebuild (a restart of the daemon does not: it needs
+/// to be ready fast, and what it publishes is logged and replayed
+/// bit-identically).
+pub fn read_rebuilt(dir: &Path, require_manifest: bool) -> Result<Model> {
+    read_inner(dir, require_manifest, false).map(|(m, _)| m)
+}
+
 /// [`read`], returning what happened to each batch's index instead of
 /// logging it (`balans state check` reports it).
 pub fn read_with_indices(dir: &Path, require_manifest: bool) -> Result<(Model, Vec<IndexRestore>)> {
+    read_inner(dir, require_manifest, true)
+}
+
+/// [`read_with_indices`]; `use_stored`: load the stored index files (else
+/// build every index from the rows).
+fn read_inner(
+    dir: &Path,
+    require_manifest: bool,
+    use_stored: bool,
+) -> Result<(Model, Vec<IndexRestore>)> {
     let mpath = dir.join(MANIFEST);
     let manifest: Option<Manifest> = match std::fs::read(&mpath) {
         Ok(b) => Some(
@@ -331,7 +357,7 @@ pub fn read_with_indices(dir: &Path, require_manifest: bool) -> Result<(Model, V
             r.first_row.saturating_add(r.rows)
         );
     }
-    if m.is_none() || meta.params.index_kind() != IndexKind::Hnsw {
+    if !use_stored || m.is_none() || meta.params.index_kind() != IndexKind::Hnsw {
         // Nothing stored to trust: every index is built from the rows.
         let n_batches = meta.batches.len();
         let model =
