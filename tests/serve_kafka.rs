@@ -540,8 +540,17 @@ fn broker_restart_mid_stream_daemon_reconnects() {
         .to_string();
     guard.1 = new_pid;
     create_topics(&addr, &t, 1);
+    // tansu's memory storage lost every topic, message and committed
+    // offset with the restart (a real broker keeps them; this test is about
+    // the daemon's reconnection and state, not broker durability). The feed
+    // is replayed from its start, as an operator would after losing a
+    // topic, so the new plates sit at the offsets after the old ones
+    // whether the daemon resumes at its previous position (3) or resets to
+    // the earliest offset (then the first plates come back as replays).
+    // A daemon does not detect a recreated topic yet: see
+    // docs/reliability.md, "Not done yet".
     let p = producer(&addr);
-    for (id, table) in rest {
+    for (id, table) in first.iter().chain(rest) {
         send_plate(&p, &t.plates, id, table);
     }
     let mut r = Reader::new(&addr, &t);
