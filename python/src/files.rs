@@ -10,7 +10,6 @@ use anyhow::Result;
 use balans::io::dataset::Scope;
 use balans::io::files::{self, Inputs};
 use balans::{apply_model, ApplyOptions, Config, LoadSpec, Model, ProfileTable};
-use ndarray::Array2;
 
 /// `(input, output)` pairs of a path `input` (a file, folder or glob) and
 /// `output` (a file for one input, a folder for many), checked before any
@@ -43,13 +42,7 @@ pub fn correct_many(jobs: &[(PathBuf, PathBuf)], cfg: &Config) -> Result<()> {
     };
     for ((input, rows), (_, output)) in st.files.iter().zip(jobs) {
         let t = ProfileTable::load(input, &file_spec)?;
-        let pos = files::feature_order(&t, &st.features)?;
-        let mut values = Array2::<f64>::zeros(t.x.dim());
-        for (r, i) in rows.clone().enumerate() {
-            for (j, &p) in pos.iter().enumerate() {
-                values[(r, p)] = fit.corrected[(i, j)];
-            }
-        }
+        let values = files::file_values(&t, &st.features, rows.clone(), fit.corrected.view())?;
         crate::provenance::write(output, &t.corrected_table(values.view())?, cfg)?;
     }
     tracing::info!(target: "balans::correct", files = jobs.len(), "wrote corrected plate files");

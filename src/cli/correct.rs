@@ -250,13 +250,7 @@ fn correct_many(
     let md = prov.metadata();
     for ((input, rows), (_, output)) in st.files.iter().zip(&plan.jobs) {
         let t = ProfileTable::load(input, &file_spec)?;
-        let pos = files::feature_order(&t, &st.features)?;
-        let mut values = Array2::<f64>::zeros(t.x.dim());
-        for (r, i) in rows.clone().enumerate() {
-            for (j, &p) in pos.iter().enumerate() {
-                values[(r, p)] = fit.corrected[(i, j)];
-            }
-        }
+        let values = files::file_values(&t, &st.features, rows.clone(), fit.corrected.view())?;
         table::write_table_with_metadata(output, &t.corrected_table(values.view())?, &md)?;
         tracing::debug!(output = %output.display(), "wrote corrected plate file");
     }

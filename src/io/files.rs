@@ -203,6 +203,26 @@ impl Stacked {
     }
 }
 
+/// The corrected values of one plate file: rows `rows` of `corrected`
+/// (the stacked fit, columns in `features` order) placed in the file's own
+/// feature column order ([`feature_order`]), ready for
+/// [`ProfileTable::corrected_table`].
+pub fn file_values(
+    t: &ProfileTable,
+    features: &[String],
+    rows: Range<usize>,
+    corrected: ndarray::ArrayView2<f64>,
+) -> Result<Array2<f64>, LoadError> {
+    let pos = feature_order(t, features)?;
+    let mut values = Array2::<f64>::zeros(t.x.dim());
+    for (r, i) in rows.enumerate() {
+        for (j, &p) in pos.iter().enumerate() {
+            values[(r, p)] = corrected[(i, j)];
+        }
+    }
+    Ok(values)
+}
+
 /// For every feature of `features`, its column in `t` (which must have
 /// exactly these features, in any order); the error names the file and
 /// the first column that differs.
