@@ -131,14 +131,20 @@ fn build(
     let cb: Vec<bool> = boot.iter().map(|&i| controls[i]).collect();
     let seed = Model::bootstrap(xb.view(), Some(&cb), names.clone(), params)?;
     let p = seed.meta().dims;
+    let nv = seed.meta().varying.len();
+    let keeps_profiles = seed.meta().feature_rows;
     let mut y: Vec<f32> = Vec::with_capacity(n * p);
+    let mut w: Vec<f32> = Vec::new();
     let mut batch_of: Vec<u32> = Vec::with_capacity(n);
     for (bi, rows) in &reference {
         for block in rows.chunks(PLATE_ROWS) {
             let x = table.features.select(Axis(0), block);
             let c: Vec<bool> = block.iter().map(|&i| controls[i]).collect();
-            let yb = seed.project(x.view(), Some(&c), None);
+            let (wb, yb) = seed.project_profiles(x.view(), Some(&c), None);
             y.extend(yb.iter().copied());
+            if keeps_profiles {
+                w.extend(wb.iter().copied());
+            }
             batch_of.extend(std::iter::repeat_n(*bi as u32, block.len()));
         }
     }
@@ -151,15 +157,27 @@ fn build(
             let v = y[i * p + t] + rng.gen_range(-0.05f32..0.05);
             y.push(v);
         }
+        if keeps_profiles {
+            for t in 0..nv {
+                let v = w[i * nv + t] + rng.gen_range(-0.05f32..0.05);
+                w.push(v);
+            }
+        }
         batch_of.push(batch_of[i]);
     }
     y.truncate(n * p);
+    w.truncate(if keeps_profiles { n * nv } else { 0 });
     batch_of.truncate(n);
     let mut meta = seed.meta().clone();
     meta.batches = batch_names.clone();
     let gen_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let model = Model::restore(meta, y, batch_of, vec![1.0; n])?;
+    let model = if keeps_profiles {
+        model.with_feature_rows(w)?
+    } else {
+        model
+    };
     let index_s = t1.elapsed().as_secs_f64();
     println!(
         "  n={n}: data {gen_s:.1}s, index build {index_s:.1}s ({} rows indexed)",

@@ -303,6 +303,9 @@ fn delta() -> impl Strategy<Value = PlateDelta> {
             coverage_updates: updates,
             plate_coverage: cov,
             qc: None,
+            w: vec![],
+            control_dev: vec![],
+            pooled_controls: 0,
         })
 }
 
@@ -592,6 +595,9 @@ fn write_fuzz_seeds() {
         coverage_updates: vec![(0, 0.5)],
         plate_coverage: vec![1.0, 0.25],
         qc: None,
+        w: vec![],
+        control_dev: vec![],
+        pooled_controls: 0,
     };
     let mut log = wal::encode(0, &d("P1", vec![0.5, -1.0, 2.0, 3.5])).unwrap();
     log.extend(wal::encode(1, &d("P2", vec![1.5, 0.0, -2.0, 0.125])).unwrap());

@@ -127,6 +127,8 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
         model.rows_batch().to_vec(),
         model.rows_coverage().to_vec(),
     )
+    .unwrap()
+    .with_feature_rows(model.rows_w().to_vec())
     .unwrap();
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
     let a = correct_plate(&model, "P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
@@ -368,4 +370,105 @@ fn a_new_batch_plate_measures_its_gain_on_its_own_controls() {
         moved > 1e-3 * spread,
         "frozen gain ignored the stretch ({moved})"
     );
+}
+
+/// Oracle for the feature-space correction: with a basis that spans every
+/// feature (as many plain PCA dimensions as features), moving a plate in
+/// the feature space and projecting is the same linear map as moving it in
+/// the neighbour space and mapping the offset back through the loadings.
+/// So the two correction spaces must give the same output, up to the f32
+/// rounding of the stored rows.
+#[test]
+fn feature_space_equals_neighbour_space_with_a_full_plain_basis() {
+    use balans::method::params::{CorrectionSpace, NeighborSpace};
+    let base = Params {
+        neighbor_dims: 30,
+        neighbor_space: NeighborSpace::Pca,
+        index: IndexKind::Exact,
+        ..params()
+    };
+    let (t, in_features, plate_rows, new_rows) = setup_with(&Params {
+        correction_space: CorrectionSpace::Features,
+        ..base.clone()
+    });
+    let (_, in_neighbors, _, _) = setup_with(&Params {
+        correction_space: CorrectionSpace::Neighbors,
+        ..base
+    });
+    assert!(in_features.meta().feature_rows && !in_neighbors.meta().feature_rows);
+    assert_eq!(in_features.meta().varying.len(), 30);
+    assert_eq!(in_features.rows_w().len(), in_features.len() * 30);
+    assert!(in_neighbors.rows_w().is_empty());
+    for (rows, batch) in [(&plate_rows, "Batch02"), (&new_rows, "Batch04")] {
+        let (x, ctrl) = plate_inputs(&t, rows);
+        let a = correct_plate(&in_features, "P", batch, x.view(), Some(&ctrl), 1).unwrap();
+        let b = correct_plate(&in_neighbors, "P", batch, x.view(), Some(&ctrl), 1).unwrap();
+        let moved = max_abs(&(&a.corrected - &x));
+        let diff = max_abs(&(&a.corrected - &b.corrected));
+        assert!(moved > 0.0);
+        assert!(
+            diff <= 1e-3 * moved,
+            "{batch}: spaces differ by {diff} (correction {moved})"
+        );
+        assert_eq!(a.delta.w.len(), rows.len() * 30);
+        assert!(b.delta.w.is_empty());
+    }
+}
+
+/// A batch the reference did not have pools its plates' controls for its
+/// gains: a plate with too few controls of its own is measured on the
+/// pool once it is large enough, a replay uses the pool as it was, and the
+/// pool survives a snapshot.
+#[test]
+fn a_new_batch_pools_its_plates_controls_for_its_gains() {
+    let (t, mut model, _, _) = setup();
+    // Batch04's rows as plates of 5 controls and 20 treated wells each.
+    let b4 = rows_where(&t, |i| t.batch[i] == "Batch04");
+    let ctrl_rows: Vec<usize> = b4.iter().copied().filter(|&i| t.label[i] == "DMSO").collect();
+    let treated: Vec<usize> = b4.iter().copied().filter(|&i| t.label[i] != "DMSO").collect();
+    assert!(ctrl_rows.len() >= 15 && treated.len() >= 60);
+    let plate = |k: usize| -> Vec<usize> {
+        let mut r: Vec<usize> = ctrl_rows[5 * k..5 * k + 5].to_vec();
+        r.extend_from_slice(&treated[20 * k..20 * k + 20]);
+        r
+    };
+    let nv = model.meta().varying.len();
+    let (x0, c0) = plate_inputs(&t, &plate(0));
+    let p0 = correct_plate(&model, "A", "Batch04", x0.view(), Some(&c0), 1).unwrap();
+    assert_eq!(p0.delta.pooled_controls, 0);
+    assert_eq!(p0.delta.control_dev.len(), 5 * nv);
+    // Before any pool, the second plate's 5 controls are too few: gain 1.
+    let (x1, c1) = plate_inputs(&t, &plate(1));
+    let alone = correct_plate(&model, "B", "Batch04", x1.view(), Some(&c1), 2).unwrap();
+    assert_eq!(alone.delta.pooled_controls, 0);
+    model.apply(&p0.delta).unwrap();
+    assert_eq!(model.meta().control_pool["Batch04"].len(), 5 * nv);
+    let p1 = correct_plate(&model, "B", "Batch04", x1.view(), Some(&c1), 2).unwrap();
+    assert_eq!(p1.delta.pooled_controls, 5);
+    let gained = max_abs(&(&p1.corrected - &alone.corrected));
+    assert!(gained > 0.0, "the pooled gains changed nothing");
+    model.apply(&p1.delta).unwrap();
+    let (x2, c2) = plate_inputs(&t, &plate(2));
+    let p2 = correct_plate(&model, "C", "Batch04", x2.view(), Some(&c2), 3).unwrap();
+    assert_eq!(p2.delta.pooled_controls, 10);
+    model.apply(&p2.delta).unwrap();
+    assert_eq!(model.meta().control_pool["Batch04"].len(), 15 * nv);
+    // B's replay, after C grew the pool, publishes what B published.
+    let rec = match model.lookup("B", 2) {
+        Lookup::Replay(r) => r,
+        other => panic!("expected replay, got {other:?}"),
+    };
+    assert_eq!(rec.pooled_controls, 5);
+    let again = model.replay_plate(&rec, x1.view(), Some(&c1)).unwrap();
+    assert!(again == p1.corrected, "replay moved");
+    // A reference batch does not pool: its gains are frozen.
+    assert!(!model.meta().control_pool.contains_key("Batch02"));
+    // The pool and the profiles survive a snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    balans::serve::state::snapshot::write(dir.path(), &model).unwrap();
+    let back = balans::serve::state::snapshot::read(dir.path(), true).unwrap();
+    assert_eq!(back.meta().control_pool, model.meta().control_pool);
+    assert!(back.rows_w() == model.rows_w());
+    let again = back.replay_plate(&rec, x1.view(), Some(&c1)).unwrap();
+    assert!(again == p1.corrected, "replay after a snapshot moved");
 }

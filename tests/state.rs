@@ -256,7 +256,14 @@ fn snapshot_damage_is_refused_naming_the_file() {
     let (m, _) = sd.restore().unwrap().unwrap();
     sd.snapshot(&m).unwrap();
     let p = m.meta().dims;
-    for (f, w) in [("y.f32", 4 * p), ("batch.u32", 4), ("coverage.f32", 4)] {
+    let nv = m.meta().varying.len();
+    assert!(m.meta().feature_rows, "the default model keeps profiles");
+    for (f, w) in [
+        ("y.f32", 4 * p),
+        ("batch.u32", 4),
+        ("coverage.f32", 4),
+        ("w.f32", 4 * nv),
+    ] {
         let path = d.join("snapshot").join(f);
         let b = std::fs::read(&path).unwrap();
         std::fs::write(&path, &b[..b.len() - w]).unwrap();

@@ -4,7 +4,7 @@
 use clap::Args;
 
 use balans::method::params::{
-    BatchScale, IndexKind, KernelKind, NeighborSpace, Params, Retention, SamplingRule, TrustRule,
+    BatchScale, CorrectionSpace, IndexKind, KernelKind, NeighborSpace, Params, Retention, SamplingRule, TrustRule,
 };
 
 /// The `[method]` flags (`balans correct`; `balans apply` takes the
@@ -71,6 +71,9 @@ pub struct MethodArgs {
     /// Exact mode: brute-force neighbours, every row sampled (small tables).
     #[arg(long)]
     pub exact: bool,
+    /// Space the daemon and `balans apply` correct a plate in (saved with --save-model): features (every varying feature, as the offline fit; the model keeps each row's corrected profile) or neighbors (the neighbour space, mapped back through the PCA loadings; a smaller model) [default: features].
+    #[arg(long, value_parser = parse_choice::<CorrectionSpace>)]
+    pub correction_space: Option<CorrectionSpace>,
     /// Random seed [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -115,6 +118,7 @@ impl MethodArgs {
             batch_scale,
             trust_rule,
             sampling_rule,
+            correction_space,
             seed,
             threads
         );

@@ -112,6 +112,32 @@ pub enum SamplingRule {
     Proportional,
 }
 
+/// The space the daemon computes a plate's offsets in (the offline fit
+/// always corrects every feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CorrectionSpace {
+    /// Every varying feature, as the offline fit: the model keeps each
+    /// incorporated row's corrected (clipped, normalised) profile, `features
+    /// / neighbor_dims` times the memory of the neighbour-space rows.
+    #[default]
+    Features,
+    /// The neighbour space only: offsets are mapped back through the PCA
+    /// loadings, so batch directions outside the basis stay (the smaller
+    /// state of models built before 2026-12).
+    Neighbors,
+}
+
+impl CorrectionSpace {
+    /// The name, as in the config file and `--correction-space`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorrectionSpace::Features => "features",
+            CorrectionSpace::Neighbors => "neighbors",
+        }
+    }
+}
+
 /// Which neighbour search backs the per-batch indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -177,6 +203,8 @@ pub struct Params {
     pub index: IndexKind,
     /// Exact mode: brute-force neighbours and every row sampled.
     pub exact: bool,
+    /// The daemon's correction space (`balans serve`, `balans apply`).
+    pub correction_space: CorrectionSpace,
     /// Random seed (sampling tie-breaks, synthetic data).
     pub seed: u64,
     /// Worker threads (0 = all cores).
@@ -206,6 +234,7 @@ impl Default for Params {
             retention: Retention::PerBatch,
             index: IndexKind::Hnsw,
             exact: false,
+            correction_space: CorrectionSpace::Features,
             seed: 42,
             threads: 0,
         }

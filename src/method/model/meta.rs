@@ -55,6 +55,14 @@ pub struct PlateRecord {
     /// written before they were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qc: Option<QcFigures>,
+    /// Pooled controls of the batch's earlier plates its gains used (a
+    /// replay uses as many; see [`ModelMeta::control_pool`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pooled_controls: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The state change of incorporating one plate (the write-ahead record).
@@ -70,6 +78,19 @@ pub struct PlateDelta {
     pub version: String,
     /// Corrected neighbour-space coordinates of the plate's rows (row-major).
     pub y: Vec<f32>,
+    /// Corrected profiles of the plate's rows (clipped, normalised varying
+    /// features, row-major) when the model keeps them
+    /// ([`ModelMeta::feature_rows`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub w: Vec<f32>,
+    /// The plate's control deviations from their centre (controls x varying
+    /// features, row-major) when its batch pools controls
+    /// ([`ModelMeta::control_pool`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_dev: Vec<f32>,
+    /// Pooled controls of earlier plates its gains used.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pooled_controls: u64,
     /// Coverage added to existing rows: (row id, amount).
     pub coverage_updates: Vec<(u64, f32)>,
     /// Coverage of the plate's own rows.
@@ -117,6 +138,19 @@ pub struct ModelMeta {
     pub plates: BTreeMap<String, PlateRecord>,
     /// Generation: bumped by a refit/realign; part of the model version.
     pub generation: u64,
+    /// The model keeps every row's corrected profile (clipped, normalised
+    /// varying features) and corrects plates in that space
+    /// ([`crate::method::params::CorrectionSpace::Features`]). Absent in
+    /// state written before: those models correct in the neighbour space.
+    #[serde(default)]
+    pub feature_rows: bool,
+    /// Per batch the reference fit did not have: its plates' control
+    /// deviations from their plate's control centre (row-major, controls x
+    /// varying features, first plates first, at most
+    /// [`super::projection::MAX_POOLED_CONTROLS`] rows), from which its gains
+    /// are measured once there are enough, instead of each plate's few.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub control_pool: BTreeMap<String, Vec<f32>>,
 }
 
 #[cfg(test)]

@@ -50,12 +50,12 @@ use ndarray::{Array2, ArrayView2};
 
 pub use self::meta::{ModelMeta, PlateDelta, PlateRecord, QcFigures};
 pub use self::persist::{IndexRestore, StoredIndex};
-use crate::method::align::{point_offsets, RowFeatures};
+use crate::method::align::{point_offsets, Features, RowFeatures};
 use crate::method::fit::Correction;
 use crate::method::index::{BatchIndex, Neighbor};
-use crate::method::params::{BatchScale, IndexKind, NeighborSpace, Params};
+use crate::method::params::{BatchScale, CorrectionSpace, IndexKind, NeighborSpace, Params};
 use crate::method::pca::{Pca, Whitening, WHITEN_RIDGE};
-use crate::method::preprocess::{clipped, GainGroups};
+use crate::method::preprocess::{clipped, GainGroups, CLIP};
 use crate::method::rows::{Concat, MatrixRows, RowSource};
 use crate::method::sampling::{SamplingConfig, SparseRow};
 
@@ -117,6 +117,9 @@ pub struct Model {
     y: Vec<f32>,
     batch_of: Vec<u32>,
     coverage: Vec<f32>,
+    /// Corrected profiles (row-major n x |varying|, clipped and normalised)
+    /// when [`ModelMeta::feature_rows`]; empty otherwise.
+    w: Vec<f32>,
 }
 
 /// Outcome of looking a plate up before correcting it.
@@ -178,6 +181,8 @@ impl Model {
             batches: fit.batch_names.clone(),
             plates: BTreeMap::new(),
             generation: 1,
+            feature_rows: params.correction_space == CorrectionSpace::Features,
+            control_pool: BTreeMap::new(),
         };
         let mut model = Model {
             pca: as_restored(fit.pca.clone())?,
@@ -186,7 +191,22 @@ impl Model {
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
+            w: Vec::new(),
         };
+        if model.meta.feature_rows {
+            // The fit's corrected profiles in its working space: the clipped
+            // profiles minus the total offset (`z_before - z_after`).
+            let (zb, za) = (&fit.z_before, &fit.z_after);
+            anyhow::ensure!(
+                zb.dim() == za.dim() && zb.ncols() == fit.varying.len() && zb.nrows() == n,
+                "fit: corrected profiles have the wrong shape"
+            );
+            model.w = ndarray::Zip::from(zb)
+                .and(za)
+                .map_collect(|&b, &a| (b.clamp(-CLIP, CLIP) - (b - a)) as f32)
+                .into_iter()
+                .collect();
+        }
         let y = fit
             .y_after
             .as_standard_layout()
@@ -244,6 +264,8 @@ impl Model {
             batches: Vec::new(),
             plates: BTreeMap::new(),
             generation: 1,
+            feature_rows: params.correction_space == CorrectionSpace::Features,
+            control_pool: BTreeMap::new(),
         };
         Ok(Model {
             pca: as_restored(pca)?,
@@ -252,6 +274,7 @@ impl Model {
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
+            w: Vec::new(),
         })
     }
 
@@ -295,7 +318,40 @@ impl Model {
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
+            w: Vec::new(),
         })
+    }
+
+    /// Set the rows' corrected profiles (row-major n x |varying|) of a model
+    /// that keeps them ([`ModelMeta::feature_rows`]), after
+    /// [`Model::restore`]: a snapshot stores them beside the
+    /// neighbour-space rows.
+    pub fn with_feature_rows(mut self, w: Vec<f32>) -> Result<Model> {
+        anyhow::ensure!(
+            self.meta.feature_rows,
+            "this model corrects in the neighbour space and keeps no profiles"
+        );
+        let nv = self.meta.varying.len();
+        anyhow::ensure!(
+            w.len() == self.len() * nv,
+            "{} profile values for {} rows x {nv} features",
+            w.len(),
+            self.len()
+        );
+        self.w = w;
+        Ok(self)
+    }
+
+    /// Corrected profiles of the rows (row-major n x |varying|; empty when
+    /// the model corrects in the neighbour space).
+    pub fn rows_w(&self) -> &[f32] {
+        &self.w
+    }
+
+    /// Whether plates are corrected in the feature space (the model keeps
+    /// every row's profile), else in the neighbour space.
+    fn in_features(&self) -> bool {
+        self.meta.feature_rows
     }
 
     fn index_kind(&self) -> IndexKind {
@@ -430,8 +486,18 @@ impl Model {
         }
         let params = &self.meta.params;
         let p = self.meta.dims;
-        let (z, n_controls, control_gain) = self.normalise_plate(x, controls, Some(batch));
-        let y_raw = self.pca.transform_f32(clipped(&z).view());
+        let nv = self.meta.varying.len();
+        let features = self.in_features();
+        anyhow::ensure!(
+            !features || self.w.len() == self.len() * nv,
+            "the model keeps {} profile values for {} rows x {nv} features",
+            self.w.len(),
+            self.len()
+        );
+        let norm = self.normalise_plate(x, controls, Some(batch), None);
+        let (z, n_controls, control_gain) = (norm.z, norm.controls, norm.control_gain);
+        let w_plate = clipped(&z);
+        let y_raw = self.pca.transform_f32(w_plate.view());
         let batch_id = self.meta.batches.iter().position(|b| b == batch);
         let n_batches = self.meta.batches.len();
         let plate_batch = n_batches as u32; // pseudo-batch of the plate in flight
@@ -439,7 +505,9 @@ impl Model {
             ArrayView2::from_shape((self.len(), p), &self.y).context("model rows")?,
             &self.batch_of,
         )?;
-        let mut offset = Array2::<f32>::zeros((n_plate, p));
+        // The offset so far: in the neighbour space (n_plate x p), or in the
+        // feature space (n_plate x |varying|) when the model keeps profiles.
+        let mut offset = Array2::<f64>::zeros((n_plate, if features { nv } else { p }));
         let cfg = SamplingConfig::from_params(params, n_plate, f64::INFINITY, n_plate);
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
@@ -453,7 +521,14 @@ impl Model {
         if !self.is_empty() {
             for round in 0..params.rounds {
                 let t_sampling = std::time::Instant::now();
-                let current = &y_raw - &offset;
+                // The plate where it stands: its profiles minus the offset
+                // (projected, as the offline fit re-projects each round), or
+                // its neighbour-space rows minus the offset.
+                let current_w = features.then(|| &w_plate - &offset);
+                let current = match &current_w {
+                    Some(cw) => self.pca.transform_f32(cw.view()),
+                    None => &y_raw - &offset.mapv(|v| v as f32),
+                };
                 let mut plate_index = BatchIndex::new(IndexKind::Exact, p, 1)?;
                 let keys: Vec<u64> = (self.len()..self.len() + n_plate)
                     .map(|k| k as u64)
@@ -477,26 +552,56 @@ impl Model {
                         plate_index.search(all.row(j), params.k.max(params.m))?;
                     Ok(nb.iter().map(|n| n.key as u32).collect())
                 };
-                let off = point_offsets(
-                    &RowFeatures(&all),
-                    n_batches + 1,
-                    &rows,
-                    self.len()..self.len() + n_plate,
-                    Some(plate_batch),
-                    &own,
-                )?;
-                offset = offset + off.values.mapv(|v| v as f32);
+                let targets = self.len()..self.len() + n_plate;
+                let off = match &current_w {
+                    Some(cw) => point_offsets(
+                        &ProfileFeatures {
+                            model: ArrayView2::from_shape((self.len(), nv), &self.w)
+                                .context("model profiles")?,
+                            batch_of: &self.batch_of,
+                            plate: cw.view(),
+                            plate_batch,
+                        },
+                        n_batches + 1,
+                        &rows,
+                        targets,
+                        Some(plate_batch),
+                        &own,
+                    )?,
+                    None => point_offsets(
+                        &RowFeatures(&all),
+                        n_batches + 1,
+                        &rows,
+                        targets,
+                        Some(plate_batch),
+                        &own,
+                    )?,
+                };
+                offset = offset + off.values;
                 last_rows = rows;
             }
         }
-        let y_corr = &y_raw - &offset;
-        // Publish the offset a replay can re-derive: the stored coordinates
-        // are `y_corr` (f32), and a replay recomputes `y_raw - y_corr` in
-        // f32 ([`Model::replay_plate`]). That differs from `offset` by the
-        // rounding of the subtraction, so the first publication uses the
-        // same difference: a replay then publishes identical values.
-        let published = (&y_raw - &y_corr).mapv(f64::from);
-        let corrected = self.to_features(x, &z, published.view());
+        // What is published is re-derivable by a replay from the stored
+        // (f32) corrected coordinates: the published offset is the f32
+        // difference `raw - stored`, computed the same way by
+        // [`Model::replay_plate`], so a replay publishes identical values.
+        let (corrected, y_corr, w_corr) = if features {
+            let w_corr = (&w_plate - &offset).mapv(|v| v as f32);
+            let published = &w_plate - &w_corr.mapv(f64::from);
+            // Unaligned (an empty model, or no rounds): the coordinates stay
+            // as projected.
+            let y_corr = if self.is_empty() || params.rounds == 0 {
+                y_raw.clone()
+            } else {
+                self.pca.transform_f32(w_corr.mapv(f64::from).view())
+            };
+            let corrected = self.to_features_from(x, &(&z - &published));
+            (corrected, y_corr, w_corr.into_iter().collect())
+        } else {
+            let y_corr = &y_raw - &offset.mapv(|v| v as f32);
+            let published = (&y_raw - &y_corr).mapv(f64::from);
+            (self.to_features(x, &z, published.view()), y_corr, Vec::new())
+        };
         let (plate_coverage, coverage_updates) = self.coverage_added(&last_rows, n_plate);
         timings.correction = (t_correction.elapsed().as_secs_f64() - timings.sampling).max(0.0);
         let delta = PlateDelta {
@@ -505,6 +610,9 @@ impl Model {
             content_hash,
             version: self.version(),
             y: y_corr.iter().copied().collect(),
+            w: w_corr,
+            control_dev: norm.control_dev,
+            pooled_controls: norm.pooled as u64,
             coverage_updates,
             plate_coverage,
             qc: None,
@@ -567,6 +675,14 @@ impl Model {
         if self.meta.plates.contains_key(&delta.plate) {
             return Ok(()); // idempotent
         }
+        let nv = self.meta.varying.len();
+        if self.in_features() {
+            anyhow::ensure!(
+                delta.w.len() == n_new * nv,
+                "plate delta has {} profile values for {n_new} rows x {nv} features",
+                delta.w.len()
+            );
+        }
         let b = match self.meta.batches.iter().position(|x| x == &delta.batch) {
             Some(b) => b,
             None => {
@@ -582,6 +698,9 @@ impl Model {
         let threads = self.threads();
         self.indices[b].add(&keys, rows, threads)?;
         self.y.extend_from_slice(&delta.y);
+        if self.in_features() {
+            self.w.extend_from_slice(&delta.w);
+        }
         self.batch_of.extend(std::iter::repeat_n(b as u32, n_new));
         for &(j, a) in &delta.coverage_updates {
             if let Some(c) = self.coverage.get_mut(j as usize) {
@@ -589,6 +708,12 @@ impl Model {
             }
         }
         self.coverage.extend_from_slice(&delta.plate_coverage);
+        if !delta.control_dev.is_empty() && !self.meta.batch_gain.contains_key(&delta.batch) {
+            let pool = self.meta.control_pool.entry(delta.batch.clone()).or_default();
+            let room = (projection::MAX_POOLED_CONTROLS * nv).saturating_sub(pool.len());
+            let take = (delta.control_dev.len() / nv.max(1)).min(room / nv.max(1)) * nv;
+            pool.extend_from_slice(&delta.control_dev[..take]);
+        }
         self.meta.plates.insert(
             delta.plate.clone(),
             PlateRecord {
@@ -598,6 +723,7 @@ impl Model {
                 content_hash: delta.content_hash,
                 version: delta.version.clone(),
                 qc: delta.qc,
+                pooled_controls: delta.pooled_controls,
             },
         );
         Ok(())
@@ -621,5 +747,39 @@ impl Model {
     /// Start a new generation (after a deliberate realignment).
     pub fn bump_generation(&mut self) {
         self.meta.generation += 1;
+    }
+}
+
+/// The rows' corrected profiles followed by the plate's current ones: the
+/// space a model that keeps profiles computes a plate's offsets in.
+struct ProfileFeatures<'a> {
+    /// The model's rows (n x |varying|).
+    model: ArrayView2<'a, f32>,
+    /// Batch id of each model row.
+    batch_of: &'a [u32],
+    /// The plate's rows where they stand (n_plate x |varying|).
+    plate: ArrayView2<'a, f64>,
+    /// The plate's pseudo-batch.
+    plate_batch: u32,
+}
+
+impl Features for ProfileFeatures<'_> {
+    fn dims(&self) -> usize {
+        self.model.ncols()
+    }
+    fn batch(&self, j: usize) -> u32 {
+        self.batch_of.get(j).copied().unwrap_or(self.plate_batch)
+    }
+    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
+        let n = self.model.nrows();
+        if j < n {
+            for (o, v) in acc.iter_mut().zip(self.model.row(j)) {
+                *o += a * f64::from(*v);
+            }
+        } else {
+            for (o, v) in acc.iter_mut().zip(self.plate.row(j - n)) {
+                *o += a * v;
+            }
+        }
     }
 }

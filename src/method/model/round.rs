@@ -140,6 +140,8 @@ mod tests {
             batches: (0..nb).map(|b| format!("b{b}")).collect(),
             plates: Default::default(),
             generation: 1,
+            feature_rows: false,
+            control_pool: Default::default(),
         }
     }
 
@@ -192,6 +194,7 @@ mod tests {
                 },
                 indices: build_batch_indices(yv, &batch_of, nb, IndexKind::Exact, 1).unwrap(),
                 y: y.clone(),
+                w: Vec::new(),
                 batch_of: batch_of.clone(),
                 coverage: vec![1.0; n],
             };

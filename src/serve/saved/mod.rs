@@ -11,7 +11,9 @@
 //! DIR/model.json        {"format": "balans-model", "version": 1,
 //!                        "provenance": {..}, "manifest_hash": ..}
 //! DIR/snapshot/         the daemon's snapshot (serve::state::snapshot):
-//!                       meta.json, y.f32, batch.u32, coverage.f32 and
+//!                       meta.json, y.f32, batch.u32, coverage.f32, w.f32
+//!                       (the rows' corrected profiles, for a model that
+//!                       corrects in the feature space, the default) and
 //!                       manifest.json (length + 64-bit hash of each file)
 //! ```
 //!

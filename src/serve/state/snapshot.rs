@@ -5,6 +5,8 @@
 //! snapshot/y.f32           corrected neighbour-space rows, little-endian f32
 //! snapshot/batch.u32       batch id per row
 //! snapshot/coverage.f32    coverage per row
+//! snapshot/w.f32           corrected profiles per row (rows x varying features, f32),
+//!                          only for a model that keeps them (`meta.feature_rows`)
 //! snapshot/index-<b>.usearch  batch b's HNSW index (derived data, see below)
 //! snapshot/manifest.json   length and 64-bit hash of each file above, rows, dims
 //! ```
@@ -44,6 +46,8 @@ pub const MAX_ABS_COORD: f32 = 1e9;
 
 /// The files of a snapshot besides the manifest.
 pub const FILES: [&str; 4] = ["meta.json", "y.f32", "batch.u32", "coverage.f32"];
+/// The corrected profiles (a model with `feature_rows` only).
+pub const PROFILES: &str = "w.f32";
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 
@@ -116,6 +120,10 @@ pub fn write(dir: &Path, model: &Model) -> Result<()> {
             le_bytes(model.rows_coverage(), f32::to_le_bytes),
         ),
     ];
+    let mut files = files;
+    if model.meta().feature_rows {
+        files.push((PROFILES.into(), le_bytes(model.rows_w(), f32::to_le_bytes)));
+    }
     let mut sums = Vec::new();
     let mut put = |name: String, bytes: &[u8]| -> Result<()> {
         write_synced(&dir.join(&name), bytes)?;
@@ -346,6 +354,43 @@ fn read_inner(
             meta.batches.len()
         );
     }
+    let w: Option<Vec<f32>> = if meta.feature_rows {
+        let wp = dir.join(PROFILES);
+        let w: Vec<f32> = words(&wp, &read_checked(dir, PROFILES, m)?)?
+            .into_iter()
+            .map(f32::from_le_bytes)
+            .collect();
+        let nv = meta.varying.len();
+        ensure!(
+            w.len() == n * nv,
+            "{}: {} values, {} rows x {} features expected (from {})",
+            wp.display(),
+            w.len(),
+            n,
+            nv,
+            bp.display()
+        );
+        if let Some(i) = w
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > MAX_ABS_COORD)
+        {
+            bail!(
+                "{}: row {} holds {} (not a finite profile value)",
+                wp.display(),
+                i / nv.max(1),
+                w[i]
+            );
+        }
+        Some(w)
+    } else {
+        None
+    };
+    let with_profiles = |model: Model| -> Result<Model> {
+        match w {
+            Some(w) => model.with_feature_rows(w),
+            None => Ok(model),
+        }
+    };
     for (id, r) in &meta.plates {
         ensure!(
             r.first_row
@@ -360,15 +405,18 @@ fn read_inner(
     if !use_stored || m.is_none() || meta.params.index_kind() != IndexKind::Hnsw {
         // Nothing stored to trust: every index is built from the rows.
         let n_batches = meta.batches.len();
-        let model =
-            Model::restore(meta, y, batch, cov).with_context(|| format!("{}", dir.display()))?;
+        let model = Model::restore(meta, y, batch, cov)
+            .and_then(with_profiles)
+            .with_context(|| format!("{}", dir.display()))?;
         return Ok((model, vec![IndexRestore::Built; n_batches]));
     }
     let stored: Vec<StoredIndex> = (0..meta.batches.len())
         .map(|b| stored_index(dir, b, m))
         .collect();
-    Model::restore_with_indices(meta, y, batch, cov, stored)
-        .with_context(|| format!("{}", dir.display()))
+    let (model, outcome) = Model::restore_with_indices(meta, y, batch, cov, stored)
+        .with_context(|| format!("{}", dir.display()))?;
+    let model = with_profiles(model).with_context(|| format!("{}", dir.display()))?;
+    Ok((model, outcome))
 }
 
 /// Shapes and finiteness of the meta's arrays.
@@ -415,6 +463,12 @@ fn check_meta(m: &ModelMeta) -> Result<()> {
             "pca_whitening holds a non-finite value"
         );
     }
+    for (b, pool) in &m.control_pool {
+        ensure!(
+            pool.len() % nv.max(1) == 0 && pool.iter().all(|v| v.is_finite() && *v >= 0.0),
+            "control_pool of {b}: not whole rows of {nv} finite, non-negative deviations"
+        );
+    }
     for (b, g) in &m.batch_gain {
         ensure!(
             g.iter().all(|v| v.is_finite() && *v > 0.0),
@@ -443,6 +497,41 @@ pub fn check_delta(model: &Model, d: &PlateDelta) -> Result<()> {
             "plate {}: coordinate {v} is not finite or out of range",
             d.plate
         );
+    }
+    let nv = model.meta().varying.len();
+    let want_w = if model.meta().feature_rows {
+        d.plate_coverage.len() * nv
+    } else {
+        0
+    };
+    ensure!(
+        d.w.len() == want_w,
+        "plate {}: {} profile values, {want_w} expected ({} rows x {nv} features)",
+        d.plate,
+        d.w.len(),
+        d.plate_coverage.len()
+    );
+    if let Some(v) =
+        d.w.iter()
+            .find(|v| !v.is_finite() || v.abs() > MAX_ABS_COORD)
+    {
+        bail!(
+            "plate {}: profile value {v} is not finite or out of range",
+            d.plate
+        );
+    }
+    ensure!(
+        d.control_dev.len() % nv.max(1) == 0,
+        "plate {}: {} control deviations, not a whole number of rows of {nv} features",
+        d.plate,
+        d.control_dev.len()
+    );
+    if let Some(v) = d
+        .control_dev
+        .iter()
+        .find(|v| !v.is_finite() || **v < 0.0)
+    {
+        bail!("plate {}: control deviation {v}", d.plate);
     }
     let bad_cov = |v: &f32| !v.is_finite() || *v < 0.0;
     if let Some(v) = d.plate_coverage.iter().find(|v| bad_cov(v)) {

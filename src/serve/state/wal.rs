@@ -253,6 +253,9 @@ mod tests {
             coverage_updates: vec![],
             plate_coverage: vec![1.0],
             qc: None,
+            w: vec![],
+            control_dev: vec![],
+            pooled_controls: 0,
         }
     }
 
