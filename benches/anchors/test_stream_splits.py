@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run_anchors as ra  # noqa: E402
+import stream_gap as sg  # noqa: E402
 
 # BBBC021's layout: 10 weeks, 3-6 plates each (names as in the bundled table).
 PLATES_PER_WEEK = [6, 6, 6, 6, 6, 6, 5, 5, 6, 3]
@@ -103,6 +104,51 @@ class MethodPlan(unittest.TestCase):
         for bad in ("balans_stream@nope", "harmony@late", "nothing"):
             with self.assertRaises(ra.HarnessError):
                 ra.method_plan(["none", bad])
+
+
+def ok(total, m):
+    return {"status": "ok", "scores": {"total": total, "map_cross_batch": m, "batch": 0.5, "bio": 0.5}}
+
+
+class Gap(unittest.TestCase):
+    def test_within_is_streamed_at_least_offline_minus_tolerance(self):
+        g = sg.gaps(ok(0.657, 0.581), ok(0.623, 0.570), 0.02)
+        self.assertAlmostEqual(g["gap_total"], 0.034)
+        self.assertAlmostEqual(g["gap_map"], 0.011)
+        self.assertEqual((g["within_total"], g["within_map"]), (False, True))
+        g = sg.gaps(ok(0.6, 0.5), ok(0.7, 0.49), 0.02)  # streamed better: within, negative gap
+        self.assertEqual((g["within_total"], g["within_map"]), (True, True))
+        self.assertLess(g["gap_total"], 0)
+
+    def test_failed_or_missing_scores_are_not_judged(self):
+        g = sg.gaps(ok(0.6, 0.5), {"status": "failed", "error": "x"}, 0.02)
+        self.assertEqual(g, {"gap_total": None, "within_total": None, "gap_map": None, "within_map": None})
+        g = sg.gaps(ok(0.6, None), ok(0.6, 0.4), 0.02)
+        self.assertIsNone(g["within_map"])
+        self.assertTrue(g["within_total"])
+
+    def test_render_marks_misses_and_failures(self):
+        def row(set_, split, o, s, target=True):
+            return {"set": set_, "split": split, "reference_batches": ["B1"], "reference_rows": 10, "rows": 40,
+                    "reference_labels": 3, "labels": 5, "offline": o, "streamed": s, "issue_target": target,
+                    **sg.gaps(o, s, 0.02)}
+        report = {
+            "tolerance": 0.02, "seed": 0, "semisynth_seed": 7, "splits": ["early", "late"],
+            "environment": {"balans": "b", "source": "s", "balans_overrides": {"BALANS_METHOD__K": "20"}},
+            "finished": "now", "seconds": 1.0,
+            "sets": [{"set": "bbbc021", "rows": [
+                row("bbbc021", "early", ok(0.657, 0.581), ok(0.650, 0.575)),
+                row("bbbc021", "late", ok(0.657, 0.581), ok(0.600, 0.575)),
+                row("bbbc021", "late", ok(0.657, 0.581), {"status": "failed", "error": "serve exited 1"}, False),
+            ]}],
+        }
+        md = sg.render(report)
+        self.assertIn("| bbbc021 | early | B1 | 0.657 | 0.650 | +0.007 | 0.581 | 0.575 | +0.006 | yes | yes |", md)
+        self.assertIn("| +0.057 |", md)
+        self.assertIn("FAILED: serve exited 1", md)
+        self.assertIn("both within 0.02 on 1 of 2 rows", md)
+        self.assertIn("bbbc021 / late (total gap +0.057", md)
+        self.assertIn("`BALANS_METHOD__K=20`", md)
 
 
 if __name__ == "__main__":
