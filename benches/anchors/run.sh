@@ -3,6 +3,9 @@
 #   bash benches/anchors/run.sh --all        BBBC021 anchors, LINCS semi-synthetic sets, oracle ceiling
 #   bash benches/anchors/run.sh --semisynth  only the LINCS semi-synthetic sets (benches/anchors/semisynth.py)
 #   bash benches/anchors/run.sh --ceiling    only the BBBC021 oracle ceiling (benches/anchors/ceiling.py)
+#   bash benches/anchors/run.sh --stream-gap streamed vs offline balans on every split and set
+#                                            (benches/anchors/stream_gap.py; docs/stream_gap.md)
+#   bash benches/anchors/run.sh --test       the harness's own tests (benches/anchors/test_*.py)
 #
 # - creates .venv-anchors in the repo root if missing and installs the pins of
 #   benches/anchors/requirements.txt into it;
@@ -47,6 +50,8 @@ export BALANS_BIN
 case "${1:-}" in
   --semisynth) shift; exec "$VENV/bin/python" benches/anchors/semisynth.py "$@" ;;
   --ceiling) shift; exec "$VENV/bin/python" benches/anchors/ceiling.py "$@" ;;
+  --stream-gap) shift; exec "$VENV/bin/python" benches/anchors/stream_gap.py "$@" ;;
+  --test) shift; exec "$VENV/bin/python" -m unittest discover -s benches/anchors -p 'test_*.py' "$@" ;;
   --all)
     shift
     "$VENV/bin/python" benches/anchors/run_anchors.py "$@"

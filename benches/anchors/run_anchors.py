@@ -24,6 +24,11 @@ DMSO. Methods:
                               the reference fit's rows (`balans correct` on those
                               batches, the fit the daemon warm-starts from) are
                               scored (wall time of the serve run)
+  balans, streamed, split S    method `balans_stream@S`: the same with another
+                              choice of warm-start batches and arrival order
+                              (STREAM_SPLITS: early = the row above, late, spread,
+                              shuffled); benches/anchors/stream_gap.py scores
+                              every split against the offline fit (issue #17)
 
 Each output is written to OUT/<method>.parquet with the table's Metadata_
 columns; feature methods keep the feature column names, embedding methods
@@ -420,20 +425,67 @@ def m_balans(ctx):
     return df[ctx["features"]].to_numpy(np.float64), ctx["features"], "raw-units", secs
 
 
-# Share of the batches (in natural order) the daemon is warm-started on:
-# BBBC021's weeks 1-3 of 10, the semi-synthetic sets' B1 of 4.
+# Share of the batches the daemon is warm-started on: BBBC021's 3 of 10 weeks,
+# the semi-synthetic sets' 1 of 4 batches.
 STREAM_REFERENCE_SHARE = 0.3
+
+# Splits of the streamed row (method `balans_stream@NAME`; plain `balans_stream`
+# is `early`): which batches warm-start the daemon (k = round(0.3 n) of n, at
+# least 1) and in which order the other batches' plates arrive (within a batch
+# in plate-name order unless the split says otherwise). Deterministic; only
+# `shuffled` uses the seed (--seed).
+STREAM_SPLITS = {
+    "early": "the first k batches in natural order (BBBC021: weeks 1-3; semi-synthetic: B1); "
+             "the others streamed in batch order",
+    "late": "the last k batches (BBBC021: weeks 8-10; semi-synthetic: B4); the others streamed "
+            "newest first (weeks 7, 6, ..., 1)",
+    "spread": "k batches spread over the natural order, index floor((i + 1/2) n / k) for i < k "
+              "(BBBC021: weeks 2, 6, 9; semi-synthetic: B3); the others streamed in batch order",
+    "shuffled": "k batches drawn at random (seeded); the other batches' plates streamed in a "
+                "seeded random order, so weeks arrive interleaved",
+}
 
 
 def natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def m_balans_stream(ctx):
+def stream_plan(plates: list[tuple[str, str]], split: str, seed: int = 0) -> tuple[list[str], list[tuple[str, str]]]:
+    """(reference batches, streamed (batch, plate) pairs in arrival order) of a split.
+
+    `plates` lists the table's (batch, plate) pairs (duplicates ignored)."""
+    if split not in STREAM_SPLITS:
+        raise HarnessError(f"unknown stream split '{split}' (known: {', '.join(STREAM_SPLITS)})")
+    pairs = sorted(set(plates), key=lambda bp: (natural_key(bp[0]), bp[1]))
+    order = sorted({b for b, _ in pairs}, key=natural_key)
+    n = len(order)
+    k = max(1, round(STREAM_REFERENCE_SHARE * n))
+    if k >= n:
+        raise HarnessError(f"{n} batch(es): nothing left to stream after a reference of {k}")
+    rng = np.random.default_rng(seed)
+    if split == "early":
+        ref = order[:k]
+    elif split == "late":
+        ref = order[n - k:]
+    elif split == "spread":
+        ref = [order[int((i + 0.5) * n / k)] for i in range(k)]
+    else:  # shuffled
+        ref = [order[i] for i in sorted(rng.choice(n, size=k, replace=False))]
+    rank = {b: i for i, b in enumerate(order)}
+    rest = [bp for bp in pairs if bp[0] not in set(ref)]
+    if split == "late":
+        rest.sort(key=lambda bp: (-rank[bp[0]], bp[1]))
+    elif split == "shuffled":
+        rest = [rest[i] for i in rng.permutation(len(rest))]
+    return ref, rest
+
+
+def m_balans_stream(ctx, split: str = "early"):
     """The daemon's inductive correction: plates arrive one at a time and
     published rows never move, so each plate is aligned only to what came
-    before it."""
-    d = ctx["out"] / "balans_stream"
+    before it. `split` (STREAM_SPLITS) chooses the warm-start batches and the
+    arrival order."""
+    d = ctx["out"] / ("balans_stream" if split == "early" else f"balans_stream_{split}")
     if d.exists():
         shutil.rmtree(d)
     inbox = d / "inbox"
@@ -441,13 +493,27 @@ def m_balans_stream(ctx):
     raw = pd.read_csv(ctx["data"])
     raw = raw.assign(Metadata_RowId=np.arange(len(raw)))
     batch_col, plate_col = ctx["batch_col"], "Metadata_Plate"
-    order = sorted(raw[batch_col].astype(str).unique(), key=natural_key)
-    ref_batches = set(order[: max(1, round(STREAM_REFERENCE_SHARE * len(order)))])
-    is_ref = raw[batch_col].astype(str).isin(ref_batches)
+    if plate_col not in raw.columns:
+        raise HarnessError(f"{ctx['data']}: no column '{plate_col}' (the streamed row sends one file per plate)")
+    bcol, pcol = raw[batch_col].astype(str), raw[plate_col].astype(str)
+    ref_batches, arrivals = stream_plan(list(zip(bcol, pcol)), split, ctx.get("seed", 0))
+    ctx.setdefault("stream_plans", {})[split] = {
+        "reference_batches": ref_batches, "arrival_order": [p for _, p in arrivals]}
+    is_ref = bcol.isin(set(ref_batches))
     raw[is_ref].to_parquet(d / "reference.parquet", index=False)
-    rank = {b: i for i, b in enumerate(order)}
-    for (b, p), g in raw[~is_ref].groupby([raw[batch_col].astype(str), plate_col]):
-        g.to_parquet(inbox / f"{rank[b]:03d}_{p}.parquet", index=False)
+    # The daemon takes files in name order (the plate id comes from the plate
+    # column), but only files at least `[serve] settle_ms` old: a file written
+    # just before the run would wait for a later scan, behind later names that
+    # had settled, and the arrival order would depend on timing. (Before the
+    # splits, BBBC021's Week10 plates were written first and so were sometimes
+    # streamed first: the row's total moved between 0.623 and 0.634.) Every
+    # plate file is dated an hour back, so the first scan takes them all, in
+    # name order.
+    past = time.time() - 3600
+    for seq, (b, p) in enumerate(arrivals):
+        f = inbox / f"{seq:04d}.parquet"
+        raw[(bcol == b) & (pcol == p)].to_parquet(f, index=False)
+        os.utime(f, (past, past))
     common = [
         "--batch-col", batch_col,
         "--control", f"{ctx['label_col']}={ctx['control']}",
@@ -495,6 +561,25 @@ METHODS = [
     ("balans", "balans", m_balans),
     ("balans, streamed (serve)", "balans_stream", m_balans_stream),
 ]
+
+
+def method_plan(wanted: list[str]) -> list[tuple[str, str, object]]:
+    """(name, slug, function) of the wanted methods, in METHODS order; a
+    `balans_stream@SPLIT` entry (STREAM_SPLITS) is a streamed row with that
+    split, placed after the plain streamed row."""
+    known = {s for _, s, _ in METHODS}
+    extra = []
+    for w in wanted:
+        if w in known:
+            continue
+        base, _, split = w.partition("@")
+        if base != "balans_stream" or split not in STREAM_SPLITS:
+            raise HarnessError(f"unknown method '{w}' (known: {', '.join(sorted(known))}, "
+                               f"balans_stream@SPLIT with SPLIT one of {', '.join(STREAM_SPLITS)})")
+        extra.append((f"balans, streamed (serve, split {split})", w,
+                      lambda ctx, split=split: m_balans_stream(ctx, split)))
+    plan = [(n, s, f) for n, s, f in METHODS if s in wanted]
+    return plan + extra
 
 
 # --------------------------------------------------------------------------
@@ -813,17 +898,16 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-arg", action="append", default=[],
                     help="extra argument for every `balans evaluate` call (repeatable), e.g. --evaluate-arg=--compound-col=X")
     ap.add_argument("--methods", default="all", help="comma-separated subset of: " +
-                    ",".join(s for _, s, _ in METHODS))
+                    ",".join(s for _, s, _ in METHODS) + "; also balans_stream@SPLIT, the streamed row "
+                    "with another split (SPLIT: " + ", ".join(STREAM_SPLITS) + "; plain balans_stream = early)")
     a = ap.parse_args(argv)
 
     balans = find_balans(a.balans)
 
     wanted = [s for _, s, _ in METHODS] if a.methods == "all" else a.methods.split(",")
-    unknown = set(wanted) - {s for _, s, _ in METHODS}
-    if unknown:
-        raise HarnessError(f"unknown method(s): {', '.join(sorted(unknown))}")
     if "none" not in wanted:
         wanted.insert(0, "none")  # the baseline of every score
+    plan = method_plan(wanted)
 
     a.out.mkdir(parents=True, exist_ok=True)
     raw, meta, features, scaled, is_control, info = load_protocol_table(
@@ -854,7 +938,6 @@ def main(argv=None) -> int:
         print(f"[anchors] WARNING: no reference comparison: {e}", file=sys.stderr)
 
     results = []
-    plan = [(n, s, f) for n, s, f in METHODS if s in wanted]
     # The embedding-path check row goes right after none (scaled).
     for name, slug, fn in plan:
         rec = {"method": name, "slug": slug}
@@ -864,6 +947,8 @@ def main(argv=None) -> int:
             rec.update(kind=kind, fit_seconds=secs)
             if "seurat_params" in ctx:
                 rec["params"] = ctx.pop("seurat_params")
+            if slug.startswith("balans_stream"):
+                rec["stream_plan"] = ctx["stream_plans"][slug.partition("@")[2] or "early"]
             table = a.out / f"{slug}.parquet"
             feature_frame(meta, values, names).to_parquet(table, index=False)
             rec["table"] = str(table)
