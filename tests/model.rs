@@ -421,11 +421,22 @@ fn feature_space_equals_neighbour_space_with_a_full_plain_basis() {
 /// pool survives a snapshot.
 #[test]
 fn a_new_batch_pools_its_plates_controls_for_its_gains() {
-    let (t, mut model, _, _) = setup();
+    let (t, mut model, _, _) = setup_with(&Params {
+        pool_controls: true,
+        ..params()
+    });
     // Batch04's rows as plates of 5 controls and 20 treated wells each.
     let b4 = rows_where(&t, |i| t.batch[i] == "Batch04");
-    let ctrl_rows: Vec<usize> = b4.iter().copied().filter(|&i| t.label[i] == "DMSO").collect();
-    let treated: Vec<usize> = b4.iter().copied().filter(|&i| t.label[i] != "DMSO").collect();
+    let ctrl_rows: Vec<usize> = b4
+        .iter()
+        .copied()
+        .filter(|&i| t.label[i] == "DMSO")
+        .collect();
+    let treated: Vec<usize> = b4
+        .iter()
+        .copied()
+        .filter(|&i| t.label[i] != "DMSO")
+        .collect();
     assert!(ctrl_rows.len() >= 15 && treated.len() >= 60);
     let plate = |k: usize| -> Vec<usize> {
         let mut r: Vec<usize> = ctrl_rows[5 * k..5 * k + 5].to_vec();
@@ -471,4 +482,8 @@ fn a_new_batch_pools_its_plates_controls_for_its_gains() {
     assert!(back.rows_w() == model.rows_w());
     let again = back.replay_plate(&rec, x1.view(), Some(&c1)).unwrap();
     assert!(again == p1.corrected, "replay after a snapshot moved");
+    // Off (the default): no pool, each plate's own controls only.
+    let (_, plain, _, _) = setup();
+    let q = correct_plate(&plain, "A", "Batch04", x0.view(), Some(&c0), 1).unwrap();
+    assert!(q.delta.control_dev.is_empty() && q.delta.pooled_controls == 0);
 }

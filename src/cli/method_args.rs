@@ -4,7 +4,8 @@
 use clap::Args;
 
 use balans::method::params::{
-    BatchScale, CorrectionSpace, IndexKind, KernelKind, NeighborSpace, Params, Retention, SamplingRule, TrustRule,
+    BatchScale, CorrectionSpace, IndexKind, KernelKind, NeighborSpace, Params, Retention,
+    SamplingRule, TrustRule,
 };
 
 /// The `[method]` flags (`balans correct`; `balans apply` takes the
@@ -74,6 +75,9 @@ pub struct MethodArgs {
     /// Space the daemon and `balans apply` correct a plate in (saved with --save-model): features (every varying feature, as the offline fit; the model keeps each row's corrected profile) or neighbors (the neighbour space, mapped back through the PCA loadings; a smaller model) [default: features].
     #[arg(long, value_parser = parse_choice::<CorrectionSpace>)]
     pub correction_space: Option<CorrectionSpace>,
+    /// The daemon and `balans apply` measure a new batch's gains on the controls of its plates so far (pooled) instead of each plate's own (saved with --save-model) [default: false].
+    #[arg(long)]
+    pub pool_controls: bool,
     /// Random seed [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -124,6 +128,9 @@ impl MethodArgs {
         );
         if self.exact {
             m.exact = true;
+        }
+        if self.pool_controls {
+            m.pool_controls = true;
         }
     }
 }

@@ -205,6 +205,12 @@ pub struct Params {
     pub exact: bool,
     /// The daemon's correction space (`balans serve`, `balans apply`).
     pub correction_space: CorrectionSpace,
+    /// The daemon measures the gains of a batch the reference did not have
+    /// on the controls of its plates so far (pooled), instead of each
+    /// plate's own (gain 1 below 8 controls). Off by default: measured
+    /// neutral on the semi-synthetic sets and -0.024 to +0.000 on BBBC021's
+    /// splits (docs/stream_gap.md).
+    pub pool_controls: bool,
     /// Random seed (sampling tie-breaks, synthetic data).
     pub seed: u64,
     /// Worker threads (0 = all cores).
@@ -235,6 +241,7 @@ impl Default for Params {
             index: IndexKind::Hnsw,
             exact: false,
             correction_space: CorrectionSpace::Features,
+            pool_controls: false,
             seed: 42,
             threads: 0,
         }

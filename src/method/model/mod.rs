@@ -600,7 +600,11 @@ impl Model {
         } else {
             let y_corr = &y_raw - &offset.mapv(|v| v as f32);
             let published = (&y_raw - &y_corr).mapv(f64::from);
-            (self.to_features(x, &z, published.view()), y_corr, Vec::new())
+            (
+                self.to_features(x, &z, published.view()),
+                y_corr,
+                Vec::new(),
+            )
         };
         let (plate_coverage, coverage_updates) = self.coverage_added(&last_rows, n_plate);
         timings.correction = (t_correction.elapsed().as_secs_f64() - timings.sampling).max(0.0);
@@ -709,7 +713,11 @@ impl Model {
         }
         self.coverage.extend_from_slice(&delta.plate_coverage);
         if !delta.control_dev.is_empty() && !self.meta.batch_gain.contains_key(&delta.batch) {
-            let pool = self.meta.control_pool.entry(delta.batch.clone()).or_default();
+            let pool = self
+                .meta
+                .control_pool
+                .entry(delta.batch.clone())
+                .or_default();
             let room = (projection::MAX_POOLED_CONTROLS * nv).saturating_sub(pool.len());
             let take = (delta.control_dev.len() / nv.max(1)).min(room / nv.max(1)) * nv;
             pool.extend_from_slice(&delta.control_dev[..take]);

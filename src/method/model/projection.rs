@@ -101,10 +101,12 @@ impl Model {
         }
     }
 
-    /// Whether plates of `batch` pool their controls: a named batch without
-    /// frozen gains, under per-batch control scaling.
+    /// Whether plates of `batch` pool their controls: with `pool_controls`
+    /// on, a named batch without frozen gains, under per-batch control
+    /// scaling.
     fn pools(&self, batch: Option<&str>) -> bool {
-        self.meta.params.batch_scale == BatchScale::Controls
+        self.meta.params.pool_controls
+            && self.meta.params.batch_scale == BatchScale::Controls
             && !self.meta.control_mad.is_empty()
             && batch.is_some_and(|b| !self.meta.batch_gain.contains_key(b))
     }

@@ -526,11 +526,7 @@ pub fn check_delta(model: &Model, d: &PlateDelta) -> Result<()> {
         d.plate,
         d.control_dev.len()
     );
-    if let Some(v) = d
-        .control_dev
-        .iter()
-        .find(|v| !v.is_finite() || **v < 0.0)
-    {
+    if let Some(v) = d.control_dev.iter().find(|v| !v.is_finite() || **v < 0.0) {
         bail!("plate {}: control deviation {v}", d.plate);
     }
     let bad_cov = |v: &f32| !v.is_finite() || *v < 0.0;
