@@ -30,7 +30,7 @@ pub struct RealignArgs {
     #[arg(long, value_delimiter = ',')]
     pub batches: Vec<String>,
     /// Files or directories holding the plates' raw profiles (repeatable)
-    /// [default: <inbox>/done in directory mode; required in Kafka mode].
+    /// [default: <inbox>/done in directory mode; the plates topic, read again from its start, in Kafka mode].
     #[arg(long = "plates-from")]
     pub plates_from: Vec<PathBuf>,
     /// Inbox of the directory mode (its done/ holds the published plates) [default: inbox].
@@ -61,6 +61,9 @@ pub struct RealignArgs {
     /// between plates, or at its next start). Builds nothing.
     #[arg(long, conflicts_with_all = ["last", "plates", "batches", "plates_from"])]
     pub promote: bool,
+    /// Kafka bootstrap servers ([kafka] brokers): Kafka mode, the plates are read again from [kafka] plates_topic.
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +95,9 @@ pub fn run(a: RealignArgs) -> Result<()> {
     if let Some(v) = &a.exclude {
         c.exclude = Some(v.clone());
     }
+    if let Some(v) = &a.brokers {
+        cfg.kafka.brokers = v.clone();
+    }
     if a.promote {
         generations::request_promotion(&cfg.serve.state_dir)?;
         println!(
@@ -107,14 +113,13 @@ pub fn run(a: RealignArgs) -> Result<()> {
         "no batch column: pass --batch-col (or [correct] batch_col / BALANS_CORRECT__BATCH_COL)"
     );
     let dir_mode = cfg.kafka.brokers.is_empty();
+    let from_topic = a.plates_from.is_empty() && !dir_mode;
     let sources = if !a.plates_from.is_empty() {
         a.plates_from.clone()
     } else if dir_mode {
         vec![cfg.serve.inbox.join("done")]
     } else {
-        anyhow::bail!(
-            "Kafka mode: give the published plates' files with --plates-from (the daemon keeps no copy of the input topic)"
-        );
+        Vec::new()
     };
     let window = if let Some(n) = a.last {
         Window::Last(n)
@@ -134,6 +139,7 @@ pub fn run(a: RealignArgs) -> Result<()> {
     let opts = RealignOptions {
         window,
         sources,
+        from_topic,
         with_reference: !a.no_reference,
         emit: emit.clone(),
     };

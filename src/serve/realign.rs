@@ -8,7 +8,8 @@
 //! 2. Choose the window: every published plate, the last N, named plates,
 //!    or the plates of named batches.
 //! 3. Find their raw profiles in the given places (directory mode:
-//!    `<inbox>/done/`, where the daemon moves every published plate file);
+//!    `<inbox>/done/`, where the daemon moves every published plate file;
+//!    Kafka mode: the plates topic read again from its start, or files);
 //!    a plate counts only when its decoded content hashes to what the live
 //!    generation recorded, so the refit uses exactly what was published.
 //! 4. Fit them offline (`balans correct`'s fit), with the reference table
@@ -64,6 +65,9 @@ pub struct RealignOptions {
     /// Files or directories holding the plates' raw profiles (plate files
     /// as the daemon takes them).
     pub sources: Vec<PathBuf>,
+    /// Read the plates again from `[kafka] plates_topic` instead (Kafka
+    /// mode; `sources` is then ignored).
+    pub from_topic: bool,
     /// Fit the reference table (`[serve] reference`) too.
     pub with_reference: bool,
     /// Write the refitted plates' new outputs to `<outbox>/g<N>/`.
@@ -239,18 +243,81 @@ fn plate_files(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Find and decode the chosen plates' raw profiles; every one must be
-/// found with the content the live generation recorded.
+/// The chosen plates' raw profiles as they are found: kept only with the
+/// content the live generation recorded.
+struct Finder<'a> {
+    want: BTreeMap<&'a str, &'a PlateRecord>,
+    found: BTreeMap<String, (DecodedPlate, String)>,
+    other_content: BTreeSet<String>,
+}
+
+impl<'a> Finder<'a> {
+    fn new(chosen: &'a [(String, PlateRecord)]) -> Finder<'a> {
+        Finder {
+            want: chosen.iter().map(|(k, r)| (k.as_str(), r)).collect(),
+            found: BTreeMap::new(),
+            other_content: BTreeSet::new(),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.found.len() == self.want.len()
+    }
+
+    /// Keep `d` if it is a chosen plate with the published content.
+    fn consider(&mut self, d: DecodedPlate, source: String) {
+        let Some(rec) = self.want.get(d.plate.as_str()) else {
+            return;
+        };
+        if self.found.contains_key(&d.plate) {
+            return;
+        }
+        if rec.content_hash != d.hash && rec.content_hash != d.legacy_hash {
+            tracing::warn!(source = %source, plate = %d.plate, "content differs from what the live generation published: skipped");
+            self.other_content.insert(d.plate.clone());
+            return;
+        }
+        self.found.insert(d.plate.clone(), (d, source));
+    }
+
+    /// Every chosen plate, or an error naming the first missing one.
+    fn finish(
+        self,
+        chosen: &[(String, PlateRecord)],
+        places: &str,
+    ) -> Result<BTreeMap<String, (DecodedPlate, String)>> {
+        let missing: Vec<&str> = chosen
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !self.found.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the raw profiles of {} chosen plate(s) are not in {places} (first: {}{}); \
+                 give the files with --plates-from, or narrow the window",
+                missing.len(),
+                missing[0],
+                if self.other_content.contains(missing[0]) {
+                    ", found with other content than was published"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(self.found)
+    }
+}
+
+/// Find and decode the chosen plates' raw profiles in files; every one
+/// must be found with the content the live generation recorded.
 fn find_plates(
     cfg: &Config,
     chosen: &[(String, PlateRecord)],
     sources: &[PathBuf],
 ) -> Result<BTreeMap<String, (DecodedPlate, String)>> {
-    let want: BTreeMap<&str, &PlateRecord> = chosen.iter().map(|(k, r)| (k.as_str(), r)).collect();
-    let mut found: BTreeMap<String, (DecodedPlate, String)> = BTreeMap::new();
-    let mut other_content = BTreeSet::new();
+    let mut finder = Finder::new(chosen);
     for path in plate_files(sources)? {
-        if found.len() == want.len() {
+        if finder.complete() {
             break;
         }
         let source = path.display().to_string();
@@ -269,50 +336,46 @@ fn find_plates(
                 )
                 .map_err(|r| anyhow::anyhow!("{r}"))
             });
-        let d = match decoded {
-            Ok(d) => d,
+        match decoded {
+            Ok(d) => finder.consider(d, source),
             Err(e) => {
-                tracing::warn!(file = %source, error = %format!("{e:#}"), "not a plate: skipped");
-                continue;
+                tracing::warn!(file = %source, error = %format!("{e:#}"), "not a plate: skipped")
             }
-        };
-        let Some(rec) = want.get(d.plate.as_str()) else {
-            continue;
-        };
-        if found.contains_key(&d.plate) {
-            continue;
         }
-        if rec.content_hash != d.hash && rec.content_hash != d.legacy_hash {
-            tracing::warn!(file = %source, plate = %d.plate, "content differs from what the live generation published: skipped");
-            other_content.insert(d.plate.clone());
-            continue;
-        }
-        found.insert(d.plate.clone(), (d, source));
     }
-    let missing: Vec<&str> = chosen
+    let places = sources
         .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| !found.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
-        let places = sources
-            .iter()
-            .map(|s| s.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        bail!(
-            "the raw profiles of {} chosen plate(s) are not in {places} (first: {}{}); \
-             give the files with --plates-from, or narrow the window",
-            missing.len(),
-            missing[0],
-            if other_content.contains(missing[0]) {
-                ", found with other content than was published"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(found)
+        .map(|s| s.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    finder.finish(chosen, &places)
+}
+
+/// Find the chosen plates by reading `[kafka] plates_topic` again.
+#[cfg(feature = "kafka")]
+fn find_plates_in_topic(
+    cfg: &Config,
+    chosen: &[(String, PlateRecord)],
+) -> Result<BTreeMap<String, (DecodedPlate, String)>> {
+    let mut finder = Finder::new(chosen);
+    let read = crate::serve::kafka::reread::read_plates(
+        cfg,
+        std::time::Duration::from_secs(30),
+        &mut |d, source| {
+            finder.consider(d, source);
+            finder.complete()
+        },
+    )?;
+    tracing::info!(plates = read, topic = %cfg.kafka.plates_topic, "plates topic read again");
+    finder.finish(chosen, &format!("topic {}", cfg.kafka.plates_topic))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn find_plates_in_topic(
+    _cfg: &Config,
+    _chosen: &[(String, PlateRecord)],
+) -> Result<BTreeMap<String, (DecodedPlate, String)>> {
+    bail!("balans was built without Kafka support: give the plates' files with --plates-from")
 }
 
 /// Build the new generation and install it as `STATE/next/`; returns what
@@ -354,7 +417,11 @@ pub fn realign(cfg: &Config, opts: &RealignOptions) -> Result<RealignRecord> {
         reference = ?reference,
         "realign: fitting a new generation"
     );
-    let plates = find_plates(cfg, &chosen, &opts.sources)?;
+    let plates = if opts.from_topic {
+        find_plates_in_topic(cfg, &chosen)?
+    } else {
+        find_plates(cfg, &chosen, &opts.sources)?
+    };
     let features = live.meta().features.clone();
 
     // The fit's rows: the reference table's, then each plate's, in

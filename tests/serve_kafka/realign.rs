@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use balans::serve::kafka::wire::H_MODEL_VERSION;
+use balans::serve::kafka::wire::{
+    CT_ARROW_STREAM, H_CHUNK_COUNT, H_CHUNK_INDEX, H_CONTENT_TYPE, H_MODEL_VERSION, H_PLATE_ID,
+};
 
 use super::common::*;
 use super::{start_daemon, Reader};
@@ -41,21 +43,35 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
     let (first, rest) = d.plates.split_at(4);
     let daemon = start_daemon(&d, &b, &cfg, &state, "a");
     let p = producer(&b);
-    for (id, table) in first {
-        send_plate(&p, &t.plates, id, table);
+    for (i, (id, table)) in first.iter().enumerate() {
+        if i == 1 {
+            // A chunked plate: realign reassembles it when it reads the topic.
+            let bytes = balans::io::table::encode_ipc_stream(table).unwrap();
+            let parts: Vec<&[u8]> = bytes.chunks(bytes.len().div_ceil(3)).collect();
+            for (k, part) in parts.iter().enumerate() {
+                send(
+                    &p,
+                    &t.plates,
+                    id,
+                    part,
+                    &[
+                        (H_CONTENT_TYPE, CT_ARROW_STREAM),
+                        (H_PLATE_ID, id),
+                        (H_CHUNK_INDEX, &k.to_string()),
+                        (H_CHUNK_COUNT, &parts.len().to_string()),
+                    ],
+                );
+            }
+        } else {
+            send_plate(&p, &t.plates, id, table);
+        }
     }
     let mut r = Reader::new(&b, &t);
     r.until("the first plates", Some(&daemon), |r| {
         r.aligned_keys().len() == first.len()
     });
 
-    // Realign while the daemon runs, on the plates' files (the daemon keeps
-    // no copy of the input topic).
-    let archive = d.dir.path().join("archive");
-    std::fs::create_dir_all(&archive).unwrap();
-    for (id, table) in first {
-        balans::io::table::write_table(&archive.join(format!("{id}.arrow")), table).unwrap();
-    }
+    // Realign while the daemon runs: it reads the plates topic again.
     let o = bin()
         .args([
             "-q",
@@ -70,8 +86,8 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
             "Metadata_Batch",
             "--control",
             "Metadata_Label=DMSO",
-            "--plates-from",
-            s(&archive),
+            "--brokers",
+            &b,
             "--no-emit",
             "--json",
         ])
@@ -81,6 +97,9 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rec["generation"], 2);
     assert_eq!(rec["plates"].as_array().unwrap().len(), first.len());
+    for pl in rec["plates"].as_array().unwrap() {
+        assert!(pl["source"].as_str().unwrap().starts_with(&format!("{}/0@", t.plates)), "{pl}");
+    }
     wait_until("the daemon picks the new generation up", 60, || {
         daemon.log().contains("new generation restored")
     });
