@@ -191,6 +191,7 @@ impl Pipeline {
         let next = generations::open_next(&cfg.serve.state_dir)?;
         let mut p = Pipeline::with_state(cfg, state, model, hooks);
         if let Some(n) = &next {
+            p.report_meanwhile(&n.model);
             p.hooks.next_generation(Some(&n.model));
         }
         p.next = next;
@@ -630,7 +631,21 @@ impl Pipeline {
             .and_then(|v| v.get("live_plates"))
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as usize;
-        let meanwhile = live.meta().plates.len().saturating_sub(read_at);
+        // Published after the read and not corrected by the new generation
+        // since (plates before the read outside the window are left out on
+        // purpose).
+        let mut order: Vec<(u64, &String)> = live
+            .meta()
+            .plates
+            .iter()
+            .map(|(k, r)| (r.first_row, k))
+            .collect();
+        order.sort();
+        let meanwhile = order
+            .iter()
+            .skip(read_at)
+            .filter(|(_, k)| !next.meta().plates.contains_key(*k))
+            .count();
         if meanwhile > 0 {
             tracing::warn!(
                 plates = meanwhile,

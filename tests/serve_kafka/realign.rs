@@ -98,7 +98,13 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
     assert_eq!(rec["generation"], 2);
     assert_eq!(rec["plates"].as_array().unwrap().len(), first.len());
     for pl in rec["plates"].as_array().unwrap() {
-        assert!(pl["source"].as_str().unwrap().starts_with(&format!("{}/0@", t.plates)), "{pl}");
+        assert!(
+            pl["source"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}/0@", t.plates)),
+            "{pl}"
+        );
     }
     wait_until("the daemon picks the new generation up", 60, || {
         daemon.log().contains("new generation restored")

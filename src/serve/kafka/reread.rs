@@ -71,7 +71,10 @@ pub fn read_plates(
             last_progress.elapsed() < timeout,
             "reading {topic} again: no message for {} s before its end (partitions left: {:?})",
             timeout.as_secs(),
-            done.iter().filter(|(_, d)| !**d).map(|(p, _)| *p).collect::<Vec<_>>()
+            done.iter()
+                .filter(|(_, d)| !**d)
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>()
         );
         let Some(r) = consumer.poll(Duration::from_millis(200)) else {
             continue;
@@ -162,9 +165,7 @@ pub fn read_plates(
                 input.source(),
             )
             .map_err(|r| r.to_string())?;
-            input
-                .check(&d, &cfg.correct)
-                .map_err(|r| r.to_string())?;
+            input.check(&d, &cfg.correct).map_err(|r| r.to_string())?;
             Ok(d)
         });
         match decoded {
