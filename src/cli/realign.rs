@@ -36,10 +36,10 @@ pub struct RealignArgs {
     /// Inbox of the directory mode (its done/ holds the published plates) [default: inbox].
     #[arg(long)]
     pub inbox: Option<PathBuf>,
-    /// Outbox the refitted plates' new outputs go to, under g<N>/ [default: outbox in directory mode; none in Kafka mode].
+    /// Outbox the refitted plates' new outputs go to, under g<N>/ [default: outbox in directory mode; in Kafka mode they are produced to the aligned and QC topics instead].
     #[arg(long)]
     pub outbox: Option<PathBuf>,
-    /// Do not write the refitted plates' new outputs.
+    /// Do not write (or produce) the refitted plates' new outputs.
     #[arg(long)]
     pub no_emit: bool,
     /// Reference table fitted with the plates ([serve] reference).
@@ -142,6 +142,7 @@ pub fn run(a: RealignArgs) -> Result<()> {
         from_topic,
         with_reference: !a.no_reference,
         emit: emit.clone(),
+        emit_topics: !dir_mode && !a.no_emit && a.outbox.is_none(),
     };
     let rec = realign(&cfg, &opts)?;
     if a.json {
@@ -179,6 +180,11 @@ pub fn run(a: RealignArgs) -> Result<()> {
         println!(
             "new outputs of the refitted plates: {}",
             o.join(format!("g{}", rec.generation)).display()
+        );
+    } else if !dir_mode && !a.no_emit {
+        println!(
+            "new outputs of the refitted plates: produced to {} and {}",
+            cfg.kafka.aligned_topic, cfg.kafka.qc_topic
         );
     }
     println!("switch with `balans realign --promote` when ready");

@@ -23,7 +23,8 @@
 //!    kill leaves no new generation, never half of one.
 //! 6. Compare: each refitted plate's output under the new generation
 //!    against what the live one published ([`GenerationDrift`]), printed and
-//!    kept in `realign.json`; with `emit`, written to `<outbox>/g<N>/`.
+//!    kept in `realign.json`; with `emit`, written to `<outbox>/g<N>/`;
+//!    with `emit_topics`, produced to the aligned and QC topics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,9 @@ pub struct RealignOptions {
     pub with_reference: bool,
     /// Write the refitted plates' new outputs to `<outbox>/g<N>/`.
     pub emit: Option<PathBuf>,
+    /// Produce the refitted plates' new outputs to `[kafka] aligned_topic`
+    /// and `qc_topic` (Kafka mode).
+    pub emit_topics: bool,
 }
 
 /// One refitted plate: its new output against the live publication.
@@ -541,7 +545,7 @@ pub fn realign(cfg: &Config, opts: &RealignOptions) -> Result<RealignRecord> {
         });
         let mut mine = mine;
         mine.qc.generation_drift = drift;
-        outputs.push((id.clone(), mine));
+        outputs.push((d, mine, source.as_str()));
     }
     let record = RealignRecord {
         generation,
@@ -561,11 +565,32 @@ pub fn realign(cfg: &Config, opts: &RealignOptions) -> Result<RealignRecord> {
     if let Some(outbox) = &opts.emit {
         std::fs::create_dir_all(outbox)
             .with_context(|| format!("cannot create {}", outbox.display()))?;
-        for (id, out) in &outputs {
-            crate::serve::dir::write_generation_output(outbox, id, out)?;
+        for (d, out, _) in &outputs {
+            crate::serve::dir::write_generation_output(outbox, &d.plate, out)?;
         }
     }
+    if opts.emit_topics {
+        let v: Vec<(&DecodedPlate, &crate::serve::plate::Corrected, &str)> =
+            outputs.iter().map(|(d, o, s)| (*d, o, *s)).collect();
+        emit_to_topics(cfg, &v)?;
+    }
     Ok(record)
+}
+
+#[cfg(feature = "kafka")]
+fn emit_to_topics(
+    cfg: &Config,
+    outputs: &[(&DecodedPlate, &crate::serve::plate::Corrected, &str)],
+) -> Result<()> {
+    crate::serve::kafka::reread::emit(cfg, outputs)
+}
+
+#[cfg(not(feature = "kafka"))]
+fn emit_to_topics(
+    _cfg: &Config,
+    _outputs: &[(&DecodedPlate, &crate::serve::plate::Corrected, &str)],
+) -> Result<()> {
+    bail!("balans was built without Kafka support: cannot produce to the topics")
 }
 
 fn plate_error(e: crate::serve::outcome::PlateError) -> anyhow::Error {

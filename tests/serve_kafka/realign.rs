@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use balans::serve::kafka::wire::{
     CT_ARROW_STREAM, H_CHUNK_COUNT, H_CHUNK_INDEX, H_CONTENT_TYPE, H_MODEL_VERSION, H_PLATE_ID,
+    H_REPLAY,
 };
 
 use super::common::*;
@@ -88,7 +89,6 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
             "Metadata_Label=DMSO",
             "--brokers",
             &b,
-            "--no-emit",
             "--json",
         ])
         .output()
@@ -148,8 +148,10 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
             );
         }
     }
-    // The earlier plates keep their one live version; if redelivered, the
-    // new generation re-publishes them as its refit (`g2.p0`).
+    r.read_for(Duration::from_millis(500));
+    // The refitted plates: their one live version, and the refit's output
+    // produced by realign (`g2.p0`, a replay; identical if the daemon
+    // re-published it after the kill).
     for (k, _) in first {
         let vs = by_version(&r, k);
         assert_eq!(
@@ -158,14 +160,35 @@ fn realign_runs_beside_the_live_generation_and_survives_kill_nine() {
             "{k}: {:?}",
             vs.keys()
         );
-        assert!(
-            vs.keys().all(|v| v.starts_with("g1.") || v == "g2.p0"),
-            "{k}: {:?}",
+        assert_eq!(
             vs.keys()
+                .filter(|v| v.starts_with("g2."))
+                .collect::<Vec<_>>(),
+            ["g2.p0"],
+            "{k}"
+        );
+        assert!(
+            vs["g2.p0"].windows(2).all(|w| w[0] == w[1]),
+            "{k}: re-published differently"
+        );
+        let g = r
+            .aligned
+            .iter()
+            .find(|g| &g.key == k && g.headers[H_MODEL_VERSION] == "g2.p0")
+            .unwrap();
+        assert_eq!(g.headers[H_REPLAY], "true");
+        let q: serde_json::Value =
+            r.qc.iter()
+                .filter(|q| &q.key == k)
+                .map(|q| serde_json::from_slice(&q.payload).unwrap())
+                .find(|v: &serde_json::Value| v["model_version"] == "g2.p0")
+                .expect("the refit's QC record");
+        assert!(
+            q["generation_drift"]["drift"].as_f64().unwrap() > 0.0,
+            "{q}"
         );
     }
     // Drift between the generations on balans.qc, on both records.
-    r.read_for(Duration::from_millis(500));
     for (k, _) in rest {
         let recs: Vec<serde_json::Value> =
             r.qc.iter()

@@ -5,9 +5,11 @@
 //! position is untouched). Chunked plates are reassembled as the daemon
 //! does; each plate is decoded and checked like a live input and handed to
 //! `visit` with its position. Inputs that do not decode are skipped (the
-//! daemon dead-lettered them).
+//! daemon dead-lettered them). [`emit`] produces the refitted plates' new
+//! outputs to the aligned and QC topics.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,11 +19,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::chunks::{Added, Assembler, Chunk};
 use super::client;
+use super::sink::KafkaSink;
 use super::source::KafkaInput;
 use super::wire::{H_CHUNK_COUNT, H_CHUNK_INDEX, H_PLATE_ID};
 use crate::config::Config;
-use crate::serve::pipeline::Input;
-use crate::serve::plate::{self, DecodedPlate};
+use crate::serve::pipeline::{Delivery, Input, Sink};
+use crate::serve::plate::{self, Corrected, DecodedPlate};
 
 /// Read the plates topic (see the module doc); `visit` gets each decoded
 /// plate and its `topic/partition@offset`, and returns `true` to stop
@@ -179,4 +182,53 @@ pub fn read_plates(
         }
     }
     Ok(read)
+}
+
+/// `topic/partition@offset` -> (partition, offset); (-1, -1) for another
+/// source (a file).
+fn position(source: &str) -> (i32, i64) {
+    source
+        .rsplit_once('/')
+        .and_then(|(_, po)| po.split_once('@'))
+        .and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
+        .unwrap_or((-1, -1))
+}
+
+/// Produce the refitted plates' outputs under the new generation (`balans
+/// realign`) to the aligned and QC topics, as the daemon publishes (key =
+/// plate id, `balans-model-version`, `balans-replay: true`, the source
+/// position the plate was read at), waiting for the broker's
+/// acknowledgements.
+pub fn emit(cfg: &Config, outputs: &[(&DecodedPlate, &Corrected, &str)]) -> Result<()> {
+    let mut sink = KafkaSink::open(&cfg.kafka)?;
+    let stop = AtomicBool::new(false);
+    for (d, out, source) in outputs {
+        let (partition, offset) = position(source);
+        let input = KafkaInput {
+            plate_key: d.plate.clone(),
+            partition,
+            offsets: vec![offset],
+            bytes: Vec::new(),
+            headers: HashMap::new(),
+            consumed: Instant::now(),
+            source: source.to_string(),
+        };
+        if sink.publish(&input, d, out, &stop)? != Delivery::Durable {
+            anyhow::bail!(
+                "{source}: the new output of plate {} was not acknowledged",
+                d.plate
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn positions_of_sources() {
+        assert_eq!(super::position("balans.plates/3@42"), (3, 42));
+        assert_eq!(super::position("a/b/c.plates/0@7"), (0, 7));
+        assert_eq!(super::position("/data/done/P1.arrow"), (-1, -1));
+    }
 }
