@@ -30,6 +30,8 @@ enum Command {
     Evaluate(Box<cli::evaluate::EvaluateArgs>),
     /// The streaming daemon: Kafka (--brokers) or the embedded directory mode (inbox -> outbox).
     Serve(Box<cli::serve::ServeArgs>),
+    /// Build a new generation beside the daemon's live one (a refit on the published plates, or a window of them); `--promote` switches to it.
+    Realign(Box<cli::realign::RealignArgs>),
     /// Inspect (`check`) or repair (`repair`) a daemon's state directory.
     State(cli::state::StateArgs),
     /// Generate a synthetic profile table with known biology and batch effects.
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Synth(a) => cli::synth::run(a),
         Command::Serve(a) => cli::serve::run(*a),
         Command::Evaluate(a) => cli::evaluate::run(*a),
+        Command::Realign(a) => cli::realign::run(*a),
         Command::State(a) => match cli::state::run(a) {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::from(1),

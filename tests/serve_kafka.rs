@@ -31,6 +31,9 @@ use common::*;
 // The crash drill and the soak (scripts/crash.sh, scripts/soak.sh).
 #[path = "serve_kafka/drills.rs"]
 mod drills;
+// `balans realign` beside the live generation.
+#[path = "serve_kafka/realign.rs"]
+mod realign;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 

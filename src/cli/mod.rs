@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod logging;
 pub mod method_args;
 pub mod progress;
+pub mod realign;
 pub mod serve;
 pub mod state;
 pub mod synth;

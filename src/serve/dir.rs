@@ -342,9 +342,27 @@ impl Outbox {
     }
 
     /// Remove `*.tmp-<pid>` (table writes) and `.*.tmp` (QC records) left
-    /// by a daemon killed mid-write. Only this daemon writes the outbox.
+    /// by a daemon killed mid-write, in the outbox and its `g<N>/`
+    /// directories. Only this daemon writes the outbox.
     fn clean_temporaries(&self) {
+        Outbox::clean_temporaries_in(&self.dir);
+        // The outputs of a new generation (`<outbox>/g<N>/`).
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            let generation = name
+                .strip_prefix('g')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if generation && e.path().is_dir() {
+                Outbox::clean_temporaries_in(&e.path());
+            }
+        }
+    }
+
+    fn clean_temporaries_in(dir: &Path) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
         for e in rd.filter_map(|e| e.ok()) {
@@ -418,6 +436,20 @@ impl Sink for Outbox {
         Ok(Delivery::Durable)
     }
 
+    /// The new generation's output (`balans realign`): the same files in
+    /// `<outbox>/g<N>/` (`N` = its generation), so the live outputs keep
+    /// their names.
+    fn publish_next(
+        &mut self,
+        _input: &InboxFile,
+        plate: &DecodedPlate,
+        out: &Corrected,
+        _stop: &AtomicBool,
+    ) -> Result<Delivery> {
+        write_generation_output(&self.dir, &plate.plate, out)?;
+        Ok(Delivery::Durable)
+    }
+
     /// Move the file to `dlq/` with its reason. When that fails (the file
     /// cannot be moved, `dlq/` refuses the reason), the error is logged and
     /// the inbox skips the file for the rest of the run
@@ -438,6 +470,31 @@ impl Sink for Outbox {
         }
         Ok(Delivery::Durable)
     }
+}
+
+/// `<outbox>/g<N>/`: where the outputs of a generation under evaluation
+/// go (`N` from the output's `model_version`, `g<N>.p<plates>`).
+pub fn generation_outbox(outbox: &Path, version: &str) -> PathBuf {
+    let generation = version.split('.').next().unwrap_or("g0");
+    outbox.join(generation)
+}
+
+/// Write a new generation's output of `plate` into
+/// [`generation_outbox`] (created when missing), like the live outputs.
+pub fn write_generation_output(outbox: &Path, plate: &str, out: &Corrected) -> Result<()> {
+    let dir = generation_outbox(outbox, &out.qc.model_version);
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        sync_dir(outbox);
+    }
+    let name = output_name(plate);
+    table::write_table(&dir.join(format!("{name}.parquet")), &out.table)?;
+    write_durable(
+        &dir,
+        &format!("{name}.qc.json"),
+        &serde_json::to_vec_pretty(&out.qc)?,
+    )
 }
 
 /// Longest encoded plate id used as is in an output name; longer ones are

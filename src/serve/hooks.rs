@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::method::model::{Model, PlateTimings};
 use crate::qc::OutlierVerdict;
 use crate::qc::PlateQc;
+use crate::serve::generations::GenerationDrift;
 use crate::serve::outcome::Outcome;
 use crate::serve::telemetry::{Stage, Telemetry};
 
@@ -94,6 +95,12 @@ pub trait PlateHooks: Send {
     fn commit(&self, _seconds: f64, _ok: bool) {}
     /// One snapshot (checkpoint): its duration and whether it succeeded.
     fn checkpoint(&self, _seconds: f64, _ok: bool) {}
+    /// A new generation is under evaluation (`balans realign`), or none
+    /// is any more (`None`: promoted).
+    fn next_generation(&self, _model: Option<&Model>) {}
+    /// A plate's drift between the live generation's output and the new
+    /// generation's (`next`: the new generation after the plate).
+    fn generation_drift(&self, _next: &Model, _drift: &GenerationDrift) {}
 }
 
 /// No hooks.
@@ -162,5 +169,11 @@ impl PlateHooks for Telemetry {
     }
     fn checkpoint(&self, seconds: f64, ok: bool) {
         Telemetry::checkpoint(self, seconds, ok);
+    }
+    fn next_generation(&self, model: Option<&Model>) {
+        Telemetry::next_generation(self, model);
+    }
+    fn generation_drift(&self, next: &Model, drift: &GenerationDrift) {
+        Telemetry::generation_drift(self, next, drift);
     }
 }

@@ -13,11 +13,14 @@
 //! Around them: [`plate`] (pure per-plate logic: decode, check, correct),
 //! [`outcome`] (how a plate can end: rejections, fatal errors, counts),
 //! [`model_state`] (restore or warm-start the model at start-up),
-//! [`state`] (the write-ahead log and snapshots), [`hooks`] (what the
+//! [`state`] (the write-ahead log and snapshots), [`generations`] and
+//! [`realign`] (a new generation beside the live one, `balans realign`),
+//! [`hooks`] (what the
 //! pipeline reports, and the Prometheus telemetry fed from it) and
 //! [`telemetry`] (the metric families and the HTTP listener).
 
 pub mod dir;
+pub mod generations;
 pub mod hooks;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -25,6 +28,7 @@ pub(crate) mod model_state;
 pub mod outcome;
 pub mod pipeline;
 pub mod plate;
+pub mod realign;
 pub mod saved;
 pub mod state;
 pub mod telemetry;

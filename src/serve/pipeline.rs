@@ -42,6 +42,7 @@ use arrow_array::RecordBatch;
 
 use crate::config::{Config, CorrectConfig};
 use crate::method::model::Model;
+use crate::serve::generations::{self, NextGeneration};
 use crate::serve::hooks::{NoHooks, PlateEvent, PlateHooks, StageTimes};
 use crate::serve::model_state;
 use crate::serve::outcome::{Outcome, PlateError, RejectReason, Rejection, RunReport};
@@ -129,6 +130,19 @@ pub trait Sink {
         out: &Corrected,
         stop: &AtomicBool,
     ) -> Result<Delivery>;
+    /// Make the new generation's output of the plate durable, beside the
+    /// live one's (`balans realign`). Default: like [`Sink::publish`] (the
+    /// Kafka topics: the `balans-model-version` header tells the
+    /// generations apart).
+    fn publish_next(
+        &mut self,
+        input: &Self::Input,
+        plate: &DecodedPlate,
+        out: &Corrected,
+        stop: &AtomicBool,
+    ) -> Result<Delivery> {
+        self.publish(input, plate, out, stop)
+    }
     /// Make the rejected input and its reason (`<kind>: <message>`) durable
     /// at the dead-letter destination.
     fn dead_letter(
@@ -151,16 +165,37 @@ pub struct Pipeline {
     cfg: Config,
     state: StateDir,
     model: Option<Model>,
+    /// The generation under evaluation (`balans realign`), corrected beside
+    /// the live one until promoted.
+    next: Option<NextGeneration>,
+    /// A new generation that could not be opened (logged once; retried at
+    /// the next start).
+    next_failed: bool,
     hooks: Box<dyn PlateHooks>,
     report: RunReport,
+}
+
+/// A plate's outputs: the live generation's, and the new generation's
+/// while one is under evaluation.
+struct Outputs {
+    live: Corrected,
+    next: Option<Corrected>,
 }
 
 impl Pipeline {
     /// Open the state (restore, warm-start or empty; see
     /// [`model_state::open_state`]) and report it restored to `hooks`.
     pub fn open(cfg: Config, hooks: Box<dyn PlateHooks>) -> Result<Pipeline> {
+        generations::finish_promotion(&cfg.serve.state_dir)?;
         let (state, model) = model_state::open_state(&cfg)?;
-        Ok(Pipeline::with_state(cfg, state, model, hooks))
+        let next = generations::open_next(&cfg.serve.state_dir)?;
+        let mut p = Pipeline::with_state(cfg, state, model, hooks);
+        if let Some(n) = &next {
+            p.report_meanwhile(&n.model);
+            p.hooks.next_generation(Some(&n.model));
+        }
+        p.next = next;
+        Ok(p)
     }
 
     /// A pipeline on an opened state.
@@ -174,6 +209,8 @@ impl Pipeline {
             cfg,
             state,
             model,
+            next: None,
+            next_failed: false,
             hooks: Box::new(NoHooks),
             report: RunReport::default(),
         };
@@ -195,6 +232,11 @@ impl Pipeline {
     /// The model, once it exists.
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
+    }
+
+    /// The generation under evaluation (`balans realign`), if any.
+    pub fn next_generation(&self) -> Option<&Model> {
+        self.next.as_ref().map(|n| &n.model)
     }
 
     /// What was done so far.
@@ -231,6 +273,7 @@ impl Pipeline {
     {
         let mut ends = Ends { source, sink, stop };
         while !stop.load(Ordering::SeqCst) {
+            self.generations_tick()?;
             match ends.source.next(stop, &*self.hooks)? {
                 Next::Plate(input) => {
                     self.hooks.consumed();
@@ -256,7 +299,10 @@ impl Pipeline {
         let mut st = StageTimes::default();
         let mut rows = 0;
         match self.correct(&input, &mut st, &mut rows) {
-            Ok((decoded, out)) => self.deliver(input, decoded, out, st, ends),
+            Ok((decoded, live)) => {
+                let out = self.correct_next(&decoded, live)?;
+                self.deliver(input, decoded, out, st, ends)
+            }
             Err(PlateError::Rejected(r)) => self.reject(input, r, rows, ends),
             Err(PlateError::Fatal(e)) => Err(e),
         }
@@ -311,7 +357,7 @@ impl Pipeline {
         &mut self,
         input: So::Input,
         decoded: DecodedPlate,
-        out: Corrected,
+        outputs: Outputs,
         mut st: StageTimes,
         ends: &mut Ends<'_, So, Si>,
     ) -> Result<()>
@@ -319,9 +365,18 @@ impl Pipeline {
         So: Source,
         Si: Sink<Input = So::Input>,
     {
+        let Outputs { live: out, next } = outputs;
         let t = Instant::now();
         if let Some(delta) = &out.delta {
             self.state.append(self.model.as_ref(), delta)?;
+        }
+        if let (Some(n), Some(delta)) = (
+            self.next.as_mut(),
+            next.as_ref().and_then(|o| o.delta.as_ref()),
+        ) {
+            n.state
+                .append(Some(&n.model), delta)
+                .context("the new generation's write-ahead log")?;
         }
         st.wal = t.elapsed();
         let t = Instant::now();
@@ -329,11 +384,25 @@ impl Pipeline {
             tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
             return Ok(());
         }
+        if let Some(o) = &next {
+            if ends.sink.publish_next(&input, &decoded, o, ends.stop)? == Delivery::Abandoned {
+                tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
+                return Ok(());
+            }
+        }
         st.publish = t.elapsed();
         let t = Instant::now();
         if let (Some(delta), Some(model)) = (&out.delta, self.model.as_mut()) {
             model.apply(delta)?;
             self.hooks.model_changed(model);
+        }
+        if let (Some(n), Some(o)) = (self.next.as_mut(), next.as_ref()) {
+            if let Some(delta) = &o.delta {
+                n.model.apply(delta)?;
+            }
+            if let Some(d) = &o.qc.generation_drift {
+                self.hooks.generation_drift(&n.model, d);
+            }
         }
         st.apply = t.elapsed();
         self.snapshot_if_due();
@@ -453,7 +522,19 @@ impl Pipeline {
     /// lost; it is counted and retried at the next plate (the count of
     /// logged plates stays at or above `snapshot_every`).
     fn snapshot_if_due(&mut self) {
-        if self.state.since_snapshot() < self.cfg.serve.snapshot_every.max(1) {
+        let every = self.cfg.serve.snapshot_every.max(1);
+        if let Some(n) = self.next.as_mut() {
+            if n.state.since_snapshot() >= every {
+                if let Err(e) = n.state.snapshot(&n.model) {
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        generation = n.model.meta().generation,
+                        "checkpoint of the new generation failed; its write-ahead log keeps the state (retried at the next plate)"
+                    );
+                }
+            }
+        }
+        if self.state.since_snapshot() < every {
             return;
         }
         if let Err(e) = self.snapshot() {
@@ -492,7 +573,156 @@ impl Pipeline {
         if self.model.is_some() && self.state.since_snapshot() > 0 {
             self.snapshot()?;
         }
+        if let Some(n) = self.next.as_mut() {
+            if n.state.since_snapshot() > 0 {
+                n.state
+                    .snapshot(&n.model)
+                    .context("checkpoint of the new generation")?;
+            }
+        }
         Ok(())
+    }
+
+    /// Between inputs: pick up a new generation `balans realign` installed
+    /// while the daemon runs, and promote it when the operator asked for
+    /// it (`balans realign --promote`).
+    fn generations_tick(&mut self) -> Result<()> {
+        let dir = self.cfg.serve.state_dir.clone();
+        if self.next.is_none() {
+            if self.next_failed || !generations::has_next(&dir) {
+                return Ok(());
+            }
+            match generations::open_next(&dir) {
+                Ok(n) => {
+                    if let Some(n) = &n {
+                        self.report_meanwhile(&n.model);
+                        self.hooks.next_generation(Some(&n.model));
+                    }
+                    self.next = n;
+                }
+                Err(e) => {
+                    self.next_failed = true;
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "cannot open the new generation; the live one carries on alone (retried at the next start)"
+                    );
+                }
+            }
+            return Ok(());
+        }
+        if generations::promotion_requested(&dir) {
+            self.promote()?;
+        }
+        Ok(())
+    }
+
+    /// Plates the live generation published after `realign` read it: not in
+    /// the new generation (its outputs of them come when they are sent
+    /// again).
+    fn report_meanwhile(&self, next: &Model) {
+        let Some(live) = &self.model else { return };
+        let realign: Option<serde_json::Value> = std::fs::read(
+            generations::next_dir(&self.cfg.serve.state_dir).join(generations::REALIGN_RECORD),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+        let read_at = realign
+            .as_ref()
+            .and_then(|v| v.get("live_plates"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        // Published after the read and not corrected by the new generation
+        // since (plates before the read outside the window are left out on
+        // purpose).
+        let mut order: Vec<(u64, &String)> = live
+            .meta()
+            .plates
+            .iter()
+            .map(|(k, r)| (r.first_row, k))
+            .collect();
+        order.sort();
+        let meanwhile = order
+            .iter()
+            .skip(read_at)
+            .filter(|(_, k)| !next.meta().plates.contains_key(*k))
+            .count();
+        if meanwhile > 0 {
+            tracing::warn!(
+                plates = meanwhile,
+                generation = next.meta().generation,
+                "plates published by the live generation after `balans realign` read the state are not in the new generation"
+            );
+        }
+    }
+
+    /// Promote the new generation: both checkpointed, the journalled swap
+    /// on disk ([`generations::promote`]), the promoted state restored.
+    fn promote(&mut self) -> Result<()> {
+        self.checkpoint()?;
+        let dir = self.cfg.serve.state_dir.clone();
+        let live_gen = self.model.as_ref().map_or(0, |m| m.meta().generation);
+        let mut retired = format!("retired-g{live_gen}");
+        let mut k = 1;
+        while dir.join(&retired).exists() {
+            k += 1;
+            retired = format!("retired-g{live_gen}-{k}");
+        }
+        self.next = None;
+        generations::promote(&dir, &retired)?;
+        let (state, model) = model_state::open_state(&self.cfg)?;
+        self.state = state;
+        self.model = model;
+        self.hooks.restored(self.model.as_ref());
+        self.hooks.next_generation(None);
+        tracing::info!(
+            version = %self.model.as_ref().map(Model::version).unwrap_or_default(),
+            retired = %retired,
+            "promoted: the new generation is live"
+        );
+        Ok(())
+    }
+
+    /// Correct the plate with the new generation too (when one is under
+    /// evaluation) and set the drift between the two outputs on both QC
+    /// records. A plate the new generation rejects is published by the
+    /// live one only (logged).
+    fn correct_next(&self, decoded: &DecodedPlate, mut live: Corrected) -> Result<Outputs> {
+        let Some(n) = &self.next else {
+            return Ok(Outputs { live, next: None });
+        };
+        let mut next = match plate::correct(&n.model, decoded, &self.cfg.qc) {
+            Ok(o) => o,
+            Err(PlateError::Rejected(r)) => {
+                tracing::warn!(
+                    plate = %decoded.plate,
+                    reason = %r.reason,
+                    detail = %r.message,
+                    generation = n.model.meta().generation,
+                    "the new generation rejects the plate: published by the live generation only"
+                );
+                return Ok(Outputs { live, next: None });
+            }
+            Err(PlateError::Fatal(e)) => return Err(e.context("the new generation")),
+        };
+        match generations::generation_drift(
+            &live.values,
+            &next.values,
+            decoded.controls.as_deref(),
+            &live.qc.model_version,
+            &next.qc.model_version,
+        ) {
+            Ok(d) => {
+                live.qc.generation_drift = Some(d.clone());
+                next.qc.generation_drift = Some(d);
+            }
+            Err(e) => {
+                tracing::warn!(plate = %decoded.plate, error = %format!("{e:#}"), "no drift between the generations")
+            }
+        }
+        Ok(Outputs {
+            live,
+            next: Some(next),
+        })
     }
 }
 

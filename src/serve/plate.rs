@@ -54,6 +54,11 @@ pub struct QcRecord {
     pub outlier: Option<OutlierVerdict>,
     /// Seconds spent correcting.
     pub seconds: f64,
+    /// While a new generation is under evaluation (`balans realign`): how
+    /// far its output of this plate is from the live generation's (set by
+    /// the pipeline on both generations' records; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_drift: Option<crate::serve::generations::GenerationDrift>,
 }
 
 /// Decode and check a plate table. `fallback_id` names the plate when the
@@ -174,6 +179,9 @@ pub struct Corrected {
     pub timings: PlateTimings,
     /// Seconds spent building the output table.
     pub encode_seconds: f64,
+    /// The corrected feature values (plate column order, before the
+    /// output's integer rounding): what generations are compared on.
+    pub values: ndarray::Array2<f64>,
 }
 
 /// Correct a decoded plate (pure: the model is not changed) and judge its QC
@@ -252,10 +260,12 @@ pub fn correct(
             qc,
             outlier,
             seconds: started.elapsed().as_secs_f64(),
+            generation_drift: None,
         },
         delta,
         timings,
         encode_seconds: t_encode.elapsed().as_secs_f64(),
+        values: out,
     })
 }
 

@@ -5,7 +5,8 @@
 //! mode's two ends, [`source::KafkaSource`] (consumer, chunk reassembly,
 //! offset commits) and [`sink::KafkaSink`] (producer), plus the librdkafka
 //! set-up ([`client`]), the wire format ([`wire`]), chunking ([`chunks`])
-//! and commit bookkeeping ([`offsets`]). Per plate:
+//! and commit bookkeeping ([`offsets`]); [`reread`] reads the plates topic
+//! again for `balans realign`. Per plate:
 //!
 //! 1. **consume** a message from `plates_topic` (or all chunks of a chunked
 //!    plate, [`self::chunks`]); its offset is now *open*;
@@ -38,6 +39,7 @@
 pub mod chunks;
 mod client;
 pub mod offsets;
+pub mod reread;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub mod wire;

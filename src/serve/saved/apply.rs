@@ -161,6 +161,7 @@ pub fn apply_model(
             qc,
             outlier,
             seconds: started.elapsed().as_secs_f64(),
+            generation_drift: None,
         });
     }
     Ok(Applied {

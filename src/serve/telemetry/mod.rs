@@ -104,6 +104,8 @@ const STAGE_BUCKETS: &[f64] = &[
     120.0,
 ];
 /// Buckets of the mixing ratio (0 = not mixed, 1 = mixed).
+/// Buckets of the per-plate drift between generations (median cosine distance).
+const DRIFT_BUCKETS: &[f64] = &[0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0];
 const MIXING_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
 struct Inner {
@@ -123,6 +125,10 @@ struct Inner {
     model_plates: IntGauge,
     model_batches: IntGauge,
     model_generation: IntGauge,
+    next_generation: IntGauge,
+    next_plates: IntGauge,
+    generation_drift_last: GaugeVec,
+    generation_drift: Histogram,
     landmarks: IntCounter,
     model_coverage: GaugeVec,
     commit: Histogram,
@@ -282,6 +288,40 @@ impl Telemetry {
                     "Model generation (bumped by a realignment; the model version is g<generation>.p<plates>).",
                 )?,
             )?,
+            next_generation: reg(
+                &r,
+                IntGauge::new(
+                    "balans_next_generation",
+                    "Generation under evaluation beside the live one (`balans realign`); 0 = none.",
+                )?,
+            )?,
+            next_plates: reg(
+                &r,
+                IntGauge::new(
+                    "balans_next_generation_plates",
+                    "Plates incorporated in the generation under evaluation (0 = none).",
+                )?,
+            )?,
+            generation_drift_last: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "balans_generation_drift_last_plate",
+                        "Drift between the live and the new generation's output of the last plate: drift (median cosine distance of treated rows), mean_shift (mean row distance, input units), max_abs_difference; NaN when not available.",
+                    ),
+                    &["figure"],
+                )?,
+            )?,
+            generation_drift: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "balans_generation_drift",
+                        "Per-plate drift (median cosine distance of treated rows) between the live and the new generation's outputs.",
+                    )
+                    .buckets(DRIFT_BUCKETS.to_vec()),
+                )?,
+            )?,
             landmarks: reg(
                 &r,
                 IntCounter::new(
@@ -410,6 +450,12 @@ impl Telemetry {
         for c in ["before", "after"] {
             inner.qc_mixing.with_label_values(&[c]);
         }
+        for f in ["drift", "mean_shift", "max_abs_difference"] {
+            inner
+                .generation_drift_last
+                .with_label_values(&[f])
+                .set(f64::NAN);
+        }
         for q in ["min", "median"] {
             inner.model_coverage.with_label_values(&[q]).set(f64::NAN);
         }
@@ -515,6 +561,40 @@ impl Telemetry {
         i.model_plates.set(m.meta().plates.len() as i64);
         i.model_batches.set(m.meta().batches.len() as i64);
         i.model_generation.set(m.meta().generation as i64);
+    }
+
+    /// The generation under evaluation (`None`: none, or promoted).
+    pub fn next_generation(&self, m: Option<&Model>) {
+        let i = &self.inner;
+        i.next_generation
+            .set(m.map_or(0, |m| m.meta().generation as i64));
+        i.next_plates
+            .set(m.map_or(0, |m| m.meta().plates.len() as i64));
+        if m.is_none() {
+            for f in ["drift", "mean_shift", "max_abs_difference"] {
+                i.generation_drift_last
+                    .with_label_values(&[f])
+                    .set(f64::NAN);
+            }
+        }
+    }
+
+    /// A plate's drift between the two generations.
+    pub fn generation_drift(&self, next: &Model, d: &crate::serve::generations::GenerationDrift) {
+        let i = &self.inner;
+        i.next_plates.set(next.meta().plates.len() as i64);
+        i.generation_drift_last
+            .with_label_values(&["drift"])
+            .set(d.drift.unwrap_or(f64::NAN));
+        i.generation_drift_last
+            .with_label_values(&["mean_shift"])
+            .set(d.mean_shift);
+        i.generation_drift_last
+            .with_label_values(&["max_abs_difference"])
+            .set(d.max_abs_difference);
+        if let Some(v) = d.drift {
+            i.generation_drift.observe(v);
+        }
     }
 
     /// Coverage distribution over the model's rows (cost: O(rows log rows);
