@@ -315,7 +315,7 @@ impl Walk<'_> {
     /// takes a byte). Integers are returned.
     fn value(&mut self, ty: u8, depth: u32) -> Result<Option<i64>, Stop> {
         match ty {
-            1 | 2 | 3 => self.skip(1)?,
+            1..=3 => self.skip(1)?,
             4..=6 => return self.zigzag().map(Some),
             7 => self.skip(8)?,
             8 => {
