@@ -358,6 +358,94 @@ fn bad_plate_files_are_dead_lettered_and_the_feed_goes_on() {
     }
 }
 
+/// Case 7, the QC side: a value far outside its feature's spread but below
+/// `max_abs_value` (1e6 in a feature whose robust scale is about 1) is
+/// accepted and corrected, and flagged in the plate's QC record
+/// (`extreme_cells`, `max_abs_z`) and verdict (`extreme_values`); the other
+/// plates are not flagged. `[qc] extreme_z` moves the bound.
+#[test]
+fn extreme_values_below_the_refusal_bound_are_flagged_in_qc() {
+    let qc_of = |outbox: &Path, p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(outbox.join(format!("{p}.qc.json"))).unwrap())
+            .unwrap()
+    };
+    let st = data();
+    let (p1, t1) = &st.plates[1];
+    let f = t1.column(t1.schema().index_of("Feature_003").unwrap());
+    let mut v: Vec<f64> = f
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    v[4] = 1e6;
+    let extreme = renamed(
+        &with_column(t1, "Feature_003", Arc::new(Float64Array::from(v))),
+        "PE",
+    );
+    for (extreme_z, flagged) in [("50", true), ("1e15", false)] {
+        let sub = st.dir.path().join(format!("z{extreme_z}"));
+        let (state, inbox, outbox) = (sub.join("state"), sub.join("inbox"), sub.join("outbox"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let (p0, t0) = &st.plates[0];
+        drop_plate(&inbox, &format!("{p0}.arrow"), t0);
+        drop_plate(&inbox, &format!("{p1}.arrow"), t1);
+        drop_plate(&inbox, "zz_extreme.arrow", &extreme);
+        let mut args = serve_args(&st, &state, &inbox, &outbox);
+        args.push("--once".into());
+        let o = bin()
+            .args(&args)
+            .env("BALANS_QC__EXTREME_Z", extreme_z)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("corrected 3 plates"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let q = qc_of(&outbox, "PE");
+        let cells = q["qc"]["extreme_cells"].as_u64().unwrap();
+        let max_z = q["qc"]["max_abs_z"].as_f64().unwrap();
+        assert!(max_z > 1e3 && max_z < 1e15, "{q}");
+        assert_eq!(cells, u64::from(flagged), "{q}");
+        assert_eq!(q["outlier"]["extreme_values"], flagged, "{q}");
+        // Published, with the extreme value where it was.
+        let out = read_table(&outbox.join("PE.parquet")).unwrap();
+        assert_eq!(out.num_rows(), extreme.num_rows());
+        for p in [p0, p1] {
+            let q = qc_of(&outbox, p);
+            assert_eq!(q["qc"]["extreme_cells"], 0, "{q}");
+            assert!(q["qc"]["max_abs_z"].as_f64().unwrap() < 50.0, "{q}");
+            assert_eq!(q["outlier"]["extreme_values"], false, "{q}");
+        }
+    }
+}
+
+/// The daemon's counter of plates with extreme values
+/// (`balans_qc_extreme_plates_total`) follows the verdict's flag.
+#[test]
+fn extreme_plates_are_counted_in_the_metrics() {
+    use balans::qc::{OutlierVerdict, PlateQc};
+    let t = balans::serve::telemetry::Telemetry::new().unwrap();
+    let count = |t: &balans::serve::telemetry::Telemetry| -> String {
+        t.render()
+            .lines()
+            .find(|l| l.starts_with("balans_qc_extreme_plates_total "))
+            .unwrap_or_else(|| panic!("no counter in\n{}", t.render()))
+            .to_string()
+    };
+    assert_eq!(count(&t), "balans_qc_extreme_plates_total 0");
+    let flagged = OutlierVerdict {
+        extreme_values: true,
+        ..OutlierVerdict::default()
+    };
+    t.plate_qc(&PlateQc::default(), &OutlierVerdict::default());
+    t.plate_qc(&PlateQc::default(), &flagged);
+    t.plate_qc(&PlateQc::default(), &flagged);
+    assert_eq!(count(&t), "balans_qc_extreme_plates_total 2");
+}
+
 /// Cases 10 and 11: output names are injective and short enough, and a
 /// restart after a long plate id makes progress.
 #[test]

@@ -11,5 +11,6 @@ pub mod error;
 pub mod files;
 mod ipc_lengths;
 pub mod layout;
+mod parquet_lengths;
 pub mod profile;
 pub mod table;

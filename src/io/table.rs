@@ -131,6 +131,8 @@ pub fn count_rows(path: &Path) -> Result<usize> {
     if format == Format::Parquet {
         let file =
             File::open(path).with_context(|| format!("cannot read table {}", path.display()))?;
+        super::parquet_lengths::check_footer(&file)
+            .with_context(|| format!("cannot read table {}", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("cannot read table {}", path.display()))?;
         return Ok(usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0));
@@ -140,7 +142,11 @@ pub fn count_rows(path: &Path) -> Result<usize> {
 
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
     let batch = contained(format, || match format {
-        Format::Parquet => read_parquet(File::open(path)?),
+        Format::Parquet => {
+            let file = File::open(path)?;
+            super::parquet_lengths::check(&file)?;
+            read_parquet(file)
+        }
         Format::ArrowIpc => {
             let mut file = File::open(path)?;
             super::ipc_lengths::check_file(
@@ -171,7 +177,10 @@ fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
 /// decoded is exactly what was checked). Same rules as [`read_table`].
 pub fn decode_table(bytes: &[u8], format: Format) -> Result<RecordBatch> {
     let batch = contained(format, || match format {
-        Format::Parquet => read_parquet(bytes::Bytes::copy_from_slice(bytes)),
+        Format::Parquet => {
+            super::parquet_lengths::check(bytes)?;
+            read_parquet(bytes::Bytes::copy_from_slice(bytes))
+        }
         Format::ArrowIpc => {
             super::ipc_lengths::check_file(
                 &super::ipc_lengths::file_footer(&mut Cursor::new(bytes))?,
@@ -475,6 +484,7 @@ pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>> {
     match Format::from_path(path)? {
         Format::Parquet => {
             let file = File::open(path).with_context(what)?;
+            super::parquet_lengths::check_footer(&file).with_context(what)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(what)?;
             Ok(builder
                 .metadata()
@@ -613,6 +623,7 @@ pub fn encode_ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
 /// Decode an in-memory Parquet file into one batch.
 pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
     let batch = contained(Format::Parquet, || {
+        super::parquet_lengths::check(bytes)?;
         read_parquet(bytes::Bytes::copy_from_slice(bytes))
     })
     .context("cannot decode Parquet bytes")?;

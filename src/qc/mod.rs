@@ -36,4 +36,7 @@ pub use crate::method::model::QcFigures;
 pub use figures::finite;
 pub use offline::{offline_plate_qc, PlateQcRow};
 pub use outlier::{assess, FigureScore, OutlierReason, OutlierVerdict, QcConfig};
-pub use plate::{correct_plate, plate_mixing, plate_qc, PlateCorrection, PlateQc};
+pub use plate::{
+    assess_plate, correct_plate, correct_plate_with, extreme_values, plate_mixing, plate_qc,
+    ExtremeValues, PlateCorrection, PlateQc,
+};

@@ -30,6 +30,12 @@ pub struct QcConfig {
     /// Floor of the spread as a fraction of |median| (so a near-constant
     /// history does not flag tiny deviations).
     pub spread_floor: f64,
+    /// Robust z (distance from the plate's median in the model's robust
+    /// scale of the feature) above which a cell counts as an extreme value
+    /// in the plate's QC record (`extreme_cells`) and sets the verdict's
+    /// `extreme_values` flag (`inf` = never). The plate is corrected as
+    /// usual; values beyond `[correct] max_abs_value` are refused instead.
+    pub extreme_z: f64,
 }
 
 impl Default for QcConfig {
@@ -39,6 +45,7 @@ impl Default for QcConfig {
             min_history: 5,
             window: 50,
             spread_floor: 0.05,
+            extreme_z: 50.0,
         }
     }
 }
@@ -54,6 +61,10 @@ impl QcConfig {
         anyhow::ensure!(
             self.spread_floor.is_finite() && self.spread_floor >= 0.0,
             "[qc] spread_floor must be >= 0"
+        );
+        anyhow::ensure!(
+            self.extreme_z > 0.0,
+            "[qc] extreme_z must be positive (inf = never)"
         );
         Ok(())
     }
@@ -138,6 +149,11 @@ pub struct OutlierVerdict {
     pub history: usize,
     /// Every figure scored (empty when the history is too short).
     pub scores: Vec<FigureScore>,
+    /// The plate holds cells beyond `[qc] extreme_z` (its QC record's
+    /// `extreme_cells`). Not an outlier reason: set by
+    /// [`crate::qc::assess_plate`], independent of the history.
+    #[serde(default)]
+    pub extreme_values: bool,
 }
 
 /// `(median, 1.4826 * MAD)` of the finite values.

@@ -19,10 +19,12 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::method::model::{AlignedPlate, Model, PlateDelta, PlateTimings, QcFigures};
+use crate::method::preprocess::{median_inplace, MIN_CONTROLS_PER_PLATE};
 use crate::qc::figures::{
     control_dispersion, coverage_figures, expected_other_share, finite, mean_offset,
     mixing_from_hits, query_mixing,
 };
+use crate::qc::outlier::{assess, OutlierVerdict, QcConfig};
 
 /// Per-plate quality figures computed while correcting (published in the
 /// daemon's QC record; field names are part of that format).
@@ -60,6 +62,16 @@ pub struct PlateQc {
     pub coverage_median: f64,
     /// True when the plate opened a batch the model had not seen.
     pub new_batch: bool,
+    /// Cells (row x corrected feature) whose robust z — distance from the
+    /// plate's median in the model's robust scale of the feature — exceeds
+    /// `[qc] extreme_z`: values the daemon accepted (below `max_abs_value`)
+    /// but that are implausible for a measurement; they pull the plate's
+    /// correction. See [`extreme_values`].
+    #[serde(default)]
+    pub extreme_cells: usize,
+    /// The largest such robust |z| of the plate (0 for an empty plate).
+    #[serde(default)]
+    pub max_abs_z: f64,
 }
 
 impl PlateQc {
@@ -91,7 +103,9 @@ pub struct PlateCorrection {
 
 /// Correct one plate (all rows share `batch`) and compute its QC figures.
 /// `x` is rows x features in the model's feature order. Does not change
-/// the model: apply the returned delta with [`Model::apply`].
+/// the model: apply the returned delta with [`Model::apply`]. Extreme
+/// values are counted at the default `[qc] extreme_z` (see
+/// [`correct_plate_with`]).
 pub fn correct_plate(
     model: &Model,
     plate: &str,
@@ -100,9 +114,40 @@ pub fn correct_plate(
     controls: Option<&[bool]>,
     content_hash: u64,
 ) -> Result<PlateCorrection> {
+    let cfg = QcConfig::default();
+    correct_plate_with(model, plate, batch, x, controls, content_hash, &cfg)
+}
+
+/// [`correct_plate`] with the `[qc]` configuration (its `extreme_z`). A
+/// plate with extreme cells is logged (a warning naming the worst row and
+/// feature); its correction is not changed.
+pub fn correct_plate_with(
+    model: &Model,
+    plate: &str,
+    batch: &str,
+    x: ArrayView2<f64>,
+    controls: Option<&[bool]>,
+    content_hash: u64,
+    cfg: &QcConfig,
+) -> Result<PlateCorrection> {
     let aligned = model.align_plate(plate, batch, x, controls, content_hash)?;
     let t_qc = std::time::Instant::now();
-    let qc = plate_qc(model, &aligned, controls)?;
+    let mut qc = plate_qc(model, &aligned, controls)?;
+    let ext = extreme_values(model, x, controls, cfg.extreme_z);
+    qc.extreme_cells = ext.cells;
+    qc.max_abs_z = ext.max_abs_z;
+    if let Some((row, f)) = ext.worst.filter(|_| ext.cells > 0) {
+        tracing::warn!(
+            plate,
+            cells = ext.cells,
+            max_abs_z = ext.max_abs_z,
+            row,
+            feature = %model.meta().features[f],
+            value = x[[row, f]],
+            extreme_z = cfg.extreme_z,
+            "plate has values beyond [qc] extreme_z robust SDs of its median (accepted; see its QC record)"
+        );
+    }
     let AlignedPlate {
         corrected,
         mut delta,
@@ -155,7 +200,83 @@ pub fn plate_qc(
         coverage_min,
         coverage_median,
         new_batch: batch_id.is_none(),
+        extreme_cells: 0,
+        max_abs_z: 0.0,
     })
+}
+
+/// Extreme cells of a plate (see [`PlateQc::extreme_cells`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtremeValues {
+    /// Cells with robust |z| above the bound.
+    pub cells: usize,
+    /// The largest robust |z| (0 for an empty plate).
+    pub max_abs_z: f64,
+    /// Where it is: (row, feature index in the model's order).
+    pub worst: Option<(usize, usize)>,
+}
+
+/// Count the cells of `x` (rows x features, the model's order) whose robust
+/// z exceeds `bound`: for each corrected feature `f`,
+/// `|x[i, f] - median_f| / scale_f`, with `median_f` over the plate's
+/// controls (over all its rows with fewer than
+/// [`MIN_CONTROLS_PER_PLATE`] controls, as the correction centres the
+/// plate) and `scale_f` the model's frozen robust scale. One value 1e300
+/// in a column of CellProfiler features is ~1e299 robust SDs away; honest
+/// measurements stay within a few tens (see docs/reliability.md, case 7).
+pub fn extreme_values(
+    model: &Model,
+    x: ArrayView2<f64>,
+    controls: Option<&[bool]>,
+    bound: f64,
+) -> ExtremeValues {
+    let n = x.nrows();
+    let ctrl: Vec<usize> = controls
+        .map(|m| (0..n).filter(|&i| m.get(i) == Some(&true)).collect())
+        .unwrap_or_default();
+    let reference: Vec<usize> = if ctrl.len() >= MIN_CONTROLS_PER_PLATE {
+        ctrl
+    } else {
+        (0..n).collect()
+    };
+    let meta = model.meta();
+    let mut out = ExtremeValues {
+        cells: 0,
+        max_abs_z: 0.0,
+        worst: None,
+    };
+    let mut vals = Vec::with_capacity(reference.len());
+    for &f in &meta.varying {
+        let scale = meta.scale.get(f).copied().unwrap_or(f64::NAN);
+        if !(scale.is_finite() && scale > 0.0) || f >= x.ncols() || reference.is_empty() {
+            continue;
+        }
+        vals.clear();
+        vals.extend(reference.iter().map(|&i| x[[i, f]]));
+        let centre = median_inplace(&mut vals);
+        for i in 0..n {
+            let z = ((x[[i, f]] - centre) / scale).abs();
+            if z > bound {
+                out.cells += 1;
+            }
+            if z > out.max_abs_z {
+                out.max_abs_z = z;
+                out.worst = Some((i, f));
+            }
+        }
+    }
+    out
+}
+
+/// The verdict on a corrected plate: [`assess`] of its figures against
+/// the batch's history, with [`OutlierVerdict::extreme_values`] set when
+/// the plate holds extreme cells (a flag of its own, not an outlier
+/// reason: it does not depend on the history, and the plate is corrected
+/// as usual).
+pub fn assess_plate(history: &[QcFigures], qc: &PlateQc, cfg: &QcConfig) -> OutlierVerdict {
+    let mut v = assess(history, &qc.figures(), cfg);
+    v.extreme_values = qc.extreme_cells > 0;
+    v
 }
 
 /// Batch mixing and cross-batch distance of plate rows (coordinates `y`)
@@ -179,6 +300,111 @@ fn model_expected_share(model: &Model, batch: Option<usize>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic pseudo-random rows x cols in [0, 10).
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
+        let mut x = seed | 1;
+        Array2::from_shape_fn((rows, cols), |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 10.0
+        })
+    }
+
+    fn model() -> Model {
+        let params = crate::method::params::Params {
+            threads: 1,
+            ..Default::default()
+        };
+        let x = matrix(80, 6, 7);
+        let names = (0..6).map(|j| format!("F{j}")).collect();
+        Model::bootstrap(x.view(), None, names, &params).unwrap()
+    }
+
+    /// Brute force: every cell's |x - median| / scale, the median by
+    /// sorting the reference rows' values.
+    fn oracle(m: &Model, x: &Array2<f64>, controls: Option<&[bool]>, bound: f64) -> (usize, f64) {
+        let meta = m.meta();
+        let n = x.nrows();
+        let is_ref = |i: usize| match controls {
+            Some(c) if c.iter().filter(|&&b| b).count() >= MIN_CONTROLS_PER_PLATE => c[i],
+            _ => true,
+        };
+        let (mut cells, mut max) = (0, 0.0f64);
+        for &f in &meta.varying {
+            let mut v: Vec<f64> = (0..n).filter(|&i| is_ref(i)).map(|i| x[[i, f]]).collect();
+            v.sort_by(f64::total_cmp);
+            let med = if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            };
+            for i in 0..n {
+                let z = (x[[i, f]] - med).abs() / meta.scale[f];
+                cells += usize::from(z > bound);
+                max = max.max(z);
+            }
+        }
+        (cells, max)
+    }
+
+    #[test]
+    fn extreme_values_match_brute_force() {
+        let m = model();
+        for seed in 1..40u64 {
+            let mut x = matrix(24, 6, seed * 31);
+            let mut planted = 0;
+            for k in 0..(seed % 4) as usize {
+                let (i, f) = (
+                    (seed as usize * 5 + k * 7) % 24,
+                    (seed as usize + k * 3) % 6,
+                );
+                x[[i, f]] += 1e3 * (k as f64 + 1.0) * if seed % 2 == 0 { 1.0 } else { -1.0 };
+                planted += 1;
+            }
+            let controls: Vec<bool> = (0..24).map(|i| (i + seed as usize) % 5 == 0).collect();
+            for c in [None, Some(controls.as_slice())] {
+                for bound in [3.0, 50.0, f64::INFINITY] {
+                    let got = extreme_values(&m, x.view(), c, bound);
+                    let (cells, max) = oracle(&m, &x, c, bound);
+                    assert_eq!(got.cells, cells, "seed {seed} bound {bound}");
+                    assert!((got.max_abs_z - max).abs() <= 1e-9 * max.max(1.0));
+                    if bound == 50.0 {
+                        assert!(cells >= planted.min(1), "seed {seed}: {cells} < {planted}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bound changes the QC record, never the correction.
+    #[test]
+    fn extreme_z_changes_the_qc_not_the_corrected_values() {
+        let m = model();
+        let mut x = matrix(24, 6, 99);
+        x[[5, 2]] = 1e6;
+        let run = |z: f64| {
+            let cfg = QcConfig {
+                extreme_z: z,
+                ..QcConfig::default()
+            };
+            correct_plate_with(&m, "P", "B2", x.view(), None, 1, &cfg).unwrap()
+        };
+        let (flagged, off) = (run(50.0), run(f64::INFINITY));
+        assert_eq!(flagged.corrected, off.corrected);
+        assert_eq!(flagged.qc.extreme_cells, 1);
+        assert_eq!(off.qc.extreme_cells, 0);
+        assert_eq!(flagged.qc.max_abs_z, off.qc.max_abs_z);
+        assert!(flagged.qc.max_abs_z > 1e4);
+        let default = correct_plate(&m, "P", "B2", x.view(), None, 1).unwrap();
+        assert_eq!(default.corrected, flagged.corrected);
+        // (Debug, not ==: the figures of this one-batch model are NaN.)
+        assert_eq!(format!("{:?}", default.qc), format!("{:?}", flagged.qc));
+        let v = assess_plate(&[], &flagged.qc, &QcConfig::default());
+        assert!(v.extreme_values && !v.outlier && v.reasons.is_empty());
+        assert!(!assess_plate(&[], &off.qc, &QcConfig::default()).extreme_values);
+    }
 
     #[test]
     fn figures_map_nan_to_none() {

@@ -211,6 +211,7 @@ mod tests {
                 reasons,
                 history: 5,
                 scores: Vec::new(),
+                extreme_values: false,
             },
         }
     }

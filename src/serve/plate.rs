@@ -12,7 +12,7 @@ use crate::config::CorrectConfig;
 use crate::io::dataset::{LoadSpec, ProfileTable};
 use crate::io::profile::{self, FeatureColumns};
 use crate::method::model::{content_hash, Lookup, Model, PlateTimings};
-use crate::qc::{assess, OutlierVerdict, PlateQc, QcConfig};
+use crate::qc::{OutlierVerdict, PlateQc, QcConfig};
 use crate::serve::outcome::{PlateError, RejectReason, Rejection};
 
 /// A plate ready for the model.
@@ -223,19 +223,20 @@ pub fn correct(
             (v, None, None, r.version.clone(), true)
         }
         Lookup::New => {
-            let pc = crate::qc::correct_plate(
+            let pc = crate::qc::correct_plate_with(
                 model,
                 &p.plate,
                 &p.batch,
                 x.view(),
                 p.controls.as_deref(),
                 p.hash,
+                qc_cfg,
             )
             .map_err(bad)?;
             timings = pc.timings;
             let t = std::time::Instant::now();
             let history = model.qc_history(&p.batch);
-            outlier = Some(assess(&history, &pc.qc.figures(), qc_cfg));
+            outlier = Some(crate::qc::assess_plate(&history, &pc.qc, qc_cfg));
             timings.qc += t.elapsed().as_secs_f64();
             let v = pc.delta.version.clone();
             (pc.corrected, Some(pc.qc), Some(pc.delta), v, false)

@@ -24,7 +24,7 @@ use ndarray::{Array2, Axis};
 
 use crate::io::dataset::ProfileTable;
 use crate::method::model::{Lookup, Model};
-use crate::qc::{assess, QcConfig};
+use crate::qc::QcConfig;
 use crate::serve::plate::{table_hash, QcRecord};
 
 /// Options of [`apply_model`].
@@ -133,16 +133,17 @@ pub fn apply_model(
                 (v, None, None, r.version.clone(), true)
             }
             Lookup::New => {
-                let pc = crate::qc::correct_plate(
+                let pc = crate::qc::correct_plate_with(
                     model,
                     &plate,
                     batch,
                     x.view(),
                     controls.as_deref(),
                     hash,
+                    &opts.qc,
                 )
                 .map_err(|e| anyhow!("{source}: plate {plate}: {e:#}"))?;
-                let verdict = assess(&model.qc_history(batch), &pc.qc.figures(), &opts.qc);
+                let verdict = crate::qc::assess_plate(&model.qc_history(batch), &pc.qc, &opts.qc);
                 model.apply(&pc.delta)?;
                 let v = pc.delta.version.clone();
                 (pc.corrected, Some(pc.qc), Some(verdict), v, false)

@@ -139,6 +139,7 @@ struct Inner {
     last_publish: Gauge,
     qc_outlier_plates: IntCounter,
     qc_outlier_reasons: IntCounterVec,
+    qc_extreme_plates: IntCounter,
     qc_last: GaugeVec,
     qc_mixing: HistogramVec,
     ready_gauge: IntGauge,
@@ -400,6 +401,14 @@ impl Telemetry {
                     &["reason"],
                 )?,
             )?,
+            qc_extreme_plates: reg(
+                &r,
+                IntCounter::new(
+                    "balans_qc_extreme_plates_total",
+                    "Plates holding values beyond [qc] extreme_z robust SDs of their median \
+                     (corrected as usual; the QC record's extreme_cells counts them).",
+                )?,
+            )?,
             qc_last: reg(
                 &r,
                 GaugeVec::new(
@@ -644,6 +653,9 @@ impl Telemetry {
             i.qc_mixing
                 .with_label_values(&["after"])
                 .observe(qc.mixing_after);
+        }
+        if verdict.extreme_values {
+            i.qc_extreme_plates.inc();
         }
         if verdict.outlier {
             i.qc_outlier_plates.inc();
