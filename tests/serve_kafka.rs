@@ -550,8 +550,8 @@ fn broker_restart_mid_stream_daemon_reconnects() {
     // topic, so the new plates sit at the offsets after the old ones
     // whether the daemon resumes at its previous position (3) or resets to
     // the earliest offset (then the first plates come back as replays).
-    // (A topic recreated below the daemon's position alone is
-    // `a_topic_recreated_below_the_daemons_position_is_read_again`.)
+    // A daemon does not detect a recreated topic yet: see
+    // docs/reliability.md, "Not done yet".
     let p = producer(&addr);
     for (id, table) in first.iter().chain(rest) {
         send_plate(&p, &t.plates, id, table);
@@ -569,80 +569,5 @@ fn broker_restart_mid_stream_daemon_reconnects() {
             "{before:?} {after:?}"
         );
     }
-    assert!(daemon.term());
-}
-
-/// A topic deleted and created again under a running daemon, then given
-/// fewer messages than the daemon had read: its fetch position is above the
-/// new high watermark. Wanted: the daemon notices (position > high
-/// watermark, `KafkaSource::check_recreated`), resets to the earliest
-/// offset and corrects the new plates, without a restart.
-///
-/// Ignored: it fails. With tansu, once the plates topic is deleted the
-/// daemon's loop stops making progress (no check after the deletion; an
-/// earlier version blocked in `fetch_watermarks` past its timeout), so the
-/// new plates never come out. Open in docs/reliability.md ("Not done yet").
-#[test]
-#[ignore = "fails: the daemon stops after its input topic is deleted (docs/reliability.md)"]
-fn a_topic_recreated_below_the_daemons_position_is_read_again() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let addr = brokers();
-    let d = data();
-    let t = Topics::new("recreated");
-    create_topics(&addr, &t, 1);
-    let cfg = write_config(d.dir.path(), &t, &unique("g"), "");
-    // The file ends in [kafka.properties]: see the recreated topic within
-    // 1 s (librdkafka's default metadata refresh is 5 min).
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("\"topic.metadata.refresh.interval.ms\" = \"1000\"\n");
-    std::fs::write(&cfg, text).unwrap();
-    let state = d.dir.path().join("state");
-    let daemon = start_daemon(&d, &addr, &cfg, &state, "a");
-    let p = producer(&addr);
-    let (first, rest) = d.plates.split_at(4);
-    for (id, table) in first {
-        send_plate(&p, &t.plates, id, table);
-    }
-    let mut r = Reader::new(&addr, &t);
-    r.until("the first plates", Some(&daemon), |r| {
-        r.aligned_keys().len() == first.len()
-    });
-    drop(r);
-    // Delete the plates topic and create it again, the daemon running.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let opts = AdminOptions::new();
-    for r in rt
-        .block_on(admin.delete_topics(&[&t.plates], &opts))
-        .unwrap()
-    {
-        r.unwrap_or_else(|(name, e)| panic!("cannot delete {name}: {e}"));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let topic = NewTopic::new(&t.plates, 1, TopicReplication::Fixed(1));
-    for r in rt.block_on(admin.create_topics([&topic], &opts)).unwrap() {
-        r.unwrap_or_else(|(name, e)| panic!("cannot create {name}: {e}"));
-    }
-    // Two new plates: offsets 0 and 1, below the daemon's position (4).
-    let new = &rest[..2];
-    for (id, table) in new {
-        send_plate(&p, &t.plates, id, table);
-    }
-    let mut r = Reader::new(&addr, &t);
-    r.until("the plates of the recreated topic", Some(&daemon), |r| {
-        new.iter().all(|(id, _)| r.aligned_keys().contains(id))
-    });
-    let log = daemon.log();
-    assert!(
-        log.contains("above the partition's high watermark"),
-        "{log}"
-    );
     assert!(daemon.term());
 }

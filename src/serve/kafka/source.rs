@@ -130,12 +130,7 @@ pub struct KafkaSource {
     /// Inputs the source rejected, handed over one per `next`.
     rejected: VecDeque<(KafkaInput, Rejection)>,
     last_lag: Instant,
-    last_recreation_check: Instant,
 }
-
-/// How often the source compares its fetch positions with the partitions'
-/// high watermarks ([`KafkaSource::check_recreated`]).
-const RECREATION_CHECK: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     /// Connect and subscribe to `plates_topic`.
@@ -152,7 +147,6 @@ impl KafkaSource {
             chunks: Assembler::new(k.max_plate_bytes),
             rejected: VecDeque::new(),
             last_lag: Instant::now(),
-            last_recreation_check: Instant::now(),
         })
     }
 
@@ -322,60 +316,7 @@ impl KafkaSource {
         }
     }
 
-    /// When idle, at most every [`RECREATION_CHECK`]: a partition whose
-    /// fetch position is above its high watermark (both local to the
-    /// consumer: no broker request) belongs to a topic that was deleted and
-    /// created again under the running daemon (or a broker that lost its
-    /// storage): the consumer would wait at its old position and skip every
-    /// message the new topic gets below it. Such a partition is reset to its
-    /// earliest offset, with a warning; plates already incorporated come
-    /// back as replays (recognised by content hash), so re-reading is safe.
-    fn check_recreated(&mut self) {
-        if self.last_recreation_check.elapsed() < RECREATION_CHECK {
-            return;
-        }
-        self.last_recreation_check = Instant::now();
-        let topic = self.k.plates_topic.clone();
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for e in positions.elements_for_topic(&topic) {
-            let p = e.partition();
-            let Offset::Offset(pos) = e.offset() else {
-                continue; // nothing fetched since the assignment
-            };
-            let Some(high) = cached_high_watermark(&self.consumer, &topic, p) else {
-                continue; // no fetch response yet
-            };
-            if pos <= high {
-                continue;
-            }
-            tracing::warn!(
-                topic = %topic,
-                partition = p,
-                position = pos,
-                high_watermark = high,
-                "the consumer's position is above the partition's high watermark: the topic was \
-                 recreated (or the broker lost its data); reading it again from the earliest \
-                 offset (plates already incorporated are replays)"
-            );
-            match self
-                .consumer
-                .seek(&topic, p, Offset::Beginning, Duration::from_secs(5))
-            {
-                Ok(()) => {
-                    self.tracker.forget(p);
-                    self.chunks.forget_partition(p);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "cannot reset the position (retried)")
-                }
-            }
-        }
-    }
-
-    /// Every 10 s: lag per partition (high watermark - committed position;
-    /// the high watermark of the last fetch response).
+    /// Every 10 s: lag per partition (high watermark - committed position).
     fn report_lag(&mut self, hooks: &dyn PlateHooks) {
         if self.last_lag.elapsed() < Duration::from_secs(10) {
             return;
@@ -386,42 +327,16 @@ impl KafkaSource {
             let Some(committed) = self.tracker.committed_position(p) else {
                 continue;
             };
-            if let Some(high) = cached_high_watermark(&self.consumer, topic, p) {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(topic, p, Duration::from_millis(500))
+            {
                 let lag = (high - committed).max(0);
                 tracing::debug!(partition = p, lag, "consumer lag");
                 hooks.lag(topic, p, lag);
             }
         }
     }
-}
-
-/// The high watermark of a partition as of the consumer's last fetch
-/// response (librdkafka's cache: no broker request). `fetch_watermarks`
-/// asks the broker instead, and with the topic deleted under the daemon it
-/// did not return (its timeout notwithstanding), stopping the loop (found
-/// by `a_topic_recreated_below_the_daemons_position_is_read_again`). None
-/// before the first fetch response.
-fn cached_high_watermark(
-    c: &BaseConsumer<ConsumerCtx>,
-    topic: &str,
-    partition: i32,
-) -> Option<i64> {
-    let name = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: a live client handle, a NUL-terminated topic name and two
-    // out-pointers to locals; librdkafka only reads its own cache under
-    // its lock.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            c.client().native_ptr(),
-            name.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-        .then_some(high)
 }
 
 impl Source for KafkaSource {
@@ -443,11 +358,7 @@ impl Source for KafkaSource {
         }
         let poll = Duration::from_millis(self.k.poll_ms.max(1));
         let next = match self.consumer.poll(poll) {
-            // Idle: where a recreated topic shows (see check_recreated).
-            None => {
-                self.check_recreated();
-                None
-            }
+            None => None,
             Some(Ok(m)) => self.take(m.detach()),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error (retrying)");
