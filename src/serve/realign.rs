@@ -486,6 +486,7 @@ pub fn realign(cfg: &Config, opts: &RealignOptions) -> Result<RealignRecord> {
                 content_hash: rec.content_hash,
                 version: String::new(), // set below, once the generation is known
                 qc: None,
+                pooled_controls: 0,
             },
         ));
         first_row += n as u64;
