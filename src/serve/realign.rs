@@ -515,6 +515,12 @@ pub fn realign(cfg: &Config, opts: &RealignOptions) -> Result<RealignRecord> {
         seeded.rows_batch().to_vec(),
         seeded.rows_coverage().to_vec(),
     )?;
+    // A model that corrects in the feature space keeps the refit's profiles.
+    let next = if next.meta().feature_rows {
+        next.with_feature_rows(seeded.rows_w().to_vec())?
+    } else {
+        next
+    };
     drop(seeded);
 
     // Each refitted plate under both generations.
