@@ -443,6 +443,8 @@ STREAM_SPLITS = {
               "(BBBC021: weeks 2, 6, 9; semi-synthetic: B3); the others streamed in batch order",
     "shuffled": "k batches drawn at random (seeded); the other batches' plates streamed in a "
                 "seeded random order, so weeks arrive interleaved",
+    "cold": "no reference (cold start): the first plate fixes the normalisation and the basis; "
+            "every plate streamed in batch order",
 }
 
 
@@ -463,6 +465,8 @@ def stream_plan(plates: list[tuple[str, str]], split: str, seed: int = 0) -> tup
     if k >= n:
         raise HarnessError(f"{n} batch(es): nothing left to stream after a reference of {k}")
     rng = np.random.default_rng(seed)
+    if split == "cold":
+        return [], pairs
     if split == "early":
         ref = order[:k]
     elif split == "late":
@@ -500,7 +504,8 @@ def m_balans_stream(ctx, split: str = "early"):
     ctx.setdefault("stream_plans", {})[split] = {
         "reference_batches": ref_batches, "arrival_order": [p for _, p in arrivals]}
     is_ref = bcol.isin(set(ref_batches))
-    raw[is_ref].to_parquet(d / "reference.parquet", index=False)
+    if ref_batches:
+        raw[is_ref].to_parquet(d / "reference.parquet", index=False)
     # The daemon takes files in name order (the plate id comes from the plate
     # column), but only files at least `[serve] settle_ms` old: a file written
     # just before the run would wait for a later scan, behind later names that
@@ -520,8 +525,9 @@ def m_balans_stream(ctx, split: str = "early"):
         "--exclude", BALANS_EXCLUDE,
     ]
     t = time.perf_counter()
+    reference = ["--reference", str(d / "reference.parquet")] if ref_batches else []
     r = subprocess.run(
-        [str(ctx["balans"]), "serve", "--reference", str(d / "reference.parquet"), *common,
+        [str(ctx["balans"]), "serve", *reference, *common,
          "--state-dir", str(d / "state"), "--inbox", str(inbox), "--outbox", str(d / "outbox"), "--once"],
         capture_output=True, text=True,
     )
@@ -531,14 +537,24 @@ def m_balans_stream(ctx, split: str = "early"):
     dlq = sorted((inbox / "dlq").glob("*.reason.txt")) if (inbox / "dlq").exists() else []
     if dlq:
         raise HarnessError(f"balans serve dead-lettered {len(dlq)} plate(s): {dlq[0].read_text().strip()[:300]}")
-    r = subprocess.run(
-        [str(ctx["balans"]), "correct", "-q", "--input", str(d / "reference.parquet"),
-         "--output", str(d / "reference_corrected.parquet"), *common],
-        capture_output=True, text=True,
-    )
-    if r.returncode != 0:
-        raise HarnessError(f"balans correct (reference) exited {r.returncode}: {r.stderr.strip()[-600:]}")
-    parts = [pd.read_parquet(d / "reference_corrected.parquet")]
+    # Per-plate QC in arrival order (mixing after correction): how the
+    # first plates fare against later ones (the cold start's question).
+    by_plate = {}
+    for f in (d / "outbox").glob("*.qc.json"):
+        rec = json.loads(f.read_text())
+        by_plate[str(rec.get("plate"))] = (rec.get("qc") or {}).get("mixing_after")
+    qc = [by_plate.get(p) for _, p in arrivals]
+    ctx.setdefault("stream_qc", {})[split] = qc
+    parts = []
+    if ref_batches:
+        r = subprocess.run(
+            [str(ctx["balans"]), "correct", "-q", "--input", str(d / "reference.parquet"),
+             "--output", str(d / "reference_corrected.parquet"), *common],
+            capture_output=True, text=True,
+        )
+        if r.returncode != 0:
+            raise HarnessError(f"balans correct (reference) exited {r.returncode}: {r.stderr.strip()[-600:]}")
+        parts.append(pd.read_parquet(d / "reference_corrected.parquet"))
     parts += [pd.read_parquet(f) for f in sorted((d / "outbox").glob("*.parquet"))]
     df = pd.concat(parts, ignore_index=True).sort_values("Metadata_RowId")
     if len(df) != len(raw) or not (df["Metadata_RowId"].to_numpy() == np.arange(len(raw))).all():

@@ -84,7 +84,14 @@ class StreamPlan(unittest.TestCase):
         for split in ra.STREAM_SPLITS:
             for pairs, k in ((BBBC, 3), (SEMI, 1)):
                 ref, arrivals = ra.stream_plan(pairs, split, seed=3)
-                self.check_partition(pairs, ref, arrivals, k)
+                self.check_partition(pairs, ref, arrivals, 0 if split == "cold" else k)
+
+    def test_cold_streams_every_plate_in_batch_order(self):
+        ref, arrivals = ra.stream_plan(BBBC, "cold")
+        self.assertEqual(ref, [])
+        weeks = [int(b.removeprefix("Week")) for b, _ in arrivals]
+        self.assertEqual(weeks, sorted(weeks))
+        self.assertEqual(len(arrivals), len(set(BBBC)))
 
     def test_errors(self):
         with self.assertRaises(ra.HarnessError):
