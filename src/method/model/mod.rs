@@ -29,10 +29,13 @@
 //! Replaying the same plate (same id and content hash) is recognised by
 //! [`Model::lookup`], so a redelivered plate is not added twice.
 //!
-//! The daemon corrects in the neighbour space (p dims) and maps the offset
-//! back through the PCA loadings ([`projection`]); the offline fit corrects
-//! every feature directly. Per-plate cost depends on the plate size, the
-//! number of batches and `log n` of the index sizes — not linearly on n.
+//! Neighbours are found in the neighbour space (p dims). The offsets are
+//! computed, as in the offline fit, on every varying feature when the model
+//! keeps each row's corrected profile ([`ModelMeta::feature_rows`], the
+//! default `correction_space = "features"`); otherwise in the neighbour
+//! space and mapped back through the PCA loadings ([`projection`]). Per-plate
+//! cost depends on the plate size, the number of batches and `log n` of the
+//! index sizes — not linearly on n.
 //!
 //! Files: this one holds the model, its construction and the write-ahead
 //! pair; [`meta`] the persisted records; [`projection`] a plate's way into
