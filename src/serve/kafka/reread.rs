@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::chunks::{Added, Assembler, Chunk};
@@ -99,18 +99,7 @@ pub fn read_plates(
                 continue;
             }
         }
-        let mut headers = HashMap::new();
-        if let Some(h) = m.headers() {
-            for i in 0..h.count() {
-                if let Some(hd) = h.try_get(i) {
-                    let v = hd
-                        .value
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default();
-                    headers.entry(hd.key.to_string()).or_insert(v);
-                }
-            }
-        }
+        let headers = super::source::header_map(&m);
         let mut input = KafkaInput {
             plate_key: m
                 .key()

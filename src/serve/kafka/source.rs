@@ -105,7 +105,8 @@ impl Input for KafkaInput {
     }
 }
 
-fn header_map(m: &OwnedMessage) -> HashMap<String, String> {
+/// A message's headers as strings (the first of a repeated key wins).
+pub(super) fn header_map(m: &OwnedMessage) -> HashMap<String, String> {
     let mut out = HashMap::new();
     if let Some(h) = m.headers() {
         for i in 0..h.count() {
