@@ -39,6 +39,9 @@ pub struct MethodArgs {
     /// Rows the sampling fit runs on: larger tables are fitted on a stratified subsample of this many rows, the other rows take the mean offset of their nearest subsample rows (0 = all rows) [default: 10000].
     #[arg(long)]
     pub fit_rows: Option<usize>,
+    /// Daemon: a batch of the model with more rows than this is aligned against a seeded uniform sample of this many of its rows (its summary, in an exact index), so a plate's cost does not grow with the model (0 = every row) [default: 2000].
+    #[arg(long)]
+    pub summary_rows: Option<usize>,
     /// Coverage at which a row stops being a sampling priority [default: 1.0].
     #[arg(long)]
     pub coverage_target: Option<f64>,
@@ -108,6 +111,7 @@ impl MethodArgs {
             budget,
             min_landmarks,
             fit_rows,
+            summary_rows,
             coverage_target,
             round_fraction,
             rounds,

@@ -178,7 +178,8 @@ impl BatchIndex {
         self.dims
     }
 
-    /// Global row ids in insertion order.
+    /// Global row ids, in insertion order (a removal moves the last row
+    /// into the removed one's place).
     pub fn keys(&self) -> &[u64] {
         &self.keys
     }
@@ -248,6 +249,75 @@ impl BatchIndex {
         };
         out.sort_by(|a, b| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key)));
         Ok(out)
+    }
+
+    /// [`BatchIndex::search`] for every row of `queries` (rows x dims):
+    /// one neighbour list per row, each sorted by (distance, key). The exact
+    /// backend answers a block of queries with one matrix product
+    /// ([`crate::method::blocked::knn_blocked`]: the same distances as
+    /// [`BatchIndex::search`], so the same lists unless GEMM rounding
+    /// exceeds the gap between the k-th and the (k+8)-th neighbour); the
+    /// HNSW backend runs one graph query per row, in parallel.
+    pub fn search_many(&self, queries: ArrayView2<f32>, k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        anyhow::ensure!(
+            queries.ncols() == self.dims,
+            "index search: queries have {} dimensions, the index {}",
+            queries.ncols(),
+            self.dims
+        );
+        let k = k.min(self.keys.len());
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.nrows()]);
+        }
+        if self.hnsw.is_some() {
+            return queries
+                .outer_iter()
+                .into_par_iter()
+                .map(|q| match q.as_slice() {
+                    Some(q) => self.search(q, k),
+                    None => self.search(&q.to_vec(), k),
+                })
+                .collect();
+        }
+        let base = ArrayView2::from_shape((self.keys.len(), self.dims), &self.vectors)
+            .context("exact index vectors")?;
+        let flat = crate::method::blocked::knn_blocked(queries, base, k);
+        let cmp = |a: &Neighbor, b: &Neighbor| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key));
+        Ok(flat
+            .chunks(k)
+            .map(|c| {
+                let mut row: Vec<Neighbor> = c
+                    .iter()
+                    .map(|n| Neighbor {
+                        key: self.keys[n.key as usize],
+                        dist2: n.dist2,
+                    })
+                    .collect();
+                row.sort_by(cmp);
+                row
+            })
+            .collect())
+    }
+
+    /// Remove the row `key` (exact backend only: a batch summary swaps rows
+    /// in and out). Returns whether it was indexed.
+    pub fn remove(&mut self, key: u64) -> Result<bool> {
+        anyhow::ensure!(
+            self.hnsw.is_none(),
+            "rows are removed only from an exact index"
+        );
+        let Some(pos) = self.keys.iter().position(|&k| k == key) else {
+            return Ok(false);
+        };
+        let d = self.dims;
+        let last = self.keys.len() - 1;
+        self.keys.swap_remove(pos);
+        if pos != last {
+            let (head, tail) = self.vectors.split_at_mut(last * d);
+            head[pos * d..(pos + 1) * d].copy_from_slice(&tail[..d]);
+        }
+        self.vectors.truncate(last * d);
+        Ok(true)
     }
 
     fn exact_search(&self, query: &[f32], k: usize) -> Vec<Neighbor> {
@@ -459,6 +529,47 @@ mod tests {
         assert_eq!(got.iter().map(|n| n.key).collect::<Vec<_>>(), want);
         assert_eq!(got[0].key, 7);
         assert_eq!(got[0].dist2, 0.0);
+    }
+
+    /// `search_many` gives `search`'s lists, for both backends; a removed
+    /// row is never returned and the rest still match brute force.
+    #[test]
+    fn search_many_matches_search_and_remove_forgets_rows() {
+        let y = clustered(400, 7, 3);
+        let q = clustered(50, 7, 4);
+        let keys: Vec<u64> = (0..400).map(|k| k * 3 + 1).collect();
+        for kind in [IndexKind::Exact, IndexKind::Hnsw] {
+            let mut idx = BatchIndex::new(kind, 7, 2).unwrap();
+            idx.add(&keys, y.view(), 2).unwrap();
+            let many = idx.search_many(q.view(), 12).unwrap();
+            assert_eq!(many.len(), 50);
+            for (r, got) in many.iter().enumerate() {
+                let want = idx.search(q.row(r).as_slice().unwrap(), 12).unwrap();
+                assert_eq!(got, &want, "{kind:?} query {r}");
+            }
+        }
+        let mut idx = BatchIndex::new(IndexKind::Exact, 7, 1).unwrap();
+        idx.add(&keys, y.view(), 1).unwrap();
+        let gone: Vec<u64> = keys.iter().copied().step_by(3).collect();
+        for &k in &gone {
+            assert!(idx.remove(k).unwrap());
+        }
+        assert!(!idx.remove(gone[0]).unwrap(), "already removed");
+        assert_eq!(idx.len(), 400 - gone.len());
+        let kept: Vec<usize> = (0..400).filter(|r| r % 3 != 0).collect();
+        let mut oracle = BatchIndex::new(IndexKind::Exact, 7, 1).unwrap();
+        let kept_keys: Vec<u64> = kept.iter().map(|&r| keys[r]).collect();
+        oracle
+            .add(&kept_keys, y.select(ndarray::Axis(0), &kept).view(), 1)
+            .unwrap();
+        let got = idx.search_many(q.view(), 9).unwrap();
+        let want = oracle.search_many(q.view(), 9).unwrap();
+        assert_eq!(got, want);
+        let hnsw = BatchIndex::new(IndexKind::Hnsw, 7, 1).unwrap();
+        let mut hnsw = hnsw;
+        hnsw.add(&keys[..5], y.slice(ndarray::s![0..5, ..]), 1)
+            .unwrap();
+        assert!(hnsw.remove(keys[0]).is_err(), "HNSW rows are not removed");
     }
 
     #[test]

@@ -178,6 +178,12 @@ pub struct Params {
     /// other row takes the mean offset of its nearest subsample rows of its
     /// batch (0 = always fit on all rows; exact mode always does).
     pub fit_rows: usize,
+    /// The daemon's batch summaries (`balans serve`, `balans apply`): a
+    /// batch of the model with more rows than this is represented by a
+    /// seeded uniform sample of this many of its rows, in an exact index,
+    /// so a plate's cost does not grow with the model (0 = every row, in
+    /// the HNSW index; exact mode always uses every row).
+    pub summary_rows: usize,
     /// Coverage a row needs before it stops being a sampling priority.
     pub coverage_target: f64,
     /// How each sampling round picks its landmarks.
@@ -229,6 +235,7 @@ impl Default for Params {
             budget: 0.3,
             min_landmarks: 500,
             fit_rows: 10_000,
+            summary_rows: 2_000,
             coverage_target: 1.0,
             sampling_rule: SamplingRule::Lowest,
             round_fraction: 0.02,

@@ -64,7 +64,8 @@ pub struct LeaveOut<'a> {
 
 /// For each row `i` in `rows` of `y`: its `k` nearest rows in every batch
 /// index, as `(squared distance, batch id)`, index by index, without the
-/// rows `leave_out` names. Rows are queried in parallel. Cost: |rows| x
+/// rows `leave_out` names. Each index answers the rows as one block
+/// ([`BatchIndex::search_many`]), the indices in parallel. Cost: |rows| x
 /// batches searches.
 pub(crate) fn batch_hits(
     indices: &[BatchIndex],
@@ -73,25 +74,32 @@ pub(crate) fn batch_hits(
     k: usize,
     leave_out: Option<&LeaveOut>,
 ) -> Result<Vec<RowHits>> {
-    rows.par_iter()
-        .map(|&i| {
-            let q: Vec<f32> = y.row(i).iter().copied().collect();
+    let queries = y.select(ndarray::Axis(0), rows);
+    let per_index: Vec<Vec<Vec<crate::method::index::Neighbor>>> = indices
+        .par_iter()
+        .enumerate()
+        .map(|(c, index)| {
+            let want = match leave_out {
+                Some(l) if l.batch == c => k + l.rows,
+                _ => k,
+            };
+            index.search_many(queries.view(), want)
+        })
+        .collect::<Result<_>>()?;
+    Ok((0..rows.len())
+        .map(|r| {
             let mut hits: RowHits = Vec::new();
-            for (c, index) in indices.iter().enumerate() {
-                let want = match leave_out {
-                    Some(l) if l.batch == c => k + l.rows,
-                    _ => k,
-                };
-                for nb in index.search(&q, want)? {
+            for (c, lists) in per_index.iter().enumerate() {
+                for nb in &lists[r] {
                     if leave_out.is_some_and(|l| (l.is_left_out)(nb.key)) {
                         continue;
                     }
                     hits.push((nb.dist2, c));
                 }
             }
-            Ok(hits)
+            hits
         })
-        .collect()
+        .collect())
 }
 
 /// `(mixing, cross-batch distance)` of a plate from each of its rows'

@@ -291,10 +291,12 @@ pub fn plate_mixing(model: &Model, y: ArrayView2<f32>, batch: Option<usize>) -> 
     query_mixing(model.batch_indices(), y, &rows, k, batch, expected, None)
 }
 
-/// The other-batch share of the model's rows, seen from batch `batch`.
+/// The other-batch share of the model's indexed rows (the candidates of
+/// the mixing queries: a large batch counts with its summary), seen from
+/// batch `batch`.
 fn model_expected_share(model: &Model, batch: Option<usize>) -> f64 {
     let own = batch.map_or(0, |b| model.batch_rows(b));
-    expected_other_share(own, model.len())
+    expected_other_share(own, model.indexed_len())
 }
 
 #[cfg(test)]

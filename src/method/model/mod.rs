@@ -45,6 +45,7 @@ pub(crate) mod meta;
 mod persist;
 pub(crate) mod projection;
 mod round;
+mod summary;
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,7 @@ use crate::method::pca::{Pca, Whitening, WHITEN_RIDGE};
 use crate::method::preprocess::{clipped, GainGroups, CLIP};
 use crate::method::rows::{Concat, MatrixRows, RowSource};
 use crate::method::sampling::{SamplingConfig, SparseRow};
+use summary::{Offer, Summary};
 
 /// Seconds spent in the stages of correcting a plate (returned, not
 /// reported: the core does no I/O; the pipeline feeds them to telemetry).
@@ -116,7 +118,12 @@ pub struct AlignedPlate {
 pub struct Model {
     meta: ModelMeta,
     pca: Pca,
+    /// One index per batch: over every row of the batch, or over its
+    /// summary when the batch has more than `summary_rows` rows.
     indices: Vec<BatchIndex>,
+    /// The batch's summary ([`summary`]), `None` while its index holds
+    /// every row.
+    summaries: Vec<Option<Summary>>,
     y: Vec<f32>,
     batch_of: Vec<u32>,
     coverage: Vec<f32>,
@@ -191,6 +198,7 @@ impl Model {
             pca: as_restored(fit.pca.clone())?,
             meta,
             indices: Vec::new(),
+            summaries: Vec::new(),
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
@@ -274,6 +282,7 @@ impl Model {
             pca: as_restored(pca)?,
             meta,
             indices: Vec::new(),
+            summaries: Vec::new(),
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
@@ -318,6 +327,7 @@ impl Model {
             meta,
             pca,
             indices: Vec::new(),
+            summaries: Vec::new(),
             y: Vec::new(),
             batch_of: Vec::new(),
             coverage: Vec::new(),
@@ -361,6 +371,86 @@ impl Model {
         self.meta.params.index_kind()
     }
 
+    /// Rows above which a batch is represented by its summary (`usize::MAX`
+    /// = never: `summary_rows = 0`, or exact mode, which aligns on every
+    /// row).
+    fn summary_cap(&self) -> usize {
+        let p = &self.meta.params;
+        if p.exact || p.summary_rows == 0 {
+            usize::MAX
+        } else {
+            p.summary_rows
+        }
+    }
+
+    /// The index of one batch whose rows are `keys` (`row(k, buf)` appends
+    /// row `k`'s coordinates to `buf`): over every row, or an exact index over its summary when it
+    /// has more than `summary_rows` rows.
+    fn batch_index_over(
+        &self,
+        keys: &[u64],
+        row: &dyn Fn(u64, &mut Vec<f32>) -> Result<()>,
+    ) -> Result<(BatchIndex, Option<Summary>)> {
+        let p = self.meta.dims;
+        let threads = self.threads();
+        let (kind, held, summary) = if keys.len() > self.summary_cap() {
+            let (s, held) = Summary::of(self.meta.params.seed, self.summary_cap(), keys);
+            (IndexKind::Exact, held, Some(s))
+        } else {
+            (self.index_kind(), keys.to_vec(), None)
+        };
+        let mut flat = Vec::with_capacity(held.len() * p);
+        for &k in &held {
+            row(k, &mut flat)?;
+        }
+        let rows = ArrayView2::from_shape((held.len(), p), &flat).context("batch rows")?;
+        let mut index = BatchIndex::new(kind, p, threads)?;
+        index.add(&held, rows, threads)?;
+        Ok((index, summary))
+    }
+
+    /// Add rows `keys` (their coordinates `rows`) to batch `b`'s index: all
+    /// of them while the batch fits in `summary_rows`; past it, the batch
+    /// switches to its summary, and then each new row enters only when it
+    /// is sampled (in place of the row it replaces).
+    fn add_to_batch(&mut self, b: usize, keys: &[u64], rows: ArrayView2<f32>) -> Result<()> {
+        let threads = self.threads();
+        let p = self.meta.dims;
+        if let Some(summary) = self.summaries[b].as_mut() {
+            for (&key, row) in keys.iter().zip(rows.outer_iter()) {
+                if let Offer::Replaces(old) = summary.offer(key) {
+                    let index = &mut self.indices[b];
+                    anyhow::ensure!(
+                        index.remove(old)?,
+                        "batch summary: row {old} was not indexed"
+                    );
+                    index.add(&[key], row.insert_axis(ndarray::Axis(0)), threads)?;
+                }
+            }
+            return Ok(());
+        }
+        if self.indices[b].len() + keys.len() <= self.summary_cap() {
+            return self.indices[b].add(keys, rows, threads);
+        }
+        let mut all = self.indices[b].keys().to_vec();
+        all.extend_from_slice(keys);
+        let first = keys.first().copied().unwrap_or(u64::MAX);
+        let y = &self.y;
+        let row = |k: u64, buf: &mut Vec<f32>| -> Result<()> {
+            let r = if k >= first {
+                rows.row((k - first) as usize).to_slice()
+            } else {
+                y.get(k as usize * p..(k as usize + 1) * p)
+            };
+            buf.extend_from_slice(r.context("batch summary: row out of range")?);
+            Ok(())
+        };
+        let (index, summary) = self.batch_index_over(&all, &row)?;
+        self.indices[b] = index;
+        self.summaries[b] = summary;
+        Ok(())
+    }
+
     fn threads(&self) -> usize {
         match self.meta.params.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -396,6 +486,12 @@ impl Model {
             .zip(&self.indices)
             .map(|(b, i)| (b.clone(), i.len()))
             .collect()
+    }
+
+    /// Rows in the batch indices (every row incorporated, less the rows
+    /// of large batches outside their summaries).
+    pub fn indexed_len(&self) -> usize {
+        self.indices.iter().map(BatchIndex::len).sum()
     }
 
     /// Total rows incorporated.
@@ -665,7 +761,8 @@ impl Model {
         &self.indices
     }
 
-    /// Rows incorporated in batch `b` (0 for an unknown id).
+    /// Rows in batch `b`'s index (0 for an unknown id): every row of the
+    /// batch, or its summary's.
     pub fn batch_rows(&self, b: usize) -> usize {
         self.indices.get(b).map_or(0, BatchIndex::len)
     }
@@ -696,14 +793,14 @@ impl Model {
                 self.meta.batches.push(delta.batch.clone());
                 self.indices
                     .push(BatchIndex::new(self.index_kind(), p, self.threads())?);
+                self.summaries.push(None);
                 self.meta.batches.len() - 1
             }
         };
         let first = self.len() as u64;
         let keys: Vec<u64> = (first..first + n_new as u64).collect();
         let rows = ArrayView2::from_shape((n_new, p), &delta.y).context("plate delta rows")?;
-        let threads = self.threads();
-        self.indices[b].add(&keys, rows, threads)?;
+        self.add_to_batch(b, &keys, rows)?;
         self.y.extend_from_slice(&delta.y);
         if self.in_features() {
             self.w.extend_from_slice(&delta.w);
@@ -783,13 +880,25 @@ impl Features for ProfileFeatures<'_> {
     }
     fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
         let n = self.model.nrows();
+        // Over slices where the rows are contiguous (always, as built), so
+        // the loops vectorise; element by element, so the same bits.
         if j < n {
-            for (o, v) in acc.iter_mut().zip(self.model.row(j)) {
-                *o += a * f64::from(*v);
+            let row = self.model.row(j);
+            match row.to_slice() {
+                Some(r) => acc
+                    .iter_mut()
+                    .zip(r)
+                    .for_each(|(o, v)| *o += a * f64::from(*v)),
+                None => acc
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(o, v)| *o += a * f64::from(*v)),
             }
         } else {
-            for (o, v) in acc.iter_mut().zip(self.plate.row(j - n)) {
-                *o += a * v;
+            let row = self.plate.row(j - n);
+            match row.to_slice() {
+                Some(r) => acc.iter_mut().zip(r).for_each(|(o, v)| *o += a * v),
+                None => acc.iter_mut().zip(row).for_each(|(o, v)| *o += a * v),
             }
         }
     }

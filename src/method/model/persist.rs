@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
+use super::summary::Summary;
 use super::{Model, ModelMeta};
 use crate::method::index::{BatchIndex, IndexConfig};
 use crate::method::params::IndexKind;
@@ -36,7 +37,7 @@ pub enum IndexRestore {
     /// Loaded from the stored bytes.
     Loaded,
     /// Built from the rows: nothing is stored for this backend (the exact
-    /// index is its rows).
+    /// index is its rows), or the batch is represented by its summary.
     Built,
     /// Rebuilt from the rows because the stored index was missing, damaged
     /// or did not match them (the reason).
@@ -106,10 +107,23 @@ impl Model {
             None => vec![None; nb],
         };
         stored.resize(nb, None);
-        let built: Vec<(BatchIndex, IndexRestore)> = members
+        let cap = self.summary_cap();
+        let this = &*self;
+        let built: Vec<(BatchIndex, Option<Summary>, IndexRestore)> = members
             .into_par_iter()
             .zip(stored.into_par_iter())
             .map(|(keys, stored)| {
+                if keys.len() > cap {
+                    // A summary: rebuilt from the rows (what it holds
+                    // follows from the batch's row ids; nothing is stored).
+                    let row = |k: u64, buf: &mut Vec<f32>| -> Result<()> {
+                        let r = y.get(k as usize * p..(k as usize + 1) * p);
+                        buf.extend_from_slice(r.context("row out of range")?);
+                        Ok(())
+                    };
+                    let (index, summary) = this.batch_index_over(&keys, &row)?;
+                    return Ok((index, summary, IndexRestore::Built));
+                }
                 let reason = match (kind, stored) {
                     (IndexKind::Exact, _) | (_, None) => None,
                     (IndexKind::Hnsw, Some(Err(why))) => Some(why),
@@ -130,7 +144,7 @@ impl Model {
                             &sample,
                             threads,
                         ) {
-                            Ok(index) => return Ok((index, IndexRestore::Loaded)),
+                            Ok(index) => return Ok((index, None, IndexRestore::Loaded)),
                             Err(e) => Some(format!("{e:#}")),
                         }
                     }
@@ -143,12 +157,19 @@ impl Model {
                 index.add(&keys, rows.view(), threads)?;
                 Ok((
                     index,
+                    None,
                     reason.map_or(IndexRestore::Built, IndexRestore::Rebuilt),
                 ))
             })
             .collect::<Result<_>>()?;
-        let (indices, outcome): (Vec<BatchIndex>, Vec<IndexRestore>) = built.into_iter().unzip();
-        self.indices = indices;
+        let mut outcome = Vec::with_capacity(built.len());
+        self.indices.clear();
+        self.summaries.clear();
+        for (index, summary, what) in built {
+            self.indices.push(index);
+            self.summaries.push(summary);
+            outcome.push(what);
+        }
         self.y = y;
         self.batch_of = batch_of;
         self.coverage = coverage;

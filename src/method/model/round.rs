@@ -12,7 +12,8 @@
 //! `384 x 11 x 15` lookups a round, each a lock and a hash, with a fresh
 //! neighbour list per miss. Here the round is split instead:
 //! 1. query every plate row against every index, in parallel (the same
-//!    queries, kept as candidate lists);
+//!    queries, kept as candidate lists; an exact index — a batch summary —
+//!    answers the whole plate with one matrix product);
 //! 2. collect the distinct candidates and compute their scales against the
 //!    plate in one allocation-free pass
 //!    ([`crate::method::scales::kth_scales_against`], the same distances as
@@ -33,7 +34,7 @@ use super::{Model, RowHits};
 use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::params::KernelKind;
 use crate::method::rows::RowSource;
-use crate::method::sampling::{candidate_lists, compute_row_from, SamplingConfig, SparseRow};
+use crate::method::sampling::{compute_row_from, SamplingConfig, SparseRow};
 use crate::method::scales::{kth_scales_against, ScaleCache};
 
 /// What a round produced: the plate rows' affinity rows, and (when asked)
@@ -63,11 +64,20 @@ impl Model {
         let plate_batch = n_batches as u32;
         let mut refs: Vec<&BatchIndex> = self.indices.iter().collect();
         refs.push(plate_index);
-        // 1. The candidate queries.
-        let lists: Vec<Vec<Vec<Neighbor>>> = (n0..n0 + n_plate)
-            .into_par_iter()
-            .map(|i| candidate_lists(all.row(i), &refs, cfg))
+        // 1. The candidate queries: each index answers the whole plate as
+        //    one block (an exact index with one matrix product), the same
+        //    lists as [`candidate_lists`] row by row.
+        let kq = cfg.k.max(cfg.m);
+        let per_index: Vec<Vec<Vec<Neighbor>>> = refs
+            .par_iter()
+            .map(|index| index.search_many(plate, kq))
             .collect::<Result<_>>()?;
+        let mut lists: Vec<Vec<Vec<Neighbor>>> = vec![Vec::with_capacity(refs.len()); n_plate];
+        for per_row in per_index {
+            for (l, nb) in lists.iter_mut().zip(per_row) {
+                l.push(nb);
+            }
+        }
         // 2. Every distinct candidate's scale against the plate.
         let needs_scales = cfg.kernel == KernelKind::Symmetric
             || (cfg.trust > 0.0 && cfg.trust_rule.uses_mutual());
@@ -193,6 +203,7 @@ mod tests {
                     whitening: None,
                 },
                 indices: build_batch_indices(yv, &batch_of, nb, IndexKind::Exact, 1).unwrap(),
+                summaries: vec![None; nb],
                 y: y.clone(),
                 w: Vec::new(),
                 batch_of: batch_of.clone(),
