@@ -3,12 +3,14 @@
 //! seeded sample of its rows instead of an HNSW index over all of them.
 //!
 //! Run: `cargo bench --bench summary` (`BALANS_BENCH_ROWS`, default 60000:
-//! synthetic rows in 5 batches of 384-row plates, 100 features). The
+//! synthetic rows in 5 batches of 384-row plates, 100 features;
+//! `BALANS_BENCH_SUMMARY`, default `2000,0`: the `summary_rows` values
+//! compared). The
 //! reference is batches 1-4 without their last 3 plates; the stream is
 //! those 12 held plates, then 6 plates of batch 5 (a batch the reference
-//! did not have). The same stream runs through two models seeded from one
-//! offline fit: `summary_rows = 2000` (the default) and `0` (every row in
-//! HNSW). Printed per model: per-plate time (`correct_plate`, one thread
+//! did not have). The same stream runs through models seeded from one
+//! offline fit, one per `summary_rows` value: by default 2000 (the
+//! default) and 0 (every row in HNSW). Printed per model: per-plate time (`correct_plate`, one thread
 //! pool), error to the batch-free truth (RMS over the plates' cells, after
 //! scaling each feature by the truth's SD over the stream) and the QC's
 //! mixing after correction. Figures are printed, never asserted.
@@ -119,7 +121,12 @@ fn main() -> Result<()> {
         err(&x, &all)
     };
     println!("  uncorrected: error to truth {raw:.4}");
-    for cap in [2000usize, 0] {
+    let caps: Vec<usize> = std::env::var("BALANS_BENCH_SUMMARY")
+        .unwrap_or_else(|_| "2000,0".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for cap in caps {
         let p = Params {
             summary_rows: cap,
             ..params.clone()
