@@ -17,7 +17,9 @@ use balans::io::table;
 use balans::qc;
 use balans::qc::mixing::MixingFigures;
 use balans::serve::saved;
-use balans::{correct, Correction, Dataset, Model, Provenance, Summary};
+use balans::method::fit::{correct_keeping, Keep};
+use balans::method::params::CorrectionSpace;
+use balans::{Correction, Dataset, Model, Provenance, Summary};
 
 use super::logging::LogArgs;
 use super::method_args::MethodArgs;
@@ -174,8 +176,20 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
             cfg.correct.plate_col
         );
     }
+    // The table's feature columns go as soon as their values are in
+    // `t.x`, and the fit builds only the arrays this run needs: the write
+    // then turns `t.x` itself into the corrected values and makes each
+    // output column as it is written (docs/performance.md, "Memory").
+    let shell = t.release_features();
+    let feature_model =
+        args.save_model.is_some() && cfg.method.correction_space == CorrectionSpace::Features;
+    let keep = Keep {
+        corrected: false,
+        z_before: args.qc.is_some() || feature_model,
+        y_after: args.qc.is_some() || args.save_model.is_some(),
+    };
     let data = t.dataset();
-    let fit = run_fit(&data, &cfg, quiet)?;
+    let fit = run_fit(&data, &cfg, quiet, keep)?;
     if fit.summary.corrected_features < t.columns.names.len() {
         tracing::warn!(
             constant = t.columns.names.len() - fit.summary.corrected_features,
@@ -183,25 +197,22 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
         );
     }
     // Everything that needs the fit's working arrays (QC table, saved
-    // model, summary figures) runs before the output is built, so that the
-    // write, the peak of a large run, holds only what it writes: the fit's
-    // `n x d` arrays and the input feature matrix are dropped first, and
-    // `corrected` once the output table is built.
+    // model, summary figures) runs before the write, which then holds the
+    // corrected values (in place of the input features) and a few output
+    // columns at a time.
     let f = Fitted {
         data,
         features: &t.columns.names,
         labels: t.labels.as_deref(),
     };
     let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f)?;
-    let Correction {
-        corrected, summary, ..
-    } = fit;
-    t.x = Array2::zeros((0, 0));
-    let out = t.corrected_table(corrected.view())?;
-    drop(corrected);
+    drop(f);
+    let mut corrected = std::mem::replace(&mut t.x, Array2::zeros((0, 0)));
+    fit.denormalise_into(&mut corrected)?;
+    let Correction { summary, .. } = fit;
     let (source, dropped, imputed) = (t.source, t.dropped, t.imputed);
-    drop(t.table);
-    table::write_table_with_metadata(output, &out, &prov.metadata())?;
+    let out = shell.with_values(corrected.view())?;
+    table::write_source_with_metadata(output, &out, &prov.metadata())?;
     tracing::info!(output = %output.display(), "wrote corrected table");
     Ok(CorrectReport {
         input: source,
@@ -216,9 +227,9 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     })
 }
 
-fn run_fit(data: &Dataset, cfg: &Config, quiet: bool) -> Result<Correction> {
+fn run_fit(data: &Dataset, cfg: &Config, quiet: bool, keep: Keep) -> Result<Correction> {
     let bar = Bar::new(quiet);
-    let fit = correct(data, &cfg.method, &bar)?;
+    let fit = correct_keeping(data, &cfg.method, &bar, keep)?;
     bar.finish();
     Ok(fit)
 }
@@ -242,7 +253,7 @@ fn correct_many(
         "read plate files"
     );
     let data = st.dataset();
-    let fit = run_fit(&data, cfg, quiet)?;
+    let fit = run_fit(&data, cfg, quiet, Keep::ALL)?;
     let file_spec = LoadSpec {
         scope: Scope::Plate,
         ..spec

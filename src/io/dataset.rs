@@ -61,7 +61,8 @@ use regex::Regex;
 use crate::io::error::LoadError;
 use crate::io::layout::CorrectConfig;
 use crate::io::profile::{
-    self, ControlSelector, FeatureColumns, NonFinitePolicy, ValueRules, DEFAULT_MAX_ABS_VALUE,
+    self, ControlSelector, FeatureColumns, NonFinitePolicy, TableShell, ValueRules,
+    DEFAULT_MAX_ABS_VALUE,
 };
 use crate::io::table;
 use crate::method::fit::Dataset;
@@ -360,6 +361,17 @@ impl ProfileTable {
                 self.source, self.plate_col
             ))
         })
+    }
+
+    /// Release the feature columns of the table as read (their values are
+    /// in [`Self::x`]; at 1M rows x 50 f64 features they are 400 MB) and
+    /// return what the corrected table keeps of it ([`TableShell`]). After
+    /// this [`Self::table`] is empty (its schema only), so
+    /// [`Self::corrected_table`] and the column readers no longer apply.
+    pub fn release_features(&mut self) -> TableShell {
+        let shell = TableShell::new(&self.table, &self.columns, &self.dropped);
+        self.table = RecordBatch::new_empty(self.table.schema());
+        shell
     }
 
     /// The table with `corrected` (`rows x columns`, in [`Self::columns`]

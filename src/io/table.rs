@@ -65,6 +65,43 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
+/// A table the writers take column by column: its schema, its row count,
+/// and any rows of any column on request. A [`RecordBatch`] is one (its
+/// columns, sliced); a corrected table can make each column only when it
+/// is written (`io::profile::CorrectedColumns`), so that the Parquet writer
+/// never holds the whole output table.
+pub trait ColumnSource: Sync {
+    /// The output schema.
+    fn schema(&self) -> SchemaRef;
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// Rows `start..start + len` of column `i` (of [`Self::schema`]).
+    fn column(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef>;
+    /// The whole table as one batch (the formats written in one piece).
+    fn batch(&self) -> Result<RecordBatch> {
+        let schema = self.schema();
+        let columns = (0..schema.fields().len())
+            .map(|i| self.column(i, 0, self.rows()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+impl ColumnSource for RecordBatch {
+    fn schema(&self) -> SchemaRef {
+        RecordBatch::schema(self)
+    }
+    fn rows(&self) -> usize {
+        self.num_rows()
+    }
+    fn column(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef> {
+        Ok(RecordBatch::column(self, i).slice(start, len))
+    }
+    fn batch(&self) -> Result<RecordBatch> {
+        Ok(self.clone())
+    }
+}
+
 /// Prefix that marks a metadata (annotation) column in pycytominer tables.
 pub const METADATA_PREFIX: &str = "Metadata_";
 
@@ -304,9 +341,20 @@ pub fn write_table_with_metadata(
     batch: &RecordBatch,
     metadata: &[(String, String)],
 ) -> Result<()> {
+    write_source_with_metadata(path, batch, metadata)
+}
+
+/// [`write_table_with_metadata`] of a table given column by column: a
+/// Parquet file is written from a few columns at a time (memory: those
+/// columns, encoded and not), the other formats from the whole table.
+pub fn write_source_with_metadata(
+    path: &Path,
+    source: &dyn ColumnSource,
+    metadata: &[(String, String)],
+) -> Result<()> {
     let format = Format::from_path(path)?;
     let tmp = temp_path(path)?;
-    let result = write_file(&tmp, format, batch, metadata).and_then(|()| {
+    let result = write_file(&tmp, format, source, metadata).and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     });
@@ -416,7 +464,7 @@ fn sync_parent_dir(path: &Path) {
 fn write_file(
     tmp: &Path,
     format: Format,
-    batch: &RecordBatch,
+    source: &dyn ColumnSource,
     metadata: &[(String, String)],
 ) -> Result<()> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -437,10 +485,10 @@ fn write_file(
                     ))
                     .build()
             };
-            write_parquet(file, batch, props)?
+            write_parquet(file, source, props)?
         }
         Format::ArrowIpc => {
-            let batch = &with_schema_metadata(batch, metadata)?;
+            let batch = &with_schema_metadata(&source.batch()?, metadata)?;
             let mut writer =
                 arrow_ipc::writer::FileWriter::try_new_buffered(file, batch.schema_ref())?;
             writer.write(batch)?;
@@ -450,12 +498,12 @@ fn write_file(
                 .into_inner()
                 .map_err(|e| e.into_error())?
         }
-        Format::Csv => write_csv(BufWriter::new(file), batch)?
+        Format::Csv => write_csv(BufWriter::new(file), &source.batch()?)?
             .into_inner()
             .map_err(|e| e.into_error())?,
         Format::CsvGz => {
             let gz = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
-            write_csv(gz, batch)?
+            write_csv(gz, &source.batch()?)?
                 .finish()?
                 .into_inner()
                 .map_err(|e| e.into_error())?
@@ -519,16 +567,23 @@ fn write_csv<W: Write>(out: W, batch: &RecordBatch) -> Result<W> {
     Ok(out)
 }
 
-/// Write `batch` as a Parquet file into `out` with `props`, encoding the
-/// columns of each row group in parallel (rayon), and return `out`.
+/// Write `source` as a Parquet file into `out` with `props`, encoding
+/// the columns of each row group in parallel (rayon), and return `out`.
 ///
 /// The same file as [`ArrowWriter`] writes (the Arrow schema in the
 /// key-value metadata, row groups of `props.max_row_group_size()` rows),
 /// but `ArrowWriter` encodes and compresses one column after the other:
 /// at 1M rows x 50 features that was most of the write's time on one core.
+/// The columns of a row group are taken from `source`, encoded and
+/// appended a few at a time (twice the worker threads), so the writer
+/// holds those columns and their encoded chunks, not the whole table
+/// (a row group is up to 1M rows: at 1M x 50 the whole table's encoded
+/// chunks were about 400 MB).
+///
+/// [`ArrowWriter`]: parquet::arrow::ArrowWriter
 pub fn write_parquet<W: Write + Send>(
     out: W,
-    batch: &RecordBatch,
+    source: &dyn ColumnSource,
     props: WriterProperties,
 ) -> Result<W> {
     use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
@@ -536,7 +591,7 @@ pub fn write_parquet<W: Write + Send>(
     use parquet::file::writer::SerializedFileWriter;
     use rayon::prelude::*;
 
-    let schema = batch.schema();
+    let schema = source.schema();
     let mut props = props;
     add_encoded_arrow_schema_to_metadata(&schema, &mut props);
     let parquet_schema = ArrowSchemaConverter::new()
@@ -546,32 +601,43 @@ pub fn write_parquet<W: Write + Send>(
     let props = Arc::new(props);
     let mut writer = SerializedFileWriter::new(out, parquet_schema.root_schema_ptr(), props)?;
     let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&schema));
-    let n = batch.num_rows();
+    let n = source.rows();
+    let window = 2 * rayon::current_num_threads().max(1);
+    let fields: Vec<usize> = (0..schema.fields().len()).collect();
     for (group, start) in (0..n).step_by(group_rows).enumerate() {
-        let part = batch.slice(start, group_rows.min(n - start));
-        let mut leaves = Vec::new();
-        for (array, field) in part.columns().iter().zip(schema.fields()) {
-            leaves.extend(compute_leaves(field, array)?);
-        }
-        let writers = factory.create_column_writers(group)?;
-        anyhow::ensure!(
-            writers.len() == leaves.len(),
-            "parquet writer: {} column writers for {} leaf columns",
-            writers.len(),
-            leaves.len()
-        );
-        let chunks = writers
-            .into_par_iter()
-            .zip(leaves.into_par_iter())
-            .map(|(mut w, leaf)| {
-                w.write(&leaf)?;
-                w.close()
-            })
-            .collect::<parquet::errors::Result<Vec<_>>>()?;
+        let len = group_rows.min(n - start);
+        let mut writers = factory.create_column_writers(group)?.into_iter();
         let mut group_writer = writer.next_row_group()?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut group_writer)?;
+        for part in fields.chunks(window) {
+            let leaves = part
+                .par_iter()
+                .map(|&i| -> Result<_> {
+                    let array = source.column(i, start, len)?;
+                    Ok(compute_leaves(schema.field(i), &array)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut jobs = Vec::new();
+            for leaf in leaves.into_iter().flatten() {
+                let Some(w) = writers.next() else {
+                    bail!("parquet writer: fewer column writers than leaf columns");
+                };
+                jobs.push((w, leaf));
+            }
+            let chunks = jobs
+                .into_par_iter()
+                .map(|(mut w, leaf)| {
+                    w.write(&leaf)?;
+                    w.close()
+                })
+                .collect::<parquet::errors::Result<Vec<_>>>()?;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut group_writer)?;
+            }
         }
+        anyhow::ensure!(
+            writers.next().is_none(),
+            "parquet writer: more column writers than leaf columns"
+        );
         group_writer.close()?;
     }
     Ok(writer.into_inner()?)

@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
+use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -29,7 +29,7 @@ use crate::method::blocked::knn_blocked;
 use crate::method::index::{build_batch_indices, BatchIndex};
 use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
-use crate::method::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
+use crate::method::preprocess::{clipped, clipped_rows, dense_ids, GainGroups, Normalizer};
 use crate::method::rows::MatrixRows;
 use crate::method::sampling::{sample, SamplingConfig};
 use crate::method::scales::ScaleCache;
@@ -151,8 +151,72 @@ pub struct Correction {
     pub summary: Summary,
 }
 
-/// Fit BALANS on `data` and return the corrected table.
+/// Which of a [`Correction`]'s large arrays a fit builds. At 1M rows x 50
+/// features each `n x d` f64 array is 400 MB, so a caller that needs less
+/// than everything says so ([`correct_keeping`]); an array not kept is
+/// empty (`0 x 0`). `z_after` and the fitted normalisation and basis are
+/// always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// `corrected` (without it, [`Correction::denormalise_into`] writes the
+    /// corrected values into the caller's copy of the input features).
+    pub corrected: bool,
+    /// `z_before` (the QC table, a feature-space model).
+    pub z_before: bool,
+    /// `y_after` (the QC table, a saved model).
+    pub y_after: bool,
+}
+
+impl Keep {
+    /// Every array ([`correct`]).
+    pub const ALL: Keep = Keep {
+        corrected: true,
+        z_before: true,
+        y_after: true,
+    };
+}
+
+/// Rows of the table processed at once after the rounds (the offsets'
+/// interpolation and their application): a multiple of the blocks of
+/// [`knn_blocked`] and [`Pca::transform_f32`], so the same blocks are
+/// formed as over all rows at once.
+const APPLY_ROWS: usize = 16_384;
+
+impl Correction {
+    /// Write the corrected values of the corrected features into `x` (the
+    /// input features, `n x d`, input units), in place: `x` then equals
+    /// `corrected` (constant features pass through unchanged), without a
+    /// second `n x d` array. Errors when `x` is not the fit's shape.
+    pub fn denormalise_into(&self, x: &mut Array2<f64>) -> Result<()> {
+        anyhow::ensure!(
+            x.nrows() == self.z_after.nrows()
+                && x.ncols() == self.summary.features
+                && self.z_after.ncols() == self.varying.len(),
+            "corrected values: the features are {} x {}, the fit's {} x {}",
+            x.nrows(),
+            x.ncols(),
+            self.z_after.nrows(),
+            self.summary.features
+        );
+        self.normalizer
+            .denormalise(self.z_after.view(), &self.varying, x);
+        Ok(())
+    }
+}
+
+/// Fit BALANS on `data` and return the corrected table (every array of
+/// [`Correction`]: [`Keep::ALL`]).
 pub fn correct(data: &Dataset, params: &Params, progress: &dyn Progress) -> Result<Correction> {
+    correct_keeping(data, params, progress, Keep::ALL)
+}
+
+/// [`correct`], building only the arrays `keep` asks for.
+pub fn correct_keeping(
+    data: &Dataset,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
     params.validate()?;
     let threads = if params.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -163,7 +227,7 @@ pub fn correct(data: &Dataset, params: &Params, progress: &dyn Progress) -> Resu
         .num_threads(threads)
         .build()
         .context("cannot start the worker threads")?;
-    pool.install(|| correct_in_pool(data, params, threads, progress))
+    pool.install(|| correct_in_pool(data, params, threads, progress, keep))
 }
 
 fn correct_in_pool(
@@ -171,6 +235,7 @@ fn correct_in_pool(
     params: &Params,
     threads: usize,
     progress: &dyn Progress,
+    keep: Keep,
 ) -> Result<Correction> {
     let started = Instant::now();
     let (n, d) = data.x.dim();
@@ -206,24 +271,31 @@ fn correct_in_pool(
         !varying.is_empty(),
         "every feature is constant (zero MAD): nothing to correct"
     );
-    let z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
-    let w = clipped(&z);
+    let mut z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
     // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
     // stratified subsample; the other rows take their offsets from their
     // nearest subsample rows (docs/performance.md).
     let subset = fit_subset(&batch_of, n_batches, params);
     // The rows the alignment rounds work on: all, or the subsample (row t
-    // = table row `subset[t]`); only their offsets feed the next round, so
-    // the other rows are interpolated once, after the last round. The
-    // neighbour-space basis is fitted on the same rows: its cost is
-    // `rows x features^2`, the largest of the fit for wide tables.
-    let w_fit: CowArray<f64, Ix2> = match &subset {
-        Some(ids) => CowArray::from(w.select(Axis(0), ids)),
-        None => CowArray::from(w.view()),
+    // = table row `subset[t]`), clipped (`w`); only their offsets feed the
+    // next round, so the other rows are interpolated once, after the last
+    // round. The neighbour-space basis is fitted on the same rows: its
+    // cost is `rows x features^2`, the largest of the fit for wide tables.
+    // The clipped copy of the other rows is never held whole: it is formed
+    // block by block where it is needed (`clipped_rows`).
+    let w_fit = match &subset {
+        Some(ids) => clipped_rows(&z, ids),
+        None => clipped(&z),
     };
     let mut pca = Pca::fit(w_fit.view(), params.neighbor_dims, params.seed)?;
-    let whitened = match (params.neighbor_space, data.controls) {
-        (NeighborSpace::Whitened, Some(mask)) => pca.whiten_on(w.view(), mask, WHITEN_RIDGE),
+    let whitened = match (params.neighbor_space, data.controls, &subset) {
+        (NeighborSpace::Whitened, Some(mask), None) => {
+            pca.whiten_on(w_fit.view(), mask, WHITEN_RIDGE)
+        }
+        (NeighborSpace::Whitened, Some(mask), Some(_)) => {
+            let rows: Vec<usize> = (0..n).filter(|&i| mask.get(i) == Some(&true)).collect();
+            pca.whiten_rows(clipped_rows(&z, &rows).view(), WHITEN_RIDGE)
+        }
         _ => false,
     };
     let kind = params.index_kind();
@@ -338,37 +410,74 @@ fn correct_in_pool(
             "alignment round done"
         );
     }
-    let total = match &subset {
+    // The total offsets are applied block by block, as they are known:
+    // `z_after = z - total` in place of `z`, and `y_after` the projection
+    // of `clip(z) - total` (the same element-wise operations as over whole
+    // arrays), so no `n x d` array of offsets or clipped values is held.
+    drop(w_fit);
+    let z_before = if keep.z_before {
+        z.clone()
+    } else {
+        Array2::zeros((0, 0))
+    };
+    let mut y_after = if keep.y_after {
+        Array2::<f32>::zeros((n, pca.dims()))
+    } else {
+        Array2::zeros((0, 0))
+    };
+    let mut apply = |z: &mut Array2<f64>, rows: &[usize], total: ArrayView2<f64>| {
+        if keep.y_after {
+            let mut w = clipped_rows(z, rows);
+            w -= &total;
+            let y = pca.transform_f32(w.view());
+            for (r, &i) in rows.iter().enumerate() {
+                y_after.row_mut(i).assign(&y.row(r));
+            }
+        }
+        for (r, &i) in rows.iter().enumerate() {
+            z.row_mut(i)
+                .zip_mut_with(&total.row(r), |zz, &t| *zz = *zz - t);
+        }
+    };
+    match &subset {
         Some(ids) => {
             let t0 = Instant::now();
-            let y0 = pca.transform_f32(w.view());
-            let t = interpolate_offsets(
-                y0.view(),
+            // The rows outside the subsample first: their neighbours are
+            // found among the subsample's rows before those move.
+            interpolate_offsets(
+                &mut z,
+                &|z: &Array2<f64>, rows: &[usize]| pca.transform_f32(clipped_rows(z, rows).view()),
                 &batch_of,
                 ids,
                 batch_fit,
                 total_fit.view(),
                 params.k.max(params.m),
+                &mut |z, rows, offsets| apply(z, rows, offsets),
             );
+            apply(&mut z, ids, total_fit.view());
             tracing::debug!(
                 seconds = t0.elapsed().as_secs_f64(),
                 "offsets interpolated to the rows outside the subsample"
             );
-            t
         }
-        None => total_fit,
+        None => {
+            let all: Vec<usize> = (0..n).collect();
+            for (b, rows) in all.chunks(APPLY_ROWS).enumerate() {
+                let lo = b * APPLY_ROWS;
+                let part = total_fit.slice(ndarray::s![lo..lo + rows.len(), ..]);
+                apply(&mut z, rows, part);
+            }
+        }
+    }
+    drop(total_fit);
+    let z_after = z;
+    let corrected = if keep.corrected {
+        let mut c = data.x.to_owned();
+        norm.denormalise(z_after.view(), &varying, &mut c);
+        c
+    } else {
+        Array2::zeros((0, 0))
     };
-    // In place (the same element-wise operations as `&w - &total` and
-    // `&z - &total`): two fewer n x d arrays at the fit's peak.
-    drop(w_fit);
-    let mut w = w;
-    w -= &total;
-    let y_after = pca.transform_f32(w.view());
-    drop(w);
-    let mut z_after = total;
-    z_after.zip_mut_with(&z, |t, &zz| *t = zz - *t);
-    let mut corrected = data.x.to_owned();
-    norm.denormalise(z_after.view(), &varying, &mut corrected);
     let summary = Summary {
         rows: n,
         batches: n_batches,
@@ -391,7 +500,7 @@ fn correct_in_pool(
     };
     Ok(Correction {
         corrected,
-        z_before: z,
+        z_before,
         z_after,
         varying,
         normalizer: norm,
@@ -491,29 +600,35 @@ pub(crate) fn fit_subset(
     Some(out)
 }
 
-/// Offsets of every row from those of the fitted subsample `ids` (row t of
-/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): a subsample row keeps
-/// its own; any other row takes the mean offset of its `k` nearest
-/// subsample rows of its batch in `y` (exact, blocked: [`knn_blocked`]) —
-/// the rule the fit already uses for rows no landmark retained. The fit
-/// passes the uncorrected neighbour space: within one batch the correction
-/// is a smooth shift, so a row's own-batch neighbours are those it had
-/// before the rounds moved them.
-fn interpolate_offsets(
-    y: ArrayView2<f32>,
+/// Offsets of the rows outside the fitted subsample `ids` (row t of
+/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): each takes the mean
+/// offset of its `k` nearest subsample rows of its batch in the neighbour
+/// space (exact, blocked: [`knn_blocked`]) — the rule the fit already uses
+/// for rows no landmark retained. `y_of(state, rows)` gives the
+/// coordinates of table rows; the fit passes the uncorrected neighbour
+/// space: within one batch the correction is a smooth shift, so a row's
+/// own-batch neighbours are those it had before the rounds moved them.
+/// The offsets are handed to `emit(state, rows, offsets)` in blocks of at
+/// most [`APPLY_ROWS`] rows (`offsets` row r = table row `rows[r]`), every
+/// row outside the subsample once; the subsample's own rows are the
+/// caller's. `emit` may change `state` for the rows it is given (the
+/// subsample's rows are read first).
+#[allow(clippy::too_many_arguments)]
+fn interpolate_offsets<S>(
+    state: &mut S,
+    y_of: &dyn Fn(&S, &[usize]) -> Array2<f32>,
     batch_of: &[u32],
     ids: &[usize],
     batch_fit: &[u32],
     fitted: ArrayView2<f64>,
     k: usize,
-) -> Array2<f64> {
-    let (n, d) = (y.nrows(), fitted.ncols());
+    emit: &mut dyn FnMut(&mut S, &[usize], ArrayView2<f64>),
+) {
+    let (n, d) = (batch_of.len(), fitted.ncols());
     let n_batches = batch_of.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
     let mut in_fit = vec![false; n];
-    let mut out = Array2::<f64>::zeros((n, d));
-    for (t, &i) in ids.iter().enumerate() {
+    for &i in ids {
         in_fit[i] = true;
-        out.row_mut(i).assign(&fitted.row(t));
     }
     for c in 0..n_batches as u32 {
         let base_pos: Vec<usize> = (0..ids.len()).filter(|&t| batch_fit[t] == c).collect();
@@ -522,30 +637,24 @@ fn interpolate_offsets(
             continue;
         }
         let base_rows: Vec<usize> = base_pos.iter().map(|&t| ids[t]).collect();
-        let base = y.select(Axis(0), &base_rows);
-        let queries = y.select(Axis(0), &targets);
-        let nb = knn_blocked(queries.view(), base.view(), k);
+        let base = y_of(state, &base_rows);
         let kk = k.min(base_pos.len());
-        let mut vals = vec![0f64; targets.len() * d];
-        vals.par_chunks_mut(d)
-            .zip(nb.par_chunks(kk))
-            .for_each(|(o, near)| {
-                for m in near {
-                    for (a, v) in o.iter_mut().zip(fitted.row(base_pos[m.key as usize])) {
-                        *a += v;
+        for block in targets.chunks(APPLY_ROWS) {
+            let queries = y_of(state, block);
+            let nb = knn_blocked(queries.view(), base.view(), k);
+            let mut vals = Array2::<f64>::zeros((block.len(), d));
+            vals.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .zip(nb.par_chunks(kk))
+                .for_each(|(mut o, near)| {
+                    for m in near {
+                        o += &fitted.row(base_pos[m.key as usize]);
                     }
-                }
-                for a in o.iter_mut() {
-                    *a /= kk as f64;
-                }
-            });
-        for (&i, v) in targets.iter().zip(vals.chunks_exact(d)) {
-            for (o, x) in out.row_mut(i).iter_mut().zip(v) {
-                *o = *x;
-            }
+                    o /= kk as f64;
+                });
+            emit(state, block, vals.view());
         }
     }
-    out
 }
 
 #[cfg(test)]

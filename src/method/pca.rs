@@ -229,10 +229,16 @@ impl Pca {
         let rows: Vec<usize> = (0..w.nrows())
             .filter(|&i| controls.get(i) == Some(&true))
             .collect();
-        let ok = self.whiten(w.select(Axis(0), &rows).view(), ridge);
+        self.whiten_rows(w.select(Axis(0), &rows).view(), ridge)
+    }
+
+    /// [`Pca::whiten`] on the control rows `controls` themselves (the
+    /// caller selected them), with a warning when there are too few.
+    pub fn whiten_rows(&mut self, controls: ArrayView2<f64>, ridge: f64) -> bool {
+        let ok = self.whiten(controls, ridge);
         if !ok {
             tracing::warn!(
-                controls = rows.len(),
+                controls = controls.nrows(),
                 dims = self.dims(),
                 "too few control rows to whiten the neighbour space; using plain PCA"
             );

@@ -434,6 +434,14 @@ pub fn clipped(z: &Array2<f64>) -> Array2<f64> {
     ndarray::Zip::from(z).par_map_collect(|&v| v.clamp(-CLIP, CLIP))
 }
 
+/// The rows `rows` of `z`, clipped to +-[`CLIP`]: the same values as
+/// `clipped(z).select(Axis(0), rows)` without clipping every row.
+pub fn clipped_rows(z: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
+    let mut w = z.select(Axis(0), rows);
+    w.par_mapv_inplace(|v| v.clamp(-CLIP, CLIP));
+    w
+}
+
 /// Map string labels to dense ids in sorted name order (so ids do not depend
 /// on row order); returns the ids and the sorted distinct names.
 pub fn dense_ids(labels: &[String]) -> (Vec<u32>, Vec<String>) {

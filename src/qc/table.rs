@@ -32,6 +32,11 @@ pub fn plate_qc(
     cfg: &QcConfig,
 ) -> Result<Vec<PlateQcRow>> {
     let plates = data.plate.unwrap_or(data.batch);
+    let n = data.batch.len();
+    anyhow::ensure!(
+        fit.z_before.nrows() == n && fit.y_after.nrows() == n,
+        "the per-plate QC needs the fit's z_before and y_after (Keep)"
+    );
     let y_before = fit.pca.transform_f32(clipped(&fit.z_before).view());
     let kind = params.index_kind();
     // The fit's plate ids are dense_ids of the same labels.
