@@ -17,7 +17,8 @@ use balans::io::table;
 use balans::qc;
 use balans::qc::mixing::MixingFigures;
 use balans::serve::saved;
-use balans::method::fit::{correct_keeping, Keep};
+use balans::method::fit::{correct_keeping, correct_owned, Keep};
+use balans::qc::table::BeforeRows;
 use balans::method::params::CorrectionSpace;
 use balans::{Correction, Dataset, Model, Provenance, Summary};
 
@@ -129,13 +130,15 @@ struct Fitted<'a> {
 }
 
 /// The steps after the fit, shared by one input and many: the QC table,
-/// the saved model, the before/after figures.
+/// the saved model, the before/after figures (`before`: taken from the
+/// input features, [`qc::table::before_rows`]).
 fn finish(
     args: &CorrectArgs,
     cfg: &Config,
     prov: &Provenance,
     fit: &Correction,
     f: &Fitted,
+    before: Option<BeforeRows>,
 ) -> Result<(Option<MixingFigures>, Option<MixingFigures>, Option<String>)> {
     if let Some(qc_path) = &args.qc {
         let rows = qc::table::plate_qc(fit, &f.data, &cfg.method, &cfg.qc)?;
@@ -151,7 +154,13 @@ fn finish(
         }
         None => None,
     };
-    let figures = qc::table::before_after(fit, &f.data, f.labels, cfg.method.seed);
+    let figures = qc::table::before_after_of(
+        fit,
+        before.as_ref(),
+        f.data.batch,
+        f.labels,
+        cfg.method.seed,
+    );
     Ok((figures.before, figures.after, saved_model))
 }
 
@@ -180,6 +189,8 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     // `t.x`, and the fit builds only the arrays this run needs: the write
     // then turns `t.x` itself into the corrected values and makes each
     // output column as it is written (docs/performance.md, "Memory").
+    // Without a QC table (which reads the input features after the fit),
+    // the fit is given the features and normalises them in place.
     let shell = t.release_features();
     let feature_model =
         args.save_model.is_some() && cfg.method.correction_space == CorrectionSpace::Features;
@@ -188,8 +199,14 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
         z_before: args.qc.is_some() || feature_model,
         y_after: args.qc.is_some() || args.save_model.is_some(),
     };
+    let before = qc::table::before_rows(t.x.view(), t.controls.as_deref(), cfg.method.seed);
+    let owned = args
+        .qc
+        .is_none()
+        .then(|| std::mem::replace(&mut t.x, Array2::zeros((0, 0))));
+    let in_place = owned.is_some();
     let data = t.dataset();
-    let fit = run_fit(&data, &cfg, quiet, keep)?;
+    let fit = run_fit(&data, owned, &cfg, quiet, keep)?;
     if fit.summary.corrected_features < t.columns.names.len() {
         tracing::warn!(
             constant = t.columns.names.len() - fit.summary.corrected_features,
@@ -205,11 +222,16 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
         features: &t.columns.names,
         labels: t.labels.as_deref(),
     };
-    let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f)?;
+    let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f, before)?;
     drop(f);
-    let mut corrected = std::mem::replace(&mut t.x, Array2::zeros((0, 0)));
-    fit.denormalise_into(&mut corrected)?;
-    let Correction { summary, .. } = fit;
+    let summary = fit.summary.clone();
+    let corrected = if in_place {
+        fit.into_corrected()?
+    } else {
+        let mut x = std::mem::replace(&mut t.x, Array2::zeros((0, 0)));
+        fit.denormalise_into(&mut x)?;
+        x
+    };
     let (source, dropped, imputed) = (t.source, t.dropped, t.imputed);
     let out = shell.with_values(corrected.view())?;
     table::write_source_with_metadata(output, &out, &prov.metadata())?;
@@ -227,9 +249,20 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     })
 }
 
-fn run_fit(data: &Dataset, cfg: &Config, quiet: bool, keep: Keep) -> Result<Correction> {
+/// The fit of `data`; of `owned` instead of `data.x` when given
+/// ([`correct_owned`]).
+fn run_fit(
+    data: &Dataset,
+    owned: Option<Array2<f64>>,
+    cfg: &Config,
+    quiet: bool,
+    keep: Keep,
+) -> Result<Correction> {
     let bar = Bar::new(quiet);
-    let fit = correct_keeping(data, &cfg.method, &bar, keep)?;
+    let fit = match owned {
+        Some(x) => correct_owned(x, data, &cfg.method, &bar, keep)?,
+        None => correct_keeping(data, &cfg.method, &bar, keep)?,
+    };
     bar.finish();
     Ok(fit)
 }
@@ -253,7 +286,7 @@ fn correct_many(
         "read plate files"
     );
     let data = st.dataset();
-    let fit = run_fit(&data, cfg, quiet, Keep::ALL)?;
+    let fit = run_fit(&data, None, cfg, quiet, Keep::ALL)?;
     let file_spec = LoadSpec {
         scope: Scope::Plate,
         ..spec
@@ -271,7 +304,8 @@ fn correct_many(
         features: &st.features,
         labels: st.labels.as_deref(),
     };
-    let (before, after, saved_model) = finish(args, cfg, prov, &fit, &f)?;
+    let before = qc::table::before_rows(f.data.x, f.data.controls, cfg.method.seed);
+    let (before, after, saved_model) = finish(args, cfg, prov, &fit, &f, before)?;
     Ok(CorrectReport {
         input: args.table.input.display().to_string(),
         output: args.table.output.display().to_string(),

@@ -149,6 +149,10 @@ pub struct Correction {
     pub batch_of: Vec<u32>,
     /// Figures.
     pub summary: Summary,
+    /// The input features given to [`correct_owned`] when they were not
+    /// used for `z` (some feature is constant) and `corrected` was not
+    /// kept: [`Correction::into_corrected`] writes into them.
+    input: Option<Array2<f64>>,
 }
 
 /// Which of a [`Correction`]'s large arrays a fit builds. At 1M rows x 50
@@ -202,6 +206,39 @@ impl Correction {
             .denormalise(self.z_after.view(), &self.varying, x);
         Ok(())
     }
+
+    /// The corrected values (`n x d`, input units; constant features
+    /// unchanged), consuming the fit: `corrected` when it was kept; else
+    /// made in the memory of `z_after` (every feature varies) or of the
+    /// input given to [`correct_owned`], so no second `n x d` array is
+    /// allocated. Read the other arrays first.
+    pub fn into_corrected(self) -> Result<Array2<f64>> {
+        let n = self.batch_of.len();
+        if self.corrected.nrows() == n && self.corrected.ncols() == self.summary.features {
+            return Ok(self.corrected);
+        }
+        anyhow::ensure!(
+            self.z_after.nrows() == n && self.z_after.ncols() == self.varying.len(),
+            "corrected values: the fit has no z_after"
+        );
+        match self.input {
+            Some(mut x) => {
+                self.normalizer
+                    .denormalise(self.z_after.view(), &self.varying, &mut x);
+                Ok(x)
+            }
+            None => {
+                anyhow::ensure!(
+                    self.varying.len() == self.summary.features,
+                    "corrected values: some features are constant and the fit kept neither \
+                     `corrected` nor its input (use Keep::corrected)"
+                );
+                let mut z = self.z_after;
+                self.normalizer.denormalise_in_place(&mut z);
+                Ok(z)
+            }
+        }
+    }
 }
 
 /// Fit BALANS on `data` and return the corrected table (every array of
@@ -217,6 +254,54 @@ pub fn correct_keeping(
     progress: &dyn Progress,
     keep: Keep,
 ) -> Result<Correction> {
+    let labels = Labels {
+        batch: data.batch,
+        plate: data.plate,
+        controls: data.controls,
+    };
+    run_in_pool(Features::View(data.x), &labels, params, progress, keep)
+}
+
+/// [`correct_keeping`] of the features `x` (`data.x` is not read), which
+/// the fit consumes: when every feature varies, the normalised values are
+/// made in `x`'s own memory, so the fit holds one `n x d` array where the
+/// other forms hold two (the input and `z`). The corrected values are then
+/// [`Correction::into_corrected`].
+pub fn correct_owned(
+    x: Array2<f64>,
+    data: &Dataset,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
+    let labels = Labels {
+        batch: data.batch,
+        plate: data.plate,
+        controls: data.controls,
+    };
+    run_in_pool(Features::Owned(x), &labels, params, progress, keep)
+}
+
+/// The features a fit reads: borrowed, or given to it ([`correct_owned`]).
+enum Features<'a> {
+    View(ArrayView2<'a, f64>),
+    Owned(Array2<f64>),
+}
+
+/// The per-row labels of a [`Dataset`].
+struct Labels<'a> {
+    batch: &'a [String],
+    plate: Option<&'a [String]>,
+    controls: Option<&'a [bool]>,
+}
+
+fn run_in_pool(
+    x: Features,
+    data: &Labels,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
     params.validate()?;
     let threads = if params.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -227,18 +312,23 @@ pub fn correct_keeping(
         .num_threads(threads)
         .build()
         .context("cannot start the worker threads")?;
-    pool.install(|| correct_in_pool(data, params, threads, progress, keep))
+    pool.install(|| correct_in_pool(x, data, params, threads, progress, keep))
 }
 
 fn correct_in_pool(
-    data: &Dataset,
+    x: Features,
+    data: &Labels,
     params: &Params,
     threads: usize,
     progress: &dyn Progress,
     keep: Keep,
 ) -> Result<Correction> {
     let started = Instant::now();
-    let (n, d) = data.x.dim();
+    let xv = match &x {
+        Features::View(v) => v.view(),
+        Features::Owned(a) => a.view(),
+    };
+    let (n, d) = xv.dim();
     anyhow::ensure!(n >= 2, "need at least 2 rows to correct, got {n}");
     anyhow::ensure!(data.batch.len() == n, "batch labels do not match rows");
     let (batch_of, batch_names) = dense_ids(data.batch);
@@ -260,7 +350,7 @@ fn correct_in_pool(
         BatchScale::None => None,
     };
     let norm = Normalizer::fit(
-        data.x,
+        xv,
         &plate_of,
         plate_names.len(),
         data.controls,
@@ -271,7 +361,23 @@ fn correct_in_pool(
         !varying.is_empty(),
         "every feature is constant (zero MAD): nothing to correct"
     );
-    let mut z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
+    // `z`: in the input's own memory when it was given and every feature
+    // varies; `input` keeps what the corrected values are written into.
+    let view_for_corrected = match &x {
+        Features::View(v) => Some(*v),
+        Features::Owned(_) => None,
+    };
+    let (mut z, input) = match x {
+        Features::Owned(mut a) if varying.len() == d => {
+            norm.normalise_in_place(&mut a, &plate_of, Some(&batch_of));
+            (a, None)
+        }
+        Features::Owned(a) => (
+            norm.normalise(a.view(), &plate_of, Some(&batch_of), &varying),
+            Some(a),
+        ),
+        Features::View(v) => (norm.normalise(v, &plate_of, Some(&batch_of), &varying), None),
+    };
     // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
     // stratified subsample; the other rows take their offsets from their
     // nearest subsample rows (docs/performance.md).
@@ -471,12 +577,21 @@ fn correct_in_pool(
     }
     drop(total_fit);
     let z_after = z;
-    let corrected = if keep.corrected {
-        let mut c = data.x.to_owned();
-        norm.denormalise(z_after.view(), &varying, &mut c);
-        c
-    } else {
-        Array2::zeros((0, 0))
+    let (corrected, input) = match (keep.corrected, input) {
+        (false, input) => (Array2::zeros((0, 0)), input),
+        (true, Some(mut a)) => {
+            norm.denormalise(z_after.view(), &varying, &mut a);
+            (a, None)
+        }
+        (true, None) => {
+            // Every feature varies (an owned input), or the input is borrowed.
+            let mut c = match &view_for_corrected {
+                Some(v) => v.to_owned(),
+                None => Array2::zeros((n, d)),
+            };
+            norm.denormalise(z_after.view(), &varying, &mut c);
+            (c, None)
+        }
     };
     let summary = Summary {
         rows: n,
@@ -509,6 +624,7 @@ fn correct_in_pool(
         batch_names,
         batch_of,
         summary,
+        input,
     })
 }
 

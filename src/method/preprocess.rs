@@ -331,6 +331,37 @@ impl Normalizer {
         z
     }
 
+    /// [`Normalizer::normalise`] in the memory of `x` when every feature
+    /// varies (`x` is then `z`): the same values, one array fewer. Rows
+    /// are independent, so each is rewritten from its own values.
+    pub fn normalise_in_place(
+        &self,
+        x: &mut Array2<f64>,
+        plate_of: &[u32],
+        batch_of: Option<&[u32]>,
+    ) {
+        x.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, mut row)| {
+                let p = plate_of[i] as usize;
+                let b = batch_of.map(|b| b[i]);
+                for (f, v) in row.iter_mut().enumerate() {
+                    *v = (*v - self.plate_centre[[p, f]]) / (self.scale[f] * self.gain(b, f));
+                }
+            });
+    }
+
+    /// [`Normalizer::denormalise`] in the memory of `z` when every feature
+    /// varies (`z` is then the corrected values).
+    pub fn denormalise_in_place(&self, z: &mut Array2<f64>) {
+        z.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
+            for (f, v) in row.iter_mut().enumerate() {
+                *v = *v * self.scale[f] + self.global_centre[f];
+            }
+        });
+    }
+
     /// Map corrected z-scores of the varying features back to input units
     /// (one global affine map per feature), writing into `out` (n x d).
     pub fn denormalise(&self, z: ArrayView2<f64>, varying: &[usize], out: &mut Array2<f64>) {
