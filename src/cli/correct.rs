@@ -176,7 +176,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     }
     let (input, output) = &plan.jobs[0];
     let spec = LoadSpec::from_config(&cfg.correct)?;
-    let mut t = ProfileTable::load(input, &spec)?;
+    let (mut t, shell) = ProfileTable::load_lean(input, &spec)?;
     if t.plate.is_none() {
         tracing::warn!(
             plate_col = %cfg.correct.plate_col,
@@ -190,8 +190,8 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     // then turns `t.x` itself into the corrected values and makes each
     // output column as it is written (docs/performance.md, "Memory").
     // Without a QC table (which reads the input features after the fit),
-    // the fit is given the features and normalises them in place.
-    let shell = t.release_features();
+    // the fit is given the features and normalises them in place. The
+    // table's feature columns are gone already (`load_lean`).
     let feature_model =
         args.save_model.is_some() && cfg.method.correction_space == CorrectionSpace::Features;
     let keep = Keep {

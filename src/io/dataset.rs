@@ -54,7 +54,7 @@
 
 use std::path::Path;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use ndarray::{Array2, ArrayView2};
 use regex::Regex;
 
@@ -228,24 +228,104 @@ impl ProfileTable {
         spec: &LoadSpec,
         source: &str,
     ) -> Result<ProfileTable, LoadError> {
-        if table.num_rows() == 0 {
+        let column = |ci: usize| Ok(table.column(ci).clone());
+        let mut t =
+            ProfileTable::assemble(&table, &table, table.num_rows(), &column, spec, source)?;
+        t.table = table;
+        Ok(t)
+    }
+
+    /// [`ProfileTable::load`] for a run that writes its corrected table
+    /// through a [`TableShell`] (`balans correct`): the table comes back
+    /// with its feature columns released ([`Self::release_features`]),
+    /// with the shell. A Parquet file's feature columns are read a column
+    /// at a time straight into the matrix (column projection), so the
+    /// feature values are never held twice (at 1M rows x 50 f64 features,
+    /// 400 MB); other formats, and a Parquet file whose batch, plate,
+    /// label or control column is itself a feature, are read whole first.
+    pub fn load_lean(path: &Path, spec: &LoadSpec) -> Result<(ProfileTable, TableShell), LoadError> {
+        let whole = || -> Result<(ProfileTable, TableShell), LoadError> {
+            let mut t = ProfileTable::load(path, spec)?;
+            let shell = t.release_features();
+            Ok((t, shell))
+        };
+        if !matches!(table::Format::from_path(path), Ok(table::Format::Parquet)) {
+            return whole();
+        }
+        let classify = |e: anyhow::Error| {
+            if table::is_layout_error(&e) {
+                LoadError::schema(format!("{e:#}"))
+            } else {
+                LoadError::unreadable(&e)
+            }
+        };
+        let source = path.display().to_string();
+        let file = table::ParquetColumns::open(path).map_err(classify)?;
+        let schema = file.schema();
+        let empty = RecordBatch::new_empty(schema.clone());
+        let features = profile::select_features(&empty, spec.exclude.as_ref(), &source)?;
+        let named = [
+            Some(spec.batch_col.as_str()),
+            spec.plate_col.as_deref(),
+            spec.label_col.as_deref(),
+            spec.control.as_ref().map(|c| c.column.as_str()),
+        ];
+        if features
+            .names
+            .iter()
+            .any(|f| named.contains(&Some(f.as_str())))
+        {
+            return whole();
+        }
+        tracing::info!(input = %path.display(), "reading table (feature columns one at a time)");
+        let rest_at: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !features.indices.contains(i))
+            .collect();
+        let rest = file.read(&rest_at).map_err(classify)?;
+        let column = |ci: usize| -> Result<ArrayRef, LoadError> {
+            let b = file.read(&[ci]).map_err(|e| LoadError::unreadable(&e))?;
+            Ok(b.column(0).clone())
+        };
+        let mut t = ProfileTable::assemble(&rest, &empty, file.rows(), &column, spec, &source)?;
+        t.table = empty;
+        let shell = TableShell::from_parts(&schema, t.rows(), &t.columns, &t.dropped, &|_, name| {
+            rest.column_by_name(name).cloned()
+        });
+        Ok((t, shell))
+    }
+
+    /// The checks and extraction of [`ProfileTable::from_table`]: labels
+    /// and controls read by name from `table` (at least the non-feature
+    /// columns), the features chosen from the schema of `shape` (the whole
+    /// table, or an empty batch of its schema) and handed out by `column`
+    /// (positions in that schema). The result's `table` is an empty batch
+    /// of `table`'s schema; the caller sets it.
+    fn assemble(
+        table: &RecordBatch,
+        shape: &RecordBatch,
+        rows: usize,
+        column: &(dyn Fn(usize) -> Result<ArrayRef, LoadError> + Sync),
+        spec: &LoadSpec,
+        source: &str,
+    ) -> Result<ProfileTable, LoadError> {
+        if rows == 0 {
             return Err(match spec.scope {
                 Scope::Table => profile::no_rows(source),
                 Scope::Plate => LoadError::empty(format!("{source}: empty plate (no rows)")),
             });
         }
-        let batch = profile::text_column(&table, &spec.batch_col, source)?;
+        let batch = profile::text_column(table, &spec.batch_col, source)?;
         let plate = match spec.plate_col.as_deref() {
-            Some(col) => optional_text_column(&table, col, source)?,
+            Some(col) => optional_text_column(table, col, source)?,
             None => None,
         };
         let labels = spec
             .label_col
             .as_deref()
-            .map(|col| profile::text_column(&table, col, source))
+            .map(|col| profile::text_column(table, col, source))
             .transpose()?;
-        let columns = profile::select_features(&table, spec.exclude.as_ref(), source)?;
-        let text = profile::text_non_metadata(&table);
+        let columns = profile::select_features(shape, spec.exclude.as_ref(), source)?;
+        let text = profile::text_non_metadata(shape);
         if spec.scope == Scope::Table && !text.is_empty() {
             tracing::warn!(
                 source,
@@ -260,7 +340,7 @@ impl ProfileTable {
             // The daemon has no --impute / --max-abs-value flags to suggest.
             flag_hints: spec.scope == Scope::Table,
         };
-        let fm = profile::extract_features_with(&table, columns, &rules, source)?;
+        let fm = profile::extract_features_from(rows, column, columns, &rules, source)?;
         if !fm.dropped.is_empty() {
             tracing::warn!(
                 source,
@@ -270,7 +350,7 @@ impl ProfileTable {
         }
         let controls = match &spec.control {
             Some(sel) => {
-                let mask = profile::control_rows(&table, sel, source)?;
+                let mask = profile::control_rows(table, sel, source)?;
                 if spec.scope == Scope::Table && !mask.iter().any(|&c| c) {
                     return Err(LoadError::schema(format!(
                         "{source}: no row has {}={} (the --control selector); check the column and value",
@@ -283,7 +363,7 @@ impl ProfileTable {
         };
         Ok(ProfileTable {
             source: source.to_string(),
-            table,
+            table: RecordBatch::new_empty(table.schema()),
             columns: fm.columns,
             x: fm.values,
             batch,

@@ -255,7 +255,21 @@ pub fn extract_features_with(
     rules: &ValueRules,
     source: &str,
 ) -> Result<FeatureMatrix, LoadError> {
-    let n = batch.num_rows();
+    let column = |ci: usize| Ok(batch.column(ci).clone());
+    extract_features_from(batch.num_rows(), &column, cols, rules, source)
+}
+
+/// [`extract_features_with`] of a table of `n` rows whose column `ci` is
+/// `column(ci)`, asked for once per feature column and dropped once
+/// copied: a reader can hand out columns one at a time (a Parquet file by
+/// column projection), so the feature values are held once, in the matrix.
+pub fn extract_features_from(
+    n: usize,
+    column: &(dyn Fn(usize) -> Result<ArrayRef, LoadError> + Sync),
+    cols: FeatureColumns,
+    rules: &ValueRules,
+    source: &str,
+) -> Result<FeatureMatrix, LoadError> {
     if n == 0 {
         return Err(no_rows(source));
     }
@@ -270,7 +284,15 @@ pub fn extract_features_with(
         .into_par_iter()
         .zip(cols.indices.par_iter().zip(cols.names.par_iter()))
         .map(|(mut out, (&ci, name))| {
-            let v = checked_column(batch.column(ci), name, rules, source)?;
+            let col = column(ci)?;
+            if col.len() != n {
+                return Err(LoadError::unreadable(&anyhow::anyhow!(
+                    "{source}: column '{name}' has {} rows, the table {n}",
+                    col.len()
+                )));
+            }
+            let v = checked_column(&col, name, rules, source)?;
+            drop(col);
             if let Column::Kept { .. } = v.0 {
                 for (o, x) in out.iter_mut().zip(&v.1) {
                     *o = *x;
@@ -483,6 +505,22 @@ impl TableShell {
     /// features named in `drop`.
     pub fn new(batch: &RecordBatch, columns: &FeatureColumns, drop: &[String]) -> TableShell {
         let schema = batch.schema();
+        let rest = |i: usize, _: &str| Some(batch.column(i).clone());
+        TableShell::from_parts(&schema, batch.num_rows(), columns, drop, &rest)
+    }
+
+    /// The shell of a table of `rows` rows with `schema`, whose features
+    /// are `columns` (positions in `schema`), without the features named
+    /// in `drop`; `rest(position, name)` gives each other column. A column
+    /// `rest` does not give is written as nulls (never the case for a table
+    /// the loader read).
+    pub fn from_parts(
+        schema: &SchemaRef,
+        rows: usize,
+        columns: &FeatureColumns,
+        drop: &[String],
+        rest: &dyn Fn(usize, &str) -> Option<ArrayRef>,
+    ) -> TableShell {
         let kept: Vec<usize> = (0..schema.fields().len())
             .filter(|&i| !drop.iter().any(|d| d == schema.field(i).name()))
             .collect();
@@ -490,7 +528,13 @@ impl TableShell {
             .iter()
             .map(|&i| match columns.indices.iter().position(|&c| c == i) {
                 Some(j) => ShellColumn::Feature(j),
-                None => ShellColumn::Rest(batch.column(i).clone()),
+                None => {
+                    let f = schema.field(i);
+                    ShellColumn::Rest(
+                        rest(i, f.name())
+                            .unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), rows)),
+                    )
+                }
             })
             .collect();
         let fields: Vec<_> = kept.iter().map(|&i| schema.fields()[i].clone()).collect();
@@ -498,7 +542,7 @@ impl TableShell {
             schema: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
             columns: out,
             features: columns.indices.len(),
-            rows: batch.num_rows(),
+            rows,
         }
     }
 

@@ -177,6 +177,84 @@ pub fn count_rows(path: &Path) -> Result<usize> {
     Ok(read_table(path)?.num_rows())
 }
 
+/// A Parquet file read column by column (column projection): its Arrow
+/// schema and row count from the footer, then any top-level columns on
+/// request. A loader that copies the feature columns into a matrix reads
+/// them a few at a time instead of holding the whole table beside the
+/// matrix. The file is checked as [`read_table`] checks it; errors name it.
+#[derive(Debug, Clone)]
+pub struct ParquetColumns {
+    path: PathBuf,
+    schema: SchemaRef,
+    rows: usize,
+}
+
+impl ParquetColumns {
+    /// Open `path` (a Parquet file) and read its footer.
+    pub fn open(path: &Path) -> Result<ParquetColumns> {
+        let what = || format!("cannot read table {}", path.display());
+        let (schema, rows) = contained(Format::Parquet, || {
+            let file = File::open(path)?;
+            super::parquet_lengths::check(&file)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            Ok((builder.schema().clone(), rows))
+        })
+        .with_context(what)?;
+        check_unique_names(&schema).with_context(what)?;
+        Ok(ParquetColumns {
+            path: path.to_path_buf(),
+            schema,
+            rows,
+        })
+    }
+
+    /// The file's Arrow schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Rows (from the footer).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The top-level columns `columns` (positions in [`Self::schema`], in
+    /// increasing order) as one batch of [`Self::rows`] rows.
+    pub fn read(&self, columns: &[usize]) -> Result<RecordBatch> {
+        use arrow_array::RecordBatchOptions;
+        use parquet::arrow::ProjectionMask;
+        anyhow::ensure!(
+            columns.windows(2).all(|w| w[0] < w[1]),
+            "internal error: Parquet columns must be asked for in increasing order"
+        );
+        let schema = Arc::new(self.schema.project(columns)?);
+        if columns.is_empty() {
+            let opts = RecordBatchOptions::new().with_row_count(Some(self.rows));
+            return Ok(RecordBatch::try_new_with_options(schema, vec![], &opts)?);
+        }
+        contained(Format::Parquet, || {
+            let file = File::open(&self.path)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(self.rows.max(1))
+                .build()?;
+            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            let batch = arrow_select::concat::concat_batches(&schema, &batches)?;
+            anyhow::ensure!(
+                batch.num_rows() == self.rows,
+                "{} rows read, {} in the footer",
+                batch.num_rows(),
+                self.rows
+            );
+            Ok(batch)
+        })
+        .with_context(|| format!("cannot read table {}", self.path.display()))
+    }
+}
+
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
     let batch = contained(format, || match format {
         Format::Parquet => {
