@@ -215,8 +215,18 @@ impl Pca {
         if controls.nrows() < WHITEN_MIN_ROWS_PER_DIM * p || controls.nrows() < 3 {
             return false;
         }
-        let centred = &controls - &self.mean.view().insert_axis(Axis(0));
-        let scores = centred.dot(&self.components);
+        // Scores in blocks of rows (a row's scores are the same dot
+        // products whatever block it falls in): no centred copy of the
+        // controls.
+        let mut scores = Array2::<f64>::zeros((controls.nrows(), p));
+        scores
+            .axis_chunks_iter_mut(Axis(0), PROJECT_ROWS)
+            .into_par_iter()
+            .zip(controls.axis_chunks_iter(Axis(0), PROJECT_ROWS).into_par_iter())
+            .for_each(|(mut o, xb)| {
+                let centred = &xb - &self.mean.view().insert_axis(Axis(0));
+                o.assign(&centred.dot(&self.components));
+            });
         let m = column_means(scores.view());
         let c = covariance(scores.view(), &m);
         self.whitening = Some(Whitening::from_covariance(&c, ridge));
