@@ -14,12 +14,12 @@ use balans::io::dataset::{LoadSpec, ProfileTable, Scope};
 use balans::io::files;
 use balans::io::profile::NonFinitePolicy;
 use balans::io::table;
+use balans::method::fit::{correct_keeping, correct_owned, Keep};
+use balans::method::params::CorrectionSpace;
 use balans::qc;
 use balans::qc::mixing::MixingFigures;
-use balans::serve::saved;
-use balans::method::fit::{correct_keeping, correct_owned, Keep};
 use balans::qc::table::BeforeRows;
-use balans::method::params::CorrectionSpace;
+use balans::serve::saved;
 use balans::{Correction, Dataset, Model, Provenance, Summary};
 
 use super::logging::LogArgs;
@@ -185,13 +185,12 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
             cfg.correct.plate_col
         );
     }
-    // The table's feature columns go as soon as their values are in
-    // `t.x`, and the fit builds only the arrays this run needs: the write
-    // then turns `t.x` itself into the corrected values and makes each
-    // output column as it is written (docs/performance.md, "Memory").
-    // Without a QC table (which reads the input features after the fit),
-    // the fit is given the features and normalises them in place. The
-    // table's feature columns are gone already (`load_lean`).
+    // One `n x d` array at the peak (docs/performance.md, section 6): the
+    // table's feature values are only in `t.x` (`load_lean`); the fit
+    // builds only the arrays this run needs and, without a QC table (which
+    // reads the input features after the fit), is given `t.x` to
+    // normalise in place; the corrected values are made in the same
+    // memory, and the writer converts a few output columns at a time.
     let feature_model =
         args.save_model.is_some() && cfg.method.correction_space == CorrectionSpace::Features;
     let keep = Keep {

@@ -243,7 +243,10 @@ impl ProfileTable {
     /// feature values are never held twice (at 1M rows x 50 f64 features,
     /// 400 MB); other formats, and a Parquet file whose batch, plate,
     /// label or control column is itself a feature, are read whole first.
-    pub fn load_lean(path: &Path, spec: &LoadSpec) -> Result<(ProfileTable, TableShell), LoadError> {
+    pub fn load_lean(
+        path: &Path,
+        spec: &LoadSpec,
+    ) -> Result<(ProfileTable, TableShell), LoadError> {
         let whole = || -> Result<(ProfileTable, TableShell), LoadError> {
             let mut t = ProfileTable::load(path, spec)?;
             let shell = t.release_features();
@@ -288,9 +291,10 @@ impl ProfileTable {
         };
         let mut t = ProfileTable::assemble(&rest, &empty, file.rows(), &column, spec, &source)?;
         t.table = empty;
-        let shell = TableShell::from_parts(&schema, t.rows(), &t.columns, &t.dropped, &|_, name| {
-            rest.column_by_name(name).cloned()
-        });
+        let shell =
+            TableShell::from_parts(&schema, t.rows(), &t.columns, &t.dropped, &|_, name| {
+                rest.column_by_name(name).cloned()
+            });
         Ok((t, shell))
     }
 
@@ -865,5 +869,71 @@ mod tests {
             let e = ProfileTable::load(&p, &spec()).unwrap_err();
             assert_names(&e, LoadErrorKind::Unreadable, &[name]);
         }
+    }
+    #[test]
+    fn lean_load_equals_load_then_release() {
+        use crate::io::table::ColumnSource;
+        // Oracle: `load` + `release_features` (the whole table read). A
+        // Parquet file read a feature column at a time gives the same
+        // matrix, labels, controls, kept and dropped columns, and the same
+        // corrected table (also with a feature dropped under
+        // --drop-features, and with the batch column itself a feature,
+        // which reads the file whole); errors name the file, the column
+        // and the row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        table::write_table(&path, &table()).unwrap();
+        let drop_spec = LoadSpec {
+            non_finite: NonFinitePolicy::DropFeatures,
+            ..spec()
+        };
+        let numeric_batch = LoadSpec {
+            non_finite: NonFinitePolicy::Impute,
+            ..LoadSpec::new("Nuclei_B")
+        };
+        for spec in [spec(), drop_spec, numeric_batch] {
+            let mut want = ProfileTable::load(&path, &spec).unwrap();
+            let want_shell = want.release_features();
+            let (got, shell) = ProfileTable::load_lean(&path, &spec).unwrap();
+            assert_eq!(got.x, want.x);
+            assert_eq!(got.batch, want.batch);
+            assert_eq!(got.plate, want.plate);
+            assert_eq!(got.controls, want.controls);
+            assert_eq!(got.labels, want.labels);
+            assert_eq!(got.columns, want.columns);
+            assert_eq!(got.dropped, want.dropped);
+            assert_eq!(got.imputed, want.imputed);
+            assert_eq!(got.table.num_rows(), 0, "feature columns released");
+            let corrected = got.x.mapv(|v| v * 2.0);
+            let a = shell
+                .with_values(corrected.view())
+                .unwrap()
+                .batch()
+                .unwrap();
+            let b = want_shell
+                .with_values(corrected.view())
+                .unwrap()
+                .batch()
+                .unwrap();
+            assert_eq!(a, b);
+            let whole = table::read_table(&path).unwrap();
+            let c =
+                profile::replace_features(&whole, &want.columns, corrected.view(), &want.dropped)
+                    .unwrap();
+            assert_eq!(a, c);
+        }
+        let strict = LoadSpec {
+            non_finite: NonFinitePolicy::Error,
+            ..spec()
+        };
+        let e = ProfileTable::load_lean(&path, &strict).unwrap_err();
+        assert_names(
+            &e,
+            LoadErrorKind::NonFinite,
+            &["t.parquet", "Cells_A", "data row 3"],
+        );
+        let missing = dir.path().join("missing.parquet");
+        let e = ProfileTable::load_lean(&missing, &spec()).unwrap_err();
+        assert_names(&e, LoadErrorKind::Unreadable, &["missing.parquet"]);
     }
 }

@@ -376,7 +376,10 @@ fn correct_in_pool(
             norm.normalise(a.view(), &plate_of, Some(&batch_of), &varying),
             Some(a),
         ),
-        Features::View(v) => (norm.normalise(v, &plate_of, Some(&batch_of), &varying), None),
+        Features::View(v) => (
+            norm.normalise(v, &plate_of, Some(&batch_of), &varying),
+            None,
+        ),
     };
     // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
     // stratified subsample; the other rows take their offsets from their
@@ -842,7 +845,32 @@ mod tests {
         let ids: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
         let batch_fit: Vec<u32> = ids.iter().map(|&i| batch_of[i]).collect();
         let fitted = Array2::from_shape_fn((ids.len(), d), |_| rng.gen_range(-1.0..1.0));
-        let out = interpolate_offsets(y.view(), &batch_of, &ids, &batch_fit, fitted.view(), k);
+        // Every row outside the subsample is emitted once, in blocks;
+        // the subsample's rows are the caller's.
+        let mut out = Array2::<f64>::from_elem((n, d), f64::NAN);
+        for (t, &i) in ids.iter().enumerate() {
+            out.row_mut(i).assign(&fitted.row(t));
+        }
+        let mut emitted = vec![0usize; n];
+        interpolate_offsets(
+            &mut (),
+            &|_: &(), rows: &[usize]| y.select(Axis(0), rows),
+            &batch_of,
+            &ids,
+            &batch_fit,
+            fitted.view(),
+            k,
+            &mut |_, rows, offsets| {
+                for (r, &i) in rows.iter().enumerate() {
+                    emitted[i] += 1;
+                    out.row_mut(i).assign(&offsets.row(r));
+                }
+            },
+        );
+        for i in 0..n {
+            let want = usize::from(!ids.contains(&i));
+            assert_eq!(emitted[i], want, "row {i} emitted {} times", emitted[i]);
+        }
         for i in 0..n {
             let want: Vec<f64> = if let Some(t) = ids.iter().position(|&j| j == i) {
                 fitted.row(t).to_vec()
@@ -863,6 +891,74 @@ mod tests {
             };
             for c in 0..d {
                 assert!((out[[i, c]] - want[c]).abs() < 1e-12, "row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn fits_that_keep_less_give_the_same_bits() {
+        // Oracle: `correct` (every array, the input borrowed). The fit on
+        // an owned input (normalised in place when every feature varies,
+        // kept aside when one is constant) and the fits that keep fewer
+        // arrays give the same corrected values, z_after, and (when kept)
+        // z_before and y_after, bit for bit; arrays not kept are empty. On
+        // the subsample path (offsets applied block by block) and on all
+        // rows.
+        let spec = SynthSpec {
+            rows: 3000,
+            batches: 3,
+            features: 8,
+            seed: 9,
+            ..SynthSpec::default()
+        };
+        let t = generate(&spec).unwrap();
+        let mut with_constant = t.features.clone();
+        with_constant.column_mut(3).fill(2.5);
+        let controls: Vec<bool> = t
+            .label
+            .iter()
+            .map(|l| l == crate::synth::CONTROL_LABEL)
+            .collect();
+        for x in [&t.features, &with_constant] {
+            for fit_rows in [0, 1000] {
+                let data = Dataset {
+                    x: x.view(),
+                    batch: &t.batch,
+                    plate: Some(&t.plate),
+                    controls: Some(&controls),
+                };
+                let p = Params {
+                    fit_rows,
+                    threads: 2,
+                    ..Params::default()
+                };
+                let full = correct(&data, &p, &NoProgress).unwrap();
+                let none = Keep {
+                    corrected: false,
+                    z_before: false,
+                    y_after: false,
+                };
+                let lean = correct_keeping(&data, &p, &NoProgress, none).unwrap();
+                assert_eq!(lean.z_after, full.z_after);
+                assert_eq!(lean.corrected.dim(), (0, 0));
+                assert_eq!(lean.z_before.dim(), (0, 0));
+                assert_eq!(lean.y_after.dim(), (0, 0));
+                let mut into = x.clone();
+                lean.denormalise_into(&mut into).unwrap();
+                assert!(
+                    into == full.corrected,
+                    "denormalise_into, fit_rows {fit_rows}"
+                );
+                let owned = correct_owned(x.clone(), &data, &p, &NoProgress, none).unwrap();
+                assert_eq!(owned.z_after, full.z_after);
+                assert!(
+                    owned.into_corrected().unwrap() == full.corrected,
+                    "into_corrected"
+                );
+                let kept = correct_owned(x.clone(), &data, &p, &NoProgress, Keep::ALL).unwrap();
+                assert_eq!(kept.z_before, full.z_before);
+                assert_eq!(kept.y_after, full.y_after);
+                assert!(kept.corrected == full.corrected);
             }
         }
     }

@@ -222,7 +222,11 @@ impl Pca {
         scores
             .axis_chunks_iter_mut(Axis(0), PROJECT_ROWS)
             .into_par_iter()
-            .zip(controls.axis_chunks_iter(Axis(0), PROJECT_ROWS).into_par_iter())
+            .zip(
+                controls
+                    .axis_chunks_iter(Axis(0), PROJECT_ROWS)
+                    .into_par_iter(),
+            )
             .for_each(|(mut o, xb)| {
                 let centred = &xb - &self.mean.view().insert_axis(Axis(0));
                 o.assign(&centred.dot(&self.components));

@@ -355,11 +355,13 @@ impl Normalizer {
     /// [`Normalizer::denormalise`] in the memory of `z` when every feature
     /// varies (`z` is then the corrected values).
     pub fn denormalise_in_place(&self, z: &mut Array2<f64>) {
-        z.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
-            for (f, v) in row.iter_mut().enumerate() {
-                *v = *v * self.scale[f] + self.global_centre[f];
-            }
-        });
+        z.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .for_each(|mut row| {
+                for (f, v) in row.iter_mut().enumerate() {
+                    *v = *v * self.scale[f] + self.global_centre[f];
+                }
+            });
     }
 
     /// Map corrected z-scores of the varying features back to input units

@@ -341,5 +341,40 @@ mod tests {
         let (b, a) = (figures.before.unwrap(), figures.after.unwrap());
         assert!(b.label_agreement.is_some());
         assert!(a.batch_mixing > b.batch_mixing, "{b:?} -> {a:?}");
+        // The same figures from rows taken before a fit that consumed the
+        // features, with a constant feature (scaled, then not corrected).
+        let mut x = s.features.clone();
+        x.column_mut(2).fill(1.0);
+        let with_constant = Dataset {
+            x: x.view(),
+            ..by_batch
+        };
+        let taken = before_rows(x.view(), Some(&controls), 1);
+        let fit = crate::method::fit::correct_owned(
+            x.clone(),
+            &with_constant,
+            &params,
+            &NoProgress,
+            crate::method::fit::Keep::ALL,
+        )
+        .unwrap();
+        assert_eq!(fit.varying.len(), 11);
+        assert_eq!(
+            before_after_of(&fit, taken.as_ref(), &s.batch, Some(&s.label), 1),
+            before_after(&fit, &with_constant, Some(&s.label), 1)
+        );
+        // Without the fit's z_after the QC says so instead of panicking.
+        let lean = crate::method::fit::correct_keeping(
+            &with_constant,
+            &params,
+            &NoProgress,
+            crate::method::fit::Keep {
+                corrected: false,
+                z_before: false,
+                y_after: false,
+            },
+        )
+        .unwrap();
+        assert!(plate_qc(&lean, &with_constant, &params, &QcConfig::default()).is_err());
     }
 }
