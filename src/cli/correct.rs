@@ -222,7 +222,6 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
         labels: t.labels.as_deref(),
     };
     let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f, before)?;
-    drop(f);
     let summary = fit.summary.clone();
     let corrected = if in_place {
         fit.into_corrected()?

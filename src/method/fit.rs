@@ -544,8 +544,7 @@ fn correct_in_pool(
             }
         }
         for (r, &i) in rows.iter().enumerate() {
-            z.row_mut(i)
-                .zip_mut_with(&total.row(r), |zz, &t| *zz = *zz - t);
+            z.row_mut(i).zip_mut_with(&total.row(r), |zz, &t| *zz -= t);
         }
     };
     match &subset {
@@ -732,6 +731,9 @@ pub(crate) fn fit_subset(
 /// row outside the subsample once; the subsample's own rows are the
 /// caller's. `emit` may change `state` for the rows it is given (the
 /// subsample's rows are read first).
+/// The receiver of [`interpolate_offsets`]' blocks: `(state, rows, offsets)`.
+type EmitOffsets<'e, S> = dyn FnMut(&mut S, &[usize], ArrayView2<f64>) + 'e;
+
 #[allow(clippy::too_many_arguments)]
 fn interpolate_offsets<S>(
     state: &mut S,
@@ -741,7 +743,7 @@ fn interpolate_offsets<S>(
     batch_fit: &[u32],
     fitted: ArrayView2<f64>,
     k: usize,
-    emit: &mut dyn FnMut(&mut S, &[usize], ArrayView2<f64>),
+    emit: &mut EmitOffsets<S>,
 ) {
     let (n, d) = (batch_of.len(), fitted.ncols());
     let n_batches = batch_of.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
@@ -867,9 +869,9 @@ mod tests {
                 }
             },
         );
-        for i in 0..n {
+        for (i, &times) in emitted.iter().enumerate() {
             let want = usize::from(!ids.contains(&i));
-            assert_eq!(emitted[i], want, "row {i} emitted {} times", emitted[i]);
+            assert_eq!(times, want, "row {i} emitted {times} times");
         }
         for i in 0..n {
             let want: Vec<f64> = if let Some(t) = ids.iter().position(|&j| j == i) {
