@@ -14,10 +14,13 @@ use balans::io::dataset::{LoadSpec, ProfileTable, Scope};
 use balans::io::files;
 use balans::io::profile::NonFinitePolicy;
 use balans::io::table;
+use balans::method::fit::{correct_keeping, correct_owned, Keep};
+use balans::method::params::CorrectionSpace;
 use balans::qc;
 use balans::qc::mixing::MixingFigures;
+use balans::qc::table::BeforeRows;
 use balans::serve::saved;
-use balans::{correct, Correction, Dataset, Model, Provenance, Summary};
+use balans::{Correction, Dataset, Model, Provenance, Summary};
 
 use super::logging::LogArgs;
 use super::method_args::MethodArgs;
@@ -127,13 +130,15 @@ struct Fitted<'a> {
 }
 
 /// The steps after the fit, shared by one input and many: the QC table,
-/// the saved model, the before/after figures.
+/// the saved model, the before/after figures (`before`: taken from the
+/// input features, [`qc::table::before_rows`]).
 fn finish(
     args: &CorrectArgs,
     cfg: &Config,
     prov: &Provenance,
     fit: &Correction,
     f: &Fitted,
+    before: Option<BeforeRows>,
 ) -> Result<(Option<MixingFigures>, Option<MixingFigures>, Option<String>)> {
     if let Some(qc_path) = &args.qc {
         let rows = qc::table::plate_qc(fit, &f.data, &cfg.method, &cfg.qc)?;
@@ -149,7 +154,13 @@ fn finish(
         }
         None => None,
     };
-    let figures = qc::table::before_after(fit, &f.data, f.labels, cfg.method.seed);
+    let figures = qc::table::before_after_of(
+        fit,
+        before.as_ref(),
+        f.data.batch,
+        f.labels,
+        cfg.method.seed,
+    );
     Ok((figures.before, figures.after, saved_model))
 }
 
@@ -165,7 +176,7 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     }
     let (input, output) = &plan.jobs[0];
     let spec = LoadSpec::from_config(&cfg.correct)?;
-    let mut t = ProfileTable::load(input, &spec)?;
+    let (mut t, shell) = ProfileTable::load_lean(input, &spec)?;
     if t.plate.is_none() {
         tracing::warn!(
             plate_col = %cfg.correct.plate_col,
@@ -174,8 +185,27 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
             cfg.correct.plate_col
         );
     }
+    // One `n x d` array at the peak (docs/performance.md, section 6): the
+    // table's feature values are only in `t.x` (`load_lean`); the fit
+    // builds only the arrays this run needs and, without a QC table (which
+    // reads the input features after the fit), is given `t.x` to
+    // normalise in place; the corrected values are made in the same
+    // memory, and the writer converts a few output columns at a time.
+    let feature_model =
+        args.save_model.is_some() && cfg.method.correction_space == CorrectionSpace::Features;
+    let keep = Keep {
+        corrected: false,
+        z_before: args.qc.is_some() || feature_model,
+        y_after: args.qc.is_some() || args.save_model.is_some(),
+    };
+    let before = qc::table::before_rows(t.x.view(), t.controls.as_deref(), cfg.method.seed);
+    let owned = args
+        .qc
+        .is_none()
+        .then(|| std::mem::replace(&mut t.x, Array2::zeros((0, 0))));
+    let in_place = owned.is_some();
     let data = t.dataset();
-    let fit = run_fit(&data, &cfg, quiet)?;
+    let fit = run_fit(&data, owned, &cfg, quiet, keep)?;
     if fit.summary.corrected_features < t.columns.names.len() {
         tracing::warn!(
             constant = t.columns.names.len() - fit.summary.corrected_features,
@@ -183,25 +213,26 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
         );
     }
     // Everything that needs the fit's working arrays (QC table, saved
-    // model, summary figures) runs before the output is built, so that the
-    // write, the peak of a large run, holds only what it writes: the fit's
-    // `n x d` arrays and the input feature matrix are dropped first, and
-    // `corrected` once the output table is built.
+    // model, summary figures) runs before the write, which then holds the
+    // corrected values (in place of the input features) and a few output
+    // columns at a time.
     let f = Fitted {
         data,
         features: &t.columns.names,
         labels: t.labels.as_deref(),
     };
-    let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f)?;
-    let Correction {
-        corrected, summary, ..
-    } = fit;
-    t.x = Array2::zeros((0, 0));
-    let out = t.corrected_table(corrected.view())?;
-    drop(corrected);
+    let (before, after, saved_model) = finish(args, &cfg, &prov, &fit, &f, before)?;
+    let summary = fit.summary.clone();
+    let corrected = if in_place {
+        fit.into_corrected()?
+    } else {
+        let mut x = std::mem::replace(&mut t.x, Array2::zeros((0, 0)));
+        fit.denormalise_into(&mut x)?;
+        x
+    };
     let (source, dropped, imputed) = (t.source, t.dropped, t.imputed);
-    drop(t.table);
-    table::write_table_with_metadata(output, &out, &prov.metadata())?;
+    let out = shell.with_values(corrected.view())?;
+    table::write_source_with_metadata(output, &out, &prov.metadata())?;
     tracing::info!(output = %output.display(), "wrote corrected table");
     Ok(CorrectReport {
         input: source,
@@ -216,9 +247,20 @@ pub fn correct_file(args: &CorrectArgs, quiet: bool) -> Result<CorrectReport> {
     })
 }
 
-fn run_fit(data: &Dataset, cfg: &Config, quiet: bool) -> Result<Correction> {
+/// The fit of `data`; of `owned` instead of `data.x` when given
+/// ([`correct_owned`]).
+fn run_fit(
+    data: &Dataset,
+    owned: Option<Array2<f64>>,
+    cfg: &Config,
+    quiet: bool,
+    keep: Keep,
+) -> Result<Correction> {
     let bar = Bar::new(quiet);
-    let fit = correct(data, &cfg.method, &bar)?;
+    let fit = match owned {
+        Some(x) => correct_owned(x, data, &cfg.method, &bar, keep)?,
+        None => correct_keeping(data, &cfg.method, &bar, keep)?,
+    };
     bar.finish();
     Ok(fit)
 }
@@ -242,7 +284,7 @@ fn correct_many(
         "read plate files"
     );
     let data = st.dataset();
-    let fit = run_fit(&data, cfg, quiet)?;
+    let fit = run_fit(&data, None, cfg, quiet, Keep::ALL)?;
     let file_spec = LoadSpec {
         scope: Scope::Plate,
         ..spec
@@ -260,7 +302,8 @@ fn correct_many(
         features: &st.features,
         labels: st.labels.as_deref(),
     };
-    let (before, after, saved_model) = finish(args, cfg, prov, &fit, &f)?;
+    let before = qc::table::before_rows(f.data.x, f.data.controls, cfg.method.seed);
+    let (before, after, saved_model) = finish(args, cfg, prov, &fit, &f, before)?;
     Ok(CorrectReport {
         input: args.table.input.display().to_string(),
         output: args.table.output.display().to_string(),

@@ -54,14 +54,15 @@
 
 use std::path::Path;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use ndarray::{Array2, ArrayView2};
 use regex::Regex;
 
 use crate::io::error::LoadError;
 use crate::io::layout::CorrectConfig;
 use crate::io::profile::{
-    self, ControlSelector, FeatureColumns, NonFinitePolicy, ValueRules, DEFAULT_MAX_ABS_VALUE,
+    self, ControlSelector, FeatureColumns, NonFinitePolicy, TableShell, ValueRules,
+    DEFAULT_MAX_ABS_VALUE,
 };
 use crate::io::table;
 use crate::method::fit::Dataset;
@@ -227,24 +228,108 @@ impl ProfileTable {
         spec: &LoadSpec,
         source: &str,
     ) -> Result<ProfileTable, LoadError> {
-        if table.num_rows() == 0 {
+        let column = |ci: usize| Ok(table.column(ci).clone());
+        let mut t =
+            ProfileTable::assemble(&table, &table, table.num_rows(), &column, spec, source)?;
+        t.table = table;
+        Ok(t)
+    }
+
+    /// [`ProfileTable::load`] for a run that writes its corrected table
+    /// through a [`TableShell`] (`balans correct`): the table comes back
+    /// with its feature columns released ([`Self::release_features`]),
+    /// with the shell. A Parquet file's feature columns are read a column
+    /// at a time straight into the matrix (column projection), so the
+    /// feature values are never held twice (at 1M rows x 50 f64 features,
+    /// 400 MB); other formats, and a Parquet file whose batch, plate,
+    /// label or control column is itself a feature, are read whole first.
+    pub fn load_lean(
+        path: &Path,
+        spec: &LoadSpec,
+    ) -> Result<(ProfileTable, TableShell), LoadError> {
+        let whole = || -> Result<(ProfileTable, TableShell), LoadError> {
+            let mut t = ProfileTable::load(path, spec)?;
+            let shell = t.release_features();
+            Ok((t, shell))
+        };
+        if !matches!(table::Format::from_path(path), Ok(table::Format::Parquet)) {
+            return whole();
+        }
+        let classify = |e: anyhow::Error| {
+            if table::is_layout_error(&e) {
+                LoadError::schema(format!("{e:#}"))
+            } else {
+                LoadError::unreadable(&e)
+            }
+        };
+        let source = path.display().to_string();
+        let file = table::ParquetColumns::open(path).map_err(classify)?;
+        let schema = file.schema();
+        let empty = RecordBatch::new_empty(schema.clone());
+        let features = profile::select_features(&empty, spec.exclude.as_ref(), &source)?;
+        let named = [
+            Some(spec.batch_col.as_str()),
+            spec.plate_col.as_deref(),
+            spec.label_col.as_deref(),
+            spec.control.as_ref().map(|c| c.column.as_str()),
+        ];
+        if features
+            .names
+            .iter()
+            .any(|f| named.contains(&Some(f.as_str())))
+        {
+            return whole();
+        }
+        tracing::info!(input = %path.display(), "reading table (feature columns one at a time)");
+        let rest_at: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !features.indices.contains(i))
+            .collect();
+        let rest = file.read(&rest_at).map_err(classify)?;
+        let column = |ci: usize| -> Result<ArrayRef, LoadError> {
+            let b = file.read(&[ci]).map_err(|e| LoadError::unreadable(&e))?;
+            Ok(b.column(0).clone())
+        };
+        let mut t = ProfileTable::assemble(&rest, &empty, file.rows(), &column, spec, &source)?;
+        t.table = empty;
+        let shell =
+            TableShell::from_parts(&schema, t.rows(), &t.columns, &t.dropped, &|_, name| {
+                rest.column_by_name(name).cloned()
+            });
+        Ok((t, shell))
+    }
+
+    /// The checks and extraction of [`ProfileTable::from_table`]: labels
+    /// and controls read by name from `table` (at least the non-feature
+    /// columns), the features chosen from the schema of `shape` (the whole
+    /// table, or an empty batch of its schema) and handed out by `column`
+    /// (positions in that schema). The result's `table` is an empty batch
+    /// of `table`'s schema; the caller sets it.
+    fn assemble(
+        table: &RecordBatch,
+        shape: &RecordBatch,
+        rows: usize,
+        column: &(dyn Fn(usize) -> Result<ArrayRef, LoadError> + Sync),
+        spec: &LoadSpec,
+        source: &str,
+    ) -> Result<ProfileTable, LoadError> {
+        if rows == 0 {
             return Err(match spec.scope {
                 Scope::Table => profile::no_rows(source),
                 Scope::Plate => LoadError::empty(format!("{source}: empty plate (no rows)")),
             });
         }
-        let batch = profile::text_column(&table, &spec.batch_col, source)?;
+        let batch = profile::text_column(table, &spec.batch_col, source)?;
         let plate = match spec.plate_col.as_deref() {
-            Some(col) => optional_text_column(&table, col, source)?,
+            Some(col) => optional_text_column(table, col, source)?,
             None => None,
         };
         let labels = spec
             .label_col
             .as_deref()
-            .map(|col| profile::text_column(&table, col, source))
+            .map(|col| profile::text_column(table, col, source))
             .transpose()?;
-        let columns = profile::select_features(&table, spec.exclude.as_ref(), source)?;
-        let text = profile::text_non_metadata(&table);
+        let columns = profile::select_features(shape, spec.exclude.as_ref(), source)?;
+        let text = profile::text_non_metadata(shape);
         if spec.scope == Scope::Table && !text.is_empty() {
             tracing::warn!(
                 source,
@@ -259,7 +344,7 @@ impl ProfileTable {
             // The daemon has no --impute / --max-abs-value flags to suggest.
             flag_hints: spec.scope == Scope::Table,
         };
-        let fm = profile::extract_features_with(&table, columns, &rules, source)?;
+        let fm = profile::extract_features_from(rows, column, columns, &rules, source)?;
         if !fm.dropped.is_empty() {
             tracing::warn!(
                 source,
@@ -269,7 +354,7 @@ impl ProfileTable {
         }
         let controls = match &spec.control {
             Some(sel) => {
-                let mask = profile::control_rows(&table, sel, source)?;
+                let mask = profile::control_rows(table, sel, source)?;
                 if spec.scope == Scope::Table && !mask.iter().any(|&c| c) {
                     return Err(LoadError::schema(format!(
                         "{source}: no row has {}={} (the --control selector); check the column and value",
@@ -282,7 +367,7 @@ impl ProfileTable {
         };
         Ok(ProfileTable {
             source: source.to_string(),
-            table,
+            table: RecordBatch::new_empty(table.schema()),
             columns: fm.columns,
             x: fm.values,
             batch,
@@ -360,6 +445,17 @@ impl ProfileTable {
                 self.source, self.plate_col
             ))
         })
+    }
+
+    /// Release the feature columns of the table as read (their values are
+    /// in [`Self::x`]; at 1M rows x 50 f64 features they are 400 MB) and
+    /// return what the corrected table keeps of it ([`TableShell`]). After
+    /// this [`Self::table`] is empty (its schema only), so
+    /// [`Self::corrected_table`] and the column readers no longer apply.
+    pub fn release_features(&mut self) -> TableShell {
+        let shell = TableShell::new(&self.table, &self.columns, &self.dropped);
+        self.table = RecordBatch::new_empty(self.table.schema());
+        shell
     }
 
     /// The table with `corrected` (`rows x columns`, in [`Self::columns`]
@@ -773,5 +869,71 @@ mod tests {
             let e = ProfileTable::load(&p, &spec()).unwrap_err();
             assert_names(&e, LoadErrorKind::Unreadable, &[name]);
         }
+    }
+    #[test]
+    fn lean_load_equals_load_then_release() {
+        use crate::io::table::ColumnSource;
+        // Oracle: `load` + `release_features` (the whole table read). A
+        // Parquet file read a feature column at a time gives the same
+        // matrix, labels, controls, kept and dropped columns, and the same
+        // corrected table (also with a feature dropped under
+        // --drop-features, and with the batch column itself a feature,
+        // which reads the file whole); errors name the file, the column
+        // and the row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        table::write_table(&path, &table()).unwrap();
+        let drop_spec = LoadSpec {
+            non_finite: NonFinitePolicy::DropFeatures,
+            ..spec()
+        };
+        let numeric_batch = LoadSpec {
+            non_finite: NonFinitePolicy::Impute,
+            ..LoadSpec::new("Nuclei_B")
+        };
+        for spec in [spec(), drop_spec, numeric_batch] {
+            let mut want = ProfileTable::load(&path, &spec).unwrap();
+            let want_shell = want.release_features();
+            let (got, shell) = ProfileTable::load_lean(&path, &spec).unwrap();
+            assert_eq!(got.x, want.x);
+            assert_eq!(got.batch, want.batch);
+            assert_eq!(got.plate, want.plate);
+            assert_eq!(got.controls, want.controls);
+            assert_eq!(got.labels, want.labels);
+            assert_eq!(got.columns, want.columns);
+            assert_eq!(got.dropped, want.dropped);
+            assert_eq!(got.imputed, want.imputed);
+            assert_eq!(got.table.num_rows(), 0, "feature columns released");
+            let corrected = got.x.mapv(|v| v * 2.0);
+            let a = shell
+                .with_values(corrected.view())
+                .unwrap()
+                .batch()
+                .unwrap();
+            let b = want_shell
+                .with_values(corrected.view())
+                .unwrap()
+                .batch()
+                .unwrap();
+            assert_eq!(a, b);
+            let whole = table::read_table(&path).unwrap();
+            let c =
+                profile::replace_features(&whole, &want.columns, corrected.view(), &want.dropped)
+                    .unwrap();
+            assert_eq!(a, c);
+        }
+        let strict = LoadSpec {
+            non_finite: NonFinitePolicy::Error,
+            ..spec()
+        };
+        let e = ProfileTable::load_lean(&path, &strict).unwrap_err();
+        assert_names(
+            &e,
+            LoadErrorKind::NonFinite,
+            &["t.parquet", "Cells_A", "data row 3"],
+        );
+        let missing = dir.path().join("missing.parquet");
+        let e = ProfileTable::load_lean(&missing, &spec()).unwrap_err();
+        assert_names(&e, LoadErrorKind::Unreadable, &["missing.parquet"]);
     }
 }

@@ -24,12 +24,12 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, PrimitiveArray, RecordBatch};
-use arrow_schema::{DataType, Schema};
+use arrow_schema::{DataType, Schema, SchemaRef};
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::io::error::LoadError;
-use crate::io::table::METADATA_PREFIX;
+use crate::io::table::{ColumnSource, METADATA_PREFIX};
 use crate::method::preprocess::median_inplace;
 
 /// The feature columns of a table.
@@ -255,7 +255,21 @@ pub fn extract_features_with(
     rules: &ValueRules,
     source: &str,
 ) -> Result<FeatureMatrix, LoadError> {
-    let n = batch.num_rows();
+    let column = |ci: usize| Ok(batch.column(ci).clone());
+    extract_features_from(batch.num_rows(), &column, cols, rules, source)
+}
+
+/// [`extract_features_with`] of a table of `n` rows whose column `ci` is
+/// `column(ci)`, asked for once per feature column and dropped once
+/// copied: a reader can hand out columns one at a time (a Parquet file by
+/// column projection), so the feature values are held once, in the matrix.
+pub fn extract_features_from(
+    n: usize,
+    column: &(dyn Fn(usize) -> Result<ArrayRef, LoadError> + Sync),
+    cols: FeatureColumns,
+    rules: &ValueRules,
+    source: &str,
+) -> Result<FeatureMatrix, LoadError> {
     if n == 0 {
         return Err(no_rows(source));
     }
@@ -270,7 +284,15 @@ pub fn extract_features_with(
         .into_par_iter()
         .zip(cols.indices.par_iter().zip(cols.names.par_iter()))
         .map(|(mut out, (&ci, name))| {
-            let v = checked_column(batch.column(ci), name, rules, source)?;
+            let col = column(ci)?;
+            if col.len() != n {
+                return Err(LoadError::unreadable(&anyhow::anyhow!(
+                    "{source}: column '{name}' has {} rows, the table {n}",
+                    col.len()
+                )));
+            }
+            let v = checked_column(&col, name, rules, source)?;
+            drop(col);
             if let Column::Kept { .. } = v.0 {
                 for (o, x) in out.iter_mut().zip(&v.1) {
                     *o = *x;
@@ -452,43 +474,152 @@ pub fn replace_features(
     values: ArrayView2<f64>,
     drop: &[String],
 ) -> Result<RecordBatch> {
-    anyhow::ensure!(
-        values.nrows() == batch.num_rows() && values.ncols() == columns.indices.len(),
-        "corrected values are {} x {}, expected {} x {}",
-        values.nrows(),
-        values.ncols(),
-        batch.num_rows(),
-        columns.indices.len()
-    );
-    let schema = batch.schema();
-    let kept: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !drop.iter().any(|d| d == schema.field(i).name()))
-        .collect();
-    // Feature columns are converted in parallel (independent columns).
-    let arrays: Vec<ArrayRef> = kept
-        .par_iter()
-        .map(|&i| -> Result<ArrayRef> {
-            let f = schema.field(i);
-            let Some(j) = columns.indices.iter().position(|&c| c == i) else {
-                return Ok(batch.column(i).clone());
-            };
-            let v: Vec<f64> = values.column(j).to_vec();
-            let (arr, clamped) = saturating_array(&v, f.data_type())
-                .with_context(|| format!("corrected column '{}'", f.name()))?;
-            if clamped > 0 {
-                tracing::warn!(
-                    column = %f.name(),
-                    r#type = %f.data_type(),
-                    clamped,
-                    "corrected values outside the column type's range were clamped to it"
-                );
-            }
-            Ok(arr)
+    let shell = TableShell::new(batch, columns, drop);
+    let out = shell.with_values(values.reborrow())?.batch();
+    out
+}
+
+/// What a corrected table keeps of the table as read, without the feature
+/// values (they are in the feature matrix): the output schema (the
+/// input's, without the dropped features) and every pass-through column.
+/// [`TableShell::with_values`] gives the corrected table column by column
+/// ([`CorrectedColumns`]).
+#[derive(Debug, Clone)]
+pub struct TableShell {
+    schema: SchemaRef,
+    columns: Vec<ShellColumn>,
+    features: usize,
+    rows: usize,
+}
+
+#[derive(Debug, Clone)]
+enum ShellColumn {
+    /// A column that passes through.
+    Rest(ArrayRef),
+    /// Feature `j` (column j of the values).
+    Feature(usize),
+}
+
+impl TableShell {
+    /// The shell of `batch`, whose features are `columns`, without the
+    /// features named in `drop`.
+    pub fn new(batch: &RecordBatch, columns: &FeatureColumns, drop: &[String]) -> TableShell {
+        let schema = batch.schema();
+        let rest = |i: usize, _: &str| Some(batch.column(i).clone());
+        TableShell::from_parts(&schema, batch.num_rows(), columns, drop, &rest)
+    }
+
+    /// The shell of a table of `rows` rows with `schema`, whose features
+    /// are `columns` (positions in `schema`), without the features named
+    /// in `drop`; `rest(position, name)` gives each other column. A column
+    /// `rest` does not give is written as nulls (never the case for a table
+    /// the loader read).
+    pub fn from_parts(
+        schema: &SchemaRef,
+        rows: usize,
+        columns: &FeatureColumns,
+        drop: &[String],
+        rest: &dyn Fn(usize, &str) -> Option<ArrayRef>,
+    ) -> TableShell {
+        let kept: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| !drop.iter().any(|d| d == schema.field(i).name()))
+            .collect();
+        let out = kept
+            .iter()
+            .map(|&i| match columns.indices.iter().position(|&c| c == i) {
+                Some(j) => ShellColumn::Feature(j),
+                None => {
+                    let f = schema.field(i);
+                    ShellColumn::Rest(
+                        rest(i, f.name())
+                            .unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), rows)),
+                    )
+                }
+            })
+            .collect();
+        let fields: Vec<_> = kept.iter().map(|&i| schema.fields()[i].clone()).collect();
+        TableShell {
+            schema: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+            columns: out,
+            features: columns.indices.len(),
+            rows,
+        }
+    }
+
+    /// The corrected table with `values` (`rows x features`, in the
+    /// feature order of [`FeatureColumns`]) over the features.
+    pub fn with_values<'a>(&'a self, values: ArrayView2<'a, f64>) -> Result<CorrectedColumns<'a>> {
+        anyhow::ensure!(
+            values.nrows() == self.rows && values.ncols() == self.features,
+            "corrected values are {} x {}, expected {} x {}",
+            values.nrows(),
+            values.ncols(),
+            self.rows,
+            self.features
+        );
+        Ok(CorrectedColumns {
+            shell: self,
+            values,
         })
-        .collect::<Result<_>>()?;
-    let fields: Vec<_> = kept.iter().map(|&i| schema.fields()[i].clone()).collect();
-    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-    Ok(RecordBatch::try_new(schema, arrays)?)
+    }
+}
+
+/// A corrected table ([`TableShell::with_values`]) for the table writers:
+/// each feature column is converted to its original type only when it is
+/// asked for ([`ColumnSource`]), so a Parquet write never holds the whole
+/// output table.
+pub struct CorrectedColumns<'a> {
+    shell: &'a TableShell,
+    values: ArrayView2<'a, f64>,
+}
+
+impl CorrectedColumns<'_> {
+    fn make(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef> {
+        let Some(col) = self.shell.columns.get(i) else {
+            anyhow::bail!("corrected table: no column {i}");
+        };
+        let j = match col {
+            ShellColumn::Rest(a) => return Ok(a.slice(start, len)),
+            ShellColumn::Feature(j) => *j,
+        };
+        let f = self.shell.schema.field(i);
+        let v: Vec<f64> = self
+            .values
+            .slice(ndarray::s![start..start + len, j])
+            .to_vec();
+        let (arr, clamped) = saturating_array(&v, f.data_type())
+            .with_context(|| format!("corrected column '{}'", f.name()))?;
+        if clamped > 0 {
+            tracing::warn!(
+                column = %f.name(),
+                r#type = %f.data_type(),
+                clamped,
+                "corrected values outside the column type's range were clamped to it"
+            );
+        }
+        Ok(arr)
+    }
+}
+
+impl ColumnSource for CorrectedColumns<'_> {
+    fn schema(&self) -> SchemaRef {
+        self.shell.schema.clone()
+    }
+    fn rows(&self) -> usize {
+        self.values.nrows()
+    }
+    fn column(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef> {
+        self.make(i, start, len)
+    }
+    /// Feature columns are converted in parallel (independent columns).
+    fn batch(&self) -> Result<RecordBatch> {
+        let n = self.values.nrows();
+        let arrays: Vec<ArrayRef> = (0..self.shell.columns.len())
+            .into_par_iter()
+            .map(|i| self.make(i, 0, n))
+            .collect::<Result<_>>()?;
+        Ok(RecordBatch::try_new(self.shell.schema.clone(), arrays)?)
+    }
 }
 
 /// `v` as an array of type `t`, and how many values had to be clamped to

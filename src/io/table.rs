@@ -3,7 +3,10 @@
 //! A *table* is one Arrow [`RecordBatch`]: every command of balans loads a
 //! complete plate or experiment into memory, corrects it and writes it back.
 //! This module knows nothing about features or metadata; it only moves
-//! batches between files (or byte buffers) and memory.
+//! batches between files (or byte buffers) and memory. Two forms hold less
+//! than a whole table at once: [`ParquetColumns`] reads a Parquet file a
+//! few columns at a time, and the Parquet writer takes its columns from a
+//! [`ColumnSource`] a few at a time.
 //!
 //! # Formats
 //!
@@ -64,6 +67,43 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
+
+/// A table the writers take column by column: its schema, its row count,
+/// and any rows of any column on request. A [`RecordBatch`] is one (its
+/// columns, sliced); a corrected table can make each column only when it
+/// is written (`io::profile::CorrectedColumns`), so that the Parquet writer
+/// never holds the whole output table.
+pub trait ColumnSource: Sync {
+    /// The output schema.
+    fn schema(&self) -> SchemaRef;
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// Rows `start..start + len` of column `i` (of [`Self::schema`]).
+    fn column(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef>;
+    /// The whole table as one batch (the formats written in one piece).
+    fn batch(&self) -> Result<RecordBatch> {
+        let schema = self.schema();
+        let columns = (0..schema.fields().len())
+            .map(|i| self.column(i, 0, self.rows()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+impl ColumnSource for RecordBatch {
+    fn schema(&self) -> SchemaRef {
+        RecordBatch::schema(self)
+    }
+    fn rows(&self) -> usize {
+        self.num_rows()
+    }
+    fn column(&self, i: usize, start: usize, len: usize) -> Result<ArrayRef> {
+        Ok(RecordBatch::column(self, i).slice(start, len))
+    }
+    fn batch(&self) -> Result<RecordBatch> {
+        Ok(self.clone())
+    }
+}
 
 /// Prefix that marks a metadata (annotation) column in pycytominer tables.
 pub const METADATA_PREFIX: &str = "Metadata_";
@@ -138,6 +178,84 @@ pub fn count_rows(path: &Path) -> Result<usize> {
         return Ok(usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0));
     }
     Ok(read_table(path)?.num_rows())
+}
+
+/// A Parquet file read column by column (column projection): its Arrow
+/// schema and row count from the footer, then any top-level columns on
+/// request. A loader that copies the feature columns into a matrix reads
+/// them a few at a time instead of holding the whole table beside the
+/// matrix. The file is checked as [`read_table`] checks it; errors name it.
+#[derive(Debug, Clone)]
+pub struct ParquetColumns {
+    path: PathBuf,
+    schema: SchemaRef,
+    rows: usize,
+}
+
+impl ParquetColumns {
+    /// Open `path` (a Parquet file) and read its footer.
+    pub fn open(path: &Path) -> Result<ParquetColumns> {
+        let what = || format!("cannot read table {}", path.display());
+        let (schema, rows) = contained(Format::Parquet, || {
+            let file = File::open(path)?;
+            super::parquet_lengths::check(&file)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            Ok((builder.schema().clone(), rows))
+        })
+        .with_context(what)?;
+        check_unique_names(&schema).with_context(what)?;
+        Ok(ParquetColumns {
+            path: path.to_path_buf(),
+            schema,
+            rows,
+        })
+    }
+
+    /// The file's Arrow schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Rows (from the footer).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The top-level columns `columns` (positions in [`Self::schema`], in
+    /// increasing order) as one batch of [`Self::rows`] rows.
+    pub fn read(&self, columns: &[usize]) -> Result<RecordBatch> {
+        use arrow_array::RecordBatchOptions;
+        use parquet::arrow::ProjectionMask;
+        anyhow::ensure!(
+            columns.windows(2).all(|w| w[0] < w[1]),
+            "internal error: Parquet columns must be asked for in increasing order"
+        );
+        let schema = Arc::new(self.schema.project(columns)?);
+        if columns.is_empty() {
+            let opts = RecordBatchOptions::new().with_row_count(Some(self.rows));
+            return Ok(RecordBatch::try_new_with_options(schema, vec![], &opts)?);
+        }
+        contained(Format::Parquet, || {
+            let file = File::open(&self.path)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(self.rows.max(1))
+                .build()?;
+            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            let batch = arrow_select::concat::concat_batches(&schema, &batches)?;
+            anyhow::ensure!(
+                batch.num_rows() == self.rows,
+                "{} rows read, {} in the footer",
+                batch.num_rows(),
+                self.rows
+            );
+            Ok(batch)
+        })
+        .with_context(|| format!("cannot read table {}", self.path.display()))
+    }
 }
 
 fn read_table_as(path: &Path, format: Format) -> Result<RecordBatch> {
@@ -304,9 +422,20 @@ pub fn write_table_with_metadata(
     batch: &RecordBatch,
     metadata: &[(String, String)],
 ) -> Result<()> {
+    write_source_with_metadata(path, batch, metadata)
+}
+
+/// [`write_table_with_metadata`] of a table given column by column: a
+/// Parquet file is written from a few columns at a time (memory: those
+/// columns, encoded and not), the other formats from the whole table.
+pub fn write_source_with_metadata(
+    path: &Path,
+    source: &dyn ColumnSource,
+    metadata: &[(String, String)],
+) -> Result<()> {
     let format = Format::from_path(path)?;
     let tmp = temp_path(path)?;
-    let result = write_file(&tmp, format, batch, metadata).and_then(|()| {
+    let result = write_file(&tmp, format, source, metadata).and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     });
@@ -416,7 +545,7 @@ fn sync_parent_dir(path: &Path) {
 fn write_file(
     tmp: &Path,
     format: Format,
-    batch: &RecordBatch,
+    source: &dyn ColumnSource,
     metadata: &[(String, String)],
 ) -> Result<()> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -437,10 +566,10 @@ fn write_file(
                     ))
                     .build()
             };
-            write_parquet(file, batch, props)?
+            write_parquet(file, source, props)?
         }
         Format::ArrowIpc => {
-            let batch = &with_schema_metadata(batch, metadata)?;
+            let batch = &with_schema_metadata(&source.batch()?, metadata)?;
             let mut writer =
                 arrow_ipc::writer::FileWriter::try_new_buffered(file, batch.schema_ref())?;
             writer.write(batch)?;
@@ -450,12 +579,12 @@ fn write_file(
                 .into_inner()
                 .map_err(|e| e.into_error())?
         }
-        Format::Csv => write_csv(BufWriter::new(file), batch)?
+        Format::Csv => write_csv(BufWriter::new(file), &source.batch()?)?
             .into_inner()
             .map_err(|e| e.into_error())?,
         Format::CsvGz => {
             let gz = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
-            write_csv(gz, batch)?
+            write_csv(gz, &source.batch()?)?
                 .finish()?
                 .into_inner()
                 .map_err(|e| e.into_error())?
@@ -519,16 +648,23 @@ fn write_csv<W: Write>(out: W, batch: &RecordBatch) -> Result<W> {
     Ok(out)
 }
 
-/// Write `batch` as a Parquet file into `out` with `props`, encoding the
-/// columns of each row group in parallel (rayon), and return `out`.
+/// Write `source` as a Parquet file into `out` with `props`, encoding
+/// the columns of each row group in parallel (rayon), and return `out`.
 ///
 /// The same file as [`ArrowWriter`] writes (the Arrow schema in the
 /// key-value metadata, row groups of `props.max_row_group_size()` rows),
 /// but `ArrowWriter` encodes and compresses one column after the other:
 /// at 1M rows x 50 features that was most of the write's time on one core.
+/// The columns of a row group are taken from `source`, encoded and
+/// appended a few at a time (twice the worker threads), so the writer
+/// holds those columns and their encoded chunks, not the whole table
+/// (a row group is up to 1M rows: at 1M x 50 the whole table's encoded
+/// chunks were about 400 MB).
+///
+/// [`ArrowWriter`]: parquet::arrow::ArrowWriter
 pub fn write_parquet<W: Write + Send>(
     out: W,
-    batch: &RecordBatch,
+    source: &dyn ColumnSource,
     props: WriterProperties,
 ) -> Result<W> {
     use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
@@ -536,7 +672,7 @@ pub fn write_parquet<W: Write + Send>(
     use parquet::file::writer::SerializedFileWriter;
     use rayon::prelude::*;
 
-    let schema = batch.schema();
+    let schema = source.schema();
     let mut props = props;
     add_encoded_arrow_schema_to_metadata(&schema, &mut props);
     let parquet_schema = ArrowSchemaConverter::new()
@@ -546,32 +682,43 @@ pub fn write_parquet<W: Write + Send>(
     let props = Arc::new(props);
     let mut writer = SerializedFileWriter::new(out, parquet_schema.root_schema_ptr(), props)?;
     let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&schema));
-    let n = batch.num_rows();
+    let n = source.rows();
+    let window = 2 * rayon::current_num_threads().max(1);
+    let fields: Vec<usize> = (0..schema.fields().len()).collect();
     for (group, start) in (0..n).step_by(group_rows).enumerate() {
-        let part = batch.slice(start, group_rows.min(n - start));
-        let mut leaves = Vec::new();
-        for (array, field) in part.columns().iter().zip(schema.fields()) {
-            leaves.extend(compute_leaves(field, array)?);
-        }
-        let writers = factory.create_column_writers(group)?;
-        anyhow::ensure!(
-            writers.len() == leaves.len(),
-            "parquet writer: {} column writers for {} leaf columns",
-            writers.len(),
-            leaves.len()
-        );
-        let chunks = writers
-            .into_par_iter()
-            .zip(leaves.into_par_iter())
-            .map(|(mut w, leaf)| {
-                w.write(&leaf)?;
-                w.close()
-            })
-            .collect::<parquet::errors::Result<Vec<_>>>()?;
+        let len = group_rows.min(n - start);
+        let mut writers = factory.create_column_writers(group)?.into_iter();
         let mut group_writer = writer.next_row_group()?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut group_writer)?;
+        for part in fields.chunks(window) {
+            let leaves = part
+                .par_iter()
+                .map(|&i| -> Result<_> {
+                    let array = source.column(i, start, len)?;
+                    Ok(compute_leaves(schema.field(i), &array)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut jobs = Vec::new();
+            for leaf in leaves.into_iter().flatten() {
+                let Some(w) = writers.next() else {
+                    bail!("parquet writer: fewer column writers than leaf columns");
+                };
+                jobs.push((w, leaf));
+            }
+            let chunks = jobs
+                .into_par_iter()
+                .map(|(mut w, leaf)| {
+                    w.write(&leaf)?;
+                    w.close()
+                })
+                .collect::<parquet::errors::Result<Vec<_>>>()?;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut group_writer)?;
+            }
         }
+        anyhow::ensure!(
+            writers.next().is_none(),
+            "parquet writer: more column writers than leaf columns"
+        );
         group_writer.close()?;
     }
     Ok(writer.into_inner()?)
@@ -941,6 +1088,49 @@ mod tests {
             let back = read_parquet(bytes::Bytes::from(got)).unwrap();
             assert_eq!(back.columns(), batch.columns());
             assert_eq!(back.schema().fields(), schema.fields());
+        }
+    }
+    /// More columns than the writer takes at a time (twice the threads),
+    /// given column by column (a corrected table made from its matrix):
+    /// the same bytes as `ArrowWriter` on the whole table, for one and
+    /// several row groups.
+    #[test]
+    fn column_source_writes_the_same_file_as_the_whole_table() {
+        use crate::io::profile::{FeatureColumns, TableShell};
+        let n: usize = 3000;
+        let d = 4 * rayon::current_num_threads() + 3;
+        let mut fields = vec![Field::new("Metadata_Plate", DataType::Utf8, false)];
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+            (0..n).map(|i| format!("P{}", i % 7)),
+        ))];
+        for j in 0..d {
+            fields.push(Field::new(format!("f{j}"), DataType::Float64, false));
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| (i as f64 * 0.1 + j as f64).cos()),
+            )));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let input = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let features = FeatureColumns {
+            indices: (1..=d).collect(),
+            names: (0..d).map(|j| format!("f{j}")).collect(),
+        };
+        let values = ndarray::Array2::from_shape_fn((n, d), |(i, j)| (i * d + j) as f64 / 3.0);
+        let shell = TableShell::new(&input, &features, &[]);
+        let source = shell.with_values(values.view()).unwrap();
+        let whole = source.batch().unwrap();
+        for rows in [1000, 1_000_000] {
+            let props = || {
+                parquet_props()
+                    .into_builder()
+                    .set_max_row_group_size(rows)
+                    .build()
+            };
+            let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props())).unwrap();
+            w.write(&whole).unwrap();
+            let want = w.into_inner().unwrap();
+            assert_eq!(write_parquet(Vec::new(), &source, props()).unwrap(), want);
+            assert_eq!(write_parquet(Vec::new(), &whole, props()).unwrap(), want);
         }
     }
 }

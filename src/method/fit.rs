@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
+use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -29,7 +29,7 @@ use crate::method::blocked::knn_blocked;
 use crate::method::index::{build_batch_indices, BatchIndex};
 use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
-use crate::method::preprocess::{clipped, dense_ids, GainGroups, Normalizer};
+use crate::method::preprocess::{clipped, clipped_rows, dense_ids, GainGroups, Normalizer};
 use crate::method::rows::MatrixRows;
 use crate::method::sampling::{sample, SamplingConfig};
 use crate::method::scales::ScaleCache;
@@ -149,10 +149,159 @@ pub struct Correction {
     pub batch_of: Vec<u32>,
     /// Figures.
     pub summary: Summary,
+    /// The input features given to [`correct_owned`] when they were not
+    /// used for `z` (some feature is constant) and `corrected` was not
+    /// kept: [`Correction::into_corrected`] writes into them.
+    input: Option<Array2<f64>>,
 }
 
-/// Fit BALANS on `data` and return the corrected table.
+/// Which of a [`Correction`]'s large arrays a fit builds. At 1M rows x 50
+/// features each `n x d` f64 array is 400 MB, so a caller that needs less
+/// than everything says so ([`correct_keeping`]); an array not kept is
+/// empty (`0 x 0`). `z_after` and the fitted normalisation and basis are
+/// always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// `corrected` (without it, [`Correction::denormalise_into`] writes the
+    /// corrected values into the caller's copy of the input features).
+    pub corrected: bool,
+    /// `z_before` (the QC table, a feature-space model).
+    pub z_before: bool,
+    /// `y_after` (the QC table, a saved model).
+    pub y_after: bool,
+}
+
+impl Keep {
+    /// Every array ([`correct`]).
+    pub const ALL: Keep = Keep {
+        corrected: true,
+        z_before: true,
+        y_after: true,
+    };
+}
+
+/// Rows of the table processed at once after the rounds (the offsets'
+/// interpolation and their application): a multiple of the blocks of
+/// [`knn_blocked`] and [`Pca::transform_f32`], so the same blocks are
+/// formed as over all rows at once.
+const APPLY_ROWS: usize = 16_384;
+
+impl Correction {
+    /// Write the corrected values of the corrected features into `x` (the
+    /// input features, `n x d`, input units), in place: `x` then equals
+    /// `corrected` (constant features pass through unchanged), without a
+    /// second `n x d` array. Errors when `x` is not the fit's shape.
+    pub fn denormalise_into(&self, x: &mut Array2<f64>) -> Result<()> {
+        anyhow::ensure!(
+            x.nrows() == self.z_after.nrows()
+                && x.ncols() == self.summary.features
+                && self.z_after.ncols() == self.varying.len(),
+            "corrected values: the features are {} x {}, the fit's {} x {}",
+            x.nrows(),
+            x.ncols(),
+            self.z_after.nrows(),
+            self.summary.features
+        );
+        self.normalizer
+            .denormalise(self.z_after.view(), &self.varying, x);
+        Ok(())
+    }
+
+    /// The corrected values (`n x d`, input units; constant features
+    /// unchanged), consuming the fit: `corrected` when it was kept; else
+    /// made in the memory of `z_after` (every feature varies) or of the
+    /// input given to [`correct_owned`], so no second `n x d` array is
+    /// allocated. Read the other arrays first.
+    pub fn into_corrected(self) -> Result<Array2<f64>> {
+        let n = self.batch_of.len();
+        if self.corrected.nrows() == n && self.corrected.ncols() == self.summary.features {
+            return Ok(self.corrected);
+        }
+        anyhow::ensure!(
+            self.z_after.nrows() == n && self.z_after.ncols() == self.varying.len(),
+            "corrected values: the fit has no z_after"
+        );
+        match self.input {
+            Some(mut x) => {
+                self.normalizer
+                    .denormalise(self.z_after.view(), &self.varying, &mut x);
+                Ok(x)
+            }
+            None => {
+                anyhow::ensure!(
+                    self.varying.len() == self.summary.features,
+                    "corrected values: some features are constant and the fit kept neither \
+                     `corrected` nor its input (use Keep::corrected)"
+                );
+                let mut z = self.z_after;
+                self.normalizer.denormalise_in_place(&mut z);
+                Ok(z)
+            }
+        }
+    }
+}
+
+/// Fit BALANS on `data` and return the corrected table (every array of
+/// [`Correction`]: [`Keep::ALL`]).
 pub fn correct(data: &Dataset, params: &Params, progress: &dyn Progress) -> Result<Correction> {
+    correct_keeping(data, params, progress, Keep::ALL)
+}
+
+/// [`correct`], building only the arrays `keep` asks for.
+pub fn correct_keeping(
+    data: &Dataset,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
+    let labels = Labels {
+        batch: data.batch,
+        plate: data.plate,
+        controls: data.controls,
+    };
+    run_in_pool(Features::View(data.x), &labels, params, progress, keep)
+}
+
+/// [`correct_keeping`] of the features `x` (`data.x` is not read), which
+/// the fit consumes: when every feature varies, the normalised values are
+/// made in `x`'s own memory, so the fit holds one `n x d` array where the
+/// other forms hold two (the input and `z`). The corrected values are then
+/// [`Correction::into_corrected`].
+pub fn correct_owned(
+    x: Array2<f64>,
+    data: &Dataset,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
+    let labels = Labels {
+        batch: data.batch,
+        plate: data.plate,
+        controls: data.controls,
+    };
+    run_in_pool(Features::Owned(x), &labels, params, progress, keep)
+}
+
+/// The features a fit reads: borrowed, or given to it ([`correct_owned`]).
+enum Features<'a> {
+    View(ArrayView2<'a, f64>),
+    Owned(Array2<f64>),
+}
+
+/// The per-row labels of a [`Dataset`].
+struct Labels<'a> {
+    batch: &'a [String],
+    plate: Option<&'a [String]>,
+    controls: Option<&'a [bool]>,
+}
+
+fn run_in_pool(
+    x: Features,
+    data: &Labels,
+    params: &Params,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Correction> {
     params.validate()?;
     let threads = if params.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -163,17 +312,23 @@ pub fn correct(data: &Dataset, params: &Params, progress: &dyn Progress) -> Resu
         .num_threads(threads)
         .build()
         .context("cannot start the worker threads")?;
-    pool.install(|| correct_in_pool(data, params, threads, progress))
+    pool.install(|| correct_in_pool(x, data, params, threads, progress, keep))
 }
 
 fn correct_in_pool(
-    data: &Dataset,
+    x: Features,
+    data: &Labels,
     params: &Params,
     threads: usize,
     progress: &dyn Progress,
+    keep: Keep,
 ) -> Result<Correction> {
     let started = Instant::now();
-    let (n, d) = data.x.dim();
+    let xv = match &x {
+        Features::View(v) => v.view(),
+        Features::Owned(a) => a.view(),
+    };
+    let (n, d) = xv.dim();
     anyhow::ensure!(n >= 2, "need at least 2 rows to correct, got {n}");
     anyhow::ensure!(data.batch.len() == n, "batch labels do not match rows");
     let (batch_of, batch_names) = dense_ids(data.batch);
@@ -195,7 +350,7 @@ fn correct_in_pool(
         BatchScale::None => None,
     };
     let norm = Normalizer::fit(
-        data.x,
+        xv,
         &plate_of,
         plate_names.len(),
         data.controls,
@@ -206,24 +361,50 @@ fn correct_in_pool(
         !varying.is_empty(),
         "every feature is constant (zero MAD): nothing to correct"
     );
-    let z = norm.normalise(data.x, &plate_of, Some(&batch_of), &varying);
-    let w = clipped(&z);
+    // `z`: in the input's own memory when it was given and every feature
+    // varies; `input` keeps what the corrected values are written into.
+    let view_for_corrected = match &x {
+        Features::View(v) => Some(*v),
+        Features::Owned(_) => None,
+    };
+    let (mut z, input) = match x {
+        Features::Owned(mut a) if varying.len() == d => {
+            norm.normalise_in_place(&mut a, &plate_of, Some(&batch_of));
+            (a, None)
+        }
+        Features::Owned(a) => (
+            norm.normalise(a.view(), &plate_of, Some(&batch_of), &varying),
+            Some(a),
+        ),
+        Features::View(v) => (
+            norm.normalise(v, &plate_of, Some(&batch_of), &varying),
+            None,
+        ),
+    };
     // Above `fit_rows` rows the sampling fit runs on a seeded, per-batch
     // stratified subsample; the other rows take their offsets from their
     // nearest subsample rows (docs/performance.md).
     let subset = fit_subset(&batch_of, n_batches, params);
     // The rows the alignment rounds work on: all, or the subsample (row t
-    // = table row `subset[t]`); only their offsets feed the next round, so
-    // the other rows are interpolated once, after the last round. The
-    // neighbour-space basis is fitted on the same rows: its cost is
-    // `rows x features^2`, the largest of the fit for wide tables.
-    let w_fit: CowArray<f64, Ix2> = match &subset {
-        Some(ids) => CowArray::from(w.select(Axis(0), ids)),
-        None => CowArray::from(w.view()),
+    // = table row `subset[t]`), clipped (`w`); only their offsets feed the
+    // next round, so the other rows are interpolated once, after the last
+    // round. The neighbour-space basis is fitted on the same rows: its
+    // cost is `rows x features^2`, the largest of the fit for wide tables.
+    // The clipped copy of the other rows is never held whole: it is formed
+    // block by block where it is needed (`clipped_rows`).
+    let w_fit = match &subset {
+        Some(ids) => clipped_rows(&z, ids),
+        None => clipped(&z),
     };
     let mut pca = Pca::fit(w_fit.view(), params.neighbor_dims, params.seed)?;
-    let whitened = match (params.neighbor_space, data.controls) {
-        (NeighborSpace::Whitened, Some(mask)) => pca.whiten_on(w.view(), mask, WHITEN_RIDGE),
+    let whitened = match (params.neighbor_space, data.controls, &subset) {
+        (NeighborSpace::Whitened, Some(mask), None) => {
+            pca.whiten_on(w_fit.view(), mask, WHITEN_RIDGE)
+        }
+        (NeighborSpace::Whitened, Some(mask), Some(_)) => {
+            let rows: Vec<usize> = (0..n).filter(|&i| mask.get(i) == Some(&true)).collect();
+            pca.whiten_rows(clipped_rows(&z, &rows).view(), WHITEN_RIDGE)
+        }
         _ => false,
     };
     let kind = params.index_kind();
@@ -338,37 +519,82 @@ fn correct_in_pool(
             "alignment round done"
         );
     }
-    let total = match &subset {
+    // The total offsets are applied block by block, as they are known:
+    // `z_after = z - total` in place of `z`, and `y_after` the projection
+    // of `clip(z) - total` (the same element-wise operations as over whole
+    // arrays), so no `n x d` array of offsets or clipped values is held.
+    drop(w_fit);
+    let z_before = if keep.z_before {
+        z.clone()
+    } else {
+        Array2::zeros((0, 0))
+    };
+    let mut y_after = if keep.y_after {
+        Array2::<f32>::zeros((n, pca.dims()))
+    } else {
+        Array2::zeros((0, 0))
+    };
+    let mut apply = |z: &mut Array2<f64>, rows: &[usize], total: ArrayView2<f64>| {
+        if keep.y_after {
+            let mut w = clipped_rows(z, rows);
+            w -= &total;
+            let y = pca.transform_f32(w.view());
+            for (r, &i) in rows.iter().enumerate() {
+                y_after.row_mut(i).assign(&y.row(r));
+            }
+        }
+        for (r, &i) in rows.iter().enumerate() {
+            z.row_mut(i).zip_mut_with(&total.row(r), |zz, &t| *zz -= t);
+        }
+    };
+    match &subset {
         Some(ids) => {
             let t0 = Instant::now();
-            let y0 = pca.transform_f32(w.view());
-            let t = interpolate_offsets(
-                y0.view(),
+            // The rows outside the subsample first: their neighbours are
+            // found among the subsample's rows before those move.
+            interpolate_offsets(
+                &mut z,
+                &|z: &Array2<f64>, rows: &[usize]| pca.transform_f32(clipped_rows(z, rows).view()),
                 &batch_of,
                 ids,
                 batch_fit,
                 total_fit.view(),
                 params.k.max(params.m),
+                &mut |z, rows, offsets| apply(z, rows, offsets),
             );
+            apply(&mut z, ids, total_fit.view());
             tracing::debug!(
                 seconds = t0.elapsed().as_secs_f64(),
                 "offsets interpolated to the rows outside the subsample"
             );
-            t
         }
-        None => total_fit,
+        None => {
+            let all: Vec<usize> = (0..n).collect();
+            for (b, rows) in all.chunks(APPLY_ROWS).enumerate() {
+                let lo = b * APPLY_ROWS;
+                let part = total_fit.slice(ndarray::s![lo..lo + rows.len(), ..]);
+                apply(&mut z, rows, part);
+            }
+        }
+    }
+    drop(total_fit);
+    let z_after = z;
+    let (corrected, input) = match (keep.corrected, input) {
+        (false, input) => (Array2::zeros((0, 0)), input),
+        (true, Some(mut a)) => {
+            norm.denormalise(z_after.view(), &varying, &mut a);
+            (a, None)
+        }
+        (true, None) => {
+            // Every feature varies (an owned input), or the input is borrowed.
+            let mut c = match &view_for_corrected {
+                Some(v) => v.to_owned(),
+                None => Array2::zeros((n, d)),
+            };
+            norm.denormalise(z_after.view(), &varying, &mut c);
+            (c, None)
+        }
     };
-    // In place (the same element-wise operations as `&w - &total` and
-    // `&z - &total`): two fewer n x d arrays at the fit's peak.
-    drop(w_fit);
-    let mut w = w;
-    w -= &total;
-    let y_after = pca.transform_f32(w.view());
-    drop(w);
-    let mut z_after = total;
-    z_after.zip_mut_with(&z, |t, &zz| *t = zz - *t);
-    let mut corrected = data.x.to_owned();
-    norm.denormalise(z_after.view(), &varying, &mut corrected);
     let summary = Summary {
         rows: n,
         batches: n_batches,
@@ -391,7 +617,7 @@ fn correct_in_pool(
     };
     Ok(Correction {
         corrected,
-        z_before: z,
+        z_before,
         z_after,
         varying,
         normalizer: norm,
@@ -400,6 +626,7 @@ fn correct_in_pool(
         batch_names,
         batch_of,
         summary,
+        input,
     })
 }
 
@@ -491,29 +718,38 @@ pub(crate) fn fit_subset(
     Some(out)
 }
 
-/// Offsets of every row from those of the fitted subsample `ids` (row t of
-/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): a subsample row keeps
-/// its own; any other row takes the mean offset of its `k` nearest
-/// subsample rows of its batch in `y` (exact, blocked: [`knn_blocked`]) —
-/// the rule the fit already uses for rows no landmark retained. The fit
-/// passes the uncorrected neighbour space: within one batch the correction
-/// is a smooth shift, so a row's own-batch neighbours are those it had
-/// before the rounds moved them.
-fn interpolate_offsets(
-    y: ArrayView2<f32>,
+/// Offsets of the rows outside the fitted subsample `ids` (row t of
+/// `fitted` = row `ids[t]`, of batch `batch_fit[t]`): each takes the mean
+/// offset of its `k` nearest subsample rows of its batch in the neighbour
+/// space (exact, blocked: [`knn_blocked`]) — the rule the fit already uses
+/// for rows no landmark retained. `y_of(state, rows)` gives the
+/// coordinates of table rows; the fit passes the uncorrected neighbour
+/// space: within one batch the correction is a smooth shift, so a row's
+/// own-batch neighbours are those it had before the rounds moved them.
+/// The offsets are handed to `emit(state, rows, offsets)` in blocks of at
+/// most [`APPLY_ROWS`] rows (`offsets` row r = table row `rows[r]`), every
+/// row outside the subsample once; the subsample's own rows are the
+/// caller's. `emit` may change `state` for the rows it is given (the
+/// subsample's rows are read first).
+/// The receiver of [`interpolate_offsets`]' blocks: `(state, rows, offsets)`.
+type EmitOffsets<'e, S> = dyn FnMut(&mut S, &[usize], ArrayView2<f64>) + 'e;
+
+#[allow(clippy::too_many_arguments)]
+fn interpolate_offsets<S>(
+    state: &mut S,
+    y_of: &dyn Fn(&S, &[usize]) -> Array2<f32>,
     batch_of: &[u32],
     ids: &[usize],
     batch_fit: &[u32],
     fitted: ArrayView2<f64>,
     k: usize,
-) -> Array2<f64> {
-    let (n, d) = (y.nrows(), fitted.ncols());
+    emit: &mut EmitOffsets<S>,
+) {
+    let (n, d) = (batch_of.len(), fitted.ncols());
     let n_batches = batch_of.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
     let mut in_fit = vec![false; n];
-    let mut out = Array2::<f64>::zeros((n, d));
-    for (t, &i) in ids.iter().enumerate() {
+    for &i in ids {
         in_fit[i] = true;
-        out.row_mut(i).assign(&fitted.row(t));
     }
     for c in 0..n_batches as u32 {
         let base_pos: Vec<usize> = (0..ids.len()).filter(|&t| batch_fit[t] == c).collect();
@@ -522,30 +758,24 @@ fn interpolate_offsets(
             continue;
         }
         let base_rows: Vec<usize> = base_pos.iter().map(|&t| ids[t]).collect();
-        let base = y.select(Axis(0), &base_rows);
-        let queries = y.select(Axis(0), &targets);
-        let nb = knn_blocked(queries.view(), base.view(), k);
+        let base = y_of(state, &base_rows);
         let kk = k.min(base_pos.len());
-        let mut vals = vec![0f64; targets.len() * d];
-        vals.par_chunks_mut(d)
-            .zip(nb.par_chunks(kk))
-            .for_each(|(o, near)| {
-                for m in near {
-                    for (a, v) in o.iter_mut().zip(fitted.row(base_pos[m.key as usize])) {
-                        *a += v;
+        for block in targets.chunks(APPLY_ROWS) {
+            let queries = y_of(state, block);
+            let nb = knn_blocked(queries.view(), base.view(), k);
+            let mut vals = Array2::<f64>::zeros((block.len(), d));
+            vals.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .zip(nb.par_chunks(kk))
+                .for_each(|(mut o, near)| {
+                    for m in near {
+                        o += &fitted.row(base_pos[m.key as usize]);
                     }
-                }
-                for a in o.iter_mut() {
-                    *a /= kk as f64;
-                }
-            });
-        for (&i, v) in targets.iter().zip(vals.chunks_exact(d)) {
-            for (o, x) in out.row_mut(i).iter_mut().zip(v) {
-                *o = *x;
-            }
+                    o /= kk as f64;
+                });
+            emit(state, block, vals.view());
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -617,7 +847,32 @@ mod tests {
         let ids: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
         let batch_fit: Vec<u32> = ids.iter().map(|&i| batch_of[i]).collect();
         let fitted = Array2::from_shape_fn((ids.len(), d), |_| rng.gen_range(-1.0..1.0));
-        let out = interpolate_offsets(y.view(), &batch_of, &ids, &batch_fit, fitted.view(), k);
+        // Every row outside the subsample is emitted once, in blocks;
+        // the subsample's rows are the caller's.
+        let mut out = Array2::<f64>::from_elem((n, d), f64::NAN);
+        for (t, &i) in ids.iter().enumerate() {
+            out.row_mut(i).assign(&fitted.row(t));
+        }
+        let mut emitted = vec![0usize; n];
+        interpolate_offsets(
+            &mut (),
+            &|_: &(), rows: &[usize]| y.select(Axis(0), rows),
+            &batch_of,
+            &ids,
+            &batch_fit,
+            fitted.view(),
+            k,
+            &mut |_, rows, offsets| {
+                for (r, &i) in rows.iter().enumerate() {
+                    emitted[i] += 1;
+                    out.row_mut(i).assign(&offsets.row(r));
+                }
+            },
+        );
+        for (i, &times) in emitted.iter().enumerate() {
+            let want = usize::from(!ids.contains(&i));
+            assert_eq!(times, want, "row {i} emitted {times} times");
+        }
         for i in 0..n {
             let want: Vec<f64> = if let Some(t) = ids.iter().position(|&j| j == i) {
                 fitted.row(t).to_vec()
@@ -638,6 +893,74 @@ mod tests {
             };
             for c in 0..d {
                 assert!((out[[i, c]] - want[c]).abs() < 1e-12, "row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn fits_that_keep_less_give_the_same_bits() {
+        // Oracle: `correct` (every array, the input borrowed). The fit on
+        // an owned input (normalised in place when every feature varies,
+        // kept aside when one is constant) and the fits that keep fewer
+        // arrays give the same corrected values, z_after, and (when kept)
+        // z_before and y_after, bit for bit; arrays not kept are empty. On
+        // the subsample path (offsets applied block by block) and on all
+        // rows.
+        let spec = SynthSpec {
+            rows: 3000,
+            batches: 3,
+            features: 8,
+            seed: 9,
+            ..SynthSpec::default()
+        };
+        let t = generate(&spec).unwrap();
+        let mut with_constant = t.features.clone();
+        with_constant.column_mut(3).fill(2.5);
+        let controls: Vec<bool> = t
+            .label
+            .iter()
+            .map(|l| l == crate::synth::CONTROL_LABEL)
+            .collect();
+        for x in [&t.features, &with_constant] {
+            for fit_rows in [0, 1000] {
+                let data = Dataset {
+                    x: x.view(),
+                    batch: &t.batch,
+                    plate: Some(&t.plate),
+                    controls: Some(&controls),
+                };
+                let p = Params {
+                    fit_rows,
+                    threads: 2,
+                    ..Params::default()
+                };
+                let full = correct(&data, &p, &NoProgress).unwrap();
+                let none = Keep {
+                    corrected: false,
+                    z_before: false,
+                    y_after: false,
+                };
+                let lean = correct_keeping(&data, &p, &NoProgress, none).unwrap();
+                assert_eq!(lean.z_after, full.z_after);
+                assert_eq!(lean.corrected.dim(), (0, 0));
+                assert_eq!(lean.z_before.dim(), (0, 0));
+                assert_eq!(lean.y_after.dim(), (0, 0));
+                let mut into = x.clone();
+                lean.denormalise_into(&mut into).unwrap();
+                assert!(
+                    into == full.corrected,
+                    "denormalise_into, fit_rows {fit_rows}"
+                );
+                let owned = correct_owned(x.clone(), &data, &p, &NoProgress, none).unwrap();
+                assert_eq!(owned.z_after, full.z_after);
+                assert!(
+                    owned.into_corrected().unwrap() == full.corrected,
+                    "into_corrected"
+                );
+                let kept = correct_owned(x.clone(), &data, &p, &NoProgress, Keep::ALL).unwrap();
+                assert_eq!(kept.z_before, full.z_before);
+                assert_eq!(kept.y_after, full.y_after);
+                assert!(kept.corrected == full.corrected);
             }
         }
     }

@@ -215,8 +215,22 @@ impl Pca {
         if controls.nrows() < WHITEN_MIN_ROWS_PER_DIM * p || controls.nrows() < 3 {
             return false;
         }
-        let centred = &controls - &self.mean.view().insert_axis(Axis(0));
-        let scores = centred.dot(&self.components);
+        // Scores in blocks of rows (a row's scores are the same dot
+        // products whatever block it falls in): no centred copy of the
+        // controls.
+        let mut scores = Array2::<f64>::zeros((controls.nrows(), p));
+        scores
+            .axis_chunks_iter_mut(Axis(0), PROJECT_ROWS)
+            .into_par_iter()
+            .zip(
+                controls
+                    .axis_chunks_iter(Axis(0), PROJECT_ROWS)
+                    .into_par_iter(),
+            )
+            .for_each(|(mut o, xb)| {
+                let centred = &xb - &self.mean.view().insert_axis(Axis(0));
+                o.assign(&centred.dot(&self.components));
+            });
         let m = column_means(scores.view());
         let c = covariance(scores.view(), &m);
         self.whitening = Some(Whitening::from_covariance(&c, ridge));
@@ -229,10 +243,16 @@ impl Pca {
         let rows: Vec<usize> = (0..w.nrows())
             .filter(|&i| controls.get(i) == Some(&true))
             .collect();
-        let ok = self.whiten(w.select(Axis(0), &rows).view(), ridge);
+        self.whiten_rows(w.select(Axis(0), &rows).view(), ridge)
+    }
+
+    /// [`Pca::whiten`] on the control rows `controls` themselves (the
+    /// caller selected them), with a warning when there are too few.
+    pub fn whiten_rows(&mut self, controls: ArrayView2<f64>, ridge: f64) -> bool {
+        let ok = self.whiten(controls, ridge);
         if !ok {
             tracing::warn!(
-                controls = rows.len(),
+                controls = controls.nrows(),
                 dims = self.dims(),
                 "too few control rows to whiten the neighbour space; using plain PCA"
             );

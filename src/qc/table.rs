@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
+use ndarray::{Array2, ArrayView2};
 
 use crate::method::fit::{Correction, Dataset};
 use crate::method::params::Params;
@@ -32,6 +33,11 @@ pub fn plate_qc(
     cfg: &QcConfig,
 ) -> Result<Vec<PlateQcRow>> {
     let plates = data.plate.unwrap_or(data.batch);
+    let n = data.batch.len();
+    anyhow::ensure!(
+        fit.z_before.nrows() == n && fit.y_after.nrows() == n,
+        "the per-plate QC needs the fit's z_before and y_after (Keep)"
+    );
     let y_before = fit.pca.transform_f32(clipped(&fit.z_before).view());
     let kind = params.index_kind();
     // The fit's plate ids are dense_ids of the same labels.
@@ -154,27 +160,70 @@ pub fn before_after(
     labels: Option<&[String]>,
     seed: u64,
 ) -> BeforeAfter {
-    let (batch_ids, _) = dense_ids(data.batch);
-    let labels = labels.map(|l| dense_ids(l).0);
-    let keep: Vec<bool> = match data.controls {
+    let before = before_rows(data.x, data.controls, seed);
+    before_after_of(fit, before.as_ref(), data.batch, labels, seed)
+}
+
+/// What [`before_after`] reads of the input features: the judged rows
+/// (non-controls, at most 4000, seeded) and their values under one global
+/// robust scaling (medians and MADs over all rows), every feature. Taken
+/// before a fit that consumes the features
+/// ([`crate::method::fit::correct_owned`]).
+#[derive(Debug, Clone)]
+pub struct BeforeRows {
+    rows: Vec<usize>,
+    scaled: Array2<f64>,
+}
+
+/// [`BeforeRows`] of the features `x` (`controls` are not judged); `None`
+/// when there are too few rows to judge.
+pub fn before_rows(x: ArrayView2<f64>, controls: Option<&[bool]>, seed: u64) -> Option<BeforeRows> {
+    let keep: Vec<bool> = match controls {
         Some(m) => m.iter().map(|c| !c).collect(),
-        None => vec![true; data.batch.len()],
+        None => vec![true; x.nrows()],
     };
+    let rows = figure_rows(&keep, seed)?;
+    let all: Vec<usize> = (0..x.ncols()).collect();
+    let scaled = global_robust_scale_rows(x, &all, &rows);
+    Some(BeforeRows { rows, scaled })
+}
+
+/// [`before_after`] from the [`BeforeRows`] taken before the fit.
+pub fn before_after_of(
+    fit: &Correction,
+    before: Option<&BeforeRows>,
+    batch: &[String],
+    labels: Option<&[String]>,
+    seed: u64,
+) -> BeforeAfter {
+    let (batch_ids, _) = dense_ids(batch);
+    let labels = labels.map(|l| dense_ids(l).0);
     // Only the judged rows are scaled / clipped (the medians and MADs of
     // the "before" scaling are still over all rows): the same figures as
-    // `mixing_figures` on the whole scaled tables, without two n x d copies.
-    let Some(rows) = figure_rows(&keep, seed) else {
+    // `mixing_figures` on the whole scaled tables, without two n x d
+    // copies. The scaling is per column, so scaling every column and then
+    // taking the corrected ones gives the same values.
+    let Some(BeforeRows { rows, scaled }) = before else {
         return BeforeAfter {
             before: None,
             after: None,
         };
     };
-    let scaled = global_robust_scale_rows(data.x, &fit.varying, &rows);
-    let before = mixing_figures_of(scaled.view(), &rows, &batch_ids, labels.as_deref(), seed);
-    let after_clipped = clipped(&fit.z_after.select(ndarray::Axis(0), &rows));
+    if fit.z_after.nrows() != batch.len()
+        || rows.iter().any(|&r| r >= batch.len())
+        || fit.varying.iter().any(|&f| f >= scaled.ncols())
+    {
+        return BeforeAfter {
+            before: None,
+            after: None,
+        };
+    }
+    let scaled = scaled.select(ndarray::Axis(1), &fit.varying);
+    let before = mixing_figures_of(scaled.view(), rows, &batch_ids, labels.as_deref(), seed);
+    let after_clipped = clipped(&fit.z_after.select(ndarray::Axis(0), rows));
     let after = mixing_figures_of(
         after_clipped.view(),
-        &rows,
+        rows,
         &batch_ids,
         labels.as_deref(),
         seed,
@@ -292,5 +341,40 @@ mod tests {
         let (b, a) = (figures.before.unwrap(), figures.after.unwrap());
         assert!(b.label_agreement.is_some());
         assert!(a.batch_mixing > b.batch_mixing, "{b:?} -> {a:?}");
+        // The same figures from rows taken before a fit that consumed the
+        // features, with a constant feature (scaled, then not corrected).
+        let mut x = s.features.clone();
+        x.column_mut(2).fill(1.0);
+        let with_constant = Dataset {
+            x: x.view(),
+            ..by_batch
+        };
+        let taken = before_rows(x.view(), Some(&controls), 1);
+        let fit = crate::method::fit::correct_owned(
+            x.clone(),
+            &with_constant,
+            &params,
+            &NoProgress,
+            crate::method::fit::Keep::ALL,
+        )
+        .unwrap();
+        assert_eq!(fit.varying.len(), 11);
+        assert_eq!(
+            before_after_of(&fit, taken.as_ref(), &s.batch, Some(&s.label), 1),
+            before_after(&fit, &with_constant, Some(&s.label), 1)
+        );
+        // Without the fit's z_after the QC says so instead of panicking.
+        let lean = crate::method::fit::correct_keeping(
+            &with_constant,
+            &params,
+            &NoProgress,
+            crate::method::fit::Keep {
+                corrected: false,
+                z_before: false,
+                y_after: false,
+            },
+        )
+        .unwrap();
+        assert!(plate_qc(&lean, &with_constant, &params, &QcConfig::default()).is_err());
     }
 }

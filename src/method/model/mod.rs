@@ -169,6 +169,11 @@ impl Model {
     /// A model seeded from an offline fit of a reference table.
     pub fn from_fit(fit: &Correction, features: Vec<String>, params: &Params) -> Result<Model> {
         let n = fit.y_after.nrows();
+        anyhow::ensure!(
+            n == fit.batch_of.len(),
+            "a model needs the fit's y_after (Keep): {n} rows for {} rows fitted",
+            fit.batch_of.len()
+        );
         let dims = fit.pca.dims();
         let meta = ModelMeta {
             params: params.clone(),
