@@ -385,6 +385,21 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         report.corrected,
         report.rejected,
     );
+    // The correct stage split by the core's own timings (closed loop).
+    let core = |f: &dyn Fn(&balans::method::model::PlateTimings) -> f64| {
+        median(
+            closed
+                .iter()
+                .filter_map(|e| e.timings.as_ref().map(|t| f(t) * 1000.0))
+                .collect(),
+        )
+    };
+    println!(
+        "CORE n={n} p50_ms sampling={:.1} correction={:.1} qc={:.1}",
+        core(&|t| t.sampling),
+        core(&|t| t.correction),
+        core(&|t| t.qc),
+    );
     restart(&state_dir, n)
 }
 

@@ -68,8 +68,20 @@ pub(crate) fn knn_blocked(
             let mut v = vec![0f32; nb];
             for (t, grow) in g.rows().into_iter().enumerate() {
                 let qrow = &qs[(lo + t) * dims..(lo + t + 1) * dims];
-                for ((o, &dot), &bn) in v.iter_mut().zip(grow.iter()).zip(&norms) {
-                    *o = bn - 2.0 * dot;
+                // `g` is a fresh standard-layout product: a row is a slice,
+                // and a slice loop vectorises (ndarray's element iterator
+                // does not).
+                match grow.as_slice() {
+                    Some(dots) => {
+                        for ((o, &dot), &bn) in v.iter_mut().zip(dots).zip(&norms) {
+                            *o = bn - 2.0 * dot;
+                        }
+                    }
+                    None => {
+                        for ((o, &dot), &bn) in v.iter_mut().zip(grow.iter()).zip(&norms) {
+                            *o = bn - 2.0 * dot;
+                        }
+                    }
                 }
                 shortlist(&v, short, &mut mins, &mut top);
                 let cand = &top;
@@ -88,8 +100,8 @@ pub(crate) fn knn_blocked(
 /// The `short` smallest values of `v` as `(value, position)`, in
 /// (value, position) order, into `top` (`mins` is scratch).
 ///
-/// A threshold first: the minima of the [`CHUNK`]-sized chunks of `v` are
-/// `short` distinct elements at or below the `short`-th smallest chunk
+/// A threshold first: the minima of `len / CHUNK` disjoint groups of `v`
+/// are `short` distinct elements at or below the `short`-th smallest group
 /// minimum `tau`, so the `short` smallest values are all `<= tau`. One
 /// vectorised pass over the chunk minima, a selection among them, one
 /// filtering pass and a sort of the few survivors (typically 2-3 x
@@ -99,12 +111,18 @@ fn shortlist(v: &[f32], short: usize, mins: &mut Vec<f32>, top: &mut Vec<(f32, u
     let by_value = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
     top.clear();
     mins.clear();
-    // `if x < m` rather than `f32::min`: it vectorises (NaN, which the
-    // callers never pass, is simply never a minimum).
-    mins.extend(v.chunks(CHUNK).map(|c| {
-        c.iter()
-            .fold(f32::INFINITY, |m, &x| if x < m { x } else { m })
-    }));
+    // The groups are strided, `{i, i + g, i + 2g, ...}`, rather than
+    // contiguous chunks: their minima are then one element-wise minimum
+    // over consecutive `g`-wide blocks, which vectorises. `if x < m` rather
+    // than `f32::min` for the same reason (NaN, which the callers never
+    // pass, is simply never a minimum).
+    let g = v.len().div_ceil(CHUNK).max(1);
+    mins.extend_from_slice(&v[..g.min(v.len())]);
+    for block in v.chunks(g).skip(1) {
+        for (m, &x) in mins.iter_mut().zip(block) {
+            *m = if x < *m { x } else { *m };
+        }
+    }
     if short < mins.len() {
         let (_, tau, _) = mins.select_nth_unstable_by(short - 1, |a, b| a.total_cmp(b));
         let tau = *tau;

@@ -189,22 +189,35 @@ pub fn kth_scales_against(rows: &[f32], dims: usize, queries: &[&[f32]], k: usiz
             let g = q.dot(&r.t());
             let mut approx: Vec<f32> = Vec::with_capacity(n);
             let mut work: Vec<f32> = Vec::with_capacity(n);
+            let mut keys: Vec<i32> = Vec::with_capacity(n);
             blk.iter()
                 .enumerate()
                 .map(|(a, qa)| {
                     let qn: f32 = qa.iter().map(|v| v * v).sum();
                     approx.clear();
+                    // `g` is a fresh standard-layout product: its rows are
+                    // slices, iterated as slices so the loop vectorises.
+                    let row = g.row(a);
+                    let dots = row.as_slice().unwrap_or(&[]);
                     approx.extend(
-                        g.row(a)
-                            .iter()
+                        dots.iter()
                             .zip(&norms)
                             .map(|(&dot, &rn)| qn + rn - 2.0 * dot),
                     );
-                    work.clear();
-                    work.extend_from_slice(&approx);
-                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
+                    if approx.len() < n {
+                        approx.clear();
+                        approx.extend(
+                            row.iter()
+                                .zip(&norms)
+                                .map(|(&dot, &rn)| qn + rn - 2.0 * dot),
+                        );
+                    }
+                    keys.clear();
+                    keys.extend(approx.iter().map(|&v| total_order_key(v)));
+                    let (_, kth, _) = keys.select_nth_unstable(k - 1);
+                    let kth = from_total_order_key(*kth);
                     let eps = rel * (qn + max_norm) + f32::MIN_POSITIVE;
-                    let limit = *kth + 2.0 * eps;
+                    let limit = kth + 2.0 * eps;
                     work.clear();
                     for (x, &d) in rows.chunks_exact(dims).zip(&approx) {
                         if d <= limit {
@@ -216,13 +229,31 @@ pub fn kth_scales_against(rows: &[f32], dims: usize, queries: &[&[f32]], k: usiz
                         work.clear();
                         work.extend(rows.chunks_exact(dims).map(|x| l2sq(x, qa)));
                     }
-                    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |x, y| x.total_cmp(y));
-                    (kth.max(0.0) as f64).sqrt()
+                    keys.clear();
+                    keys.extend(work.iter().map(|&v| total_order_key(v)));
+                    let (_, kth, _) = keys.select_nth_unstable(k - 1);
+                    (from_total_order_key(*kth).max(0.0) as f64).sqrt()
                 })
                 .collect()
         })
         .collect();
     blocks.into_iter().flatten().collect()
+}
+
+/// `v`'s bits as an `i32` whose natural order is [`f32::total_cmp`]'s
+/// (the transform `total_cmp` itself uses): selections on these keys
+/// compare integers instead of re-deriving the order at every comparison.
+/// An involution: [`from_total_order_key`] gives the value back.
+#[inline]
+pub(crate) fn total_order_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ ((((b >> 31) as u32) >> 1) as i32)
+}
+
+/// The value of a [`total_order_key`].
+#[inline]
+pub(crate) fn from_total_order_key(key: i32) -> f32 {
+    f32::from_bits((key ^ ((((key >> 31) as u32) >> 1) as i32)) as u32)
 }
 
 #[cfg(test)]
@@ -283,6 +314,14 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The integer keys order values as `total_cmp` does (signed
+        /// zeros, infinities, NaNs included) and give them back bit for bit.
+        #[test]
+        fn prop_total_order_keys_order_as_total_cmp(a in proptest::num::f32::ANY, b in proptest::num::f32::ANY) {
+            proptest::prop_assert_eq!(total_order_key(a).cmp(&total_order_key(b)), a.total_cmp(&b));
+            proptest::prop_assert_eq!(from_total_order_key(total_order_key(a)).to_bits(), a.to_bits());
+        }
+
         /// Near-ties (coordinates on a coarse grid, so many rows at equal
         /// distance) and large offsets (big norms, where the matrix
         /// product's rounding is largest) still give the exact bits.
