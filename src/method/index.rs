@@ -299,6 +299,71 @@ impl BatchIndex {
             .collect())
     }
 
+    /// [`BatchIndex::search_many`] among the rows `left_out` does not name:
+    /// each query's `k` nearest *other* rows (fewer when fewer are left).
+    /// `n_left_out` is how many indexed rows `left_out` names at most.
+    ///
+    /// The HNSW backend filters inside the graph walk (usearch's
+    /// `filtered_search`), so the cost is that of a `k`-query whatever
+    /// `n_left_out` is; asking `k + n_left_out` neighbours instead (a
+    /// plate's 1,000 rows left out of its own batch for the offline QC)
+    /// made every query walk a candidate list that long. The exact backend
+    /// asks `k + n_left_out` neighbours of one matrix product and drops the
+    /// named rows: the same lists as brute force over the others.
+    pub fn search_many_without(
+        &self,
+        queries: ArrayView2<f32>,
+        k: usize,
+        left_out: &(dyn Fn(u64) -> bool + Sync),
+        n_left_out: usize,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        let Some(index) = &self.hnsw else {
+            let lists = self.search_many(queries, k + n_left_out)?;
+            return Ok(lists
+                .into_iter()
+                .map(|l| l.into_iter().filter(|n| !left_out(n.key)).take(k).collect())
+                .collect());
+        };
+        anyhow::ensure!(
+            queries.ncols() == self.dims,
+            "index search: queries have {} dimensions, the index {}",
+            queries.ncols(),
+            self.dims
+        );
+        let k = k.min(self.keys.len());
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.nrows()]);
+        }
+        queries
+            .outer_iter()
+            .into_par_iter()
+            .map(|q| {
+                let owned;
+                let q = match q.as_slice() {
+                    Some(q) => q,
+                    None => {
+                        owned = q.to_vec();
+                        &owned
+                    }
+                };
+                let m = index
+                    .filtered_search(q, k, |key| !left_out(key))
+                    .map_err(|e| anyhow!("usearch filtered search failed: {e}"))?;
+                let mut out: Vec<Neighbor> = m
+                    .keys
+                    .iter()
+                    .zip(m.distances.iter())
+                    .map(|(&key, &dist2)| Neighbor {
+                        key,
+                        dist2: dist2.max(0.0),
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key)));
+                Ok(out)
+            })
+            .collect()
+    }
+
     /// Remove the row `key` (exact backend only: a batch summary swaps rows
     /// in and out). Returns whether it was indexed.
     pub fn remove(&mut self, key: u64) -> Result<bool> {
@@ -570,6 +635,48 @@ mod tests {
         hnsw.add(&keys[..5], y.slice(ndarray::s![0..5, ..]), 1)
             .unwrap();
         assert!(hnsw.remove(keys[0]).is_err(), "HNSW rows are not removed");
+    }
+
+    /// Leaving rows out: the exact backend gives brute force over the other
+    /// rows; the HNSW backend never returns a left-out row, returns k rows,
+    /// and finds most of the exact ones (recall), with a third of the rows
+    /// (a clustered block, as a plate is) left out.
+    #[test]
+    fn search_without_leaves_rows_out() {
+        let y = clustered(600, 8, 5);
+        let q = clustered(60, 8, 6);
+        let keys: Vec<u64> = (0..600).collect();
+        let gone = |key: u64| key < 200;
+        let kept: Vec<usize> = (200..600).collect();
+        let mut oracle = BatchIndex::new(IndexKind::Exact, 8, 1).unwrap();
+        oracle
+            .add(
+                &kept.iter().map(|&r| r as u64).collect::<Vec<_>>(),
+                y.select(ndarray::Axis(0), &kept).view(),
+                1,
+            )
+            .unwrap();
+        let want = oracle.search_many(q.view(), 10).unwrap();
+        let mut exact = BatchIndex::new(IndexKind::Exact, 8, 1).unwrap();
+        exact.add(&keys, y.view(), 1).unwrap();
+        assert_eq!(
+            exact.search_many_without(q.view(), 10, &gone, 200).unwrap(),
+            want
+        );
+        let mut hnsw = BatchIndex::new(IndexKind::Hnsw, 8, 2).unwrap();
+        hnsw.add(&keys, y.view(), 2).unwrap();
+        let got = hnsw.search_many_without(q.view(), 10, &gone, 200).unwrap();
+        let mut hit = 0usize;
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.len(), 10);
+            assert!(g.iter().all(|n| !gone(n.key)), "a left-out row came back");
+            assert!(g.windows(2).all(|p| p[0].dist2 <= p[1].dist2), "sorted");
+            hit += g
+                .iter()
+                .filter(|n| w.iter().any(|x| x.key == n.key))
+                .count();
+        }
+        assert!(hit as f64 >= 0.9 * 600.0, "recall {hit} / 600");
     }
 
     #[test]

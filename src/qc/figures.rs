@@ -53,8 +53,8 @@ pub fn expected_other_share(own: usize, total: usize) -> f64 {
 /// they are indexed too (the offline QC, where every plate is in the
 /// indices).
 pub struct LeaveOut<'a> {
-    /// The batch index holding them (asked for `k + rows` neighbours, so
-    /// that `k` others remain).
+    /// The batch index holding them (searched for the `k` nearest rows
+    /// that are not left out: [`crate::method::index::BatchIndex::search_many_without`]).
     pub batch: usize,
     /// How many rows are left out.
     pub rows: usize,
@@ -78,12 +78,11 @@ pub(crate) fn batch_hits(
     let per_index: Vec<Vec<Vec<crate::method::index::Neighbor>>> = indices
         .par_iter()
         .enumerate()
-        .map(|(c, index)| {
-            let want = match leave_out {
-                Some(l) if l.batch == c => k + l.rows,
-                _ => k,
-            };
-            index.search_many(queries.view(), want)
+        .map(|(c, index)| match leave_out {
+            Some(l) if l.batch == c => {
+                index.search_many_without(queries.view(), k, l.is_left_out, l.rows)
+            }
+            _ => index.search_many(queries.view(), k),
         })
         .collect::<Result<_>>()?;
     Ok((0..rows.len())

@@ -56,8 +56,9 @@ pub struct PlateQcRow {
 /// Per-plate QC of an offline fit, with the daemon's definitions: for each
 /// plate, its rows' `k` nearest neighbours among the rows of the *other*
 /// plates (every batch), in the neighbour space before (`y_before`) and after
-/// (`y_after`) correction. Cost: rows x batches searches of k (+ plate size
-/// in the own batch) neighbours, twice.
+/// (`y_after`) correction. Cost: rows x batches searches of k neighbours,
+/// twice (the own batch's with the plate's rows filtered out inside the
+/// search: [`crate::method::index::BatchIndex::search_many_without`]).
 #[allow(clippy::too_many_arguments)]
 pub fn offline_plate_qc(
     y_before: ArrayView2<f32>,
