@@ -60,6 +60,19 @@ fn setup_with(params: &Params) -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
     (t, model, plate_rows, new_rows)
 }
 
+/// What a restart does: the model rebuilt from its meta and stored rows.
+fn restored_copy(model: &Model) -> Model {
+    Model::restore(
+        model.meta().clone(),
+        model.rows_y().to_vec(),
+        model.rows_batch().to_vec(),
+        model.rows_coverage().to_vec(),
+    )
+    .unwrap()
+    .with_feature_rows(model.rows_w().to_vec())
+    .unwrap()
+}
+
 fn plate_inputs(t: &SynthTable, rows: &[usize]) -> (Array2<f64>, Vec<bool>) {
     (
         t.features.select(Axis(0), rows),
@@ -121,15 +134,7 @@ fn apply_is_idempotent_and_restore_reproduces_the_model() {
         "a reference fit with controls whitens the neighbour space"
     );
 
-    let restored = Model::restore(
-        model.meta().clone(),
-        model.rows_y().to_vec(),
-        model.rows_batch().to_vec(),
-        model.rows_coverage().to_vec(),
-    )
-    .unwrap()
-    .with_feature_rows(model.rows_w().to_vec())
-    .unwrap();
+    let restored = restored_copy(&model);
     let (x2, ctrl2) = plate_inputs(&t, &new_rows);
     let a = correct_plate(&model, "P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
     let b = correct_plate(&restored, "P2", "Batch04", x2.view(), Some(&ctrl2), 3).unwrap();
@@ -539,15 +544,7 @@ fn batch_summaries_are_bounded_restore_identically_and_still_correct() {
         .iter()
         .all(|&k| k < n0 || k < n0 + plate_rows.len() as u64));
 
-    let restored = Model::restore(
-        model.meta().clone(),
-        model.rows_y().to_vec(),
-        model.rows_batch().to_vec(),
-        model.rows_coverage().to_vec(),
-    )
-    .unwrap()
-    .with_feature_rows(model.rows_w().to_vec())
-    .unwrap();
+    let restored = restored_copy(&model);
     assert_eq!(
         index_keys(&restored),
         after,

@@ -231,24 +231,14 @@ impl BatchIndex {
         if k == 0 {
             return Ok(Vec::new());
         }
-        let mut out = match &self.hnsw {
-            None => self.exact_search(query, k),
-            Some(index) => {
-                let m = index
-                    .search(query, k)
-                    .map_err(|e| anyhow!("usearch search failed: {e}"))?;
-                m.keys
-                    .iter()
-                    .zip(m.distances.iter())
-                    .map(|(&key, &dist2)| Neighbor {
-                        key,
-                        dist2: dist2.max(0.0),
-                    })
-                    .collect::<Vec<_>>()
+        match &self.hnsw {
+            None => {
+                let mut out = self.exact_search(query, k);
+                out.sort_by(by_distance_then_key);
+                Ok(out)
             }
-        };
-        out.sort_by(|a, b| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key)));
-        Ok(out)
+            Some(index) => hnsw_search(index, query, k, None),
+        }
     }
 
     /// [`BatchIndex::search`] for every row of `queries` (rows x dims):
@@ -259,30 +249,16 @@ impl BatchIndex {
     /// exceeds the gap between the k-th and the (k+8)-th neighbour); the
     /// HNSW backend runs one graph query per row, in parallel.
     pub fn search_many(&self, queries: ArrayView2<f32>, k: usize) -> Result<Vec<Vec<Neighbor>>> {
-        anyhow::ensure!(
-            queries.ncols() == self.dims,
-            "index search: queries have {} dimensions, the index {}",
-            queries.ncols(),
-            self.dims
-        );
-        let k = k.min(self.keys.len());
+        let k = self.checked_k(queries, k)?;
         if k == 0 {
             return Ok(vec![Vec::new(); queries.nrows()]);
         }
-        if self.hnsw.is_some() {
-            return queries
-                .outer_iter()
-                .into_par_iter()
-                .map(|q| match q.as_slice() {
-                    Some(q) => self.search(q, k),
-                    None => self.search(&q.to_vec(), k),
-                })
-                .collect();
+        if let Some(index) = &self.hnsw {
+            return hnsw_search_many(index, queries, k, None);
         }
         let base = ArrayView2::from_shape((self.keys.len(), self.dims), &self.vectors)
             .context("exact index vectors")?;
         let flat = crate::method::blocked::knn_blocked(queries, base, k);
-        let cmp = |a: &Neighbor, b: &Neighbor| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key));
         Ok(flat
             .chunks(k)
             .map(|c| {
@@ -293,7 +269,7 @@ impl BatchIndex {
                         dist2: n.dist2,
                     })
                     .collect();
-                row.sort_by(cmp);
+                row.sort_by(by_distance_then_key);
                 row
             })
             .collect())
@@ -324,44 +300,22 @@ impl BatchIndex {
                 .map(|l| l.into_iter().filter(|n| !left_out(n.key)).take(k).collect())
                 .collect());
         };
+        let k = self.checked_k(queries, k)?;
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.nrows()]);
+        }
+        hnsw_search_many(index, queries, k, Some(left_out))
+    }
+
+    /// `k` clamped to the rows held, after checking the queries' width.
+    fn checked_k(&self, queries: ArrayView2<f32>, k: usize) -> Result<usize> {
         anyhow::ensure!(
             queries.ncols() == self.dims,
             "index search: queries have {} dimensions, the index {}",
             queries.ncols(),
             self.dims
         );
-        let k = k.min(self.keys.len());
-        if k == 0 {
-            return Ok(vec![Vec::new(); queries.nrows()]);
-        }
-        queries
-            .outer_iter()
-            .into_par_iter()
-            .map(|q| {
-                let owned;
-                let q = match q.as_slice() {
-                    Some(q) => q,
-                    None => {
-                        owned = q.to_vec();
-                        &owned
-                    }
-                };
-                let m = index
-                    .filtered_search(q, k, |key| !left_out(key))
-                    .map_err(|e| anyhow!("usearch filtered search failed: {e}"))?;
-                let mut out: Vec<Neighbor> = m
-                    .keys
-                    .iter()
-                    .zip(m.distances.iter())
-                    .map(|(&key, &dist2)| Neighbor {
-                        key,
-                        dist2: dist2.max(0.0),
-                    })
-                    .collect();
-                out.sort_by(|a, b| a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key)));
-                Ok(out)
-            })
-            .collect()
+        Ok(k.min(self.keys.len()))
     }
 
     /// Remove the row `key` (exact backend only: a batch summary swaps rows
@@ -500,6 +454,56 @@ impl BatchIndex {
         }
         Ok(())
     }
+}
+
+/// Neighbour lists are ordered by (distance, key): the exact and HNSW
+/// backends then agree on ties.
+fn by_distance_then_key(a: &Neighbor, b: &Neighbor) -> std::cmp::Ordering {
+    a.dist2.total_cmp(&b.dist2).then(a.key.cmp(&b.key))
+}
+
+/// One HNSW query of `k` neighbours, among the rows `left_out` does not
+/// name when given (usearch's `filtered_search`: the filter applies inside
+/// the graph walk), sorted by (distance, key).
+fn hnsw_search(
+    index: &usearch::Index,
+    query: &[f32],
+    k: usize,
+    left_out: Option<&(dyn Fn(u64) -> bool + Sync)>,
+) -> Result<Vec<Neighbor>> {
+    let m = match left_out {
+        None => index.search(query, k),
+        Some(gone) => index.filtered_search(query, k, |key| !gone(key)),
+    }
+    .map_err(|e| anyhow!("usearch search failed: {e}"))?;
+    let mut out: Vec<Neighbor> = m
+        .keys
+        .iter()
+        .zip(m.distances.iter())
+        .map(|(&key, &dist2)| Neighbor {
+            key,
+            dist2: dist2.max(0.0),
+        })
+        .collect();
+    out.sort_by(by_distance_then_key);
+    Ok(out)
+}
+
+/// [`hnsw_search`] for every row of `queries`, in parallel.
+fn hnsw_search_many(
+    index: &usearch::Index,
+    queries: ArrayView2<f32>,
+    k: usize,
+    left_out: Option<&(dyn Fn(u64) -> bool + Sync)>,
+) -> Result<Vec<Vec<Neighbor>>> {
+    queries
+        .outer_iter()
+        .into_par_iter()
+        .map(|q| match q.as_slice() {
+            Some(q) => hnsw_search(index, q, k, left_out),
+            None => hnsw_search(index, &q.to_vec(), k, left_out),
+        })
+        .collect()
 }
 
 /// Squared Euclidean distance with eight independent accumulators, so the
