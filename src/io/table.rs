@@ -551,10 +551,11 @@ fn write_file(
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let file = match format {
         Format::Parquet => {
+            let props = without_float_dictionaries(parquet_props(), &source.schema());
             let props = if metadata.is_empty() {
-                parquet_props()
+                props
             } else {
-                parquet_props()
+                props
                     .into_builder()
                     .set_key_value_metadata(Some(
                         metadata
@@ -724,6 +725,39 @@ pub fn write_parquet<W: Write + Send>(
     Ok(writer.into_inner()?)
 }
 
+/// `props` with dictionary encoding off for the floating-point columns
+/// (what `balans` writes: tables, and plates sent or published).
+///
+/// Profile features are continuous: nearly every value of a column is
+/// distinct, so a dictionary only costs a hash-table insertion per value
+/// and a dictionary page as large as the column (at 100k rows the whole
+/// column fits under the writer's 1 MiB dictionary limit, so it never even
+/// falls back to plain). Measured on 100k x 1,000 features: the writer's
+/// hashing was 9% of the CPU samples of `balans correct` (see
+/// docs/performance.md, "Width"). The metadata columns (plate, well,
+/// treatment names), which repeat, keep their dictionaries.
+fn without_float_dictionaries(props: WriterProperties, schema: &Schema) -> WriterProperties {
+    let floats: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Float16 | DataType::Float32 | DataType::Float64
+            )
+        })
+        .map(|f| f.name().as_str())
+        .collect();
+    if floats.is_empty() {
+        return props;
+    }
+    let mut b = props.into_builder();
+    for name in floats {
+        b = b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(name), false);
+    }
+    b.build()
+}
+
 fn parquet_props() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -780,7 +814,8 @@ pub fn decode_parquet(bytes: &[u8]) -> Result<RecordBatch> {
 
 /// Encode one batch as an in-memory Parquet file (zstd-compressed).
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
-    write_parquet(Vec::new(), batch, parquet_props()).context("cannot encode Parquet")
+    let props = without_float_dictionaries(parquet_props(), batch.schema_ref());
+    write_parquet(Vec::new(), batch, props).context("cannot encode Parquet")
 }
 
 /// Read all rows of a Parquet source as one batch: the batch size is the
@@ -1038,6 +1073,47 @@ mod tests {
     use super::*;
     use arrow_array::{Float64Array, Int32Array};
     use parquet::arrow::ArrowWriter;
+
+    /// What balans writes keeps dictionaries for the repeating metadata
+    /// columns only: the float features are plain-encoded, and the table
+    /// reads back the same.
+    #[test]
+    fn float_columns_are_written_without_dictionaries() {
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let n = 3000;
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "Metadata_Plate",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("P{}", i % 4)),
+                )) as ArrayRef,
+            ),
+            (
+                "f1",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| (i as f64).sin()),
+                )) as ArrayRef,
+            ),
+            (
+                "count",
+                Arc::new(Int32Array::from_iter_values((0..n).map(|i| i % 7))) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let bytes = encode_parquet(&batch).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes.clone())).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let has_dict = |c: usize| {
+            rg.column(c)
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY)
+        };
+        assert!(has_dict(0), "strings keep their dictionary");
+        assert!(!has_dict(1), "floats are plain");
+        assert!(has_dict(2), "integers keep their dictionary");
+        assert_eq!(decode_parquet(&bytes).unwrap(), batch);
+    }
 
     /// The parallel writer writes the very file `ArrowWriter` writes:
     /// strings, integers, floats and nulls, several row groups, key-value
