@@ -185,6 +185,9 @@ impl Keep {
 /// [`knn_blocked`] and [`Pca::transform_f32`], so the same blocks are
 /// formed as over all rows at once.
 const APPLY_ROWS: usize = 16_384;
+/// Rows per part of an interpolated block handed to the caller (8 MB of
+/// f64 offsets at 1,000 features).
+const EMIT_ROWS: usize = 1024;
 
 impl Correction {
     /// Write the corrected values of the corrected features into `x` (the
@@ -554,7 +557,9 @@ fn correct_in_pool(
             // found among the subsample's rows before those move.
             interpolate_offsets(
                 &mut z,
-                &|z: &Array2<f64>, rows: &[usize]| pca.transform_f32(clipped_rows(z, rows).view()),
+                &|z: &Array2<f64>, rows: &[usize]| {
+                    pca.transform_rows_clipped_f32(z, rows, crate::method::preprocess::CLIP)
+                },
                 &batch_of,
                 ids,
                 batch_fit,
@@ -763,17 +768,22 @@ fn interpolate_offsets<S>(
         for block in targets.chunks(APPLY_ROWS) {
             let queries = y_of(state, block);
             let nb = knn_blocked(queries.view(), base.view(), k);
-            let mut vals = Array2::<f64>::zeros((block.len(), d));
-            vals.axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .zip(nb.par_chunks(kk))
-                .for_each(|(mut o, near)| {
-                    for m in near {
-                        o += &fitted.row(base_pos[m.key as usize]);
-                    }
-                    o /= kk as f64;
-                });
-            emit(state, block, vals.view());
+            // Emitted in parts of EMIT_ROWS rows (each row's offset is its
+            // own), so the offsets are never an `APPLY_ROWS x d` array.
+            for (part, rows) in block.chunks(EMIT_ROWS).enumerate() {
+                let near_all = &nb[part * EMIT_ROWS * kk..(part * EMIT_ROWS + rows.len()) * kk];
+                let mut vals = Array2::<f64>::zeros((rows.len(), d));
+                vals.axis_iter_mut(Axis(0))
+                    .into_par_iter()
+                    .zip(near_all.par_chunks(kk))
+                    .for_each(|(mut o, near)| {
+                        for m in near {
+                            o += &fitted.row(base_pos[m.key as usize]);
+                        }
+                        o /= kk as f64;
+                    });
+                emit(state, rows, vals.view());
+            }
         }
     }
 }
