@@ -181,9 +181,10 @@ impl Keep {
 }
 
 /// Rows of the table processed at once after the rounds (the offsets'
-/// interpolation and their application): a multiple of the blocks of
-/// [`knn_blocked`] and [`Pca::transform_f32`], so the same blocks are
-/// formed as over all rows at once.
+/// interpolation and their application): one [`knn_blocked`] search of
+/// their neighbour coordinates. Every row's coordinates, neighbours and
+/// offset are its own, so the block sizes here change no value, only how
+/// much is held at once.
 const APPLY_ROWS: usize = 16_384;
 /// Rows per part of an interpolated block handed to the caller (8 MB of
 /// f64 offsets at 1,000 features).
@@ -557,9 +558,7 @@ fn correct_in_pool(
             // found among the subsample's rows before those move.
             interpolate_offsets(
                 &mut z,
-                &|z: &Array2<f64>, rows: &[usize]| {
-                    pca.transform_rows_clipped_f32(z, rows, crate::method::preprocess::CLIP)
-                },
+                &|z: &Array2<f64>, rows: &[usize]| pca.transform_clipped_rows_f32(z, rows),
                 &batch_of,
                 ids,
                 batch_fit,

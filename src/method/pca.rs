@@ -36,12 +36,14 @@ use anyhow::{bail, Result};
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use crate::method::preprocess::clipped_rows;
+
 /// Largest dimension for which [`Pca::fit`] uses the full Jacobi
 /// eigensolver (above it: subspace iteration).
 const JACOBI_MAX_DIM: usize = 400;
 /// Rows per parallel block of [`Pca::transform_f32`].
 const PROJECT_ROWS: usize = 4096;
-/// Rows per block of [`Pca::transform_rows_clipped_f32`] (4 MB of f64 at
+/// Rows per block of [`Pca::transform_clipped_rows_f32`] (4 MB of f64 at
 /// 1,000 features).
 const GATHER_ROWS: usize = 512;
 
@@ -313,27 +315,18 @@ impl Pca {
         out
     }
 
-    /// [`Pca::transform_f32`] of the rows `rows` of `z`, each clipped to
-    /// `+-clip` — the same values as `transform_f32(clipped_rows(z, rows))`
-    /// (each output row depends on its input row only) — formed
-    /// [`GATHER_ROWS`] rows at a time, so the clipped copy is never held
-    /// whole: at 1,000 features a 16k-row block of it was 131 MB, which
-    /// glibc maps afresh and faults in again for every block.
-    pub fn transform_rows_clipped_f32(
-        &self,
-        z: &Array2<f64>,
-        rows: &[usize],
-        clip: f64,
-    ) -> Array2<f32> {
+    /// `transform_f32(clipped_rows(z, rows))`, the same values (each output
+    /// row depends on its input row only), formed [`GATHER_ROWS`] rows at a
+    /// time, so the clipped copy is never held whole: at 1,000 features a
+    /// 16k-row block of it was 131 MB, which glibc maps afresh and faults in
+    /// again for every block.
+    pub fn transform_clipped_rows_f32(&self, z: &Array2<f64>, rows: &[usize]) -> Array2<f32> {
         let mut out = Array2::<f32>::zeros((rows.len(), self.dims()));
         out.axis_chunks_iter_mut(Axis(0), GATHER_ROWS)
             .into_par_iter()
             .zip(rows.par_chunks(GATHER_ROWS))
             .for_each(|(mut o, rs)| {
-                let mut xb = Array2::<f64>::zeros((rs.len(), z.ncols()));
-                for (mut dst, &i) in xb.rows_mut().into_iter().zip(rs) {
-                    dst.zip_mut_with(&z.row(i), |d, &v| *d = v.clamp(-clip, clip));
-                }
+                let xb = clipped_rows(z, rs);
                 o.zip_mut_with(&self.coordinates(xb.view()), |a, &v| *a = v as f32);
             });
         out
@@ -374,22 +367,22 @@ mod tests {
 
     #[test]
     fn projecting_gathered_clipped_rows_equals_projecting_their_copy() {
+        use crate::method::preprocess::CLIP;
         // Rows in any order, repeated, over several gather blocks, with
         // values beyond the clip; whitened or not: the very bits of
         // projecting a clipped copy of those rows at once.
         let mut z = data(3 * GATHER_ROWS + 11, 9);
-        z.mapv_inplace(|v| v * 4.0);
-        let clip = 2.5;
+        z.mapv_inplace(|v| v * 4.0 * CLIP);
         let rows: Vec<usize> = (0..2 * GATHER_ROWS + 300)
             .map(|i| (i * 7919) % z.nrows())
             .chain([0, 0, 5])
             .collect();
         let mut pca = Pca::fit(z.view(), 4, 3).unwrap();
         for _ in 0..2 {
-            let copy = z.select(Axis(0), &rows).mapv(|v| v.clamp(-clip, clip));
-            assert!(copy.iter().any(|&v| v == clip) && copy.iter().any(|&v| v == -clip));
+            let copy = clipped_rows(&z, &rows);
+            assert!(copy.iter().any(|&v| v == CLIP) && copy.iter().any(|&v| v == -CLIP));
             let want = pca.transform_f32(copy.view());
-            let got = pca.transform_rows_clipped_f32(&z, &rows, clip);
+            let got = pca.transform_clipped_rows_f32(&z, &rows);
             assert_eq!(got.dim(), (rows.len(), 4));
             assert!(got
                 .iter()
@@ -398,7 +391,7 @@ mod tests {
             let controls: Vec<bool> = (0..z.nrows()).map(|i| i % 3 == 0).collect();
             assert!(pca.whiten_on(z.view(), &controls, WHITEN_RIDGE));
         }
-        assert_eq!(pca.transform_rows_clipped_f32(&z, &[], clip).dim(), (0, 4));
+        assert_eq!(pca.transform_clipped_rows_f32(&z, &[]).dim(), (0, 4));
     }
 
     #[test]
