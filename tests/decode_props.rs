@@ -367,20 +367,35 @@ fn delta() -> impl Strategy<Value = PlateDelta> {
         prop::collection::vec(-50.0f32..50.0, 0..12),
         prop::collection::vec((0u64..1000, 0.0f32..2.0), 0..4),
         prop::collection::vec(0.0f32..2.0, 0..4),
+        prop::collection::vec(-5.0f32..5.0, 0..16),
+        prop::collection::vec(-5.0f32..5.0, 0..6),
+        0u64..40,
     )
-        .prop_map(|(plate, hash, y, updates, cov)| PlateDelta {
-            batch: format!("B{}", plate.len() % 3),
-            plate,
-            content_hash: hash,
-            version: "g0.p1".into(),
-            y,
-            coverage_updates: updates,
-            plate_coverage: cov,
-            qc: None,
-            w: vec![],
-            control_dev: vec![],
-            pooled_controls: 0,
-        })
+        .prop_map(
+            |(plate, hash, y, updates, cov, w, control_dev, pooled)| PlateDelta {
+                batch: format!("B{}", plate.len() % 3),
+                plate,
+                content_hash: hash,
+                version: "g0.p1".into(),
+                y,
+                coverage_updates: updates,
+                plate_coverage: cov,
+                qc: None,
+                w,
+                control_dev,
+                pooled_controls: pooled,
+            },
+        )
+}
+
+/// Record `i` of a test log: format 3 (what is written now) or, for every
+/// third record, format 2 (what older builds wrote, still read).
+fn record(i: usize, d: &PlateDelta) -> Vec<u8> {
+    if i % 3 == 2 {
+        wal::encode_v2(i as u64, d).unwrap()
+    } else {
+        wal::encode(i as u64, d).unwrap()
+    }
 }
 
 proptest! {
@@ -395,7 +410,7 @@ proptest! {
     ) {
         let mut log = Vec::new();
         for (i, d) in deltas.iter().enumerate() {
-            log.extend(wal::encode(i as u64, d).unwrap());
+            log.extend(record(i, d));
         }
         let intact = wal::scan(&log);
         prop_assert!(intact.damage.is_none());
@@ -406,7 +421,7 @@ proptest! {
         prop_assert!(s.valid_len <= s.file_len);
         let from = b.len() / 2;
         for r in s.records.iter().chain(wal::records_after(&b, from).iter()) {
-            let seq = r.seq.expect("format-2 records");
+            let seq = r.seq.expect("format-2 and format-3 records");
             prop_assert!((seq as usize) < deltas.len(), "invented plate index {}", seq);
             prop_assert_eq!(&r.delta, &deltas[seq as usize]);
         }
@@ -422,7 +437,7 @@ proptest! {
         let mut log = Vec::new();
         let mut ends = Vec::new();
         for (i, d) in deltas.iter().enumerate() {
-            log.extend(wal::encode(i as u64, d).unwrap());
+            log.extend(record(i, d));
             ends.push(log.len());
         }
         let cut = pos(log.len(), at);
@@ -676,6 +691,10 @@ fn write_fuzz_seeds() {
     let mut log = wal::encode(0, &d("P1", vec![0.5, -1.0, 2.0, 3.5])).unwrap();
     log.extend(wal::encode(1, &d("P2", vec![1.5, 0.0, -2.0, 0.125])).unwrap());
     put("wal", "two_records", &log);
+    // The same log as format-2 records (JSON bodies), which still restore.
+    let mut log = wal::encode_v2(0, &d("P1", vec![0.5, -1.0, 2.0, 3.5])).unwrap();
+    log.extend(wal::encode_v2(1, &d("P2", vec![1.5, 0.0, -2.0, 0.125])).unwrap());
+    put("wal", "two_records_v2", &log);
     // Snapshot: mode 0 (no manifest), 1 (manifest computed by the target),
     // 2 (the real manifest as the rest).
     let s = snap();
