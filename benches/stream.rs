@@ -55,10 +55,18 @@ const BATCHES: usize = 10;
 const MAX_REF_GENERATED: usize = 100_000;
 const MAX_MESSAGE: usize = 4_000_000;
 
-struct Events(mpsc::Sender<PlateEvent>);
+struct Events(mpsc::Sender<PlateEvent>, Arc<std::sync::Mutex<Vec<f64>>>);
 impl PlateHooks for Events {
     fn plate(&self, e: &PlateEvent) {
         let _ = self.0.send(e.clone());
+    }
+    /// The daemon's checkpoints (every `snapshot_every` plates, and at
+    /// shutdown): each one is inside the consume-to-commit time of the
+    /// plate it follows.
+    fn checkpoint(&self, seconds: f64, _ok: bool) {
+        if let Ok(mut v) = self.1.lock() {
+            v.push(seconds);
+        }
     }
 }
 
@@ -256,6 +264,7 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         k.properties.insert(a.into(), b.into());
     }
     cfg.serve.state_dir = state.path().join("state");
+    let snapshot_every = cfg.serve.snapshot_every;
     let state_dir = cfg.serve.state_dir.clone();
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -267,7 +276,8 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         "  n={n}: daemon start incl. full snapshot {:.2}s",
         t_snap.elapsed().as_secs_f64()
     );
-    server.set_hooks(Box::new(Events(tx)));
+    let checkpoints = Arc::new(std::sync::Mutex::new(Vec::new()));
+    server.set_hooks(Box::new(Events(tx, Arc::clone(&checkpoints))));
     let stop2 = Arc::clone(&stop);
     let daemon = std::thread::spawn(move || server.run(stop2));
 
@@ -399,6 +409,15 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         core(&|t| t.sampling),
         core(&|t| t.correction),
         core(&|t| t.qc),
+    );
+    let cps: Vec<String> = checkpoints
+        .lock()
+        .map(|v| v.iter().map(|s| format!("{:.0}", s * 1000.0)).collect())
+        .unwrap_or_default();
+    println!(
+        "CHECKPOINT n={n} every={} plates, incl. the one at shutdown: ms [{}]",
+        snapshot_every,
+        cps.join(", ")
     );
     restart(&state_dir, n)
 }

@@ -255,6 +255,12 @@ fn snapshot_damage_is_refused_naming_the_file() {
     let mut sd = StateDir::open(&d).unwrap();
     let (m, _) = sd.restore().unwrap().unwrap();
     sd.snapshot(&m).unwrap();
+    // Old builds wrote each row array as one file: rewrite it so (the fold
+    // above may have added a row segment).
+    let snapd = d.join("snapshot");
+    std::fs::remove_dir_all(&snapd).unwrap();
+    std::fs::create_dir(&snapd).unwrap();
+    balans::serve::state::snapshot::write(&snapd, &m).unwrap();
     let p = m.meta().dims;
     let nv = m.meta().varying.len();
     assert!(m.meta().feature_rows, "the default model keeps profiles");
@@ -313,6 +319,85 @@ fn snapshot_damage_is_refused_naming_the_file() {
     std::fs::remove_dir_all(&snap).unwrap();
     let e = format!("{:#}", restore(&state).err().expect("refused"));
     assert!(e.contains("no snapshot"), "{e}");
+}
+
+// ------------------------------- snapshots in row segments
+
+/// A snapshot after plates reuses the previous one's row files (the same
+/// inodes: hard links) and writes only the rows added since; the state
+/// restores to the same model, and damage to the new segment is refused
+/// naming it. A model whose rows are not a continuation of the stored ones
+/// (another generation) gets every row written.
+#[test]
+fn a_snapshot_writes_the_new_rows_and_reuses_the_old_segments() {
+    use balans::serve::state::snapshot::{segment_file, Manifest};
+    use std::os::unix::fs::MetadataExt;
+    let (st, state, _inbox, _outbox) = logged_state();
+    let manifest = |d: &Path| -> Manifest {
+        serde_json::from_slice(&std::fs::read(d.join("snapshot/manifest.json")).unwrap()).unwrap()
+    };
+    let ino = |d: &Path, f: &str| std::fs::metadata(d.join("snapshot").join(f)).unwrap().ino();
+    let d = st.dir.path().join("segments");
+    copy_dir(&state, &d);
+    // Two plates past the snapshot: fewer rows than half the reference, so
+    // they make a segment of their own.
+    let offsets = record_offsets(&d);
+    assert!(offsets.len() > 2);
+    let log = std::fs::read(d.join("wal.log")).unwrap();
+    std::fs::write(d.join("wal.log"), &log[..offsets[2]]).unwrap();
+    let before = manifest(&d);
+    assert!(before.segments.is_empty());
+    let (y0, w0) = (ino(&d, "y.f32"), ino(&d, "w.f32"));
+    let mut sd = StateDir::open(&d).unwrap();
+    let (m, applied) = sd.restore().unwrap().unwrap();
+    assert!(applied > 0);
+    assert!((m.len() as u64) > before.rows);
+    sd.snapshot(&m).unwrap();
+    let after = manifest(&d);
+    assert_eq!(after.rows, m.len() as u64);
+    let (starts, kept) =
+        balans::serve::state::snapshot::plan_segments(&[0], before.rows, after.rows);
+    assert_eq!(after.segments, starts[1..].to_vec());
+    assert_eq!(
+        kept, 1,
+        "{} reference rows, {} after",
+        before.rows, after.rows
+    );
+    // The reference rows' files are the very same files.
+    assert_eq!((ino(&d, "y.f32"), ino(&d, "w.f32")), (y0, w0));
+    assert_eq!(after.segments, vec![before.rows]);
+    let new_y = std::fs::metadata(d.join("snapshot").join(segment_file("y", before.rows))).unwrap();
+    assert_eq!(
+        new_y.len(),
+        (after.rows - before.rows) * 4 * m.meta().dims as u64
+    );
+    let (again, replayed) = restore(&d).unwrap();
+    assert_eq!(replayed, 0);
+    assert_eq!(fingerprint(&again), fingerprint(&m));
+    assert_eq!(again.rows_w(), m.rows_w());
+    // A second snapshot with nothing new keeps every segment.
+    let mut sd = StateDir::open(&d).unwrap();
+    let (m2, _) = sd.restore().unwrap().unwrap();
+    let y_last = ino(&d, &segment_file("y", *starts.last().unwrap()));
+    sd.snapshot(&m2).unwrap();
+    assert_eq!(manifest(&d).segments, after.segments);
+    assert_eq!(ino(&d, &segment_file("y", *starts.last().unwrap())), y_last);
+    // Damage in the last segment is refused, naming its file.
+    let last = segment_file("w", *starts.last().unwrap());
+    let dd = st.dir.path().join("segments-flipped");
+    copy_dir(&d, &dd);
+    flip(&dd.join("snapshot").join(&last), 40, 0x40);
+    let e = format!("{:#}", restore(&dd).err().expect("refused"));
+    assert!(e.contains(&last) && e.contains("checksum"), "{e}");
+    // Another generation's model over this directory: nothing reused.
+    let mut other = restore(&d).unwrap().0;
+    other.bump_generation();
+    let mut sd = StateDir::open(&d).unwrap();
+    sd.restore().unwrap();
+    sd.snapshot(&other).unwrap();
+    assert!(manifest(&d).segments.is_empty());
+    assert_ne!(ino(&d, "y.f32"), y0);
+    assert_eq!(fingerprint(&restore(&d).unwrap().0), fingerprint(&other));
 }
 
 // ------------------------------- stored batch indices: derived, verified

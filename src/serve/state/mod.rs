@@ -15,7 +15,10 @@
 //! snapshot (a crash between installing a snapshot and emptying the log) is
 //! skipped, a gap is refused. Every `snapshot_every` plates the whole model
 //! is written to `snapshot.tmp/`, fsynced, swapped in by rename and the log
-//! emptied — the only step whose cost grows with the model.
+//! emptied. Rows are only ever appended, so a snapshot reuses the previous
+//! one's row segments (hard links) and writes the rows added since, plus
+//! the small files ([`snapshot::write_incremental`]): its cost follows the
+//! plates since the last one, not the model's size.
 //!
 //! What the restore does with damage (`balans state check` shows it,
 //! `balans state repair` acts on it):
@@ -62,6 +65,9 @@ pub struct StateDir {
     next_seq: u64,
     /// Whether a snapshot exists (restored or written).
     has_snapshot: bool,
+    /// The snapshot this directory restored or last wrote, which the next
+    /// one builds on ([`snapshot::write_incremental`]).
+    base: Option<snapshot::Base>,
 }
 
 /// A log record that cannot be applied: where and why.
@@ -195,6 +201,7 @@ impl StateDir {
             since_snapshot: 0,
             next_seq: 0,
             has_snapshot: false,
+            base: None,
         };
         s.remove_stale_tmp();
         Ok(s)
@@ -234,6 +241,16 @@ impl StateDir {
             return Ok(None);
         };
         let mut model = snapshot::read(&snap, requires_manifest(&self.dir))?;
+        // The verified snapshot's manifest: the next snapshot reuses its
+        // row segments (after checking they still hold the model's rows).
+        self.base = std::fs::read(snap.join(snapshot::MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .map(|manifest| snapshot::Base {
+                dir: snap.clone(),
+                manifest,
+                generation: model.meta().generation,
+            });
         let path = self.wal_path();
         let bytes = read_log(&path)?;
         let scan = wal::scan(&bytes);
@@ -325,12 +342,22 @@ impl StateDir {
         self.remove_stale_tmp();
         let tmp = self.tmp_dir();
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        if let Err(e) = snapshot::write(&tmp, model).and_then(|_| self.install(&tmp)) {
-            if tmp.is_dir() {
-                let _ = std::fs::remove_dir_all(&tmp);
+        let written = snapshot::write_incremental(&tmp, model, self.base.as_ref())
+            .and_then(|m| self.install(&tmp).map(|_| m));
+        let manifest = match written {
+            Ok(m) => m,
+            Err(e) => {
+                if tmp.is_dir() {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
+        self.base = Some(snapshot::Base {
+            dir: self.snapshot_dir(),
+            manifest,
+            generation: model.meta().generation,
+        });
         self.wal = None;
         write_synced(&self.wal_path(), &[])?;
         self.since_snapshot = 0;

@@ -8,8 +8,15 @@
 //! snapshot/w.f32           corrected profiles per row (rows x varying features, f32),
 //!                          only for a model that keeps them (`meta.feature_rows`)
 //! snapshot/index-<b>.usearch  batch b's HNSW index (derived data, see below)
-//! snapshot/manifest.json   length and 64-bit hash of each file above, rows, dims
+//! snapshot/y.<r>.f32, w.<r>.f32  rows r.. of y and w, when the rows are in segments
+//! snapshot/manifest.json   length and 64-bit hash of each file above, rows, dims,
+//!                          the segments' first rows
 //! ```
+//!
+//! Rows are only ever appended to a model, so a snapshot reuses the
+//! previous one's row files (hard links) and writes the rows added since
+//! as a new segment ([`write_incremental`], [`plan_segments`]): its cost
+//! follows the plates since the last snapshot, not the model's size.
 //!
 //! The index files spare a restart the rebuild of every HNSW index (about a
 //! minute at 1M rows on two cores). They are derived from the rows, so
@@ -80,6 +87,66 @@ pub struct Manifest {
     pub plates: u64,
     /// Every other file of the snapshot.
     pub files: Vec<FileSum>,
+    /// First rows of the row segments after the first (format 3; empty: the
+    /// rows are one segment, `y.f32` and `w.f32`). See [`segment_file`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<u64>,
+}
+
+/// The file holding rows `start..` of a row array (`stem` = `y` or `w`):
+/// `y.f32` for the segment that starts at row 0, `y.<start>.f32` after it.
+pub fn segment_file(stem: &str, start: u64) -> String {
+    if start == 0 {
+        format!("{stem}.f32")
+    } else {
+        format!("{stem}.{start}.f32")
+    }
+}
+
+/// A snapshot on disk that the next one may build on: its directory, its
+/// (verified or just written) manifest, and the generation of the model it
+/// holds.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// The snapshot directory.
+    pub dir: std::path::PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The model's generation.
+    pub generation: u64,
+}
+
+/// The row segments of a snapshot of `rows` rows that follows one of
+/// `prev_rows` rows in segments starting at `prev` (`prev[0] == 0`), and how
+/// many of them are the previous snapshot's files unchanged.
+///
+/// The rows added since are a new segment; then, while the segment before
+/// the last is at most twice the last one, the two are merged (rewritten as
+/// one). So the segments shrink geometrically from the first: there are
+/// O(log n) of them, and a row is rewritten O(log n) times over the life of
+/// a state instead of at every snapshot.
+pub fn plan_segments(prev: &[u64], prev_rows: u64, rows: u64) -> (Vec<u64>, usize) {
+    if prev.first() != Some(&0) || prev_rows == 0 || rows < prev_rows {
+        return (vec![0], 0);
+    }
+    let mut starts = prev.to_vec();
+    if rows > prev_rows {
+        starts.push(prev_rows);
+    }
+    while starts.len() >= 2 {
+        let l = starts.len() - 1;
+        let (last, before) = (rows - starts[l], starts[l] - starts[l - 1]);
+        if before <= 2 * last {
+            starts.pop();
+        } else {
+            break;
+        }
+    }
+    // All but the last segment end where they ended before; the last one
+    // is unchanged only when no row was added and no merge happened.
+    let unchanged_last = rows == prev_rows && starts.len() == prev.len();
+    let kept = starts.len() - 1 + usize::from(unchanged_last);
+    (starts, kept.min(prev.len()))
 }
 
 fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
@@ -107,51 +174,166 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Write the model's snapshot into the (empty, existing) directory `dir`:
 /// the data files, then the manifest, each fsynced, then the directory.
-pub fn write(dir: &Path, model: &Model) -> Result<()> {
-    let files: Vec<(String, Vec<u8>)> = vec![
-        (FILES[0].into(), serde_json::to_vec(model.meta())?),
-        (FILES[1].into(), le_bytes(model.rows_y(), f32::to_le_bytes)),
-        (
-            FILES[2].into(),
-            le_bytes(model.rows_batch(), u32::to_le_bytes),
-        ),
-        (
-            FILES[3].into(),
-            le_bytes(model.rows_coverage(), f32::to_le_bytes),
-        ),
-    ];
-    let mut files = files;
-    if model.meta().feature_rows {
-        files.push((PROFILES.into(), le_bytes(model.rows_w(), f32::to_le_bytes)));
+pub fn write(dir: &Path, model: &Model) -> Result<Manifest> {
+    write_incremental(dir, model, None)
+}
+
+/// Whether the snapshot `base` holds a prefix of `model`'s rows, so its
+/// row segments can be reused: the same generation, no more rows or
+/// plates, the same dimensions and the profile files a model that keeps
+/// profiles needs — and 16 rows spread over the prefix read back from its
+/// files equal to the model's, bit for bit.
+fn base_holds_prefix(base: &Base, model: &Model) -> Result<bool> {
+    let m = &base.manifest;
+    let p = model.meta().dims;
+    if base.generation != model.meta().generation
+        || m.rows > model.len() as u64
+        || m.rows == 0
+        || m.dims != p as u64
+        || m.plates > model.meta().plates.len() as u64
+    {
+        return Ok(false);
     }
-    let mut sums = Vec::new();
-    let mut put = |name: String, bytes: &[u8]| -> Result<()> {
-        write_synced(&dir.join(&name), bytes)?;
-        sums.push(FileSum {
-            name,
-            len: bytes.len() as u64,
-            hash: content_hash(bytes),
+    let starts: Vec<u64> = std::iter::once(0)
+        .chain(m.segments.iter().copied())
+        .collect();
+    let listed = |name: &str| m.files.iter().any(|f| f.name == name);
+    let profiles = model.meta().feature_rows;
+    if !starts
+        .iter()
+        .all(|&s| listed(&segment_file("y", s)) && (!profiles || listed(&segment_file("w", s))))
+    {
+        return Ok(false);
+    }
+    let y = model.rows_y();
+    for t in 0..16u64 {
+        let r = t * (m.rows - 1) / 15;
+        let seg = starts.iter().rposition(|&s| s <= r).unwrap_or(0);
+        let path = base.dir.join(segment_file("y", starts[seg]));
+        let mut buf = vec![0u8; p * 4];
+        let read = File::open(&path).and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut buf, (r - starts[seg]) * p as u64 * 4)
         });
-        Ok(())
+        if read.is_err() {
+            return Ok(false);
+        }
+        let row = &y[r as usize * p..(r as usize + 1) * p];
+        if le_bytes(row, f32::to_le_bytes) != buf {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// [`write`], reusing the row segments of the previous snapshot `base`
+/// when it holds a prefix of the model's rows ([`base_holds_prefix`]):
+/// those files are hard-linked (copied where links fail) with their
+/// manifest entries, and only the new rows' segment is written — plus the
+/// small files (meta, batch ids, coverage, stored indices), which are
+/// rewritten whole. A snapshot so costs the rows added since the last one
+/// instead of the whole model ([`plan_segments`]).
+pub fn write_incremental(dir: &Path, model: &Model, base: Option<&Base>) -> Result<Manifest> {
+    let rows = model.len() as u64;
+    let p = model.meta().dims;
+    let nv = model.meta().varying.len();
+    let profiles = model.meta().feature_rows;
+    let base = match base {
+        Some(b) => match base_holds_prefix(b, model) {
+            Ok(true) => Some(b),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "previous snapshot not reused");
+                None
+            }
+        },
+        None => None,
     };
-    for (name, bytes) in files {
-        put(name, &bytes)?;
+    let (starts, kept) = match base {
+        Some(b) => {
+            let prev: Vec<u64> = std::iter::once(0)
+                .chain(b.manifest.segments.iter().copied())
+                .collect();
+            plan_segments(&prev, b.manifest.rows, rows)
+        }
+        None => (vec![0], 0),
+    };
+    let mut sums = Vec::new();
+    put(
+        dir,
+        &mut sums,
+        FILES[0].into(),
+        &serde_json::to_vec(model.meta())?,
+    )?;
+    let mut arrays = vec![("y", p, model.rows_y())];
+    if profiles {
+        arrays.push(("w", nv, model.rows_w()));
+    }
+    for (n_array, &(stem, width, values)) in arrays.iter().enumerate() {
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(rows);
+            let name = segment_file(stem, start);
+            if let Some(b) = base.filter(|_| i < kept) {
+                let sum = b.manifest.files.iter().find(|f| f.name == name);
+                if let Some(sum) = sum {
+                    // A second name for the same (already synced) data.
+                    if std::fs::hard_link(b.dir.join(&name), dir.join(&name)).is_ok() {
+                        sums.push(sum.clone());
+                        continue;
+                    }
+                }
+            }
+            let (from, to) = (start as usize * width, end as usize * width);
+            let part = values
+                .get(from..to)
+                .with_context(|| format!("internal: rows {start}..{end} of {stem} out of range"))?;
+            put(dir, &mut sums, name, &le_bytes(part, f32::to_le_bytes))?;
+        }
+        if n_array == 0 {
+            // The files' order of a one-segment snapshot, as format 2 wrote it.
+            put(
+                dir,
+                &mut sums,
+                FILES[2].into(),
+                &le_bytes(model.rows_batch(), u32::to_le_bytes),
+            )?;
+            put(
+                dir,
+                &mut sums,
+                FILES[3].into(),
+                &le_bytes(model.rows_coverage(), f32::to_le_bytes),
+            )?;
+        }
     }
     // One serialised index in memory at a time.
     for b in 0..model.meta().batches.len() {
         if let Some(bytes) = model.index_bytes(b)? {
-            put(index_file(b), &bytes)?;
+            put(dir, &mut sums, index_file(b), &bytes)?;
         }
     }
+    let segments = starts[1..].to_vec();
     let manifest = Manifest {
-        format: 2,
-        rows: model.len() as u64,
-        dims: model.meta().dims as u64,
+        format: if segments.is_empty() { 2 } else { 3 },
+        rows,
+        dims: p as u64,
         plates: model.meta().plates.len() as u64,
         files: sums,
+        segments,
     };
     write_synced(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(manifest)
+}
+
+/// Write one file of a snapshot, fsynced, and note its length and hash.
+fn put(dir: &Path, sums: &mut Vec<FileSum>, name: String, bytes: &[u8]) -> Result<()> {
+    write_synced(&dir.join(&name), bytes)?;
+    sums.push(FileSum {
+        name,
+        len: bytes.len() as u64,
+        hash: content_hash(bytes),
+    });
+    Ok(())
 }
 
 /// Read a snapshot file, checked against its manifest entry.
@@ -191,6 +373,67 @@ fn words(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 4]>> {
         .chunks_exact(4)
         .map(|c| [c[0], c[1], c[2], c[3]])
         .collect())
+}
+
+/// The first rows of a manifest's row segments (`[0]` for one segment),
+/// checked: ascending, inside the rows.
+fn segment_starts(dir: &Path, m: &Manifest) -> Result<Vec<u64>> {
+    let starts: Vec<u64> = std::iter::once(0)
+        .chain(m.segments.iter().copied())
+        .collect();
+    ensure!(
+        starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&l| l < m.rows.max(1)),
+        "{}: row segments {:?} are not ascending inside {} rows",
+        dir.join(MANIFEST).display(),
+        m.segments,
+        m.rows
+    );
+    Ok(starts)
+}
+
+/// The file holding row `row` of a row array.
+fn file_of_row(dir: &Path, stem: &str, m: Option<&Manifest>, row: u64) -> std::path::PathBuf {
+    let start = m
+        .map(|m| {
+            std::iter::once(0)
+                .chain(m.segments.iter().copied())
+                .filter(|&s| s <= row)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    dir.join(segment_file(stem, start))
+}
+
+/// A row array (`stem`: `y` or `w`, `width` values a row) from its
+/// segments, each checked against the manifest and against its row range.
+fn read_segments(dir: &Path, stem: &str, width: usize, m: Option<&Manifest>) -> Result<Vec<f32>> {
+    let to_f32 = |path: &Path, bytes: &[u8]| -> Result<Vec<f32>> {
+        Ok(words(path, bytes)?
+            .into_iter()
+            .map(f32::from_le_bytes)
+            .collect())
+    };
+    let Some(m) = m.filter(|m| !m.segments.is_empty()) else {
+        let name = segment_file(stem, 0);
+        return to_f32(&dir.join(&name), &read_checked(dir, &name, m)?);
+    };
+    let starts = segment_starts(dir, m)?;
+    let mut out = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(m.rows);
+        let name = segment_file(stem, start);
+        let path = dir.join(&name);
+        let bytes = read_checked(dir, &name, Some(m))?;
+        ensure!(
+            (end - start).checked_mul(width as u64 * 4) == Some(bytes.len() as u64),
+            "{}: {} bytes, rows {start}..{end} x {width} values expected",
+            path.display(),
+            bytes.len()
+        );
+        out.extend(to_f32(&path, &bytes)?);
+    }
+    Ok(out)
 }
 
 /// Does `dir` hold a manifest?
@@ -286,10 +529,7 @@ fn read_inner(
         .with_context(|| format!("{}", meta_path.display()))?;
     check_meta(&meta).with_context(|| format!("{}", meta_path.display()))?;
     let yp = dir.join(FILES[1]);
-    let y: Vec<f32> = words(&yp, &read_checked(dir, FILES[1], m)?)?
-        .into_iter()
-        .map(f32::from_le_bytes)
-        .collect();
+    let y = read_segments(dir, "y", meta.dims, m)?;
     let bp = dir.join(FILES[2]);
     let batch: Vec<u32> = words(&bp, &read_checked(dir, FILES[2], m)?)?
         .into_iter()
@@ -338,7 +578,7 @@ fn read_inner(
     {
         bail!(
             "{}: row {} holds {} (not a finite coordinate)",
-            yp.display(),
+            file_of_row(dir, "y", m, (i / p.max(1)) as u64).display(),
             i / p.max(1),
             y[i]
         );
@@ -356,11 +596,8 @@ fn read_inner(
     }
     let w: Option<Vec<f32>> = if meta.feature_rows {
         let wp = dir.join(PROFILES);
-        let w: Vec<f32> = words(&wp, &read_checked(dir, PROFILES, m)?)?
-            .into_iter()
-            .map(f32::from_le_bytes)
-            .collect();
         let nv = meta.varying.len();
+        let w = read_segments(dir, "w", nv, m)?;
         ensure!(
             w.len() == n * nv,
             "{}: {} values, {} rows x {} features expected (from {})",
@@ -376,7 +613,7 @@ fn read_inner(
         {
             bail!(
                 "{}: row {} holds {} (not a finite profile value)",
-                wp.display(),
+                file_of_row(dir, "w", m, (i / nv.max(1)) as u64).display(),
                 i / nv.max(1),
                 w[i]
             );
@@ -542,4 +779,94 @@ pub fn check_delta(model: &Model, d: &PlateDelta) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Snapshots after plates of the given sizes: the segments each one
+    /// has, and the rows each one writes.
+    fn history(reference: u64, plates: &[u64]) -> Vec<(Vec<u64>, u64)> {
+        let (mut starts, mut rows) = (vec![0u64], reference);
+        let mut out = Vec::new();
+        for &add in plates {
+            let next = rows + add;
+            let (s, kept) = plan_segments(&starts, rows, next);
+            let first_written = if kept < s.len() { s[kept] } else { next };
+            out.push((s.clone(), next - first_written));
+            starts = s;
+            rows = next;
+        }
+        out
+    }
+
+    proptest! {
+        /// The segments cover the rows in order; the kept ones are the
+        /// previous snapshot's, unchanged; their number stays logarithmic
+        /// and a row is rewritten a logarithmic number of times.
+        #[test]
+        fn prop_segments_are_kept_or_rewritten_and_stay_few(
+            reference in 0u64..5_000,
+            plates in prop::collection::vec(0u64..800, 1..120),
+        ) {
+            let (mut prev, mut rows) = (vec![0u64], reference);
+            let mut written = 0u64;
+            for &add in &plates {
+                let next = rows + add;
+                let (s, kept) = plan_segments(&prev, rows, next);
+                prop_assert_eq!(s[0], 0);
+                prop_assert!(s.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(s.last().is_some_and(|&l| l < next.max(1)));
+                prop_assert!(kept <= s.len() && kept <= prev.len());
+                let end = |v: &[u64], i: usize, n: u64| v.get(i + 1).copied().unwrap_or(n);
+                for i in 0..kept {
+                    prop_assert_eq!(s[i], prev[i]);
+                    prop_assert_eq!(end(&s, i, next), end(&prev, i, rows), "segment {} changed", i);
+                }
+                // Geometric: each segment is over twice the next one.
+                for i in 0..s.len().saturating_sub(1) {
+                    let (a, b) = (end(&s, i, next) - s[i], end(&s, i + 1, next) - s[i + 1]);
+                    prop_assert!(a > 2 * b, "segments {:?} of {} rows", s, next);
+                }
+                prop_assert!(s.len() as f64 <= 2.0 + (next.max(2) as f64).log2());
+                written += next - if kept < s.len() { s[kept] } else { next };
+                prev = s;
+                rows = next;
+            }
+            let added: u64 = plates.iter().sum();
+            let bound = (reference + added) as f64 * (2.0 + ((reference + added).max(2) as f64).log2());
+            prop_assert!((written as f64) <= bound, "{} rows written for {} added", written, added);
+        }
+    }
+
+    /// A stream of 384-row plates after a 1M-row reference: a snapshot
+    /// every 50 plates writes the 19,200 rows since the last one (or a few
+    /// times that when segments merge), not the reference — until the
+    /// stream's rows reach half the reference, when one snapshot rewrites
+    /// everything (the doubling that keeps the segments few).
+    #[test]
+    fn snapshots_after_a_large_reference_write_the_new_rows() {
+        let h = history(1_000_000, &[19_200; 40]);
+        assert!(h.iter().all(|(s, _)| s[0] == 0 && s.len() <= 8), "{h:?}");
+        assert_eq!(h[0].1, 19_200);
+        let full: Vec<usize> = (0..h.len()).filter(|&i| h[i].1 >= 1_000_000).collect();
+        assert_eq!(full.len(), 1, "{h:?}");
+        // Up to then, at most the stream's own rows.
+        assert!(h[..full[0]]
+            .iter()
+            .all(|x| x.1 <= 19_200 * (full[0] as u64 + 1)));
+        let before: u64 = h[..full[0]].iter().map(|x| x.1).sum();
+        let added = 19_200 * full[0] as u64;
+        assert!(
+            before <= added * 4,
+            "{before} rows written for {added} added"
+        );
+        // From an empty or missing base: everything is written.
+        assert_eq!(plan_segments(&[0], 0, 500), (vec![0], 0));
+        assert_eq!(plan_segments(&[], 10, 500), (vec![0], 0));
+        // Nothing added: every segment kept.
+        assert_eq!(plan_segments(&[0, 900], 1000, 1000), (vec![0, 900], 2));
+    }
 }
