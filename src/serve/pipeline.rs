@@ -13,14 +13,17 @@
 //!    reused plate id ([`plate::correct`]; pure, the model is not changed);
 //! 3. append the state change to the **write-ahead log** (fsync);
 //! 4. **publish** the outputs until durable ([`Sink::publish`]);
-//! 5. **apply** the change to the in-memory model; **snapshot** every
-//!    `snapshot_every` plates — a failed snapshot is logged, counted
-//!    (`balans_checkpoint_failures_total`) and retried at the next plate:
-//!    the log still holds every plate since the last good one;
+//! 5. **apply** the change to the in-memory model;
 //! 6. **acknowledge** the input ([`Source::acknowledge`]) — only now, with
 //!    the state change logged and the outputs durable;
 //! 7. **report**: one [`PlateEvent`] to the [`PlateHooks`] (the Prometheus
-//!    telemetry), the QC verdict, one `plate published` log line.
+//!    telemetry), the QC verdict, one `plate published` log line;
+//! 8. **snapshot** every `snapshot_every` plates (a checkpoint: it writes
+//!    the rows added since the last one) — after the acknowledgement, so
+//!    the plate's latency does not include it; a failed snapshot is
+//!    logged, counted (`balans_checkpoint_failures_total`) and retried at
+//!    the next plate: the log still holds every plate since the last good
+//!    one.
 //!
 //! A rejected input ([`PlateError::Rejected`]) goes to the sink's
 //! dead-letter destination with its reason and is then acknowledged; an
@@ -405,7 +408,6 @@ impl Pipeline {
             }
         }
         st.apply = t.elapsed();
-        self.snapshot_if_due();
         let outcome = if out.qc.replay {
             Outcome::Replayed
         } else {
@@ -464,6 +466,10 @@ impl Pipeline {
                 _ => None,
             },
         });
+        // The checkpoint comes last: the plate is logged, published and
+        // acknowledged already, so its latency does not include it (the
+        // next plate waits for it).
+        self.snapshot_if_due();
         Ok(())
     }
 

@@ -327,11 +327,21 @@ pub fn write_incremental(dir: &Path, model: &Model, base: Option<&Base>) -> Resu
 
 /// Write one file of a snapshot, fsynced, and note its length and hash.
 fn put(dir: &Path, sums: &mut Vec<FileSum>, name: String, bytes: &[u8]) -> Result<()> {
+    let t = std::time::Instant::now();
     write_synced(&dir.join(&name), bytes)?;
+    let written = t.elapsed().as_secs_f64();
+    let hash = content_hash(bytes);
+    tracing::debug!(
+        file = %name,
+        bytes = bytes.len(),
+        write_s = written,
+        hash_s = t.elapsed().as_secs_f64() - written,
+        "snapshot file written"
+    );
     sums.push(FileSum {
         name,
         len: bytes.len() as u64,
-        hash: content_hash(bytes),
+        hash,
     });
     Ok(())
 }
