@@ -382,6 +382,12 @@ fn a_snapshot_writes_the_new_rows_and_reuses_the_old_segments() {
     sd.snapshot(&m2).unwrap();
     assert_eq!(manifest(&d).segments, after.segments);
     assert_eq!(ino(&d, &segment_file("y", *starts.last().unwrap())), y_last);
+    let (code, out) = state_cmd("check", &d, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checksums verified; rows in 2 segments"),
+        "{out}"
+    );
     // Damage in the last segment is refused, naming its file.
     let last = segment_file("w", *starts.last().unwrap());
     let dd = st.dir.path().join("segments-flipped");

@@ -103,10 +103,17 @@ pub fn check(dir: &Path) -> Result<Report> {
                 return Ok(r);
             }
         };
+    let segments = std::fs::read(snap.join(super::snapshot::MANIFEST))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<super::snapshot::Manifest>(&b).ok())
+        .map_or(1, |m| m.segments.len() + 1);
     let verified = if super::snapshot::has_manifest(&snap) {
-        "checksums verified"
+        format!(
+            "checksums verified; rows in {segments} segment{}",
+            if segments == 1 { "" } else { "s" }
+        )
     } else {
-        "no manifest: predates checksums, not verified"
+        "no manifest: predates checksums, not verified".to_string()
     };
     r.lines.push(format!(
         "snapshot: {}: {} rows, {} plates, {} batches ({verified})",
