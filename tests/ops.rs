@@ -698,20 +698,25 @@ fn failed_checkpoints_are_counted_and_retried(
     for p in &plates[..4] {
         feed(p);
     }
-    let m = wait_published(&daemon, 4);
-    assert!(
-        m.get("balans_checkpoint_failures_total", &[]) >= 2.0,
-        "{}",
-        m.text
-    );
+    wait_published(&daemon, 4);
+    // The checkpoint runs after a plate is reported: wait for the retry.
+    let mut m = scrape(&daemon);
+    wait_until("two failed checkpoints", 120, || {
+        m = scrape(&daemon);
+        m.get("balans_checkpoint_failures_total", &[]) >= 2.0
+    });
     assert_eq!(m.get("balans_last_checkpoint_timestamp_seconds", &[]), 0.0);
     assert_eq!(m.get("balans_model_plates", &[]), 4.0);
     let failed = m.get("balans_checkpoint_failures_total", &[]);
     std::fs::remove_file(&blocker).unwrap();
     feed(&plates[4]);
-    let m = wait_published(&daemon, 5);
+    wait_published(&daemon, 5);
+    let mut m = scrape(&daemon);
+    wait_until("a good checkpoint", 120, || {
+        m = scrape(&daemon);
+        m.get("balans_last_checkpoint_timestamp_seconds", &[]) > 1.6e9
+    });
     assert_eq!(m.get("balans_checkpoint_failures_total", &[]), failed);
-    assert!(m.get("balans_last_checkpoint_timestamp_seconds", &[]) > 1.6e9);
     let log = daemon.log();
     assert!(log.contains("checkpoint failed"), "{log}");
     assert!(daemon.term(), "SIGTERM exits 0");
