@@ -3,10 +3,13 @@
 //! temporary directory, with a manifest chosen by the first byte: none
 //! (a snapshot predating checksums), one with the right checksums computed
 //! here (so the fuzzer reaches the consistency checks behind them), or the
-//! rest of the input as `manifest.json`. Then `state::snapshot::read`.
+//! rest of the input as `manifest.json`. With bit 8 of the first byte set,
+//! the input also holds a second row segment, `y.<row>.f32` (a u16 length +
+//! bytes, the row from the byte after the manifest figures), and the
+//! computed manifest lists it under `segments`. Then `state::snapshot::read`.
 #![no_main]
 use balans::method::model::content_hash;
-use balans::serve::state::snapshot::{read, FILES, MANIFEST};
+use balans::serve::state::snapshot::{read, segment_file, FILES, MANIFEST};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +37,27 @@ fuzz_target!(|data: &[u8]| {
             content_hash(bytes)
         ));
     }
+    let mut segments = String::new();
+    if mode & 8 == 8 {
+        let len = if rest.len() >= 2 {
+            let l = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+            rest = &rest[2..];
+            l.min(rest.len())
+        } else {
+            0
+        };
+        let (bytes, tail) = rest.split_at(len);
+        rest = tail;
+        let row = 1 + rest.get(4).copied().unwrap_or(0) as u64;
+        let name = segment_file("y", row);
+        std::fs::write(dir.path().join(&name), bytes).expect("write");
+        sums.push(format!(
+            "{{\"name\":\"{name}\",\"len\":{},\"hash\":{}}}",
+            bytes.len(),
+            content_hash(bytes)
+        ));
+        segments = format!(",\"segments\":[{row}]");
+    }
     let require = mode & 4 == 4;
     match mode % 3 {
         0 => {}
@@ -41,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             // Rows, dims and plates from the next bytes.
             let n = |i: usize| rest.get(i).copied().unwrap_or(0) as u64;
             let manifest = format!(
-                "{{\"format\":2,\"rows\":{},\"dims\":{},\"plates\":{},\"files\":[{}]}}",
+                "{{\"format\":2,\"rows\":{},\"dims\":{},\"plates\":{},\"files\":[{}]{segments}}}",
                 n(0) | n(1) << 8,
                 n(2),
                 n(3),
