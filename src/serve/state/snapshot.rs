@@ -418,11 +418,27 @@ fn file_of_row(dir: &Path, stem: &str, m: Option<&Manifest>, row: u64) -> std::p
 /// A row array (`stem`: `y` or `w`, `width` values a row) from its
 /// segments, each checked against the manifest and against its row range.
 fn read_segments(dir: &Path, stem: &str, width: usize, m: Option<&Manifest>) -> Result<Vec<f32>> {
+    // Straight from the file's bytes into the rows (no intermediate
+    // copies: at 1M rows x 300 features a copy is 1.2 GB).
+    let extend = |out: &mut Vec<f32>, path: &Path, bytes: &[u8]| -> Result<()> {
+        ensure!(
+            bytes.len() % 4 == 0,
+            "{}: {} bytes, not a whole number of 4-byte values",
+            path.display(),
+            bytes.len()
+        );
+        out.reserve_exact(bytes.len() / 4);
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(())
+    };
     let to_f32 = |path: &Path, bytes: &[u8]| -> Result<Vec<f32>> {
-        Ok(words(path, bytes)?
-            .into_iter()
-            .map(f32::from_le_bytes)
-            .collect())
+        let mut out = Vec::new();
+        extend(&mut out, path, bytes)?;
+        Ok(out)
     };
     let Some(m) = m.filter(|m| !m.segments.is_empty()) else {
         let name = segment_file(stem, 0);
@@ -441,7 +457,7 @@ fn read_segments(dir: &Path, stem: &str, width: usize, m: Option<&Manifest>) -> 
             path.display(),
             bytes.len()
         );
-        out.extend(to_f32(&path, &bytes)?);
+        extend(&mut out, &path, &bytes)?;
     }
     Ok(out)
 }
