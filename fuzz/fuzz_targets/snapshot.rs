@@ -12,24 +12,32 @@ use balans::method::model::content_hash;
 use balans::serve::state::snapshot::{read, segment_file, FILES, MANIFEST};
 use libfuzzer_sys::fuzz_target;
 
+/// The next u16-length-prefixed run of bytes (shorter when the input ends).
+fn take_prefixed<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
+    let len = if rest.len() >= 2 {
+        let l = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+        *rest = &rest[2..];
+        l.min(rest.len())
+    } else {
+        0
+    };
+    let (bytes, tail) = rest.split_at(len);
+    *rest = tail;
+    bytes
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;
     };
-    let dir = tempfile::tempdir_in(std::env::var_os("BALANS_FUZZ_TMP").unwrap_or_else(|| "/dev/shm".into()))
-        .or_else(|_| tempfile::tempdir())
-        .expect("temp dir");
+    let dir = tempfile::tempdir_in(
+        std::env::var_os("BALANS_FUZZ_TMP").unwrap_or_else(|| "/dev/shm".into()),
+    )
+    .or_else(|_| tempfile::tempdir())
+    .expect("temp dir");
     let mut sums = Vec::new();
     for name in FILES {
-        let len = if rest.len() >= 2 {
-            let l = u16::from_le_bytes([rest[0], rest[1]]) as usize;
-            rest = &rest[2..];
-            l.min(rest.len())
-        } else {
-            0
-        };
-        let (bytes, tail) = rest.split_at(len);
-        rest = tail;
+        let bytes = take_prefixed(&mut rest);
         std::fs::write(dir.path().join(name), bytes).expect("write");
         sums.push(format!(
             "{{\"name\":\"{name}\",\"len\":{},\"hash\":{}}}",
@@ -39,15 +47,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut segments = String::new();
     if mode & 8 == 8 {
-        let len = if rest.len() >= 2 {
-            let l = u16::from_le_bytes([rest[0], rest[1]]) as usize;
-            rest = &rest[2..];
-            l.min(rest.len())
-        } else {
-            0
-        };
-        let (bytes, tail) = rest.split_at(len);
-        rest = tail;
+        let bytes = take_prefixed(&mut rest);
         let row = 1 + rest.get(4).copied().unwrap_or(0) as u64;
         let name = segment_file("y", row);
         std::fs::write(dir.path().join(&name), bytes).expect("write");

@@ -93,6 +93,15 @@ pub struct Manifest {
     pub segments: Vec<u64>,
 }
 
+impl Manifest {
+    /// The first rows of the row segments: `0`, then [`Manifest::segments`].
+    pub fn segment_starts(&self) -> Vec<u64> {
+        std::iter::once(0)
+            .chain(self.segments.iter().copied())
+            .collect()
+    }
+}
+
 /// The file holding rows `start..` of a row array (`stem` = `y` or `w`):
 /// `y.f32` for the segment that starts at row 0, `y.<start>.f32` after it.
 pub fn segment_file(stem: &str, start: u64) -> String {
@@ -194,9 +203,7 @@ fn base_holds_prefix(base: &Base, model: &Model) -> Result<bool> {
     {
         return Ok(false);
     }
-    let starts: Vec<u64> = std::iter::once(0)
-        .chain(m.segments.iter().copied())
-        .collect();
+    let starts = m.segment_starts();
     let listed = |name: &str| m.files.iter().any(|f| f.name == name);
     let profiles = model.meta().feature_rows;
     if !starts
@@ -228,8 +235,8 @@ fn base_holds_prefix(base: &Base, model: &Model) -> Result<bool> {
 
 /// [`write`], reusing the row segments of the previous snapshot `base`
 /// when it holds a prefix of the model's rows ([`base_holds_prefix`]):
-/// those files are hard-linked (copied where links fail) with their
-/// manifest entries, and only the new rows' segment is written — plus the
+/// those files are hard-linked (written again from the model where a link
+/// fails) with their manifest entries, and only the new rows' segment is written — plus the
 /// small files (meta, batch ids, coverage, stored indices), which are
 /// rewritten whole. A snapshot so costs the rows added since the last one
 /// instead of the whole model ([`plan_segments`]).
@@ -250,12 +257,7 @@ pub fn write_incremental(dir: &Path, model: &Model, base: Option<&Base>) -> Resu
         None => None,
     };
     let (starts, kept) = match base {
-        Some(b) => {
-            let prev: Vec<u64> = std::iter::once(0)
-                .chain(b.manifest.segments.iter().copied())
-                .collect();
-            plan_segments(&prev, b.manifest.rows, rows)
-        }
+        Some(b) => plan_segments(&b.manifest.segment_starts(), b.manifest.rows, rows),
         None => (vec![0], 0),
     };
     let mut sums = Vec::new();
@@ -388,9 +390,7 @@ fn words(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 4]>> {
 /// The first rows of a manifest's row segments (`[0]` for one segment),
 /// checked: ascending, inside the rows.
 fn segment_starts(dir: &Path, m: &Manifest) -> Result<Vec<u64>> {
-    let starts: Vec<u64> = std::iter::once(0)
-        .chain(m.segments.iter().copied())
-        .collect();
+    let starts = m.segment_starts();
     ensure!(
         starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&l| l < m.rows.max(1)),
         "{}: row segments {:?} are not ascending inside {} rows",
@@ -404,13 +404,7 @@ fn segment_starts(dir: &Path, m: &Manifest) -> Result<Vec<u64>> {
 /// The file holding row `row` of a row array.
 fn file_of_row(dir: &Path, stem: &str, m: Option<&Manifest>, row: u64) -> std::path::PathBuf {
     let start = m
-        .map(|m| {
-            std::iter::once(0)
-                .chain(m.segments.iter().copied())
-                .filter(|&s| s <= row)
-                .max()
-                .unwrap_or(0)
-        })
+        .and_then(|m| m.segment_starts().into_iter().filter(|&s| s <= row).max())
         .unwrap_or(0);
     dir.join(segment_file(stem, start))
 }

@@ -105,34 +105,28 @@ pub struct Scan {
 
 /// Encode one format-3 record.
 pub fn encode(seq: u64, delta: &PlateDelta) -> Result<Vec<u8>> {
-    let body = encode_body(delta)?;
-    let len = u32::try_from(body.len())
-        .map_err(|_| anyhow::anyhow!("a log record of {} bytes is too large", body.len()))?;
-    let mut rec = Vec::with_capacity(body.len() + HEADER);
-    rec.extend_from_slice(&MAGIC);
-    rec.extend_from_slice(&seq.to_le_bytes());
-    rec.extend_from_slice(&len.to_le_bytes());
-    rec.extend_from_slice(&content_hash(&body).to_le_bytes());
-    let h = content_hash(&rec);
-    rec.extend_from_slice(&h.to_le_bytes());
-    rec.extend_from_slice(&body);
-    Ok(rec)
+    frame(MAGIC, seq, &encode_body(delta)?)
 }
 
 /// Encode one format-2 record (JSON body): what builds before format 3
 /// wrote, kept for the tests that check such logs still restore.
 pub fn encode_v2(seq: u64, delta: &PlateDelta) -> Result<Vec<u8>> {
-    let body = serde_json::to_vec(delta)?;
+    frame(MAGIC_2, seq, &serde_json::to_vec(delta)?)
+}
+
+/// A record of either format: the header (magic, seq, length, body hash,
+/// header hash), then the body.
+fn frame(magic: [u8; 4], seq: u64, body: &[u8]) -> Result<Vec<u8>> {
     let len = u32::try_from(body.len())
         .map_err(|_| anyhow::anyhow!("a log record of {} bytes is too large", body.len()))?;
     let mut rec = Vec::with_capacity(body.len() + HEADER);
-    rec.extend_from_slice(&MAGIC_2);
+    rec.extend_from_slice(&magic);
     rec.extend_from_slice(&seq.to_le_bytes());
     rec.extend_from_slice(&len.to_le_bytes());
-    rec.extend_from_slice(&content_hash(&body).to_le_bytes());
+    rec.extend_from_slice(&content_hash(body).to_le_bytes());
     let h = content_hash(&rec);
     rec.extend_from_slice(&h.to_le_bytes());
-    rec.extend_from_slice(&body);
+    rec.extend_from_slice(body);
     Ok(rec)
 }
 
