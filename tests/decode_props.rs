@@ -456,7 +456,18 @@ proptest! {
 
 /// A small model (bootstrapped from one synthetic plate) written as a
 /// snapshot: the files' names and bytes, and the model's fingerprint.
+/// The files of a one-segment snapshot, in the order the fuzz target
+/// `snapshot` reads them; the manifest comes after them.
+const SNAP_FILES: [&str; 5] = [
+    snapshot::FILES[0],
+    snapshot::FILES[1],
+    snapshot::FILES[2],
+    snapshot::FILES[3],
+    snapshot::PROFILES,
+];
+
 struct Snap {
+    /// [`SNAP_FILES`] then `manifest.json`.
     files: Vec<(String, Vec<u8>)>,
     fingerprint: String,
 }
@@ -469,7 +480,7 @@ fn fingerprint(m: &Model) -> String {
         bits(m.rows_y()),
         m.rows_batch(),
         bits(m.rows_coverage())
-    )
+    ) + &format!("|{:?}", bits(m.rows_w()))
 }
 
 fn snap() -> &'static Snap {
@@ -489,11 +500,18 @@ fn snap() -> &'static Snap {
             threads: 1,
             ..Params::default()
         };
-        let m =
+        let mut m =
             Model::bootstrap(t.features.view(), Some(&ctrl), t.feature_names(), &params).unwrap();
+        // The rows as one plate, so the row files are not empty.
+        let aligned = m
+            .align_plate("P1", "B1", t.features.view(), Some(&ctrl), 1)
+            .unwrap();
+        m.apply(&aligned.delta).unwrap();
+        assert_eq!(m.len(), 96);
         let dir = tempfile::tempdir().unwrap();
         snapshot::write(dir.path(), &m).unwrap();
-        let files = snapshot::FILES
+        // SNAP_FILES, then the manifest (last).
+        let files: Vec<(String, Vec<u8>)> = SNAP_FILES
             .iter()
             .chain([&snapshot::MANIFEST])
             .map(|n| (n.to_string(), std::fs::read(dir.path().join(n)).unwrap()))
@@ -503,6 +521,16 @@ fn snap() -> &'static Snap {
             fingerprint(&back),
             fingerprint(&m),
             "a snapshot round-trips"
+        );
+        // Without the stored index (not among the files the tests and the
+        // fuzz target write), the index is built from the rows: same model.
+        let bare = tempfile::tempdir().unwrap();
+        write_snapshot(bare.path(), &files);
+        let back = snapshot::read(bare.path(), true).unwrap();
+        assert_eq!(
+            fingerprint(&back),
+            fingerprint(&m),
+            "a snapshot without its index file restores"
         );
         Snap {
             files,
@@ -524,7 +552,7 @@ proptest! {
     /// naming the snapshot's directory.
     #[test]
     fn mutated_snapshots_restore_the_same_model_or_fail(
-        which in 0usize..5,
+        which in 0usize..6,
         ms in mutations(),
     ) {
         let s = snap();
@@ -696,14 +724,23 @@ fn write_fuzz_seeds() {
     log.extend(wal::encode_v2(1, &d("P2", vec![1.5, 0.0, -2.0, 0.125])).unwrap());
     put("wal", "two_records_v2", &log);
     // Snapshot: mode 0 (no manifest), 1 (manifest computed by the target),
-    // 2 (the real manifest as the rest).
+    // 2 (the real manifest as the rest), 10 (computed manifest, bit 8: a
+    // second row segment; `y.f32` and `w.f32` hold the first half of the
+    // rows and `y.<row>.f32`, `w.<row>.f32` the rest, then the figures:
+    // rows (u16), dims, plates and the segment's first row - 1).
     let s = snap();
-    let mut files = Vec::new();
-    for (name, bytes) in &s.files[..4] {
-        let len = u16::try_from(bytes.len()).unwrap_or_else(|_| panic!("{name} over 64 KiB"));
-        files.extend(len.to_le_bytes());
-        files.extend(bytes);
-    }
+    let prefixed = |parts: &[&[u8]]| {
+        let mut out = Vec::new();
+        for bytes in parts {
+            let len = u16::try_from(bytes.len()).expect("a seed file over 64 KiB");
+            out.extend(len.to_le_bytes());
+            out.extend(*bytes);
+        }
+        out
+    };
+    let whole: Vec<&[u8]> = s.files[..5].iter().map(|(_, b)| b.as_slice()).collect();
+    let files = prefixed(&whole);
+    let manifest_bytes = &s.files[5].1;
     put("snapshot", "no_manifest", &[&[0u8][..], &files].concat());
     put(
         "snapshot",
@@ -713,7 +750,29 @@ fn write_fuzz_seeds() {
     put(
         "snapshot",
         "real_manifest",
-        &[&[2u8][..], &files, &s.files[4].1].concat(),
+        &[&[2u8][..], &files, manifest_bytes].concat(),
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(manifest_bytes).unwrap();
+    let figure = |k: &str| {
+        manifest[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("manifest {k}"))
+    };
+    let (rows, dims, plates) = (figure("rows"), figure("dims"), figure("plates"));
+    let half = rows / 2;
+    let nv = s.files[4].1.len() as u64 / (4 * rows);
+    let (y0, y1) = s.files[1].1.split_at((half * dims * 4) as usize);
+    let (w0, w1) = s.files[4].1.split_at((half * nv * 4) as usize);
+    let two = prefixed(&[&s.files[0].1, y0, &s.files[2].1, &s.files[3].1, w0, y1, w1]);
+    let figures = [
+        &u16::try_from(rows).unwrap().to_le_bytes()[..],
+        &[dims as u8, plates as u8, (half - 1) as u8],
+    ]
+    .concat();
+    put(
+        "snapshot",
+        "two_segments",
+        &[&[10u8][..], &two, &figures].concat(),
     );
     // Chunks: two chunks of one plate, a redelivery, a second plate.
     put(
