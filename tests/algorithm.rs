@@ -357,6 +357,41 @@ proptest! {
         prop_assert_eq!(c.corrected.dim(), x.dim());
         prop_assert!(c.corrected.iter().all(|v| v.is_finite()));
     }
+
+    /// Issue #15 case 7, below the refusal bound: the fit works on a copy
+    /// clipped at +-50 robust z (docs/method.md), so how far beyond the
+    /// clip one extreme cell lies reaches no other value. 1e6 and 1e300
+    /// (either sign) give the same bits everywhere else; the extreme cell
+    /// itself stays finite, on its side, and keeps its magnitude (it is
+    /// shifted and scaled, not clipped, in the output).
+    #[test]
+    fn an_extreme_cells_magnitude_reaches_no_other_value(
+        seed in 0u64..1000,
+        row in 0usize..150,
+        feature in 0usize..6,
+        negative in any::<bool>(),
+    ) {
+        let (x, batch, _) = table(150, 6, 3, 1.0, seed);
+        let sign = if negative { -1.0 } else { 1.0 };
+        let p = Params { threads: 2, min_landmarks: 10, ..Params::default() };
+        let with = |v: f64| {
+            let mut x = x.clone();
+            x[[row, feature]] = sign * v;
+            run(&x, &batch, None, &p).corrected
+        };
+        let (a, b) = (with(1e6), with(1e300));
+        for ((i, j), va) in a.indexed_iter() {
+            if (i, j) == (row, feature) {
+                continue;
+            }
+            prop_assert_eq!(va.to_bits(), b[[i, j]].to_bits(), "row {} feature {}", i, j);
+        }
+        for (c, v) in [(&a, 1e6), (&b, 1e300)] {
+            let out = c[[row, feature]];
+            prop_assert!(out.is_finite() && out * sign > 0.0, "{} became {}", sign * v, out);
+            prop_assert!(out.abs() > v * 1e-3, "{} became {}", sign * v, out);
+        }
+    }
 }
 
 /// A biological state present in one batch only must not be dragged onto
