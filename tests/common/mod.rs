@@ -288,6 +288,19 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process has exited (a zombie not yet waited for, or
+    /// gone), for timeout messages: a daemon that died says nothing more
+    /// in its log.
+    pub fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            // pid (comm) state ...: the state follows the last ')'.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        }
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         let _ = self.child.wait();
@@ -378,6 +391,41 @@ pub fn create_topics(brokers: &str, t: &Topics, plate_partitions: i32) {
     for r in res {
         if let Err((name, e)) = r {
             panic!("cannot create topic {name}: {e}");
+        }
+    }
+}
+
+/// Delete `topic` and create it again, empty, with `partitions` (as an
+/// operator recreating a feed's topic does; the broker restarts offsets at
+/// 0). Retries the creation while the deletion is still in progress.
+pub fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in rt.block_on(admin.delete_topics(&[topic], &opts)).unwrap() {
+        if let Err((name, e)) = r {
+            panic!("cannot delete topic {name}: {e}");
+        }
+    }
+    let new = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match rt
+            .block_on(admin.create_topics(&new, &opts))
+            .unwrap()
+            .remove(0)
+        {
+            Ok(_) => return,
+            Err((name, e)) if std::time::Instant::now() > deadline => {
+                panic!("cannot create topic {name} again: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
