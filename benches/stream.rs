@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench stream` (N = 100k) or
 //! `BALANS_BENCH_ROWS=20000,100000,1000000 cargo bench --bench stream`.
 //! Other knobs: `BALANS_BENCH_PLATES` (plates per phase, default 20),
-//! `BALANS_BENCH_BROKERS` (use a running broker instead of starting one).
+//! `BALANS_BENCH_BROKERS` (use a running broker instead of starting one),
+//! `BALANS_BENCH_KEEP_STATE` (keep each size's state directory, printed as
+//! `STATE`, to profile a restart with `balans state check --state-dir`).
 //!
 //! Warm start: an offline fit of 1M rows takes about an hour here, so the
 //! model is seeded cheaply instead: normalisation and PCA basis from
@@ -264,6 +266,11 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
         k.properties.insert(a.into(), b.into());
     }
     cfg.serve.state_dir = state.path().join("state");
+    if std::env::var_os("BALANS_BENCH_KEEP_STATE").is_some() {
+        // Kept for profiling a restart (`balans state check --state-dir`).
+        println!("STATE n={n} kept in {}", cfg.serve.state_dir.display());
+        std::mem::forget(state);
+    }
     let snapshot_every = cfg.serve.snapshot_every;
     let state_dir = cfg.serve.state_dir.clone();
     let (tx, rx) = mpsc::channel();

@@ -145,7 +145,16 @@ pub enum Lookup {
 
 /// FNV-1a hash of bytes (stable across runs and platforms).
 pub fn content_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
+    content_hash_extend(CONTENT_HASH_START, bytes)
+}
+
+/// [`content_hash`]'s value before any byte: hash a stream in parts with
+/// [`content_hash_extend`] (`content_hash(a ++ b)` =
+/// `content_hash_extend(content_hash(a), b)`).
+pub const CONTENT_HASH_START: u64 = 0xcbf29ce484222325;
+
+/// Continue a [`content_hash`] `h` over more bytes.
+pub fn content_hash_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);

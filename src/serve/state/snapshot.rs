@@ -42,7 +42,10 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::method::model::{content_hash, IndexRestore, Model, ModelMeta, PlateDelta, StoredIndex};
+use crate::method::model::{
+    content_hash, content_hash_extend, IndexRestore, Model, ModelMeta, PlateDelta, StoredIndex,
+    CONTENT_HASH_START,
+};
 use crate::method::params::IndexKind;
 
 /// Largest absolute neighbour-space coordinate accepted from a snapshot or
@@ -412,48 +415,100 @@ fn file_of_row(dir: &Path, stem: &str, m: Option<&Manifest>, row: u64) -> std::p
 /// A row array (`stem`: `y` or `w`, `width` values a row) from its
 /// segments, each checked against the manifest and against its row range.
 fn read_segments(dir: &Path, stem: &str, width: usize, m: Option<&Manifest>) -> Result<Vec<f32>> {
-    // Straight from the file's bytes into the rows (no intermediate
-    // copies: at 1M rows x 300 features a copy is 1.2 GB).
-    let extend = |out: &mut Vec<f32>, path: &Path, bytes: &[u8]| -> Result<()> {
-        ensure!(
-            bytes.len() % 4 == 0,
-            "{}: {} bytes, not a whole number of 4-byte values",
-            path.display(),
-            bytes.len()
-        );
-        out.reserve_exact(bytes.len() / 4);
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
-        Ok(())
-    };
-    let to_f32 = |path: &Path, bytes: &[u8]| -> Result<Vec<f32>> {
-        let mut out = Vec::new();
-        extend(&mut out, path, bytes)?;
-        Ok(out)
-    };
+    let mut out = Vec::new();
     let Some(m) = m.filter(|m| !m.segments.is_empty()) else {
-        let name = segment_file(stem, 0);
-        return to_f32(&dir.join(&name), &read_checked(dir, &name, m)?);
+        read_rows_into(&mut out, dir, &segment_file(stem, 0), m, None)?;
+        return Ok(out);
     };
     let starts = segment_starts(dir, m)?;
-    let mut out = Vec::new();
     for (i, &start) in starts.iter().enumerate() {
         let end = starts.get(i + 1).copied().unwrap_or(m.rows);
         let name = segment_file(stem, start);
-        let path = dir.join(&name);
-        let bytes = read_checked(dir, &name, Some(m))?;
-        ensure!(
-            (end - start).checked_mul(width as u64 * 4) == Some(bytes.len() as u64),
-            "{}: {} bytes, rows {start}..{end} x {width} values expected",
-            path.display(),
-            bytes.len()
-        );
-        extend(&mut out, &path, &bytes)?;
+        read_rows_into(&mut out, dir, &name, Some(m), Some((start, end, width)))?;
     }
     Ok(out)
+}
+
+/// Bytes read at a time by [`read_rows_into`] (a multiple of 4).
+const READ_CHUNK: usize = 1 << 22;
+
+/// Append the little-endian f32 values of snapshot file `name` to `out`,
+/// read in [`READ_CHUNK`] parts and hashed as they pass: only `out` and one
+/// chunk are in memory, where reading the file whole and then decoding it
+/// held the file twice (2.4 GB for 1M rows x 300 features; on these
+/// machines first-touching fresh memory is most of a restart's time).
+/// Checked, as [`read_checked`] checks a whole file: the length and hash
+/// against the manifest (when there is one), and `rows` = `(first, end,
+/// width)`: the length a segment of those rows must have.
+fn read_rows_into(
+    out: &mut Vec<f32>,
+    dir: &Path,
+    name: &str,
+    manifest: Option<&Manifest>,
+    rows: Option<(u64, u64, usize)>,
+) -> Result<()> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let mut file = File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let sum = match manifest {
+        Some(m) => {
+            let sum = m
+                .files
+                .iter()
+                .find(|f| f.name == name)
+                .with_context(|| format!("{}: not listed in {MANIFEST}", path.display()))?;
+            ensure!(
+                len == sum.len,
+                "{}: {len} bytes, the manifest says {}",
+                path.display(),
+                sum.len
+            );
+            Some(sum.hash)
+        }
+        None => None,
+    };
+    if let Some((start, end, width)) = rows {
+        ensure!(
+            (end - start).checked_mul(width as u64 * 4) == Some(len),
+            "{}: {len} bytes, rows {start}..{end} x {width} values expected",
+            path.display()
+        );
+    }
+    ensure!(
+        len % 4 == 0,
+        "{}: {len} bytes, not a whole number of 4-byte values",
+        path.display()
+    );
+    let values =
+        usize::try_from(len / 4).with_context(|| format!("{}: too large", path.display()))?;
+    out.try_reserve_exact(values)
+        .with_context(|| format!("{}: cannot hold {values} values", path.display()))?;
+    let mut chunk = vec![0u8; READ_CHUNK.min(len as usize)];
+    let mut hash = CONTENT_HASH_START;
+    let mut left = len as usize;
+    while left > 0 {
+        let part = &mut chunk[..left.min(READ_CHUNK)];
+        file.read_exact(part)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        hash = content_hash_extend(hash, part);
+        out.extend(
+            part.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        left -= part.len();
+    }
+    if let Some(expected) = sum {
+        ensure!(
+            hash == expected,
+            "{}: checksum mismatch (the file is damaged)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Does `dir` hold a manifest?
@@ -806,6 +861,67 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A row file longer than one read chunk: the values and the hash are
+    /// those of the whole file; a flipped byte in the last chunk, a length
+    /// the manifest does not give, or a segment of the wrong size are
+    /// refused, naming the file.
+    #[test]
+    fn a_row_file_read_in_chunks_is_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..READ_CHUNK / 4 + 5)
+            .map(|i| i as f32 * 0.5 - 7.0)
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.path().join("w.f32"), &bytes).unwrap();
+        let manifest = |len: u64, hash: u64| Manifest {
+            format: 2,
+            rows: values.len() as u64,
+            dims: 1,
+            plates: 0,
+            files: vec![FileSum {
+                name: "w.f32".into(),
+                len,
+                hash,
+            }],
+            segments: vec![],
+        };
+        let good = manifest(bytes.len() as u64, content_hash(&bytes));
+        let read = |m: Option<&Manifest>, rows| {
+            let mut out = vec![1.5f32];
+            read_rows_into(&mut out, dir.path(), "w.f32", m, rows).map(|_| out)
+        };
+        let n = values.len() as u64;
+        for (m, rows) in [
+            (None, None),
+            (Some(&good), None),
+            (Some(&good), Some((3, n + 3, 1))),
+        ] {
+            let out = read(m, rows).unwrap();
+            assert_eq!(out[0], 1.5, "appended after what was there");
+            assert_eq!(&out[1..], &values[..]);
+        }
+        let refused = |m: Option<&Manifest>, rows, what: &str| {
+            let e = format!("{:#}", read(m, rows).unwrap_err());
+            assert!(e.contains("w.f32") && e.contains(what), "{e}");
+        };
+        refused(
+            Some(&manifest(bytes.len() as u64 + 4, good.files[0].hash)),
+            None,
+            "the manifest says",
+        );
+        refused(Some(&good), Some((0, n - 1, 1)), "rows 0..");
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0x10;
+        std::fs::write(dir.path().join("w.f32"), &flipped).unwrap();
+        refused(Some(&good), None, "checksum mismatch");
+        assert_eq!(
+            read(None, None).unwrap().len(),
+            values.len() + 1,
+            "no manifest: not checked"
+        );
+    }
+
     /// Snapshots after plates of the given sizes: the segments each one
     /// has, and the rows each one writes.
     fn history(reference: u64, plates: &[u64]) -> Vec<(Vec<u64>, u64)> {
@@ -823,6 +939,17 @@ mod tests {
     }
 
     proptest! {
+        /// Hashing in parts gives the hash of the whole.
+        #[test]
+        fn prop_hash_in_parts_is_the_hash_of_the_whole(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let at = cut.index(bytes.len() + 1);
+            let (a, b) = bytes.split_at(at);
+            prop_assert_eq!(content_hash_extend(content_hash(a), b), content_hash(&bytes));
+        }
+
         /// The segments cover the rows in order; the kept ones are the
         /// previous snapshot's, unchanged; their number stays logarithmic
         /// and a row is rewritten a logarithmic number of times.
