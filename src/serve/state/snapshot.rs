@@ -356,25 +356,35 @@ fn read_checked(dir: &Path, name: &str, manifest: Option<&Manifest>) -> Result<V
     let path = dir.join(name);
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Some(m) = manifest {
-        let sum = m
-            .files
-            .iter()
-            .find(|f| f.name == name)
-            .with_context(|| format!("{}: not listed in {MANIFEST}", path.display()))?;
-        ensure!(
-            bytes.len() as u64 == sum.len,
-            "{}: {} bytes, the manifest says {}",
-            path.display(),
-            bytes.len(),
-            sum.len
-        );
-        ensure!(
-            content_hash(&bytes) == sum.hash,
-            "{}: checksum mismatch (the file is damaged)",
-            path.display()
-        );
+        let sum = listed(m, &path, name, bytes.len() as u64)?;
+        check_hash(&path, content_hash(&bytes), sum)?;
     }
     Ok(bytes)
+}
+
+/// `name`'s entry in the manifest, whose length must be `len`.
+fn listed<'a>(m: &'a Manifest, path: &Path, name: &str, len: u64) -> Result<&'a FileSum> {
+    let sum = m
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .with_context(|| format!("{}: not listed in {MANIFEST}", path.display()))?;
+    ensure!(
+        len == sum.len,
+        "{}: {len} bytes, the manifest says {}",
+        path.display(),
+        sum.len
+    );
+    Ok(sum)
+}
+
+fn check_hash(path: &Path, hash: u64, sum: &FileSum) -> Result<()> {
+    ensure!(
+        hash == sum.hash,
+        "{}: checksum mismatch (the file is damaged)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn words(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 4]>> {
@@ -454,23 +464,7 @@ fn read_rows_into(
         .metadata()
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
-    let sum = match manifest {
-        Some(m) => {
-            let sum = m
-                .files
-                .iter()
-                .find(|f| f.name == name)
-                .with_context(|| format!("{}: not listed in {MANIFEST}", path.display()))?;
-            ensure!(
-                len == sum.len,
-                "{}: {len} bytes, the manifest says {}",
-                path.display(),
-                sum.len
-            );
-            Some(sum.hash)
-        }
-        None => None,
-    };
+    let sum = manifest.map(|m| listed(m, &path, name, len)).transpose()?;
     if let Some((start, end, width)) = rows {
         ensure!(
             (end - start).checked_mul(width as u64 * 4) == Some(len),
@@ -501,12 +495,8 @@ fn read_rows_into(
         );
         left -= part.len();
     }
-    if let Some(expected) = sum {
-        ensure!(
-            hash == expected,
-            "{}: checksum mismatch (the file is damaged)",
-            path.display()
-        );
+    if let Some(sum) = sum {
+        check_hash(&path, hash, sum)?;
     }
     Ok(())
 }
