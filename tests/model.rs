@@ -291,12 +291,17 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
 }
 
 #[test]
-fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_old_semantics() {
+fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_with_their_old_semantics(
+) {
     use balans::method::params::TrustRule;
     use balans::serve::state::StateDir;
-    let (_t, model, _, _) = setup();
+    let (_t, model, _, _) = setup_with(&Params {
+        rounds: 3,
+        ..params()
+    });
     assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
     assert_eq!(model.meta().params.gain_shrinkage, 0.5);
+    assert_eq!(model.meta().params.plate_rounds, 1);
     let dir = tempfile::tempdir().unwrap();
     StateDir::open(dir.path())
         .unwrap()
@@ -308,8 +313,9 @@ fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_ol
     };
     assert_eq!(restore().meta().params.trust_rule, TrustRule::Mutual);
     assert_eq!(restore().meta().params.gain_shrinkage, 0.5);
-    // The same snapshot as a build without `trust_rule` and
-    // `gain_shrinkage` wrote it.
+    assert_eq!(restore().meta().params.plate_rounds, 1);
+    // The same snapshot as a build without `trust_rule`, `gain_shrinkage`
+    // and `plate_rounds` wrote it.
     let meta = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path().join("meta.json"))
@@ -319,6 +325,7 @@ fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_ol
     let params = v["params"].as_object_mut().unwrap();
     params.remove("trust_rule");
     params.remove("gain_shrinkage");
+    params.remove("plate_rounds");
     std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
     // Such a build wrote no checksum manifest either.
     std::fs::remove_file(meta.with_file_name("manifest.json")).unwrap();
@@ -326,6 +333,11 @@ fn states_written_before_the_trust_rule_and_gain_shrinkage_restore_with_their_ol
     let old = restore();
     assert_eq!(old.meta().params.trust_rule, TrustRule::Mass);
     assert_eq!(old.meta().params.gain_shrinkage, 1.0);
+    assert_eq!(
+        old.meta().params.plate_rounds,
+        3,
+        "plates were aligned in `rounds` rounds"
+    );
     assert_eq!(old.len(), model.len());
 }
 
@@ -587,4 +599,50 @@ fn batch_summaries_are_bounded_restore_identically_and_still_correct() {
         "{:?}",
         a.qc
     );
+}
+
+/// `plate_rounds` sets how many rounds a plate aligned to a model takes,
+/// and nothing of the offline fit: fits with 1 and 2 plate rounds are the
+/// same bits. A plate takes one round's landmarks per round; with 0 rounds
+/// it is normalised only (its coordinates stay as projected); 1 and 2
+/// rounds give different corrections, both toward the model.
+#[test]
+fn plate_rounds_set_the_plates_alignment_not_the_fit() {
+    let (t, one, plate_rows, _) = setup_with(&Params {
+        plate_rounds: 1,
+        ..params()
+    });
+    let (_, two, _, _) = setup_with(&Params {
+        plate_rounds: 2,
+        ..params()
+    });
+    let bits = |m: &Model| m.rows_w().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&one),
+        bits(&two),
+        "the fit does not depend on plate_rounds"
+    );
+    assert_eq!(one.rows_y(), two.rows_y());
+    let (x, c) = plate_inputs(&t, &plate_rows);
+    let align = |m: &Model| {
+        m.align_plate("P", "Batch02", x.view(), Some(&c), 1)
+            .unwrap()
+    };
+    let (a1, a2) = (align(&one), align(&two));
+    assert!(a1.timings.landmarks > 0);
+    assert!(
+        a2.timings.landmarks > a1.timings.landmarks,
+        "{} vs {}",
+        a2.timings.landmarks,
+        a1.timings.landmarks
+    );
+    let moved = |a: &balans::method::model::AlignedPlate| max_abs(&(&a.corrected - &x));
+    assert!(moved(&a1) > 0.0 && max_abs(&(&a1.corrected - &a2.corrected)) > 0.0);
+    let (_, zero, _, _) = setup_with(&Params {
+        plate_rounds: 0,
+        ..params()
+    });
+    let a0 = align(&zero);
+    assert_eq!(a0.timings.landmarks, 0);
+    assert_eq!(a0.y_corrected, a0.y_raw, "normalised only");
 }

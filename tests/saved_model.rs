@@ -592,13 +592,18 @@ fn a_run_repeats_from_its_output_metadata_alone() {
         "7",
         "--rounds",
         "3",
+        "--plate-rounds",
+        "2",
         "--threads",
         "2",
     ]);
     let prov = provenance_of(&first);
     assert_eq!(prov.seed, 7);
     let cfg = prov.resolved_config().unwrap();
-    assert_eq!((cfg.method.k, cfg.method.rounds), (9, 3));
+    assert_eq!(
+        (cfg.method.k, cfg.method.rounds, cfg.method.plate_rounds),
+        (9, 3, 2)
+    );
     // Only the metadata: no flag but the input and output.
     let config = d.join("from_metadata.toml");
     std::fs::write(&config, &prov.config).unwrap();

@@ -54,6 +54,9 @@ pub struct MethodArgs {
     /// Alignment rounds; 0 = per-plate normalisation only [default: 2].
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Alignment rounds of a plate aligned to a model by the daemon and `balans apply` (saved with --save-model); 0 = per-plate normalisation only [default: 1].
+    #[arg(long)]
+    pub plate_rounds: Option<usize>,
     /// Width of the `mass` trust test (x the control-calibrated width when --control is given); 0 turns the trust test off and forces alignment, whatever the rule [default: 0.5].
     #[arg(long)]
     pub trust: Option<f64>,
@@ -115,6 +118,7 @@ impl MethodArgs {
             coverage_target,
             round_fraction,
             rounds,
+            plate_rounds,
             trust,
             trust_k
         );

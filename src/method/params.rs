@@ -193,6 +193,12 @@ pub struct Params {
     /// Alignment rounds (each re-indexes the corrected neighbour space);
     /// 0 = per-plate normalisation only.
     pub rounds: usize,
+    /// Alignment rounds of a plate aligned to a model (`balans serve`,
+    /// `balans apply`): the model stays where it is and only the plate
+    /// moves, so a second round searches again from the plate's corrected
+    /// position and moves it further toward the same rows. 0 = per-plate
+    /// normalisation only. Default 1 (docs/serve.md, "Plate rounds").
+    pub plate_rounds: usize,
     /// Width of the `mass` trust test, in units of the landmark's
     /// own-batch scale (0 = off: every batch is forced to align).
     pub trust: f64,
@@ -240,6 +246,7 @@ impl Default for Params {
             sampling_rule: SamplingRule::Lowest,
             round_fraction: 0.02,
             rounds: 2,
+            plate_rounds: 1,
             trust: 0.5,
             trust_k: 15,
             trust_rule: TrustRule::Mutual,

@@ -632,7 +632,7 @@ impl Model {
         let mut hits_before: Option<Vec<RowHits>> = None;
         let t_correction = std::time::Instant::now();
         if !self.is_empty() {
-            for round in 0..params.rounds {
+            for round in 0..params.plate_rounds {
                 let t_sampling = std::time::Instant::now();
                 // The plate where it stands: its profiles minus the offset
                 // (projected, as the offline fit re-projects each round), or
@@ -703,7 +703,7 @@ impl Model {
             let published = &w_plate - &w_corr.mapv(f64::from);
             // Unaligned (an empty model, or no rounds): the coordinates stay
             // as projected.
-            let y_corr = if self.is_empty() || params.rounds == 0 {
+            let y_corr = if self.is_empty() || params.plate_rounds == 0 {
                 y_raw.clone()
             } else {
                 self.pca.transform_f32(w_corr.mapv(f64::from).view())

@@ -391,7 +391,9 @@ impl StateDir {
 /// Parse a snapshot's `meta.json`. States written before `trust_rule`
 /// existed were corrected with the kernel-mass test: they restore with
 /// `trust_rule = "mass"`; states written before `gain_shrinkage` existed
-/// shrank new batches' gains with weight 1 and restore with it. A restarted
+/// shrank new batches' gains with weight 1 and restore with it; states
+/// written before `plate_rounds` existed aligned each plate in `rounds`
+/// rounds and restore with `plate_rounds = rounds`. A restarted
 /// daemon so keeps a feed's semantics (a new state gets the current
 /// defaults).
 pub(crate) fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
@@ -402,6 +404,9 @@ pub(crate) fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
             .or_insert_with(|| serde_json::Value::from("mass"));
         p.entry("gain_shrinkage")
             .or_insert_with(|| serde_json::Value::from(1.0));
+        // Before `plate_rounds`, a plate was aligned in `rounds` rounds.
+        let rounds = p.get("rounds").cloned().unwrap_or_else(|| 2.into());
+        p.entry("plate_rounds").or_insert(rounds);
     }
     serde_json::from_value(v).context("snapshot meta.json is corrupt")
 }
