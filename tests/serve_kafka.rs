@@ -555,8 +555,10 @@ fn broker_restart_mid_stream_daemon_reconnects() {
     // topic, so the new plates sit at the offsets after the old ones
     // whether the daemon resumes at its previous position (3) or resets to
     // the earliest offset (then the first plates come back as replays).
-    // A daemon does not detect a recreated topic yet: see
-    // docs/reliability.md, "Not done yet".
+    // A topic deleted under a running daemon can kill it (librdkafka,
+    // tansu): `kafka_plates_topic_recreated_under_a_running_daemon` and
+    // docs/reliability.md, "A topic deleted and recreated under a running
+    // daemon".
     let p = producer(&addr);
     for (id, table) in first.iter().chain(rest) {
         send_plate(&p, &t.plates, id, table);
