@@ -5,7 +5,8 @@
 //! Run: `cargo bench --bench summary` (`BALANS_BENCH_ROWS`, default 60000:
 //! synthetic rows in 5 batches of 384-row plates, 100 features;
 //! `BALANS_BENCH_SUMMARY`, default `2000,0`: the `summary_rows` values
-//! compared). The
+//! compared; `BALANS_BENCH_PLATE_ROUNDS`, default the `plate_rounds`
+//! default: the plate rounds compared, e.g. `1,2`). The
 //! reference is batches 1-4 without their last 3 plates; the stream is
 //! those 12 held plates, then 6 plates of batch 5 (a batch the reference
 //! did not have). The same stream runs through models seeded from one
@@ -126,9 +127,18 @@ fn main() -> Result<()> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    for cap in caps {
+    let plate_rounds: Vec<usize> = std::env::var("BALANS_BENCH_PLATE_ROUNDS")
+        .unwrap_or_else(|_| params.plate_rounds.to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for (cap, rounds) in caps
+        .iter()
+        .flat_map(|&c| plate_rounds.iter().map(move |&r| (c, r)))
+    {
         let p = Params {
             summary_rows: cap,
+            plate_rounds: rounds,
             ..params.clone()
         };
         let t1 = Instant::now();
@@ -154,7 +164,7 @@ fn main() -> Result<()> {
         times.sort_by(f64::total_cmp);
         let mean_mix = mixing.iter().sum::<f64>() / mixing.len() as f64;
         println!(
-            "  summary_rows={cap}: model seeded in {seeded:.1}s, {} rows indexed; per plate p50 {:.0} ms, max {:.0} ms; error to truth {:.4}; mixing after {:.3}",
+            "  summary_rows={cap} plate_rounds={rounds}: model seeded in {seeded:.1}s, {} rows indexed; per plate p50 {:.0} ms, max {:.0} ms; error to truth {:.4}; mixing after {:.3}",
             model.indexed_len(),
             times[times.len() / 2],
             times[times.len() - 1],
