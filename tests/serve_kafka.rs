@@ -177,6 +177,26 @@ fn versions(r: &Reader) -> BTreeMap<String, String> {
     v
 }
 
+/// Send `plates` to the plates topic and read until each has an aligned
+/// output: the reader, and each plate's model version.
+fn publish(
+    p: &rdkafka::producer::BaseProducer,
+    addr: &str,
+    t: &Topics,
+    plates: &[(String, RecordBatch)],
+    daemon: &Daemon,
+) -> (Reader, BTreeMap<String, String>) {
+    for (id, table) in plates {
+        send_plate(p, &t.plates, id, table);
+    }
+    let mut r = Reader::new(addr, t);
+    r.until("the first plates", Some(daemon), |r| {
+        plates.iter().all(|(id, _)| r.aligned_keys().contains(id))
+    });
+    let v = versions(&r);
+    (r, v)
+}
+
 fn check_same_layout(input: &RecordBatch, output_bytes: &[u8], plate: &str) {
     let out = balans::io::table::decode_ipc_stream(output_bytes).unwrap();
     assert_eq!(out.num_rows(), input.num_rows(), "{plate}: rows");
@@ -520,14 +540,7 @@ fn broker_restart_mid_stream_daemon_reconnects() {
     let daemon = start_daemon(&d, &addr, &cfg, &state, "a");
     let p = producer(&addr);
     let (first, rest) = d.plates.split_at(3);
-    for (id, table) in first {
-        send_plate(&p, &t.plates, id, table);
-    }
-    let mut r = Reader::new(&addr, &t);
-    r.until("the first plates", Some(&daemon), |r| {
-        r.aligned_keys().len() == 3
-    });
-    let before = versions(&r);
+    let (r, before) = publish(&p, &addr, &t, first, &daemon);
     drop(r);
     // Restart the broker on the same port.
     let re = Command::new("bash")
@@ -607,14 +620,7 @@ fn kafka_plates_topic_recreated_under_a_running_daemon() {
     let mut daemon = start_daemon(&d, &addr, &cfg, &state, "a");
     let p = producer(&addr);
     let (first, rest) = d.plates.split_at(3);
-    for (id, table) in first {
-        send_plate(&p, &t.plates, id, table);
-    }
-    let mut r = Reader::new(&addr, &t);
-    r.until("the first plates", Some(&daemon), |r| {
-        r.aligned_keys().len() == 3
-    });
-    let before = versions(&r);
+    let (mut r, before) = publish(&p, &addr, &t, first, &daemon);
     recreate_topic(&addr, &t.plates, 1);
     let new = &rest[..3];
     for (id, table) in new {
