@@ -111,7 +111,8 @@ pub struct KafkaConfig {
     pub max_plate_bytes: usize,
     /// An incomplete chunked plate is dead-lettered after this long.
     pub chunk_timeout_ms: u64,
-    /// Consumer poll timeout (also the shutdown reaction time).
+    /// Consumer poll timeout (also the shutdown reaction time, and the
+    /// broker's longest fetch wait: librdkafka `fetch.wait.max.ms`).
     pub poll_ms: u64,
     /// How long to wait for the broker to acknowledge a plate's outputs
     /// before retrying them (librdkafka `message.timeout.ms`).

@@ -108,8 +108,19 @@ fn client_config(k: &KafkaConfig, own: &[(&str, String)]) -> ClientConfig {
 }
 
 /// The consumer: manual offset commits (the pipeline commits what is
-/// durable), earliest reset, fetch limits sized for `max_message_bytes`.
+/// durable), earliest reset, fetch limits sized for `max_message_bytes`,
+/// the broker's fetch wait bounded by `poll_ms`.
 pub(super) fn consumer(k: &KafkaConfig) -> Result<BaseConsumer<ConsumerCtx>> {
+    consumer_config(k)
+        .create_with_context(ConsumerCtx {
+            revoked: Mutex::new(Vec::new()),
+            rebalanced: AtomicBool::new(false),
+        })
+        .context("cannot create the Kafka consumer (check [kafka] and [kafka.properties])")
+}
+
+/// The consumer's librdkafka configuration (see [`consumer`]).
+fn consumer_config(k: &KafkaConfig) -> ClientConfig {
     let fetch = (k.max_message_bytes + HEADER_ROOM).max(52_428_800);
     client_config(
         k,
@@ -126,13 +137,13 @@ pub(super) fn consumer(k: &KafkaConfig) -> Result<BaseConsumer<ConsumerCtx>> {
                     .to_string(),
             ),
             ("receive.message.max.bytes", (fetch + 1024).to_string()),
+            // A broker may hold a fetch with no new data for its whole wait
+            // even when data arrives meanwhile (tansu does): with
+            // librdkafka's 500 ms a plate then waited 250 ms on average
+            // before the daemon saw it. `poll_ms` bounds that wait.
+            ("fetch.wait.max.ms", k.poll_ms.clamp(1, 300_000).to_string()),
         ],
     )
-    .create_with_context(ConsumerCtx {
-        revoked: Mutex::new(Vec::new()),
-        rebalanced: AtomicBool::new(false),
-    })
-    .context("cannot create the Kafka consumer (check [kafka] and [kafka.properties])")
 }
 
 /// The producer: `acks=all`, not idempotent (see below), bounded delivery time.
@@ -159,4 +170,26 @@ pub(super) fn producer(k: &KafkaConfig) -> Result<BaseProducer<DeliveryCtx>> {
         last_error: Mutex::new(None),
     })
     .context("cannot create the Kafka producer (check [kafka] and [kafka.properties])")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_brokers_fetch_wait_is_bounded_by_poll_ms_unless_passed_through() {
+        let mut k = KafkaConfig::default();
+        assert_eq!(
+            consumer_config(&k).get("fetch.wait.max.ms"),
+            Some(k.poll_ms.to_string().as_str())
+        );
+        k.poll_ms = 20;
+        assert_eq!(consumer_config(&k).get("fetch.wait.max.ms"), Some("20"));
+        k.poll_ms = 0;
+        assert_eq!(consumer_config(&k).get("fetch.wait.max.ms"), Some("1"));
+        k.properties
+            .insert("fetch.wait.max.ms".into(), "250".into());
+        assert_eq!(consumer_config(&k).get("fetch.wait.max.ms"), Some("250"));
+        assert_eq!(consumer_config(&k).get("enable.auto.commit"), Some("false"));
+    }
 }
