@@ -9,6 +9,10 @@
 #        FUZZ_RSS_MB    -rss_limit_mb / -malloc_limit_mb (default 2048)
 #        FUZZ_TIMEOUT   -timeout per input in seconds (default 10: a hang)
 #        FUZZ_JOBS      parallel libFuzzer workers per target (default 1)
+#        FUZZ_SANITIZER address (default) or none: `wal` and `chunks` run
+#                       only balans's own code, which has no `unsafe`, so
+#                       AddressSanitizer finds nothing there and costs most
+#                       of the time (docs/reliability.md, "Fuzzing")
 #
 # Needs `cargo install cargo-fuzz` and the nightly toolchain. One target at a
 # time, under nice -n 10. The seed corpus is fuzz/corpus/<target>/ (small,
@@ -27,6 +31,7 @@ targets=("$@")
 rss=${FUZZ_RSS_MB:-2048}
 timeout=${FUZZ_TIMEOUT:-10}
 jobs=${FUZZ_JOBS:-1}
+san=${FUZZ_SANITIZER:-address}
 doc=docs/reliability.md
 marker='<!-- scripts/fuzz.sh appends its rows above this line -->'
 
@@ -35,7 +40,7 @@ if [[ ! -d fuzz/corpus/${targets[0]} ]]; then
     --run-ignored only write_fuzz_seeds >/dev/null
 fi
 mkdir -p fuzz/logs
-nice -n 10 cargo +nightly fuzz build --debug-assertions || exit 1
+nice -n 10 cargo +nightly fuzz build -s "$san" --debug-assertions || exit 1
 
 status=0
 for t in "${targets[@]}"; do
@@ -46,7 +51,7 @@ for t in "${targets[@]}"; do
   [[ -n ${FUZZ_MAX_SECS:-} ]] && extra+=(-max_total_time="$FUZZ_MAX_SECS")
   [[ $jobs -gt 1 ]] && extra+=(-fork="$jobs" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
   start=$(date +%s)
-  nice -n 10 cargo +nightly fuzz run --debug-assertions "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+  nice -n 10 cargo +nightly fuzz run -s "$san" --debug-assertions "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
     -runs="$runs" -rss_limit_mb="$rss" -malloc_limit_mb="$rss" -timeout="$timeout" \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" "${extra[@]}" \
     >"$log" 2>&1
@@ -61,7 +66,9 @@ for t in "${targets[@]}"; do
   found=$(( $(ls "fuzz/artifacts/$t" | wc -l) - before ))
   kinds=$(ls -t "fuzz/artifacts/$t" | head -n "$found" | sed 's/-.*//' | sort | uniq -c | awk '{printf "%s%s %s", (NR>1 ? ", " : ""), $1, $2}')
   [[ $rc -eq 0 ]] || status=1
-  line="| $(date -u +%F) | \`$t\` | ${executed:-?} | ${eps:-?} | ${corpus} | ${found}${kinds:+ ($kinds)} | ${secs} s | ${rssmb:-?} MB |"
+  tname=$t
+  [[ $san == address ]] || tname="$t (-s $san)"
+  line="| $(date -u +%F) | \`$tname\` | ${executed:-?} | ${eps:-?} | ${corpus} | ${found}${kinds:+ ($kinds)} | ${secs} s | ${rssmb:-?} MB |"
   echo "$line   (exit $rc, log $log)"
   if grep -qF "$marker" "$doc"; then
     python3 - "$doc" "$marker" "$line" <<'PY'

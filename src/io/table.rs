@@ -1057,7 +1057,44 @@ fn csv_text_chunks<'a>(
         .with_header(true)
         .with_batch_size(CSV_CHUNK_ROWS)
         .build_buffered(reader)?;
-    Ok(reader.map(|r| r.context("malformed CSV")))
+    let mut rows_before = 0usize;
+    Ok(reader.map(move |r| {
+        let chunk = r.context("malformed CSV")?;
+        check_utf8_cells(&chunk, rows_before)?;
+        rows_before += chunk.num_rows();
+        Ok(chunk)
+    }))
+}
+
+/// Every text cell of a CSV chunk is UTF-8. arrow-csv checks a chunk's
+/// text as one buffer, so a character whose bytes are split over two
+/// cells (`"\xd4"` in one row, `"\xa9"` in the next) passes, and the
+/// cells come out as strings that are not UTF-8: reading them is undefined
+/// behaviour (a debug build aborts in `str::trim`; found by the `csv` fuzz
+/// target, docs/reliability.md). Checked on the raw bytes, before any cell
+/// is read as text; the error names the column and the data row.
+fn check_utf8_cells(chunk: &RecordBatch, rows_before: usize) -> Result<()> {
+    for (c, col) in chunk.columns().iter().enumerate() {
+        let Some(s) = col.as_any().downcast_ref::<StringArray>() else {
+            continue;
+        };
+        let offsets = s.value_offsets();
+        let data = s.values().as_slice();
+        for (i, w) in offsets.windows(2).enumerate() {
+            let cell = usize::try_from(w[0])
+                .ok()
+                .zip(usize::try_from(w[1]).ok())
+                .and_then(|(a, b)| data.get(a..b));
+            if cell.is_none_or(|b| std::str::from_utf8(b).is_err()) {
+                bail!(
+                    "column '{}', data row {}: the cell is not valid UTF-8 text",
+                    chunk.schema().field(c).name(),
+                    rows_before + i + 1
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn text_column(chunk: &RecordBatch, c: usize) -> Result<&StringArray> {
@@ -1073,6 +1110,41 @@ mod tests {
     use super::*;
     use arrow_array::{Float64Array, Int32Array};
     use parquet::arrow::ArrowWriter;
+
+    /// arrow-csv accepts a character whose two bytes end one row and start
+    /// the next (it checks the chunk's text as a whole): the fuzz target
+    /// `csv` found the abort this led to. An error naming the column and
+    /// the row, for plain and gzipped CSV, wherever the split falls.
+    #[test]
+    fn a_character_split_over_two_cells_is_an_error_naming_the_cell() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"f\n\xd4\n\xa9\n", "column 'f', data row 1"),
+            (b"f\r\xd4\r\xa9", "column 'f', data row 1"),
+            // Columns are checked in order: the metadata column's row 3 first.
+            (
+                b"Metadata_P,f\nA,1\nB,\xd4\n\xa9,2\n",
+                "column 'Metadata_P', data row 3",
+            ),
+            (
+                &[0x0, 0x41, 0xd4, 0xa9, 0xd, 0xd4, 0xd, 0xa9],
+                "data row 1: the cell is not valid UTF-8",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = decode_table(bytes, Format::Csv).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{bytes:?}: {err:#}");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, bytes).unwrap();
+            let err = decode_table(&gz.finish().unwrap(), Format::CsvGz).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(want),
+                "{bytes:?} gzipped: {err:#}"
+            );
+        }
+        // Valid multi-byte text in cells still reads.
+        let t = decode_table("Metadata_P,f\nμ-ԩ,1\nü,2\n".as_bytes(), Format::Csv).unwrap();
+        assert_eq!(t.num_rows(), 2);
+    }
 
     /// What balans writes keeps dictionaries for the repeating metadata
     /// columns only: the float features are plain-encoded, and the table

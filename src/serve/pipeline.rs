@@ -12,8 +12,11 @@
 //! 2. **correct** it against the model, or re-derive a replay, or reject a
 //!    reused plate id ([`plate::correct`]; pure, the model is not changed);
 //! 3. append the state change to the **write-ahead log** (fsync);
-//! 4. **publish** the outputs until durable ([`Sink::publish`]);
-//! 5. **apply** the change to the in-memory model;
+//! 4. **apply** the change to the in-memory model (it is logged: a crash
+//!    from here on restores it, and the unacknowledged input comes back as
+//!    a replay, re-published identically);
+//! 5. **publish** the outputs until durable ([`Sink::start_publish`],
+//!    [`Sink::finish_publish`]);
 //! 6. **acknowledge** the input ([`Source::acknowledge`]) — only now, with
 //!    the state change logged and the outputs durable;
 //! 7. **report**: one [`PlateEvent`] to the [`PlateHooks`] (the Prometheus
@@ -32,6 +35,18 @@
 //! (redone, or recognised as a replay and re-published identically) or
 //! acknowledged with everything durable: no plate is lost and none is
 //! incorporated twice.
+//!
+//! **One plate in flight.** A sink that can wait for durability apart from
+//! producing (Kafka: the broker's acknowledgements) returns
+//! [`Started::Pending`] from [`Sink::start_publish`]. The pipeline then
+//! takes the next input if the source has one ready
+//! ([`Source::next_ready`], no waiting) and corrects it on a second thread
+//! against the model that already holds the plate in flight, while this
+//! thread waits for the plate's outputs and acknowledges it (steps 5-7).
+//! Nothing else is published meanwhile, so outputs leave in input order
+//! and at most one plate's outputs are unacknowledged. With no input ready
+//! it waits for the plate in flight first, so a plate's latency never
+//! includes the next one's correction.
 //!
 //! The shape follows Vector's sources and sinks with end-to-end
 //! acknowledgements: the sink makes the output durable, then the
@@ -55,7 +70,7 @@ use crate::serve::telemetry::Stage;
 
 /// One input as a source hands it over: a file, a message, a reassembled
 /// chunk set. Knows its own format rules.
-pub trait Input {
+pub trait Input: Sync {
     /// Where it came from, for messages and logs (a path, `topic/partition@offset`).
     fn source(&self) -> &str;
     /// The plate id the source names, when it names one (Kafka: the key).
@@ -95,6 +110,16 @@ pub trait Source {
     /// The next input. May block up to the source's poll interval; reports
     /// backlog and its own acknowledgement traffic to `hooks`.
     fn next(&mut self, stop: &AtomicBool, hooks: &dyn PlateHooks) -> Result<Next<Self::Input>>;
+    /// The next input if one is ready now, without waiting: asked while a
+    /// plate's outputs are in flight (see the module doc). Default: none
+    /// (the pipeline then waits for the plate in flight, then [`Source::next`]).
+    fn next_ready(
+        &mut self,
+        _stop: &AtomicBool,
+        _hooks: &dyn PlateHooks,
+    ) -> Result<Next<Self::Input>> {
+        Ok(Next::Idle)
+    }
     /// The input is done: its outputs (or its dead letter) are durable and
     /// its state change is logged. An error stops the daemon.
     fn acknowledge(
@@ -119,6 +144,15 @@ pub enum Delivery {
     Abandoned,
 }
 
+/// What [`Sink::start_publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Published already (durable or abandoned).
+    Done(Delivery),
+    /// Sent; [`Sink::finish_publish`] waits until it is durable.
+    Pending,
+}
+
 /// Where corrected plates, QC records and dead letters go.
 pub trait Sink {
     /// The inputs it takes (the source's).
@@ -133,6 +167,23 @@ pub trait Sink {
         out: &Corrected,
         stop: &AtomicBool,
     ) -> Result<Delivery>;
+    /// Begin making the corrected plate and its QC record durable without
+    /// waiting ([`Started::Pending`]; then [`Sink::finish_publish`] is the
+    /// next call on this sink). Default: [`Sink::publish`] at once.
+    fn start_publish(
+        &mut self,
+        input: &Self::Input,
+        plate: &DecodedPlate,
+        out: &Corrected,
+        stop: &AtomicBool,
+    ) -> Result<Started> {
+        self.publish(input, plate, out, stop).map(Started::Done)
+    }
+    /// Wait until what [`Sink::start_publish`] left pending is durable.
+    /// Default: nothing is ever pending.
+    fn finish_publish(&mut self, _stop: &AtomicBool) -> Result<Delivery> {
+        Ok(Delivery::Durable)
+    }
     /// Make the new generation's output of the plate durable, beside the
     /// live one's (`balans realign`). Default: like [`Sink::publish`] (the
     /// Kafka topics: the `balans-model-version` header tells the
@@ -184,6 +235,23 @@ struct Outputs {
     live: Corrected,
     next: Option<Corrected>,
 }
+
+/// A plate logged and applied whose outputs the sink is making durable
+/// ([`Started::Pending`]): acknowledged once they are.
+struct InFlight<I> {
+    input: I,
+    decoded: DecodedPlate,
+    out: Corrected,
+    st: StageTimes,
+}
+
+/// A plate decoded and corrected (or the reason it was not), with the time
+/// it took and its row count (0 when it was not a table).
+type Correction = (
+    Result<(DecodedPlate, Corrected), PlateError>,
+    StageTimes,
+    usize,
+);
 
 impl Pipeline {
     /// Open the state (restore, warm-start or empty; see
@@ -275,87 +343,199 @@ impl Pipeline {
         Si: Sink<Input = So::Input>,
     {
         let mut ends = Ends { source, sink, stop };
-        while !stop.load(Ordering::SeqCst) {
-            self.generations_tick()?;
-            match ends.source.next(stop, &*self.hooks)? {
+        let mut in_flight: Option<InFlight<So::Input>> = None;
+        let r = self.pump_inputs(&mut ends, &mut in_flight);
+        // Stopping (or failing): the plate in flight is finished when it
+        // can be; otherwise it stays unacknowledged and is redone.
+        if let Some(f) = in_flight.take() {
+            if r.is_ok() {
+                self.finish_in_flight(f, &mut ends)?;
+            }
+        }
+        r
+    }
+
+    fn pump_inputs<So, Si>(
+        &mut self,
+        ends: &mut Ends<'_, So, Si>,
+        in_flight: &mut Option<InFlight<So::Input>>,
+    ) -> Result<()>
+    where
+        So: Source,
+        Si: Sink<Input = So::Input>,
+    {
+        while !ends.stop.load(Ordering::SeqCst) {
+            let next = if in_flight.is_some() {
+                ends.source.next_ready(ends.stop, &*self.hooks)?
+            } else {
+                self.generations_tick()?;
+                ends.source.next(ends.stop, &*self.hooks)?
+            };
+            match next {
                 Next::Plate(input) => {
                     self.hooks.consumed();
-                    self.process(input, &mut ends)?
+                    let correction = match in_flight.take() {
+                        Some(f) => match self.overlap(f, &input, ends)? {
+                            Some(c) => c,
+                            // Stopping: the plate in flight was abandoned;
+                            // this one is not logged either.
+                            None => return Ok(()),
+                        },
+                        None => self.correct(&input),
+                    };
+                    *in_flight = self.process(input, correction, ends)?;
                 }
-                Next::Rejected(input, r) => {
-                    self.hooks.consumed();
-                    self.reject(input, r, 0, &mut ends)?
+                other => {
+                    if let Some(f) = in_flight.take() {
+                        self.finish_in_flight(f, ends)?;
+                    }
+                    match other {
+                        Next::Rejected(input, r) => {
+                            self.hooks.consumed();
+                            self.reject(input, r, 0, ends)?
+                        }
+                        Next::Exhausted => break,
+                        Next::Idle | Next::Plate(_) => {}
+                    }
                 }
-                Next::Idle => {}
-                Next::Exhausted => break,
             }
         }
         Ok(())
     }
 
-    /// One input, start to end. `Err` only when the daemon must stop.
-    fn process<So, Si>(&mut self, input: So::Input, ends: &mut Ends<'_, So, Si>) -> Result<()>
+    /// Correct `input` on a second thread, against the model that already
+    /// holds the plate in flight, while this thread waits for the plate in
+    /// flight's outputs and acknowledges it. `None` when the plate in
+    /// flight was abandoned (stopping).
+    fn overlap<So, Si>(
+        &mut self,
+        f: InFlight<So::Input>,
+        input: &So::Input,
+        ends: &mut Ends<'_, So, Si>,
+    ) -> Result<Option<Correction>>
     where
         So: Source,
         Si: Sink<Input = So::Input>,
     {
-        let mut st = StageTimes::default();
-        let mut rows = 0;
-        match self.correct(&input, &mut st, &mut rows) {
+        let (Some(model), None) = (self.model.as_ref(), self.next.as_ref()) else {
+            // No model to share (cannot happen with a plate in flight), or a
+            // new generation beside it: one thing at a time.
+            if !self.finish_in_flight(f, ends)? {
+                return Ok(None);
+            }
+            return Ok(Some(self.correct(input)));
+        };
+        let cfg = &self.cfg;
+        let hooks = &*self.hooks;
+        let report = &mut self.report;
+        let (correction, finished) = std::thread::scope(|s| {
+            let worker = std::thread::Builder::new()
+                .name("balans-correct".into())
+                .spawn_scoped(s, move || correct_with(cfg, model, input));
+            match worker {
+                Ok(w) => {
+                    let finished = finish(f, ends, hooks, report);
+                    (w.join().ok(), finished)
+                }
+                // No thread: finish first, then correct here.
+                Err(_) => {
+                    let finished = finish(f, ends, hooks, report);
+                    (Some(correct_with(cfg, model, input)), finished)
+                }
+            }
+        });
+        let acknowledged = finished?;
+        let correction =
+            correction.context("internal: the thread correcting the next plate panicked")?;
+        self.snapshot_if_due();
+        Ok(acknowledged.then_some(correction))
+    }
+
+    /// Wait for the plate in flight and acknowledge it; then the periodic
+    /// snapshot. False when it was abandoned (stopping).
+    fn finish_in_flight<So, Si>(
+        &mut self,
+        f: InFlight<So::Input>,
+        ends: &mut Ends<'_, So, Si>,
+    ) -> Result<bool>
+    where
+        So: Source,
+        Si: Sink<Input = So::Input>,
+    {
+        let acknowledged = finish(f, ends, &*self.hooks, &mut self.report)?;
+        self.snapshot_if_due();
+        Ok(acknowledged)
+    }
+
+    /// One corrected (or rejected) input onward. `Err` only when the daemon
+    /// must stop; `Some` when its outputs are still in flight.
+    fn process<So, Si>(
+        &mut self,
+        input: So::Input,
+        (result, st, rows): Correction,
+        ends: &mut Ends<'_, So, Si>,
+    ) -> Result<Option<InFlight<So::Input>>>
+    where
+        So: Source,
+        Si: Sink<Input = So::Input>,
+    {
+        match result {
             Ok((decoded, live)) => {
                 let out = self.correct_next(&decoded, live)?;
                 self.deliver(input, decoded, out, st, ends)
             }
-            Err(PlateError::Rejected(r)) => self.reject(input, r, rows, ends),
+            Err(PlateError::Rejected(r)) => self.reject(input, r, rows, ends).map(|()| None),
             Err(PlateError::Fatal(e)) => Err(e),
         }
     }
 
     /// Steps 1-2: decode, check, bootstrap the model if none, correct.
-    /// `rows` is set as soon as the input is a table.
-    fn correct<I: Input>(
-        &mut self,
-        input: &I,
-        st: &mut StageTimes,
-        rows: &mut usize,
-    ) -> Result<(DecodedPlate, Corrected), PlateError> {
-        let source = input.source();
-        let t = Instant::now();
-        let table = input.table()?;
-        *rows = table.num_rows();
-        let c = &self.cfg.correct;
-        let decoded = plate::decode(table, input.bytes(), &input.fallback_id(), c, source)?;
-        input.check(&decoded, c)?;
-        st.decode = t.elapsed();
+    fn correct<I: Input>(&mut self, input: &I) -> Correction {
+        let mut st = StageTimes::default();
+        let mut rows = 0;
         if self.model.is_none() {
-            let m = Model::bootstrap(
+            let decoded = match decode(&self.cfg, input, &mut st, &mut rows) {
+                Ok(d) => d,
+                Err(e) => return (Err(e), st, rows),
+            };
+            let source = input.source();
+            match Model::bootstrap(
                 decoded.x.view(),
                 decoded.controls.as_deref(),
                 decoded.columns.names.clone(),
                 &self.cfg.method,
-            )
-            .map_err(|e| {
-                Rejection::new(
-                    RejectReason::Model,
-                    format!("{source}: cannot start a model from this plate: {e:#}"),
-                )
-            })?;
-            self.model = Some(m);
-        }
-        let model = self.model.as_ref().context("internal: no model")?;
-        let t = Instant::now();
-        let out = plate::correct(model, &decoded, &self.cfg.qc).map_err(|e| match e {
-            PlateError::Rejected(r) => PlateError::Rejected(r.at(source)),
-            PlateError::Fatal(e) => {
-                PlateError::Fatal(e.context(format!("{source}: cannot encode the corrected plate")))
+            ) {
+                Ok(m) => self.model = Some(m),
+                Err(e) => {
+                    let r = Rejection::new(
+                        RejectReason::Model,
+                        format!("{source}: cannot start a model from this plate: {e:#}"),
+                    );
+                    return (Err(r.into()), st, rows);
+                }
             }
-        })?;
-        st.correct = t.elapsed();
-        st.encode = Duration::from_secs_f64(out.encode_seconds.max(0.0));
-        Ok((decoded, out))
+            let Some(model) = self.model.as_ref() else {
+                return (
+                    Err(PlateError::Fatal(anyhow::anyhow!("internal: no model"))),
+                    st,
+                    rows,
+                );
+            };
+            let r = correct_decoded(&self.cfg, model, decoded, source, &mut st);
+            return (r, st, rows);
+        }
+        match self.model.as_ref() {
+            Some(model) => correct_with(&self.cfg, model, input),
+            None => (
+                Err(PlateError::Fatal(anyhow::anyhow!("internal: no model"))),
+                st,
+                rows,
+            ),
+        }
     }
 
-    /// Steps 3-7 for a corrected (or replayed) plate.
+    /// Steps 3-7 for a corrected (or replayed) plate; `Some` when its
+    /// outputs are in flight (acknowledged later by [`finish`]).
     fn deliver<So, Si>(
         &mut self,
         input: So::Input,
@@ -363,7 +543,7 @@ impl Pipeline {
         outputs: Outputs,
         mut st: StageTimes,
         ends: &mut Ends<'_, So, Si>,
-    ) -> Result<()>
+    ) -> Result<Option<InFlight<So::Input>>>
     where
         So: Source,
         Si: Sink<Input = So::Input>,
@@ -383,18 +563,6 @@ impl Pipeline {
         }
         st.wal = t.elapsed();
         let t = Instant::now();
-        if ends.sink.publish(&input, &decoded, &out, ends.stop)? == Delivery::Abandoned {
-            tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
-            return Ok(());
-        }
-        if let Some(o) = &next {
-            if ends.sink.publish_next(&input, &decoded, o, ends.stop)? == Delivery::Abandoned {
-                tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
-                return Ok(());
-            }
-        }
-        st.publish = t.elapsed();
-        let t = Instant::now();
         if let (Some(delta), Some(model)) = (&out.delta, self.model.as_mut()) {
             model.apply(delta)?;
             self.hooks.model_changed(model);
@@ -408,69 +576,54 @@ impl Pipeline {
             }
         }
         st.apply = t.elapsed();
-        let outcome = if out.qc.replay {
-            Outcome::Replayed
-        } else {
-            Outcome::Corrected
-        };
         let t = Instant::now();
-        ends.source.acknowledge(&input, outcome, &*self.hooks)?;
-        st.commit = t.elapsed();
-        st.total = input.consumed().elapsed();
-        self.report.count(outcome);
-        let rows = decoded.x.nrows();
-        let reasons: Vec<&str> = out
-            .qc
-            .outlier
-            .as_ref()
-            .map(|v| v.reasons.iter().map(|r| r.as_str()).collect())
-            .unwrap_or_default();
-        let outlier = !reasons.is_empty();
-        if outlier {
-            tracing::warn!(
-                plate = %decoded.plate,
-                batch = %decoded.batch,
-                reasons = %reasons.join(","),
-                "QC outlier plate"
-            );
+        let abandoned = |decoded: &DecodedPlate, input: &So::Input| {
+            tracing::info!(plate = %decoded.plate, source = input.source(), "stopping: plate in flight abandoned (redone on restart)");
+        };
+        let started = match &next {
+            // Beside a new generation both outputs are published at once.
+            Some(_) => Started::Done(ends.sink.publish(&input, &decoded, &out, ends.stop)?),
+            None => ends.sink.start_publish(&input, &decoded, &out, ends.stop)?,
+        };
+        match started {
+            Started::Done(Delivery::Abandoned) => {
+                abandoned(&decoded, &input);
+                return Ok(None);
+            }
+            Started::Pending => {
+                st.publish = t.elapsed();
+                return Ok(Some(InFlight {
+                    input,
+                    decoded,
+                    out,
+                    st,
+                }));
+            }
+            Started::Done(Delivery::Durable) => {}
         }
-        tracing::info!(
-            plate = %decoded.plate,
-            batch = %decoded.batch,
-            rows,
-            source = input.source(),
-            version = %out.qc.model_version,
-            replay = out.qc.replay,
-            outlier,
-            decode_s = st.decode.as_secs_f64(),
-            correct_s = st.correct.as_secs_f64(),
-            wal_s = st.wal.as_secs_f64(),
-            publish_s = st.publish.as_secs_f64(),
-            apply_s = st.apply.as_secs_f64(),
-            commit_s = st.commit.as_secs_f64(),
-            latency_s = st.total.as_secs_f64(),
-            "plate published"
-        );
-        self.hooks.plate(&PlateEvent {
-            plate: decoded.plate,
-            batch: decoded.batch,
-            source: input.source().to_string(),
-            rows,
-            outcome,
-            version: out.qc.model_version.clone(),
-            stages: st,
-            publish_stage: Si::STAGE,
-            timings: (!out.qc.replay).then_some(out.timings),
-            qc: match (out.qc.qc, out.qc.outlier) {
-                (Some(q), Some(v)) => Some((q, v)),
-                _ => None,
+        if let Some(o) = &next {
+            if ends.sink.publish_next(&input, &decoded, o, ends.stop)? == Delivery::Abandoned {
+                abandoned(&decoded, &input);
+                return Ok(None);
+            }
+        }
+        st.publish = t.elapsed();
+        acknowledged(
+            InFlight {
+                input,
+                decoded,
+                out,
+                st,
             },
-        });
+            ends,
+            &*self.hooks,
+            &mut self.report,
+        )?;
         // The checkpoint comes last: the plate is logged, published and
         // acknowledged already, so its latency does not include it (the
         // next plate waits for it).
         self.snapshot_if_due();
-        Ok(())
+        Ok(None)
     }
 
     /// A rejected input: dead letter, acknowledge, report. `rows` = 0 when
@@ -730,6 +883,163 @@ impl Pipeline {
             next: Some(next),
         })
     }
+}
+
+/// Step 1: decode the input and check it as a plate. `rows` is set as soon
+/// as the input is a table.
+fn decode<I: Input>(
+    cfg: &Config,
+    input: &I,
+    st: &mut StageTimes,
+    rows: &mut usize,
+) -> Result<DecodedPlate, PlateError> {
+    let t = Instant::now();
+    let table = input.table()?;
+    *rows = table.num_rows();
+    let c = &cfg.correct;
+    let decoded = plate::decode(
+        table,
+        input.bytes(),
+        &input.fallback_id(),
+        c,
+        input.source(),
+    )?;
+    input.check(&decoded, c)?;
+    st.decode = t.elapsed();
+    Ok(decoded)
+}
+
+/// Step 2 against an existing model: correct, or re-derive a replay, or
+/// reject (pure: the model is not changed).
+fn correct_decoded(
+    cfg: &Config,
+    model: &Model,
+    decoded: DecodedPlate,
+    source: &str,
+    st: &mut StageTimes,
+) -> Result<(DecodedPlate, Corrected), PlateError> {
+    let t = Instant::now();
+    let out = plate::correct(model, &decoded, &cfg.qc).map_err(|e| match e {
+        PlateError::Rejected(r) => PlateError::Rejected(r.at(source)),
+        PlateError::Fatal(e) => {
+            PlateError::Fatal(e.context(format!("{source}: cannot encode the corrected plate")))
+        }
+    })?;
+    st.correct = t.elapsed();
+    st.encode = Duration::from_secs_f64(out.encode_seconds.max(0.0));
+    Ok((decoded, out))
+}
+
+/// Steps 1-2 against an existing model (no bootstrap): what the second
+/// thread runs while a plate is in flight.
+fn correct_with<I: Input>(cfg: &Config, model: &Model, input: &I) -> Correction {
+    let mut st = StageTimes::default();
+    let mut rows = 0;
+    let r = decode(cfg, input, &mut st, &mut rows)
+        .and_then(|d| correct_decoded(cfg, model, d, input.source(), &mut st));
+    (r, st, rows)
+}
+
+/// Steps 5-7 of a plate in flight: wait until its outputs are durable, then
+/// [`acknowledged`]. False when abandoned (stopping: unacknowledged, redone
+/// on restart).
+fn finish<So, Si>(
+    mut f: InFlight<So::Input>,
+    ends: &mut Ends<'_, So, Si>,
+    hooks: &dyn PlateHooks,
+    report: &mut RunReport,
+) -> Result<bool>
+where
+    So: Source,
+    Si: Sink<Input = So::Input>,
+{
+    let t = Instant::now();
+    if ends.sink.finish_publish(ends.stop)? == Delivery::Abandoned {
+        tracing::info!(plate = %f.decoded.plate, source = f.input.source(), "stopping: plate in flight abandoned (redone on restart)");
+        return Ok(false);
+    }
+    f.st.publish += t.elapsed();
+    acknowledged(f, ends, hooks, report)?;
+    Ok(true)
+}
+
+/// Steps 6-7 of a plate whose outputs are durable: acknowledge the input,
+/// count it, log it, report it to the hooks.
+fn acknowledged<So, Si>(
+    f: InFlight<So::Input>,
+    ends: &mut Ends<'_, So, Si>,
+    hooks: &dyn PlateHooks,
+    report: &mut RunReport,
+) -> Result<()>
+where
+    So: Source,
+    Si: Sink<Input = So::Input>,
+{
+    let InFlight {
+        input,
+        decoded,
+        out,
+        mut st,
+    } = f;
+    let outcome = if out.qc.replay {
+        Outcome::Replayed
+    } else {
+        Outcome::Corrected
+    };
+    let t = Instant::now();
+    ends.source.acknowledge(&input, outcome, hooks)?;
+    st.commit = t.elapsed();
+    st.total = input.consumed().elapsed();
+    report.count(outcome);
+    let rows = decoded.x.nrows();
+    let reasons: Vec<&str> = out
+        .qc
+        .outlier
+        .as_ref()
+        .map(|v| v.reasons.iter().map(|r| r.as_str()).collect())
+        .unwrap_or_default();
+    let outlier = !reasons.is_empty();
+    if outlier {
+        tracing::warn!(
+            plate = %decoded.plate,
+            batch = %decoded.batch,
+            reasons = %reasons.join(","),
+            "QC outlier plate"
+        );
+    }
+    tracing::info!(
+        plate = %decoded.plate,
+        batch = %decoded.batch,
+        rows,
+        source = input.source(),
+        version = %out.qc.model_version,
+        replay = out.qc.replay,
+        outlier,
+        decode_s = st.decode.as_secs_f64(),
+        correct_s = st.correct.as_secs_f64(),
+        wal_s = st.wal.as_secs_f64(),
+        publish_s = st.publish.as_secs_f64(),
+        apply_s = st.apply.as_secs_f64(),
+        commit_s = st.commit.as_secs_f64(),
+        latency_s = st.total.as_secs_f64(),
+        "plate published"
+    );
+    hooks.plate(&PlateEvent {
+        plate: decoded.plate,
+        batch: decoded.batch,
+        source: input.source().to_string(),
+        rows,
+        outcome,
+        version: out.qc.model_version.clone(),
+        stages: st,
+        publish_stage: Si::STAGE,
+        timings: (!out.qc.replay).then_some(out.timings),
+        qc: match (out.qc.qc, out.qc.outlier) {
+            (Some(q), Some(v)) => Some((q, v)),
+            _ => None,
+        },
+    });
+    Ok(())
 }
 
 #[cfg(test)]

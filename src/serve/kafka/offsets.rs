@@ -93,6 +93,12 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether the partition has received messages since it was last
+    /// forgotten (it is still ours).
+    pub fn knows(&self, partition: i32) -> bool {
+        self.parts.contains_key(&partition)
+    }
+
     /// Forget a partition (revoked by a rebalance).
     pub fn forget(&mut self, partition: i32) {
         self.parts.remove(&partition);

@@ -22,7 +22,7 @@ use super::source::KafkaInput;
 use super::wire::*;
 use crate::config::KafkaConfig;
 use crate::serve::outcome::Rejection;
-use crate::serve::pipeline::{Delivery, Sink};
+use crate::serve::pipeline::{Delivery, Sink, Started};
 use crate::serve::plate::{Corrected, DecodedPlate};
 use crate::serve::telemetry::Stage;
 
@@ -38,6 +38,10 @@ struct Out {
 pub struct KafkaSink {
     k: KafkaConfig,
     producer: BaseProducer<DeliveryCtx>,
+    /// The output set [`Sink::start_publish`] produced and
+    /// [`Sink::finish_publish`] waits for (resent on failure), with the
+    /// error of producing it, if any.
+    pending: Option<(Vec<Out>, Option<String>)>,
 }
 
 impl KafkaSink {
@@ -46,6 +50,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             k: k.clone(),
             producer: client::producer(k)?,
+            pending: None,
         })
     }
 
@@ -53,46 +58,56 @@ impl KafkaSink {
     /// on failure retry the whole set (at-least-once: consumers deduplicate
     /// by key + model version). [`Delivery::Abandoned`] when stopping before success.
     fn send_all(&self, outs: &[Out], stop: &AtomicBool) -> Result<Delivery> {
+        let send_error = self.produce(outs);
+        self.await_delivery(outs, send_error, stop)
+    }
+
+    /// Hand every message to the producer (waiting only while its queue is
+    /// full). The error that stopped it, if one did.
+    fn produce(&self, outs: &[Out]) -> Option<String> {
+        self.producer.context().failed.store(0, Ordering::SeqCst);
+        for o in outs {
+            let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+            for (k, v) in &o.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                });
+            }
+            let mut record = BaseRecord::to(&o.topic)
+                .key(o.key.as_str())
+                .payload(o.payload.as_slice())
+                .headers(headers);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
+                        self.producer.poll(Duration::from_millis(50));
+                        record = r;
+                    }
+                    Err((e, _)) => return Some(format!("cannot produce to {}: {e}", o.topic)),
+                }
+            }
+        }
+        None
+    }
+
+    /// Wait until the broker acknowledged every message [`Self::produce`]
+    /// handed over; on failure purge and produce the set again, with
+    /// backoff, until it is durable or the daemon stops.
+    fn await_delivery(
+        &self,
+        outs: &[Out],
+        mut send_error: Option<String>,
+        stop: &AtomicBool,
+    ) -> Result<Delivery> {
         let timeout = Duration::from_millis(self.k.delivery_timeout_ms + 5_000);
         let mut backoff = Duration::from_millis(200);
         loop {
             let ctx = self.producer.context();
-            ctx.failed.store(0, Ordering::SeqCst);
-            let mut send_error = None;
-            for o in outs {
-                let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-                for (k, v) in &o.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v.as_str()),
-                    });
-                }
-                let mut record = BaseRecord::to(&o.topic)
-                    .key(o.key.as_str())
-                    .payload(o.payload.as_slice())
-                    .headers(headers);
-                loop {
-                    match self.producer.send(record) {
-                        Ok(()) => break,
-                        Err((
-                            KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            r,
-                        )) => {
-                            self.producer.poll(Duration::from_millis(50));
-                            record = r;
-                        }
-                        Err((e, _)) => {
-                            send_error = Some(format!("cannot produce to {}: {e}", o.topic));
-                            break;
-                        }
-                    }
-                }
-                if send_error.is_some() {
-                    break;
-                }
-            }
             // Wait for the delivery reports, polling finely: `flush` polls
             // in 100 ms steps, which would add up to 100 ms per plate.
             let deadline = Instant::now() + timeout;
@@ -114,6 +129,7 @@ impl KafkaSink {
                 return Ok(Delivery::Durable);
             }
             let why = send_error
+                .take()
                 .or_else(|| flushed.err())
                 .or_else(|| ctx.last_error.lock().ok().and_then(|g| g.clone()))
                 .unwrap_or_else(|| "unknown".into());
@@ -126,22 +142,17 @@ impl KafkaSink {
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
+            send_error = self.produce(outs);
         }
     }
-}
 
-impl Sink for KafkaSink {
-    type Input = KafkaInput;
-    const STAGE: Stage = Stage::Produce;
-
-    /// The aligned plate (chunked when large) and its QC record.
-    fn publish(
-        &mut self,
+    /// The aligned plate (chunked when large) and its QC record, as messages.
+    fn outputs(
+        &self,
         input: &KafkaInput,
         plate: &DecodedPlate,
         out: &Corrected,
-        stop: &AtomicBool,
-    ) -> Result<Delivery> {
+    ) -> Result<Vec<Out>> {
         let k = &self.k;
         let common: Vec<(&'static str, String)> = vec![
             (H_MODEL_VERSION, out.qc.model_version.clone()),
@@ -171,7 +182,58 @@ impl Sink for KafkaSink {
             headers: h,
         });
         tracing::debug!(plate = %plate.plate, messages = outs.len(), "producing outputs");
+        Ok(outs)
+    }
+
+    /// Wait for the set [`Sink::start_publish`] left, if any.
+    fn finish_pending(&mut self, stop: &AtomicBool) -> Result<Delivery> {
+        match self.pending.take() {
+            Some((outs, send_error)) => self.await_delivery(&outs, send_error, stop),
+            None => Ok(Delivery::Durable),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    type Input = KafkaInput;
+    const STAGE: Stage = Stage::Produce;
+
+    /// The aligned plate (chunked when large) and its QC record.
+    fn publish(
+        &mut self,
+        input: &KafkaInput,
+        plate: &DecodedPlate,
+        out: &Corrected,
+        stop: &AtomicBool,
+    ) -> Result<Delivery> {
+        if self.finish_pending(stop)? == Delivery::Abandoned {
+            return Ok(Delivery::Abandoned);
+        }
+        let outs = self.outputs(input, plate, out)?;
         self.send_all(&outs, stop)
+    }
+
+    /// Produce the aligned plate and its QC record; the broker's
+    /// acknowledgements are awaited by [`Sink::finish_publish`], while the
+    /// pipeline corrects the next plate.
+    fn start_publish(
+        &mut self,
+        input: &KafkaInput,
+        plate: &DecodedPlate,
+        out: &Corrected,
+        stop: &AtomicBool,
+    ) -> Result<Started> {
+        if self.finish_pending(stop)? == Delivery::Abandoned {
+            return Ok(Started::Done(Delivery::Abandoned));
+        }
+        let outs = self.outputs(input, plate, out)?;
+        let send_error = self.produce(&outs);
+        self.pending = Some((outs, send_error));
+        Ok(Started::Pending)
+    }
+
+    fn finish_publish(&mut self, stop: &AtomicBool) -> Result<Delivery> {
+        self.finish_pending(stop)
     }
 
     /// The input's original bytes (chunked when large; a single bad chunk
@@ -182,6 +244,9 @@ impl Sink for KafkaSink {
         rejection: &Rejection,
         stop: &AtomicBool,
     ) -> Result<Delivery> {
+        if self.finish_pending(stop)? == Delivery::Abandoned {
+            return Ok(Delivery::Abandoned);
+        }
         let k = &self.k;
         let mut base: Vec<(&'static str, String)> = vec![
             (H_DLQ_REASON, rejection.to_string()),

@@ -370,14 +370,51 @@ impl Source for KafkaSource {
         Ok(next.unwrap_or(Next::Idle))
     }
 
+    /// A message already consumed, without waiting (see
+    /// [`Source::next_ready`]): plates librdkafka has fetched ahead. A
+    /// rebalance is handled by [`Source::next`] once the plate in flight is
+    /// acknowledged, so nothing is handed over while one is pending.
+    fn next_ready(
+        &mut self,
+        _stop: &AtomicBool,
+        _hooks: &dyn PlateHooks,
+    ) -> Result<Next<KafkaInput>> {
+        if let Some((input, r)) = self.rejected.pop_front() {
+            return Ok(Next::Rejected(input, r));
+        }
+        if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
+            return Ok(Next::Idle);
+        }
+        let next = match self.consumer.poll(Duration::ZERO) {
+            Some(Ok(m)) => self.take(m.detach()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error (retrying)");
+                None
+            }
+            None => None,
+        };
+        Ok(next.unwrap_or(Next::Idle))
+    }
+
     /// Mark the input's offsets done and commit what is now safe. A failed
     /// commit is not fatal: it is retried, and a redelivery is recognised.
+    /// An input whose partition a rebalance took away meanwhile is not
+    /// committed (the partition's new owner redoes it).
     fn acknowledge(
         &mut self,
         input: &KafkaInput,
         _outcome: Outcome,
         hooks: &dyn PlateHooks,
     ) -> Result<()> {
+        self.handle_rebalance();
+        if !self.tracker.knows(input.partition) {
+            tracing::info!(
+                partition = input.partition,
+                source = %input.source,
+                "partition revoked while the plate was in flight: not committed"
+            );
+            return Ok(());
+        }
         for &o in &input.offsets {
             self.tracker.done(input.partition, o);
         }

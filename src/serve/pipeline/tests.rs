@@ -44,12 +44,26 @@ impl Input for FakeInput {
 struct FakeSource {
     inputs: VecDeque<FakeInput>,
     log: Log,
+    /// Hands inputs over while a plate is in flight ([`Source::next_ready`]).
+    ready: bool,
 }
 
 impl Source for FakeSource {
     type Input = FakeInput;
     fn next(&mut self, _: &AtomicBool, _: &dyn PlateHooks) -> Result<Next<FakeInput>> {
         Ok(self.inputs.pop_front().map_or(Next::Exhausted, Next::Plate))
+    }
+    fn next_ready(&mut self, _: &AtomicBool, _: &dyn PlateHooks) -> Result<Next<FakeInput>> {
+        if !self.ready {
+            return Ok(Next::Idle);
+        }
+        Ok(match self.inputs.pop_front() {
+            Some(i) => {
+                self.log.lock().unwrap().push(format!("ready {}", i.name));
+                Next::Plate(i)
+            }
+            None => Next::Idle,
+        })
     }
     fn acknowledge(&mut self, i: &FakeInput, o: Outcome, _: &dyn PlateHooks) -> Result<()> {
         self.log
@@ -66,6 +80,26 @@ struct FakeSink {
     /// Removed after this many publications (un-breaks snapshots).
     blocker: Option<(PathBuf, usize)>,
     published: usize,
+    /// Publishes in two steps ([`Started::Pending`]).
+    pending: bool,
+    /// The plate whose outputs are in flight.
+    in_flight: Option<String>,
+    /// Each plate's corrected values (bits), in publication order.
+    values: Values,
+}
+
+impl FakeSink {
+    fn new(wal: PathBuf, log: &Log, pending: bool) -> FakeSink {
+        FakeSink {
+            wal,
+            log: Arc::clone(log),
+            blocker: None,
+            published: 0,
+            pending,
+            in_flight: None,
+            values: Vec::new(),
+        }
+    }
 }
 
 impl Sink for FakeSink {
@@ -81,7 +115,12 @@ impl Sink for FakeSink {
         let logged = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
         // Step 3 before step 4: a new plate's change is already in the log.
         assert!(out.delta.is_none() || logged > 0, "published before logged");
+        assert!(self.in_flight.is_none(), "published with a plate in flight");
         self.log.lock().unwrap().push(format!("publish {}", i.name));
+        self.values.push((
+            i.name.clone(),
+            out.values.iter().map(|v| v.to_bits()).collect(),
+        ));
         self.published += 1;
         if let Some((path, after)) = &self.blocker {
             if self.published == *after {
@@ -90,7 +129,31 @@ impl Sink for FakeSink {
         }
         Ok(Delivery::Durable)
     }
+    fn start_publish(
+        &mut self,
+        i: &FakeInput,
+        p: &DecodedPlate,
+        out: &Corrected,
+        stop: &AtomicBool,
+    ) -> Result<Started> {
+        let d = self.publish(i, p, out, stop)?;
+        if !self.pending {
+            return Ok(Started::Done(d));
+        }
+        self.in_flight = Some(i.name.clone());
+        Ok(Started::Pending)
+    }
+    fn finish_publish(&mut self, _: &AtomicBool) -> Result<Delivery> {
+        if let Some(name) = self.in_flight.take() {
+            self.log.lock().unwrap().push(format!("durable {name}"));
+        }
+        Ok(Delivery::Durable)
+    }
     fn dead_letter(&mut self, i: &FakeInput, r: &Rejection, _: &AtomicBool) -> Result<Delivery> {
+        assert!(
+            self.in_flight.is_none(),
+            "dead letter with a plate in flight"
+        );
         self.log
             .lock()
             .unwrap()
@@ -183,12 +246,11 @@ fn order_rejections_and_a_failed_snapshot() {
     let mut source = FakeSource {
         inputs: inputs.into(),
         log: Arc::clone(&log),
+        ready: false,
     };
     let mut sink = FakeSink {
-        wal: state.join("wal.log"),
-        log: Arc::clone(&log),
         blocker: Some((blocker, 4)),
-        published: 0,
+        ..FakeSink::new(state.join("wal.log"), &log, false)
     };
     let report = p
         .run(&mut source, &mut sink, &AtomicBool::new(false))
@@ -226,4 +288,61 @@ fn order_rejections_and_a_failed_snapshot() {
     let (restored, replayed) = StateDir::open(&state).unwrap().restore().unwrap().unwrap();
     assert_eq!(restored.meta().plates.len(), n);
     assert_eq!(replayed, 0, "the shutdown checkpoint emptied the log");
+}
+
+/// Each plate's corrected values (bits), by plate.
+type Values = Vec<(String, Vec<u64>)>;
+
+/// Run every plate through a fresh pipeline; `overlap`: a sink that
+/// publishes in two steps and a source with inputs ready meanwhile.
+fn run_plates(overlap: bool) -> (Vec<String>, Values, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log: Log = Arc::default();
+    let mut p = Pipeline::open(config(state.clone()), Box::new(NoHooks)).unwrap();
+    let mut source = FakeSource {
+        inputs: plates().into(),
+        log: Arc::clone(&log),
+        ready: overlap,
+    };
+    let mut sink = FakeSink::new(state.join("wal.log"), &log, overlap);
+    let report = p
+        .run(&mut source, &mut sink, &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(report.corrected, sink.values.len());
+    let (restored, _) = StateDir::open(&state).unwrap().restore().unwrap().unwrap();
+    let log = log.lock().unwrap().clone();
+    (log, sink.values, restored.version())
+}
+
+#[test]
+fn a_plate_in_flight_overlaps_the_next_correction_and_changes_nothing() {
+    let (seq_log, seq_values, seq_version) = run_plates(false);
+    let (log, values, version) = run_plates(true);
+    // The same values, bit for bit, and the same state: the next plate was
+    // corrected against the model holding the plate in flight.
+    assert_eq!(values.len(), plates().len());
+    assert_eq!(values, seq_values);
+    assert_eq!(version, seq_version);
+    assert!(!seq_log.iter().any(|l| l.starts_with("ready")));
+    // Order: published, durable, acknowledged; the next plate published
+    // only after the previous one is acknowledged; each later plate was
+    // taken while the one before it was in flight.
+    let at = |what: &str| {
+        log.iter()
+            .position(|l| l == what)
+            .unwrap_or_else(|| panic!("{what} missing: {log:#?}"))
+    };
+    let names: Vec<String> = values.iter().map(|(n, _)| n.clone()).collect();
+    for (k, name) in names.iter().enumerate() {
+        let publish = at(&format!("publish {name}"));
+        let durable = at(&format!("durable {name}"));
+        let ack = at(&format!("ack {name} Corrected"));
+        assert!(publish < durable && durable < ack, "{log:#?}");
+        if let Some(next) = names.get(k + 1) {
+            let ready = at(&format!("ready {next}"));
+            assert!(publish < ready && ready < durable, "{log:#?}");
+            assert!(ack < at(&format!("publish {next}")), "{log:#?}");
+        }
+    }
 }
