@@ -83,6 +83,44 @@ impl Reader {
         }
     }
 
+    /// Poll until `done(self)`, restarting the daemon with `restart` if it
+    /// exits, at most once, as its supervisor would (systemd
+    /// `Restart=on-failure`): when the broker loses or recreates a topic,
+    /// tansu and librdkafka 2.12.1 can crash it with SIGSEGV
+    /// (`kafka_plates_topic_recreated_under_a_running_daemon` below,
+    /// docs/reliability.md). Panics at the timeout, or when the restarted
+    /// daemon exits too.
+    fn until_supervised(
+        &mut self,
+        what: &str,
+        daemon: &mut Daemon,
+        restart: impl Fn() -> Daemon,
+        done: impl Fn(&Reader) -> bool,
+    ) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut restarts = 0;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: aligned {:?}\ndaemon log:\n{}",
+                self.aligned_keys(),
+                daemon.log()
+            );
+            self.read_for(Duration::from_millis(500));
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                assert_eq!(
+                    restarts,
+                    0,
+                    "the restarted daemon exited too ({status}):\n{}",
+                    daemon.log()
+                );
+                eprintln!("daemon exited ({status}) while waiting for {what}; restarting it");
+                restarts += 1;
+                *daemon = restart();
+            }
+        }
+    }
+
     /// Poll until `done(self)` or the timeout (then panic with `what`).
     fn until(&mut self, what: &str, daemon: Option<&Daemon>, done: impl Fn(&Reader) -> bool) {
         let deadline = Instant::now() + TIMEOUT;
@@ -537,7 +575,7 @@ fn broker_restart_mid_stream_daemon_reconnects() {
     create_topics(&addr, &t, 1);
     let cfg = write_config(d.dir.path(), &t, &unique("g"), "");
     let state = d.dir.path().join("state");
-    let daemon = start_daemon(&d, &addr, &cfg, &state, "a");
+    let mut daemon = start_daemon(&d, &addr, &cfg, &state, "a");
     let p = producer(&addr);
     let (first, rest) = d.plates.split_at(3);
     let (r, before) = publish(&p, &addr, &t, first, &daemon);
@@ -576,10 +614,15 @@ fn broker_restart_mid_stream_daemon_reconnects() {
     for (id, table) in first.iter().chain(rest) {
         send_plate(&p, &t.plates, id, table);
     }
+    // The topics vanished with the restart: the daemon may die of the
+    // SIGSEGV described below, and its supervisor starts it again.
     let mut r = Reader::new(&addr, &t);
-    r.until("the plates sent after the restart", Some(&daemon), |r| {
-        rest.iter().all(|(id, _)| r.aligned_keys().contains(id))
-    });
+    r.until_supervised(
+        "the plates sent after the restart",
+        &mut daemon,
+        || start_daemon(&d, &addr, &cfg, &state, "b"),
+        |r| rest.iter().all(|(id, _)| r.aligned_keys().contains(id)),
+    );
     // The model kept its state across the broker restart: the new plates
     // continue the version sequence instead of starting over.
     let after = versions(&r);
@@ -626,30 +669,12 @@ fn kafka_plates_topic_recreated_under_a_running_daemon() {
     for (id, table) in new {
         send_plate(&p, &t.plates, id, table);
     }
-    let out = |r: &Reader| new.iter().all(|(id, _)| r.aligned_keys().contains(id));
-    let deadline = Instant::now() + TIMEOUT;
-    let mut restarts = 0;
-    while !out(&r) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the plates sent to the recreated topic: aligned {:?}\ndaemon log:\n{}",
-            r.aligned_keys(),
-            daemon.log()
-        );
-        r.read_for(Duration::from_millis(500));
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            // The supervisor's restart (at most one is needed).
-            assert_eq!(
-                restarts,
-                0,
-                "the restarted daemon exited too ({status}):\n{}",
-                daemon.log()
-            );
-            eprintln!("daemon exited ({status}) after the topic was recreated; restarting it");
-            restarts += 1;
-            daemon = start_daemon(&d, &addr, &cfg, &state, "b");
-        }
-    }
+    r.until_supervised(
+        "the plates sent to the recreated topic",
+        &mut daemon,
+        || start_daemon(&d, &addr, &cfg, &state, "b"),
+        |r| new.iter().all(|(id, _)| r.aligned_keys().contains(id)),
+    );
     // Continued, not started over: the new plates get the next versions,
     // and the first plates kept theirs.
     let after = versions(&r);

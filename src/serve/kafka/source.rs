@@ -317,6 +317,17 @@ impl KafkaSource {
         }
     }
 
+    /// Between plates: commit what is safe (retrying a failed commit),
+    /// report the lag when due, and reject chunk sets open too long.
+    fn housekeeping(&mut self, hooks: &dyn PlateHooks) {
+        self.commit(hooks);
+        self.report_lag(hooks);
+        let timeout = Duration::from_millis(self.k.chunk_timeout_ms);
+        for r in self.chunks.expire(Instant::now(), timeout) {
+            self.reject_chunks(r, &HashMap::new());
+        }
+    }
+
     /// Every 10 s: lag per partition (high watermark - committed position).
     fn report_lag(&mut self, hooks: &dyn PlateHooks) {
         if self.last_lag.elapsed() < Duration::from_secs(10) {
@@ -347,13 +358,8 @@ impl Source for KafkaSource {
         if let Some((input, r)) = self.rejected.pop_front() {
             return Ok(Next::Rejected(input, r));
         }
-        self.commit(hooks);
-        self.report_lag(hooks);
         self.handle_rebalance();
-        let timeout = Duration::from_millis(self.k.chunk_timeout_ms);
-        for r in self.chunks.expire(Instant::now(), timeout) {
-            self.reject_chunks(r, &HashMap::new());
-        }
+        self.housekeeping(hooks);
         if let Some((input, r)) = self.rejected.pop_front() {
             return Ok(Next::Rejected(input, r));
         }
@@ -377,13 +383,19 @@ impl Source for KafkaSource {
     fn next_ready(
         &mut self,
         _stop: &AtomicBool,
-        _hooks: &dyn PlateHooks,
+        hooks: &dyn PlateHooks,
     ) -> Result<Next<KafkaInput>> {
         if let Some((input, r)) = self.rejected.pop_front() {
             return Ok(Next::Rejected(input, r));
         }
         if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
             return Ok(Next::Idle);
+        }
+        // Under a sustained feed a plate is always ready and `next` is not
+        // called: the lag, commit retries and chunk expiry happen here too.
+        self.housekeeping(hooks);
+        if let Some((input, r)) = self.rejected.pop_front() {
+            return Ok(Next::Rejected(input, r));
         }
         let next = match self.consumer.poll(Duration::ZERO) {
             Some(Ok(m)) => self.take(m.detach()),
