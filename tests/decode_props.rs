@@ -241,6 +241,23 @@ fn an_ipc_stream_with_a_childless_union_and_no_batch_is_an_error() {
     assert!(decode_payload(&b, Encoding::ArrowStream, "plates/0@3").is_err());
 }
 
+/// Regression (found by the fuzz target `parquet`, a timeout): a 2,251-byte
+/// file whose footer holds a list of booleans. parquet 57 skips such a
+/// list's elements without reading them, drifts from the footer's real
+/// layout and then loops over a list it reads as 2^31 booleans: about 5 s
+/// of CPU per decode. The length check now refuses the list before
+/// parquet sees the footer.
+#[test]
+fn a_parquet_footer_with_a_list_of_booleans_is_refused_before_parquet_reads_it() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/parquet_footer_bool_list_desync.parquet");
+    let b = std::fs::read(path).unwrap();
+    let err = decode_table(&b, Format::Parquet).unwrap_err();
+    assert!(format!("{err:#}").contains("a list of booleans"), "{err:#}");
+    // The Kafka payload decoder refuses it earlier (no leading magic).
+    assert!(decode_payload(&b, Encoding::Parquet, "plates/0@3").is_err());
+}
+
 /// `bytes`, a Parquet file, with its footer's schema list (the footer's
 /// second field) re-announced as `count` elements: the shape of the fuzz
 /// target `parquet`'s finding (a 1.5 KB file asking for 16.8 GB).
