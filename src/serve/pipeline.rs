@@ -365,6 +365,13 @@ impl Pipeline {
         Si: Sink<Input = So::Input>,
     {
         while !ends.stop.load(Ordering::SeqCst) {
+            // A new generation to open or promote waits for no plate in
+            // flight (a sustained feed would otherwise always have one).
+            if in_flight.is_some() && self.generations_due() {
+                if let Some(f) = in_flight.take() {
+                    self.finish_in_flight(f, ends)?;
+                }
+            }
             let next = if in_flight.is_some() {
                 ends.source.next_ready(ends.stop, &*self.hooks)?
             } else {
@@ -740,6 +747,15 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`Pipeline::generations_tick`] has something to do.
+    fn generations_due(&self) -> bool {
+        let dir = &self.cfg.serve.state_dir;
+        match &self.next {
+            None => !self.next_failed && generations::has_next(dir),
+            Some(_) => generations::promotion_requested(dir),
+        }
     }
 
     /// Between inputs: pick up a new generation `balans realign` installed

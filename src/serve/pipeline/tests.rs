@@ -86,6 +86,8 @@ struct FakeSink {
     in_flight: Option<String>,
     /// Each plate's corrected values (bits), in publication order.
     values: Values,
+    /// Created after this many publications.
+    make_dir: Option<(PathBuf, usize)>,
 }
 
 impl FakeSink {
@@ -98,6 +100,7 @@ impl FakeSink {
             pending,
             in_flight: None,
             values: Vec::new(),
+            make_dir: None,
         }
     }
 }
@@ -125,6 +128,11 @@ impl Sink for FakeSink {
         if let Some((path, after)) = &self.blocker {
             if self.published == *after {
                 std::fs::remove_file(path)?;
+            }
+        }
+        if let Some((path, after)) = &self.make_dir {
+            if self.published == *after {
+                std::fs::create_dir_all(path)?;
             }
         }
         Ok(Delivery::Durable)
@@ -345,4 +353,39 @@ fn a_plate_in_flight_overlaps_the_next_correction_and_changes_nothing() {
             assert!(ack < at(&format!("publish {next}")), "{log:#?}");
         }
     }
+}
+
+/// A new generation appearing under a sustained feed (every next plate
+/// ready while one is in flight) is looked at between plates, with none in
+/// flight: the plate in flight is finished first, and the next one is taken
+/// by `next`, not ahead. Here the "generation" is an empty snapshot
+/// directory, which the pipeline fails to open (logged, retried at the
+/// next start) and then overlaps again.
+#[test]
+fn a_new_generation_is_looked_at_between_plates_under_a_sustained_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log: Log = Arc::default();
+    let mut p = Pipeline::open(config(state.clone()), Box::new(NoHooks)).unwrap();
+    let mut source = FakeSource {
+        inputs: plates().into(),
+        log: Arc::clone(&log),
+        ready: true,
+    };
+    let mut sink = FakeSink {
+        make_dir: Some((generations::next_dir(&state).join("snapshot"), 2)),
+        ..FakeSink::new(state.join("wal.log"), &log, true)
+    };
+    p.run(&mut source, &mut sink, &AtomicBool::new(false))
+        .unwrap();
+    assert!(p.next_failed, "the new generation was never looked at");
+    let log = log.lock().unwrap().clone();
+    let names: Vec<String> = sink.values.iter().map(|(n, _)| n.clone()).collect();
+    assert!(names.len() >= 4, "{names:?}");
+    let has = |l: String| log.contains(&l);
+    // Plate 2 created it: plate 3 was taken after plate 2 was acknowledged.
+    assert!(has(format!("ready {}", names[1])), "{log:#?}");
+    assert!(!has(format!("ready {}", names[2])), "{log:#?}");
+    // Then the feed overlaps again.
+    assert!(has(format!("ready {}", names[3])), "{log:#?}");
 }
