@@ -383,8 +383,9 @@ fn run(brokers: &str, n: usize, plates: usize) -> Result<()> {
     let report = daemon
         .join()
         .map_err(|_| anyhow::anyhow!("daemon thread panicked"))??;
-    // The share of the open loop the daemon spent on plates (consume to
-    // commit); the rest it waited for input or for the reader to finish.
+    // The plates' consume-to-commit times over the open loop: the share the
+    // daemon spent on plates (above 100% when one plate's correction
+    // overlaps the previous one's acknowledgement).
     let busy = 100.0
         * open
             .iter()

@@ -500,45 +500,35 @@ impl Pipeline {
     fn correct<I: Input>(&mut self, input: &I) -> Correction {
         let mut st = StageTimes::default();
         let mut rows = 0;
+        let r = self.bootstrap_and_correct(input, &mut st, &mut rows);
+        (r, st, rows)
+    }
+
+    fn bootstrap_and_correct<I: Input>(
+        &mut self,
+        input: &I,
+        st: &mut StageTimes,
+        rows: &mut usize,
+    ) -> Result<(DecodedPlate, Corrected), PlateError> {
+        let decoded = decode(&self.cfg, input, st, rows)?;
+        let source = input.source();
         if self.model.is_none() {
-            let decoded = match decode(&self.cfg, input, &mut st, &mut rows) {
-                Ok(d) => d,
-                Err(e) => return (Err(e), st, rows),
-            };
-            let source = input.source();
-            match Model::bootstrap(
+            let m = Model::bootstrap(
                 decoded.x.view(),
                 decoded.controls.as_deref(),
                 decoded.columns.names.clone(),
                 &self.cfg.method,
-            ) {
-                Ok(m) => self.model = Some(m),
-                Err(e) => {
-                    let r = Rejection::new(
-                        RejectReason::Model,
-                        format!("{source}: cannot start a model from this plate: {e:#}"),
-                    );
-                    return (Err(r.into()), st, rows);
-                }
-            }
-            let Some(model) = self.model.as_ref() else {
-                return (
-                    Err(PlateError::Fatal(anyhow::anyhow!("internal: no model"))),
-                    st,
-                    rows,
-                );
-            };
-            let r = correct_decoded(&self.cfg, model, decoded, source, &mut st);
-            return (r, st, rows);
+            )
+            .map_err(|e| {
+                Rejection::new(
+                    RejectReason::Model,
+                    format!("{source}: cannot start a model from this plate: {e:#}"),
+                )
+            })?;
+            self.model = Some(m);
         }
-        match self.model.as_ref() {
-            Some(model) => correct_with(&self.cfg, model, input),
-            None => (
-                Err(PlateError::Fatal(anyhow::anyhow!("internal: no model"))),
-                st,
-                rows,
-            ),
-        }
+        let model = self.model.as_ref().context("internal: no model")?;
+        correct_decoded(&self.cfg, model, decoded, source, st)
     }
 
     /// Steps 3-7 for a corrected (or replayed) plate; `Some` when its

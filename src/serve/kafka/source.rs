@@ -328,6 +328,25 @@ impl KafkaSource {
         }
     }
 
+    /// The housekeeping, then a rejection it queued, else one message
+    /// (waiting up to `wait`; after a consumer error, `wait` again).
+    fn poll_next(&mut self, hooks: &dyn PlateHooks, wait: Duration) -> Next<KafkaInput> {
+        self.housekeeping(hooks);
+        if let Some((input, r)) = self.rejected.pop_front() {
+            return Next::Rejected(input, r);
+        }
+        let next = match self.consumer.poll(wait) {
+            None => None,
+            Some(Ok(m)) => self.take(m.detach()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error (retrying)");
+                std::thread::sleep(wait);
+                None
+            }
+        };
+        next.unwrap_or(Next::Idle)
+    }
+
     /// Every 10 s: lag per partition (high watermark - committed position).
     fn report_lag(&mut self, hooks: &dyn PlateHooks) {
         if self.last_lag.elapsed() < Duration::from_secs(10) {
@@ -359,21 +378,7 @@ impl Source for KafkaSource {
             return Ok(Next::Rejected(input, r));
         }
         self.handle_rebalance();
-        self.housekeeping(hooks);
-        if let Some((input, r)) = self.rejected.pop_front() {
-            return Ok(Next::Rejected(input, r));
-        }
-        let poll = Duration::from_millis(self.k.poll_ms.max(1));
-        let next = match self.consumer.poll(poll) {
-            None => None,
-            Some(Ok(m)) => self.take(m.detach()),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error (retrying)");
-                std::thread::sleep(poll);
-                None
-            }
-        };
-        Ok(next.unwrap_or(Next::Idle))
+        Ok(self.poll_next(hooks, Duration::from_millis(self.k.poll_ms.max(1))))
     }
 
     /// A message already consumed, without waiting (see
@@ -393,19 +398,7 @@ impl Source for KafkaSource {
         }
         // Under a sustained feed a plate is always ready and `next` is not
         // called: the lag, commit retries and chunk expiry happen here too.
-        self.housekeeping(hooks);
-        if let Some((input, r)) = self.rejected.pop_front() {
-            return Ok(Next::Rejected(input, r));
-        }
-        let next = match self.consumer.poll(Duration::ZERO) {
-            Some(Ok(m)) => self.take(m.detach()),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error (retrying)");
-                None
-            }
-            None => None,
-        };
-        Ok(next.unwrap_or(Next::Idle))
+        Ok(self.poll_next(hooks, Duration::ZERO))
     }
 
     /// Mark the input's offsets done and commit what is now safe. A failed

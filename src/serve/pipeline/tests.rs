@@ -301,9 +301,19 @@ fn order_rejections_and_a_failed_snapshot() {
 /// Each plate's corrected values (bits), by plate.
 type Values = Vec<(String, Vec<u64>)>;
 
+/// What [`run_plates`] saw.
+struct Run {
+    log: Vec<String>,
+    values: Values,
+    version: String,
+    next_failed: bool,
+}
+
 /// Run every plate through a fresh pipeline; `overlap`: a sink that
-/// publishes in two steps and a source with inputs ready meanwhile.
-fn run_plates(overlap: bool) -> (Vec<String>, Values, String) {
+/// publishes in two steps and a source with inputs ready meanwhile;
+/// `next_after`: an empty new-generation snapshot directory appears after
+/// that many publications.
+fn run_plates(overlap: bool, next_after: Option<usize>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log: Log = Arc::default();
@@ -313,26 +323,39 @@ fn run_plates(overlap: bool) -> (Vec<String>, Values, String) {
         log: Arc::clone(&log),
         ready: overlap,
     };
-    let mut sink = FakeSink::new(state.join("wal.log"), &log, overlap);
+    let mut sink = FakeSink {
+        make_dir: next_after.map(|n| (generations::next_dir(&state).join("snapshot"), n)),
+        ..FakeSink::new(state.join("wal.log"), &log, overlap)
+    };
     let report = p
         .run(&mut source, &mut sink, &AtomicBool::new(false))
         .unwrap();
     assert_eq!(report.corrected, sink.values.len());
     let (restored, _) = StateDir::open(&state).unwrap().restore().unwrap().unwrap();
     let log = log.lock().unwrap().clone();
-    (log, sink.values, restored.version())
+    Run {
+        log,
+        values: sink.values,
+        version: restored.version(),
+        next_failed: p.next_failed,
+    }
 }
 
 #[test]
 fn a_plate_in_flight_overlaps_the_next_correction_and_changes_nothing() {
-    let (seq_log, seq_values, seq_version) = run_plates(false);
-    let (log, values, version) = run_plates(true);
+    let seq = run_plates(false, None);
+    let Run {
+        log,
+        values,
+        version,
+        ..
+    } = run_plates(true, None);
     // The same values, bit for bit, and the same state: the next plate was
     // corrected against the model holding the plate in flight.
     assert_eq!(values.len(), plates().len());
-    assert_eq!(values, seq_values);
-    assert_eq!(version, seq_version);
-    assert!(!seq_log.iter().any(|l| l.starts_with("ready")));
+    assert_eq!(values, seq.values);
+    assert_eq!(version, seq.version);
+    assert!(!seq.log.iter().any(|l| l.starts_with("ready")));
     // Order: published, durable, acknowledged; the next plate published
     // only after the previous one is acknowledged; each later plate was
     // taken while the one before it was in flight.
@@ -363,24 +386,14 @@ fn a_plate_in_flight_overlaps_the_next_correction_and_changes_nothing() {
 /// next start) and then overlaps again.
 #[test]
 fn a_new_generation_is_looked_at_between_plates_under_a_sustained_feed() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log: Log = Arc::default();
-    let mut p = Pipeline::open(config(state.clone()), Box::new(NoHooks)).unwrap();
-    let mut source = FakeSource {
-        inputs: plates().into(),
-        log: Arc::clone(&log),
-        ready: true,
-    };
-    let mut sink = FakeSink {
-        make_dir: Some((generations::next_dir(&state).join("snapshot"), 2)),
-        ..FakeSink::new(state.join("wal.log"), &log, true)
-    };
-    p.run(&mut source, &mut sink, &AtomicBool::new(false))
-        .unwrap();
-    assert!(p.next_failed, "the new generation was never looked at");
-    let log = log.lock().unwrap().clone();
-    let names: Vec<String> = sink.values.iter().map(|(n, _)| n.clone()).collect();
+    let Run {
+        log,
+        values,
+        next_failed,
+        ..
+    } = run_plates(true, Some(2));
+    assert!(next_failed, "the new generation was never looked at");
+    let names: Vec<String> = values.iter().map(|(n, _)| n.clone()).collect();
     assert!(names.len() >= 4, "{names:?}");
     let has = |l: String| log.contains(&l);
     // Plate 2 created it: plate 3 was taken after plate 2 was acknowledged.
