@@ -245,15 +245,21 @@ fn an_ipc_stream_with_a_childless_union_and_no_batch_is_an_error() {
 /// file whose footer holds a list of booleans. parquet 57 skips such a
 /// list's elements without reading them, drifts from the footer's real
 /// layout and then loops over a list it reads as 2^31 booleans: about 5 s
-/// of CPU per decode. The length check now refuses the list before
-/// parquet sees the footer.
+/// of CPU per decode. The length check now refuses the footer before
+/// parquet sees it: its typed walk stops at field 2 (the schema, a list)
+/// announced as a boolean, the list's first element; a list of booleans in
+/// a field parquet skips is refused too (the unit test
+/// `a_list_of_booleans_in_a_skipped_field_is_refused`).
 #[test]
 fn a_parquet_footer_with_a_list_of_booleans_is_refused_before_parquet_reads_it() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/fuzz/parquet_footer_bool_list_desync.parquet");
     let b = std::fs::read(path).unwrap();
-    let err = decode_table(&b, Format::Parquet).unwrap_err();
-    assert!(format!("{err:#}").contains("a list of booleans"), "{err:#}");
+    let err = format!("{:#}", decode_table(&b, Format::Parquet).unwrap_err());
+    assert!(
+        err.contains("field 2 of FileMetaData") && err.contains("parquet reads it as a list"),
+        "{err}"
+    );
     // The Kafka payload decoder refuses it earlier (no leading magic).
     assert!(decode_payload(&b, Encoding::Parquet, "plates/0@3").is_err());
 }
@@ -806,5 +812,25 @@ fn write_fuzz_seeds() {
             b"wxyz",
         ]
         .concat(),
+    );
+}
+
+/// Regression (found by the fuzz target `parquet`, an abort): a file whose
+/// footer announces field 1 (`version`, an i32) as a boolean, which takes
+/// no bytes. parquet reads a known field by the type the Parquet IDL gives
+/// it, whatever its header announces, so it read the next field's header
+/// as the version, drifted from the footer's layout and reserved 126 GB
+/// for a list count the length check never saw: the allocation failed
+/// and the process aborted (for the daemon, a crash loop). The check now
+/// walks the footer typed and refuses the field.
+#[test]
+fn a_parquet_footer_field_announced_with_another_type_is_refused() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/parquet_footer_field_type_mismatch.parquet");
+    let b = std::fs::read(path).unwrap();
+    let err = format!("{:#}", decode_table(&b, Format::Parquet).unwrap_err());
+    assert!(
+        err.contains("field 1 of FileMetaData") && err.contains("parquet reads it as an i32"),
+        "{err}"
     );
 }

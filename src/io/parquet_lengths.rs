@@ -18,7 +18,21 @@
 //! walked, so a count is backed by elements present. It then checks that
 //! each column chunk lies inside the file and walks the page headers of
 //! each chunk by the same rules, against the bytes left in the chunk, with
-//! each page's compressed size inside the chunk. Only the framing is parsed;
+//! each page's compressed size inside the chunk.
+//!
+//! The walk is typed. parquet decodes a field it knows by its id with the
+//! type the Parquet Thrift IDL gives it, whatever wire type the field's
+//! header announces (and a typed list's elements by the IDL's element
+//! type, whatever the list header says). A field whose wire type differs
+//! would make parquet read different bytes than a walk that follows the
+//! wire types: the fuzz target `parquet` found a footer whose field 1
+//! (`version`, an i32) was announced as a boolean, which carries no bytes,
+//! so parquet read the next field's header as the version and then a list
+//! count this walk never saw (126 GB reserved, an abort). [`FILE_META_DATA`]
+//! and [`PAGE_HEADER`] describe the structs parquet reads, field by field;
+//! a known field with another wire type is refused, an unknown one is
+//! walked by its wire type (parquet skips it the same way). Only the
+//! framing is parsed;
 //! parquet decodes everything again afterwards. [`super::table`] calls it
 //! on every Parquet file and buffer it decodes ([`check_footer`], the
 //! footer alone, where only the metadata is read).
@@ -39,6 +53,326 @@ const MAX_DEPTH: u32 = 64;
 /// Bytes a page header is first read in (a window that grows if the
 /// header is longer, up to the bytes left in the chunk).
 const HEADER_WINDOW: usize = 1024;
+
+/// The type parquet reads a known field (or a typed list's elements) as.
+#[derive(Clone, Copy)]
+enum Ty {
+    Bool,
+    I8,
+    I16,
+    I32,
+    I64,
+    Double,
+    /// `string` and `binary`.
+    Bin,
+    List(&'static Ty),
+    Struct(&'static Schema),
+}
+
+impl Ty {
+    /// Whether a value announced with compact wire type `wire` is read by
+    /// parquet as this type from the same bytes.
+    fn matches(self, wire: u8) -> bool {
+        match self {
+            Ty::Bool => wire == 1 || wire == 2,
+            Ty::I8 => wire == 3,
+            Ty::I16 => wire == 4,
+            Ty::I32 => wire == 5,
+            Ty::I64 => wire == 6,
+            Ty::Double => wire == 7,
+            Ty::Bin => wire == 8,
+            Ty::List(_) => wire == 9,
+            Ty::Struct(_) => wire == 12,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Bool => "a boolean",
+            Ty::I8 => "an i8",
+            Ty::I16 => "an i16",
+            Ty::I32 => "an i32",
+            Ty::I64 => "an i64",
+            Ty::Double => "a double",
+            Ty::Bin => "a string or binary",
+            Ty::List(_) => "a list",
+            Ty::Struct(s) => s.name,
+        }
+    }
+}
+
+/// A Thrift struct (or union) as parquet 57 decodes it: its known fields
+/// and their types (src/file/metadata/thrift/mod.rs, src/basic.rs and
+/// src/file/metadata/mod.rs of parquet, which follow parquet-format's
+/// parquet.thrift). Encryption's fields are unknown here: the `encryption`
+/// feature is off, so parquet skips them by their wire type.
+struct Schema {
+    name: &'static str,
+    fields: &'static [(i16, Ty)],
+}
+
+impl Schema {
+    fn field(&self, id: i16) -> Option<Ty> {
+        self.fields.iter().find(|f| f.0 == id).map(|f| f.1)
+    }
+}
+
+/// A struct parquet reads as empty (a union's member without fields).
+static EMPTY: Schema = Schema {
+    name: "an empty struct",
+    fields: &[],
+};
+
+/// The footer: `FileMetaData`.
+static FILE_META_DATA: Schema = Schema {
+    name: "FileMetaData",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::List(&Ty::Struct(&SCHEMA_ELEMENT))),
+        (3, Ty::I64),
+        (4, Ty::List(&Ty::Struct(&ROW_GROUP))),
+        (5, Ty::List(&Ty::Struct(&KEY_VALUE))),
+        (6, Ty::Bin),
+        (7, Ty::List(&Ty::Struct(&COLUMN_ORDER))),
+    ],
+};
+
+static SCHEMA_ELEMENT: Schema = Schema {
+    name: "SchemaElement",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::I32),
+        (3, Ty::I32),
+        (4, Ty::Bin),
+        (5, Ty::I32),
+        (6, Ty::I32),
+        (7, Ty::I32),
+        (8, Ty::I32),
+        (9, Ty::I32),
+        (10, Ty::Struct(&LOGICAL_TYPE)),
+    ],
+};
+
+static LOGICAL_TYPE: Schema = Schema {
+    name: "LogicalType",
+    fields: &[
+        (1, Ty::Struct(&EMPTY)),
+        (2, Ty::Struct(&EMPTY)),
+        (3, Ty::Struct(&EMPTY)),
+        (4, Ty::Struct(&EMPTY)),
+        (5, Ty::Struct(&DECIMAL_TYPE)),
+        (6, Ty::Struct(&EMPTY)),
+        (7, Ty::Struct(&TIMESTAMP_TYPE)),
+        (8, Ty::Struct(&TIMESTAMP_TYPE)),
+        (10, Ty::Struct(&INT_TYPE)),
+        (11, Ty::Struct(&EMPTY)),
+        (12, Ty::Struct(&EMPTY)),
+        (13, Ty::Struct(&EMPTY)),
+        (14, Ty::Struct(&EMPTY)),
+        (15, Ty::Struct(&EMPTY)),
+        (16, Ty::Struct(&VARIANT_TYPE)),
+        (17, Ty::Struct(&GEOMETRY_TYPE)),
+        (18, Ty::Struct(&GEOGRAPHY_TYPE)),
+    ],
+};
+
+static DECIMAL_TYPE: Schema = Schema {
+    name: "DecimalType",
+    fields: &[(1, Ty::I32), (2, Ty::I32)],
+};
+
+/// `TimeType` has the same fields.
+static TIMESTAMP_TYPE: Schema = Schema {
+    name: "TimestampType",
+    fields: &[(1, Ty::Bool), (2, Ty::Struct(&TIME_UNIT))],
+};
+
+static TIME_UNIT: Schema = Schema {
+    name: "TimeUnit",
+    fields: &[
+        (1, Ty::Struct(&EMPTY)),
+        (2, Ty::Struct(&EMPTY)),
+        (3, Ty::Struct(&EMPTY)),
+    ],
+};
+
+static INT_TYPE: Schema = Schema {
+    name: "IntType",
+    fields: &[(1, Ty::I8), (2, Ty::Bool)],
+};
+
+static VARIANT_TYPE: Schema = Schema {
+    name: "VariantType",
+    fields: &[(1, Ty::I8)],
+};
+
+static GEOMETRY_TYPE: Schema = Schema {
+    name: "GeometryType",
+    fields: &[(1, Ty::Bin)],
+};
+
+static GEOGRAPHY_TYPE: Schema = Schema {
+    name: "GeographyType",
+    fields: &[(1, Ty::Bin), (2, Ty::I32)],
+};
+
+static ROW_GROUP: Schema = Schema {
+    name: "RowGroup",
+    fields: &[
+        (1, Ty::List(&Ty::Struct(&COLUMN_CHUNK))),
+        (2, Ty::I64),
+        (3, Ty::I64),
+        (4, Ty::List(&Ty::Struct(&SORTING_COLUMN))),
+        (5, Ty::I64),
+        (6, Ty::I64),
+        (7, Ty::I16),
+    ],
+};
+
+static COLUMN_CHUNK: Schema = Schema {
+    name: "ColumnChunk",
+    fields: &[
+        (1, Ty::Bin),
+        (2, Ty::I64),
+        (3, Ty::Struct(&COLUMN_META_DATA)),
+        (4, Ty::I64),
+        (5, Ty::I32),
+        (6, Ty::I64),
+        (7, Ty::I32),
+    ],
+};
+
+static COLUMN_META_DATA: Schema = Schema {
+    name: "ColumnMetaData",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::List(&Ty::I32)),
+        (3, Ty::List(&Ty::Bin)),
+        (4, Ty::I32),
+        (5, Ty::I64),
+        (6, Ty::I64),
+        (7, Ty::I64),
+        (8, Ty::List(&Ty::Struct(&KEY_VALUE))),
+        (9, Ty::I64),
+        (10, Ty::I64),
+        (11, Ty::I64),
+        (12, Ty::Struct(&STATISTICS)),
+        (13, Ty::List(&Ty::Struct(&PAGE_ENCODING_STATS))),
+        (14, Ty::I64),
+        (15, Ty::I32),
+        (16, Ty::Struct(&SIZE_STATISTICS)),
+        (17, Ty::Struct(&GEOSPATIAL_STATISTICS)),
+    ],
+};
+
+/// The column chunk's and the page's statistics (`PageStatistics` has the
+/// same fields).
+static STATISTICS: Schema = Schema {
+    name: "Statistics",
+    fields: &[
+        (1, Ty::Bin),
+        (2, Ty::Bin),
+        (3, Ty::I64),
+        (4, Ty::I64),
+        (5, Ty::Bin),
+        (6, Ty::Bin),
+        (7, Ty::Bool),
+        (8, Ty::Bool),
+    ],
+};
+
+static PAGE_ENCODING_STATS: Schema = Schema {
+    name: "PageEncodingStats",
+    fields: &[(1, Ty::I32), (2, Ty::I32), (3, Ty::I32)],
+};
+
+static SIZE_STATISTICS: Schema = Schema {
+    name: "SizeStatistics",
+    fields: &[
+        (1, Ty::I64),
+        (2, Ty::List(&Ty::I64)),
+        (3, Ty::List(&Ty::I64)),
+    ],
+};
+
+static GEOSPATIAL_STATISTICS: Schema = Schema {
+    name: "GeospatialStatistics",
+    fields: &[(1, Ty::Struct(&BOUNDING_BOX)), (2, Ty::List(&Ty::I32))],
+};
+
+static BOUNDING_BOX: Schema = Schema {
+    name: "BoundingBox",
+    fields: &[
+        (1, Ty::Double),
+        (2, Ty::Double),
+        (3, Ty::Double),
+        (4, Ty::Double),
+        (5, Ty::Double),
+        (6, Ty::Double),
+        (7, Ty::Double),
+        (8, Ty::Double),
+    ],
+};
+
+static KEY_VALUE: Schema = Schema {
+    name: "KeyValue",
+    fields: &[(1, Ty::Bin), (2, Ty::Bin)],
+};
+
+static SORTING_COLUMN: Schema = Schema {
+    name: "SortingColumn",
+    fields: &[(1, Ty::I32), (2, Ty::Bool), (3, Ty::Bool)],
+};
+
+static COLUMN_ORDER: Schema = Schema {
+    name: "ColumnOrder",
+    fields: &[(1, Ty::Struct(&EMPTY))],
+};
+
+/// A page's header: `PageHeader`.
+static PAGE_HEADER: Schema = Schema {
+    name: "PageHeader",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::I32),
+        (3, Ty::I32),
+        (4, Ty::I32),
+        (5, Ty::Struct(&DATA_PAGE_HEADER)),
+        (6, Ty::Struct(&EMPTY)),
+        (7, Ty::Struct(&DICTIONARY_PAGE_HEADER)),
+        (8, Ty::Struct(&DATA_PAGE_HEADER_V2)),
+    ],
+};
+
+static DATA_PAGE_HEADER: Schema = Schema {
+    name: "DataPageHeader",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::I32),
+        (3, Ty::I32),
+        (4, Ty::I32),
+        (5, Ty::Struct(&STATISTICS)),
+    ],
+};
+
+static DICTIONARY_PAGE_HEADER: Schema = Schema {
+    name: "DictionaryPageHeader",
+    fields: &[(1, Ty::I32), (2, Ty::I32), (3, Ty::Bool)],
+};
+
+static DATA_PAGE_HEADER_V2: Schema = Schema {
+    name: "DataPageHeaderV2",
+    fields: &[
+        (1, Ty::I32),
+        (2, Ty::I32),
+        (3, Ty::I32),
+        (4, Ty::I32),
+        (5, Ty::I32),
+        (6, Ty::I32),
+        (7, Ty::Bool),
+        (8, Ty::Struct(&STATISTICS)),
+    ],
+};
 
 /// Random access to the bytes of a Parquet file.
 pub(crate) trait Source {
@@ -111,7 +445,7 @@ fn walk_footer(footer: &[u8], start: u64) -> Result<()> {
         pos: 0,
         base: start,
     };
-    w.structure(0, &mut |_, _| {})
+    w.structure(0, Some(&FILE_META_DATA), &mut |_, _| {})
         .map_err(|e| e.into_error("Parquet footer", &w))?;
     Ok(())
 }
@@ -166,7 +500,7 @@ fn walk_pages(src: &(impl Source + ?Sized), mut from: u64, to: u64) -> Result<()
                 base: from,
             };
             let mut page_size = None;
-            let walked = w.structure(0, &mut |id, v| {
+            let walked = w.structure(0, Some(&PAGE_HEADER), &mut |id, v| {
                 if id == 3 {
                     page_size = Some(v); // PageHeader.compressed_page_size
                 }
@@ -276,9 +610,15 @@ impl Walk<'_> {
         Ok(n as usize)
     }
 
-    /// A struct's fields up to its stop byte; `field` sees each integer
-    /// field's id and value.
-    fn structure(&mut self, depth: u32, field: &mut dyn FnMut(i16, i64)) -> Result<(), Stop> {
+    /// A struct's fields up to its stop byte, typed by `schema` when
+    /// parquet knows the struct; `field` sees each integer field's id and
+    /// value.
+    fn structure(
+        &mut self,
+        depth: u32,
+        schema: Option<&Schema>,
+        field: &mut dyn FnMut(i16, i64),
+    ) -> Result<(), Stop> {
         if depth > MAX_DEPTH {
             return Err(Stop::Bad(format!(
                 "values nested more than {MAX_DEPTH} deep at byte {}",
@@ -287,6 +627,7 @@ impl Walk<'_> {
         }
         let mut last = 0i16;
         loop {
+            let at = self.at();
             let head = self.byte()?;
             let ty = head & 0x0f;
             if ty == 0 {
@@ -299,15 +640,72 @@ impl Walk<'_> {
                 last.wrapping_add(i16::from(delta))
             };
             last = id;
-            match ty {
+            let known = schema.and_then(|s| s.field(id).map(|t| (s, t)));
+            match (known, ty) {
+                (Some((s, expect)), _) if !expect.matches(ty) => {
+                    return Err(Stop::Bad(format!(
+                        "field {id} of {} at byte {at} is announced as Thrift type {ty}; \
+                         parquet reads it as {} (its bytes would be read as another value)",
+                        s.name,
+                        expect.name()
+                    )))
+                }
                 // Booleans carry their value in the type.
-                1 | 2 => {}
-                _ => {
+                (_, 1 | 2) => {}
+                (Some((_, expect)), _) => {
+                    if let Some(v) = self.typed(expect, depth)? {
+                        field(id, v);
+                    }
+                }
+                (None, _) => {
                     if let Some(v) = self.value(ty, depth)? {
                         field(id, v);
                     }
                 }
             }
+        }
+    }
+
+    /// A value of a known field, its wire type already checked against
+    /// `ty`: a typed list's elements and a known struct's fields are
+    /// checked the same way. Integers are returned.
+    fn typed(&mut self, ty: Ty, depth: u32) -> Result<Option<i64>, Stop> {
+        match ty {
+            Ty::List(elem) => {
+                let at = self.at();
+                let head = self.byte()?;
+                // parquet reads a header byte 0 as an empty list.
+                if head == 0 {
+                    return Ok(None);
+                }
+                let n = match head >> 4 {
+                    15 => self.varint()?,
+                    n => u64::from(n),
+                };
+                let n = self.bounded("list or set", at, n)?;
+                let wire = head & 0x0f;
+                if n > 0 && (!elem.matches(wire) || wire == 1 || wire == 2) {
+                    return Err(Stop::Bad(format!(
+                        "a list at byte {at} announces elements of Thrift type {wire}; \
+                         parquet reads them as {}",
+                        elem.name()
+                    )));
+                }
+                for _ in 0..n {
+                    self.typed(*elem, depth + 1)?;
+                }
+                Ok(None)
+            }
+            Ty::Struct(s) => self
+                .structure(depth + 1, Some(s), &mut |_, _| {})
+                .map(|_| None),
+            Ty::Bool => self.value(1, depth),
+            Ty::I8 => self.value(3, depth),
+            Ty::I16 => self.value(4, depth),
+            Ty::I32 => self.value(5, depth),
+            Ty::I64 => self.value(6, depth),
+            Ty::Double => self.value(7, depth),
+            Ty::Bin => self.value(8, depth),
         }
     }
 
@@ -361,7 +759,7 @@ impl Walk<'_> {
                     }
                 }
             }
-            12 => self.structure(depth + 1, &mut |_, _| {})?,
+            12 => self.structure(depth + 1, None, &mut |_, _| {})?,
             13 => self.skip(16)?, // UUID
             t => {
                 return Err(Stop::Bad(format!(
@@ -454,9 +852,10 @@ mod tests {
 
     #[test]
     fn a_huge_binary_length_is_refused() {
-        // FileMetaData field 1 as a binary announcing 1e12 bytes.
+        // FileMetaData field 15 (unknown to parquet, which skips it) as a
+        // binary announcing 1e12 bytes.
         let mut out = b"PAR1".to_vec();
-        out.extend([0x18, 0x80, 0xa0, 0x94, 0xa5, 0x8d, 0x1d, 0x00]);
+        out.extend([0xf8, 0x80, 0xa0, 0x94, 0xa5, 0x8d, 0x1d, 0x00]);
         out.extend(8u32.to_le_bytes());
         out.extend(b"PAR1");
         let m = format!("{:#}", check(out.as_slice()).unwrap_err());
@@ -464,6 +863,72 @@ mod tests {
             m.contains("string or binary at byte 5 announces 1000000000000"),
             "{m}"
         );
+    }
+
+    /// A file around `footer`, the footer's bytes.
+    fn with_footer(footer: &[u8]) -> Vec<u8> {
+        let mut out = b"PAR1".to_vec();
+        out.extend(footer);
+        out.extend((footer.len() as u32).to_le_bytes());
+        out.extend(b"PAR1");
+        out
+    }
+
+    #[test]
+    fn a_known_field_announced_with_another_type_is_refused() {
+        // FileMetaData field 1 (version, an i32) announced as a boolean:
+        // parquet would read the next byte as the version.
+        let m = format!(
+            "{:#}",
+            check(&with_footer(&[0x11, 0x19, 0x00])[..]).unwrap_err()
+        );
+        assert!(m.contains("field 1 of FileMetaData at byte 4"), "{m}");
+        assert!(m.contains("parquet reads it as an i32"), "{m}");
+        // The same field as an i32 passes the walk.
+        check(&with_footer(&[0x15, 0x02, 0x00])[..]).unwrap();
+        // Nested: the schema's first element with field 4 (name, a
+        // string) announced as an i64.
+        let m = format!(
+            "{:#}",
+            check(&with_footer(&[0x15, 0x02, 0x19, 0x1c, 0x46, 0x02, 0x00, 0x00])[..]).unwrap_err()
+        );
+        assert!(m.contains("field 4 of SchemaElement at byte 8"), "{m}");
+        // DataPageHeaderV2's is_compressed (parquet unwraps its boolean
+        // value: a panic) announced as an i32, inside a page header.
+        let mut w = Walk {
+            buf: &[0x8c, 0x75, 0x02, 0x00, 0x00],
+            pos: 0,
+            base: 0,
+        };
+        match w.structure(0, Some(&PAGE_HEADER), &mut |_, _| {}) {
+            Err(Stop::Bad(m)) => assert!(m.contains("field 7 of DataPageHeaderV2"), "{m}"),
+            _ => panic!("the page header passed"),
+        }
+    }
+
+    #[test]
+    fn a_typed_list_announcing_other_elements_is_refused() {
+        // The schema (a list of SchemaElement structs) announcing one i32.
+        let m = format!(
+            "{:#}",
+            check(&with_footer(&[0x15, 0x02, 0x19, 0x15, 0x02, 0x00])[..]).unwrap_err()
+        );
+        assert!(
+            m.contains("announces elements of Thrift type 5; parquet reads them as SchemaElement"),
+            "{m}"
+        );
+        // An empty list in the header byte 0 form passes.
+        check(&with_footer(&[0x15, 0x02, 0x19, 0x00, 0x00])[..]).unwrap();
+    }
+
+    #[test]
+    fn a_list_of_booleans_in_a_skipped_field_is_refused() {
+        // FileMetaData field 15 (parquet skips it) holding two booleans.
+        let m = format!(
+            "{:#}",
+            check(&with_footer(&[0xf9, 0x21, 0x01, 0x01, 0x00])[..]).unwrap_err()
+        );
+        assert!(m.contains("a list of booleans"), "{m}");
     }
 
     #[test]
@@ -583,8 +1048,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused_not_a_stack_overflow() {
         let mut out = b"PAR1".to_vec();
-        // 10,000 nested structs as field 1.
-        out.extend(std::iter::repeat_n(0x1c, 10_000));
+        // 10,000 nested structs, each as field 15 (unknown to parquet).
+        out.extend(std::iter::repeat_n(0xfc, 10_000));
         out.extend(std::iter::repeat_n(0x00, 10_001));
         let len = (out.len() - 4) as u32;
         out.extend(len.to_le_bytes());
