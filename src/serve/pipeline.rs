@@ -23,10 +23,11 @@
 //!    telemetry), the QC verdict, one `plate published` log line;
 //! 8. **snapshot** every `snapshot_every` plates (a checkpoint: it writes
 //!    the rows added since the last one) — after the acknowledgement, so
-//!    the plate's latency does not include it; a failed snapshot is
-//!    logged, counted (`balans_checkpoint_failures_total`) and retried at
-//!    the next plate: the log still holds every plate since the last good
-//!    one.
+//!    the plate's latency does not include it (with a plate in flight,
+//!    below, it is written while the next plate is being corrected); a
+//!    failed snapshot is logged, counted
+//!    (`balans_checkpoint_failures_total`) and retried at the next plate:
+//!    the log still holds every plate since the last good one.
 //!
 //! A rejected input ([`PlateError::Rejected`]) goes to the sink's
 //! dead-letter destination with its reason and is then acknowledged; an
@@ -435,18 +436,29 @@ impl Pipeline {
         let cfg = &self.cfg;
         let hooks = &*self.hooks;
         let report = &mut self.report;
+        let state = &mut self.state;
+        // The plate in flight acknowledged, this thread writes the periodic
+        // checkpoint (of the model holding it) while the next plate is
+        // still being corrected: both only read the model.
+        let finish_then_checkpoint = || {
+            let finished = finish(f, ends, hooks, report);
+            if matches!(finished, Ok(true)) {
+                checkpoint_if_due(cfg, state, model, hooks);
+            }
+            finished
+        };
         let (correction, finished) = std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name("balans-correct".into())
                 .spawn_scoped(s, move || correct_with(cfg, model, input));
             match worker {
                 Ok(w) => {
-                    let finished = finish(f, ends, hooks, report);
+                    let finished = finish_then_checkpoint();
                     (w.join().ok(), finished)
                 }
                 // No thread: finish first, then correct here.
                 Err(_) => {
-                    let finished = finish(f, ends, hooks, report);
+                    let finished = finish_then_checkpoint();
                     (Some(correct_with(cfg, model, input)), finished)
                 }
             }
@@ -454,7 +466,6 @@ impl Pipeline {
         let acknowledged = finished?;
         let correction =
             correction.context("internal: the thread correcting the next plate panicked")?;
-        self.snapshot_if_due();
         Ok(acknowledged.then_some(correction))
     }
 
@@ -690,37 +701,17 @@ impl Pipeline {
                 }
             }
         }
-        if self.state.since_snapshot() < every {
-            return;
-        }
-        if let Err(e) = self.snapshot() {
-            tracing::error!(
-                error = %format!("{e:#}"),
-                logged_plates = self.state.since_snapshot(),
-                "checkpoint failed; the write-ahead log keeps the state (retried at the next plate)"
-            );
+        if let Some(m) = &self.model {
+            checkpoint_if_due(&self.cfg, &mut self.state, m, &*self.hooks);
         }
     }
 
     /// Write a snapshot, timed and reported.
     fn snapshot(&mut self) -> Result<()> {
-        let Some(m) = &self.model else {
-            return Ok(());
-        };
-        let t = Instant::now();
-        let r = self.state.snapshot(m);
-        let seconds = t.elapsed().as_secs_f64();
-        self.hooks.checkpoint(seconds, r.is_ok());
-        if r.is_ok() {
-            self.hooks.model_checkpointed(m);
-            tracing::info!(
-                rows = m.len(),
-                plates = m.meta().plates.len(),
-                seconds,
-                "checkpoint written"
-            );
+        match &self.model {
+            Some(m) => write_checkpoint(&mut self.state, m, &*self.hooks),
+            None => Ok(()),
         }
-        r
     }
 
     /// Write a snapshot now if the log has records (on shutdown). Unlike
@@ -1046,6 +1037,40 @@ where
         },
     });
     Ok(())
+}
+
+/// The live generation's periodic checkpoint, when `snapshot_every` plates
+/// are logged since the last one. Not fatal when it fails (see
+/// [`Pipeline::snapshot_if_due`]).
+fn checkpoint_if_due(cfg: &Config, state: &mut StateDir, model: &Model, hooks: &dyn PlateHooks) {
+    if state.since_snapshot() < cfg.serve.snapshot_every.max(1) {
+        return;
+    }
+    if let Err(e) = write_checkpoint(state, model, hooks) {
+        tracing::error!(
+            error = %format!("{e:#}"),
+            logged_plates = state.since_snapshot(),
+            "checkpoint failed; the write-ahead log keeps the state (retried at the next plate)"
+        );
+    }
+}
+
+/// Write a snapshot of `model`, timed and reported.
+fn write_checkpoint(state: &mut StateDir, model: &Model, hooks: &dyn PlateHooks) -> Result<()> {
+    let t = Instant::now();
+    let r = state.snapshot(model);
+    let seconds = t.elapsed().as_secs_f64();
+    hooks.checkpoint(seconds, r.is_ok());
+    if r.is_ok() {
+        hooks.model_checkpointed(model);
+        tracing::info!(
+            rows = model.len(),
+            plates = model.meta().plates.len(),
+            seconds,
+            "checkpoint written"
+        );
+    }
+    r
 }
 
 #[cfg(test)]

@@ -41,6 +41,15 @@ impl Input for FakeInput {
     }
 }
 
+/// Logs each checkpoint (snapshot) written.
+struct LogHooks(Log);
+
+impl PlateHooks for LogHooks {
+    fn checkpoint(&self, _seconds: f64, ok: bool) {
+        self.0.lock().unwrap().push(format!("checkpoint {ok}"));
+    }
+}
+
 struct FakeSource {
     inputs: VecDeque<FakeInput>,
     log: Log,
@@ -317,7 +326,8 @@ fn run_plates(overlap: bool, next_after: Option<usize>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log: Log = Arc::default();
-    let mut p = Pipeline::open(config(state.clone()), Box::new(NoHooks)).unwrap();
+    let hooks = Box::new(LogHooks(Arc::clone(&log)));
+    let mut p = Pipeline::open(config(state.clone()), hooks).unwrap();
     let mut source = FakeSource {
         inputs: plates().into(),
         log: Arc::clone(&log),
@@ -374,6 +384,32 @@ fn a_plate_in_flight_overlaps_the_next_correction_and_changes_nothing() {
             let ready = at(&format!("ready {next}"));
             assert!(publish < ready && ready < durable, "{log:#?}");
             assert!(ack < at(&format!("publish {next}")), "{log:#?}");
+        }
+    }
+    // A checkpoint every second plate (`snapshot_every` = 2), as one plate
+    // at a time: written after the plate's acknowledgement, while the next
+    // plate is taken (`ready`) and before it is published.
+    let checkpoints = |log: &[String]| -> Vec<usize> {
+        log.iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("checkpoint"))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let done = checkpoints(&log);
+    assert_eq!(done.len(), checkpoints(&seq.log).len(), "{log:#?}");
+    assert!(log.iter().all(|l| l != "checkpoint false"), "{log:#?}");
+    for (k, name) in names.iter().enumerate().filter(|(k, _)| k % 2 == 1) {
+        let ack = at(&format!("ack {name} Corrected"));
+        let until = names
+            .get(k + 1)
+            .map_or(log.len(), |next| at(&format!("publish {next}")));
+        assert!(
+            done.iter().any(|&c| ack < c && c < until),
+            "no checkpoint after plate {k}: {log:#?}"
+        );
+        if let Some(next) = names.get(k + 1) {
+            assert!(at(&format!("ready {next}")) < ack, "{log:#?}");
         }
     }
 }
