@@ -3,12 +3,17 @@
 # outside bytes (issue #15, "Harden by method"): the targets of fuzz/.
 #
 #   scripts/fuzz.sh [RUNS] [TARGETS...]
+#   scripts/fuzz.sh keep [TARGETS...]   only FUZZ_KEEP's step, for earlier runs
 #     RUNS     inputs per target (default 10000000)
 #     TARGETS  default: all of  ipc_stream ipc_file parquet csv chunks wal snapshot
 #   env: FUZZ_MAX_SECS  also stop a target after this many seconds (default: none)
 #        FUZZ_RSS_MB    -rss_limit_mb / -malloc_limit_mb (default 2048)
 #        FUZZ_TIMEOUT   -timeout per input in seconds (default 10: a hang)
 #        FUZZ_JOBS      parallel libFuzzer workers per target (default 1)
+#        FUZZ_KEEP      1: after each target, merge its grown corpus
+#                       (fuzz/work/T, libFuzzer -merge=1: the inputs that add
+#                       coverage) into fuzz/kept/T.tar.gz, which is committed;
+#                       a target whose fuzz/work/T is empty starts from it
 #        FUZZ_SANITIZER address (default) or none: `wal` and `chunks` run
 #                       only balans's own code, which has no `unsafe`, so
 #                       AddressSanitizer finds nothing there and costs most
@@ -18,12 +23,20 @@
 # time, under nice -n 10. The seed corpus is fuzz/corpus/<target>/ (small,
 # committed; regenerate with the ignored test `write_fuzz_seeds` in
 # tests/decode_props.rs); what libFuzzer finds goes to fuzz/work/<target>/
-# (kept between runs, not committed); crashes, timeouts and out-of-memory
+# (kept between runs, not committed; its minimised merge is fuzz/kept/,
+# committed, see FUZZ_KEEP); crashes, timeouts and out-of-memory
 # inputs to fuzz/artifacts/<target>/. Each target's figures (runs, exec/s,
 # corpus size, crashes, time) are printed and appended to the table in
 # docs/reliability.md ("Fuzzing").
 set -uo pipefail
 cd "$(dirname "$0")/.."
+keep_only=0
+if [[ ${1:-} == keep ]]; then
+  # scripts/fuzz.sh keep [TARGETS...]: only keep the corpora of earlier runs.
+  keep_only=1
+  shift
+  set -- 0 "$@"
+fi
 runs=${1:-10000000}
 shift || true
 targets=("$@")
@@ -42,9 +55,32 @@ fi
 mkdir -p fuzz/logs
 nice -n 10 cargo +nightly fuzz build -s "$san" --debug-assertions || exit 1
 
+# The inputs of fuzz/work/T (and the seeds) that add coverage, minimised by
+# libFuzzer's merge, as fuzz/kept/T.tar.gz (flat file names).
+keep_corpus() {
+  local t=$1 min
+  min=$(mktemp -d)
+  nice -n 10 cargo +nightly fuzz run -s "$san" --debug-assertions "$t" "$min" \
+    "fuzz/work/$t" "fuzz/corpus/$t" -- -merge=1 -rss_limit_mb="$rss" \
+    -malloc_limit_mb="$rss" -timeout="$timeout" -max_len=65536 >/dev/null 2>&1 &&
+    mkdir -p fuzz/kept &&
+    tar -czf "fuzz/kept/$t.tar.gz" -C "$min" . &&
+    echo "kept $(ls "$min" | wc -l) inputs of $t in fuzz/kept/$t.tar.gz"
+  rm -rf "$min"
+}
+
+if [[ $keep_only == 1 ]]; then
+  for t in "${targets[@]}"; do keep_corpus "$t"; done
+  exit 0
+fi
+
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/work/$t" "fuzz/artifacts/$t"
+  # Resume from the kept corpus of earlier runs (fuzz/kept/, committed).
+  if [[ -z $(ls -A "fuzz/work/$t") && -f fuzz/kept/$t.tar.gz ]]; then
+    tar -xzf "fuzz/kept/$t.tar.gz" -C "fuzz/work/$t"
+  fi
   before=$(ls "fuzz/artifacts/$t" | wc -l)
   log=fuzz/logs/$t-$(date -u +%Y%m%dT%H%M%SZ).log
   extra=()
@@ -70,6 +106,9 @@ for t in "${targets[@]}"; do
   [[ $san == address ]] || tname="$t (-s $san)"
   line="| $(date -u +%F) | \`$tname\` | ${executed:-?} | ${eps:-?} | ${corpus} | ${found}${kinds:+ ($kinds)} | ${secs} s | ${rssmb:-?} MB |"
   echo "$line   (exit $rc, log $log)"
+  if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
+    keep_corpus "$t"
+  fi
   if grep -qF "$marker" "$doc"; then
     python3 - "$doc" "$marker" "$line" <<'PY'
 import sys

@@ -1042,7 +1042,7 @@ mod tests {
             assert_eq!(table::decode_parquet(&bytes).unwrap(), t);
             seen += 1;
         }
-        assert_eq!(seen, 3);
+        assert_eq!(seen, 5);
     }
 
     #[test]
