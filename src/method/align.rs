@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use anyhow::Result;
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 
 use crate::method::rows::RowSource;
@@ -31,28 +31,6 @@ pub trait Features: Sync {
     fn batch(&self, j: usize) -> u32;
     /// `acc += a * row_j`.
     fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]);
-}
-
-/// Dense f64 features (the offline fit's normalised feature space).
-pub struct DenseFeatures<'a> {
-    /// n x d values.
-    pub z: ArrayView2<'a, f64>,
-    /// Batch id of each row.
-    pub batch_of: &'a [u32],
-}
-
-impl Features for DenseFeatures<'_> {
-    fn dims(&self) -> usize {
-        self.z.ncols()
-    }
-    fn batch(&self, j: usize) -> u32 {
-        self.batch_of[j]
-    }
-    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
-        for (o, v) in acc.iter_mut().zip(self.z.row(j).iter()) {
-            *o += a * v;
-        }
-    }
 }
 
 /// Neighbour-space rows as features (the daemon corrects in that space).
@@ -77,8 +55,6 @@ impl<R: RowSource + ?Sized> Features for RowFeatures<'_, R> {
 pub struct Offsets {
     /// n x d offsets to subtract.
     pub values: Array2<f64>,
-    /// Points with no covering landmark (offset borrowed from neighbours).
-    pub uncovered: usize,
 }
 
 /// `delta_l^(c)` for every landmark (row-major `L x B x d`, f32).
@@ -159,41 +135,42 @@ pub fn point_offsets(
     frozen_consensus_of: Option<u32>,
     own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
 ) -> Result<Offsets> {
-    let d = z.dims();
+    let deltas = landmark_deltas(z, n_batches, rows, frozen_consensus_of);
+    offsets_from_deltas(
+        deltas,
+        z.dims(),
+        &|j| z.batch(j),
+        n_batches,
+        rows,
+        targets,
+        own_batch_neighbors,
+    )
+}
+
+/// The second half of [`point_offsets`]: the offsets of `targets` from the
+/// landmark deltas ([`landmark_deltas`] of the same `rows`, `d` wide;
+/// `batch_of(j)` is row `j`'s batch). It reads no feature values. The same
+/// values as [`point_offsets`], bit for bit.
+pub(crate) fn offsets_from_deltas(
+    deltas: Vec<f32>,
+    d: usize,
+    batch_of: &(dyn Fn(usize) -> u32 + Sync),
+    n_batches: usize,
+    rows: &[SparseRow],
+    targets: Range<usize>,
+    own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
+) -> Result<Offsets> {
     let n = targets.len();
     let start = targets.start;
-    let deltas = landmark_deltas(z, n_batches, rows, frozen_consensus_of);
-    let slot = |j: u32| (j as usize).checked_sub(start).filter(|&t| t < n);
-    // Transpose the sampled rows: for each target, (landmark index, A).
-    let mut counts = vec![0usize; n + 1];
-    for r in rows {
-        for &(j, _) in &r.entries {
-            if let Some(t) = slot(j) {
-                counts[t + 1] += 1;
-            }
-        }
-    }
-    for j in 0..n {
-        counts[j + 1] += counts[j];
-    }
-    let mut fill = counts.clone();
-    let mut cols = vec![(0u32, 0f32); counts[n]];
-    for (li, r) in rows.iter().enumerate() {
-        for &(j, a) in &r.entries {
-            if let Some(t) = slot(j) {
-                cols[fill[t]] = (li as u32, a);
-                fill[t] += 1;
-            }
-        }
-    }
+    let by_target = ByTarget::new(rows, &targets);
     let mut values = Array2::<f64>::zeros((n, d));
     let covered: Vec<bool> = values
         .axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
         .map(|(t, mut out)| {
-            let c = z.batch(start + t) as usize;
-            let entries = &cols[counts[t]..counts[t + 1]];
+            let c = batch_of(start + t) as usize;
+            let entries = by_target.entries(t);
             let mut w = 0f64;
             for &(li, a) in entries {
                 let base = (li as usize * n_batches + c) * d;
@@ -211,6 +188,7 @@ pub fn point_offsets(
             }
         })
         .collect();
+    drop(deltas);
     let uncovered: Vec<usize> = (0..n).filter(|&t| !covered[t]).collect();
     let borrowed: Vec<(usize, Vec<f64>)> = uncovered
         .par_iter()
@@ -218,7 +196,7 @@ pub fn point_offsets(
             let nb = own_batch_neighbors(start + t)?;
             let mut acc = vec![0f64; d];
             let mut cnt = 0usize;
-            for q in nb.iter().filter_map(|&q| slot(q)) {
+            for q in nb.iter().filter_map(|&q| by_target.slot(q)) {
                 if covered[q] {
                     for (a, v) in acc.iter_mut().zip(values.row(q)) {
                         *a += v;
@@ -239,16 +217,219 @@ pub fn point_offsets(
             *o = v;
         }
     }
-    Ok(Offsets {
-        values,
+    Ok(Offsets { values })
+}
+
+/// What [`add_offsets_from_deltas`] did: the targets no landmark covered,
+/// and the Euclidean norm of each target's offset (in target order).
+#[derive(Debug, Clone)]
+pub(crate) struct AddedOffsets {
+    /// Targets with no covering landmark (offset borrowed from neighbours).
+    pub uncovered: usize,
+    /// `|offset_t|` for every target `t`.
+    pub norms: Vec<f64>,
+}
+
+/// [`offsets_from_deltas`] added into `total` (row `t` of `total` += the
+/// offset of target `t`) without an `n x d` array of offsets: each row's
+/// offset is formed in a buffer of its own and added, and a row no
+/// landmark covered borrows its covered neighbours' offsets recomputed
+/// from the deltas. `total` gets the same bits as `total +=
+/// offsets_from_deltas(..).values` (test
+/// `adding_offsets_matches_the_offsets_array`); the offline fit's rounds
+/// use it, so their peak holds no offsets array (docs/performance.md,
+/// "Width, memory").
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_offsets_from_deltas(
+    deltas: Vec<f32>,
+    d: usize,
+    batch_of: &(dyn Fn(usize) -> u32 + Sync),
+    n_batches: usize,
+    rows: &[SparseRow],
+    targets: Range<usize>,
+    own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
+    total: &mut Array2<f64>,
+) -> Result<AddedOffsets> {
+    let n = targets.len();
+    let start = targets.start;
+    anyhow::ensure!(
+        total.dim() == (n, d),
+        "offsets of {n} x {d} added into a {:?} array",
+        total.dim()
+    );
+    let by_target = ByTarget::new(rows, &targets);
+    // Target t's offset into `out` (zeroed here); whether it is covered.
+    let offset_of = |t: usize, out: &mut [f64]| -> bool {
+        out.fill(0.0);
+        let c = batch_of(start + t) as usize;
+        let mut w = 0f64;
+        for &(li, a) in by_target.entries(t) {
+            let base = (li as usize * n_batches + c) * d;
+            let delta = &deltas[base..base + d];
+            for (o, v) in out.iter_mut().zip(delta) {
+                *o += a as f64 * *v as f64;
+            }
+            w += a as f64;
+        }
+        if w > 0.0 {
+            for o in out.iter_mut() {
+                *o /= w;
+            }
+            true
+        } else {
+            false
+        }
+    };
+    let covered: Vec<bool> = (0..n)
+        .into_par_iter()
+        .map(|t| {
+            let w = by_target
+                .entries(t)
+                .iter()
+                .fold(0f64, |w, &(_, a)| w + a as f64);
+            w > 0.0
+        })
+        .collect();
+    let uncovered: Vec<usize> = (0..n).filter(|&t| !covered[t]).collect();
+    // Borrowed offsets first: they read this round's offsets of covered
+    // neighbours, which `total` no longer shows once they are added.
+    let borrowed: Vec<(usize, Vec<f64>)> = uncovered
+        .par_iter()
+        .map(|&t| {
+            let nb = own_batch_neighbors(start + t)?;
+            let mut acc = vec![0f64; d];
+            let mut buf = vec![0f64; d];
+            let mut cnt = 0usize;
+            for q in nb.iter().filter_map(|&q| by_target.slot(q)) {
+                if covered[q] {
+                    offset_of(q, &mut buf);
+                    for (a, v) in acc.iter_mut().zip(&buf) {
+                        *a += v;
+                    }
+                    cnt += 1;
+                }
+            }
+            if cnt > 0 {
+                for a in acc.iter_mut() {
+                    *a /= cnt as f64;
+                }
+            }
+            Ok((t, acc))
+        })
+        .collect::<Result<_>>()?;
+    let norm = |v: &[f64]| {
+        let v = ndarray::ArrayView1::from(v);
+        v.dot(&v).sqrt()
+    };
+    let mut norms: Vec<f64> = total
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .map_init(
+            || vec![0f64; d],
+            |buf, (t, mut row)| {
+                if !covered[t] || !offset_of(t, buf) {
+                    return 0.0;
+                }
+                for (o, v) in row.iter_mut().zip(buf.iter()) {
+                    *o += v;
+                }
+                norm(buf)
+            },
+        )
+        .collect();
+    drop(deltas);
+    for (t, acc) in borrowed {
+        for (o, v) in total.row_mut(t).iter_mut().zip(&acc) {
+            *o += v;
+        }
+        norms[t] = norm(&acc);
+    }
+    Ok(AddedOffsets {
         uncovered: uncovered.len(),
+        norms,
     })
+}
+
+/// The sampled rows transposed: for each target, the (landmark index,
+/// affinity) entries of the landmark rows that retained it, in landmark
+/// order.
+struct ByTarget {
+    start: usize,
+    n: usize,
+    counts: Vec<usize>,
+    cols: Vec<(u32, f32)>,
+}
+
+impl ByTarget {
+    fn new(rows: &[SparseRow], targets: &Range<usize>) -> ByTarget {
+        let (start, n) = (targets.start, targets.len());
+        let mut out = ByTarget {
+            start,
+            n,
+            counts: vec![0usize; n + 1],
+            cols: Vec::new(),
+        };
+        for r in rows {
+            for &(j, _) in &r.entries {
+                if let Some(t) = out.slot(j) {
+                    out.counts[t + 1] += 1;
+                }
+            }
+        }
+        for j in 0..n {
+            out.counts[j + 1] += out.counts[j];
+        }
+        let mut fill = out.counts.clone();
+        out.cols = vec![(0u32, 0f32); out.counts[n]];
+        for (li, r) in rows.iter().enumerate() {
+            for &(j, a) in &r.entries {
+                if let Some(t) = out.slot(j) {
+                    out.cols[fill[t]] = (li as u32, a);
+                    fill[t] += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Target position of row id `j`, if it is a target.
+    fn slot(&self, j: u32) -> Option<usize> {
+        (j as usize).checked_sub(self.start).filter(|&t| t < self.n)
+    }
+
+    /// Target `t`'s entries.
+    fn entries(&self, t: usize) -> &[(u32, f32)] {
+        &self.cols[self.counts[t]..self.counts[t + 1]]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::array;
+    use ndarray::{array, ArrayView2};
+
+    /// Dense f64 features: a plain array (the tests' input).
+    struct DenseFeatures<'a> {
+        /// n x d values.
+        z: ArrayView2<'a, f64>,
+        /// Batch id of each row.
+        batch_of: &'a [u32],
+    }
+
+    impl Features for DenseFeatures<'_> {
+        fn dims(&self) -> usize {
+            self.z.ncols()
+        }
+        fn batch(&self, j: usize) -> u32 {
+            self.batch_of[j]
+        }
+        fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
+            for (o, v) in acc.iter_mut().zip(self.z.row(j).iter()) {
+                *o += a * v;
+            }
+        }
+    }
 
     #[test]
     fn two_batches_meet_at_the_consensus() {
@@ -272,7 +453,20 @@ mod tests {
         let off = point_offsets(&f, 2, &rows, 0..4, None, &|_| Ok(vec![])).unwrap();
         let corrected = &z - &off.values;
         assert_eq!(corrected, array![[4.0], [6.0], [4.0], [6.0]]);
-        assert_eq!(off.uncovered, 0);
+        let mut total = Array2::zeros((4, 1));
+        let added = add_offsets_from_deltas(
+            deltas,
+            1,
+            &|j| b[j],
+            2,
+            &rows,
+            0..4,
+            &|_| Ok(vec![]),
+            &mut total,
+        )
+        .unwrap();
+        assert_eq!(added.uncovered, 0);
+        assert_eq!(total, off.values);
     }
 
     #[test]
@@ -299,7 +493,20 @@ mod tests {
             Ok(if j == 4 { vec![4, 3, 2] } else { vec![] })
         })
         .unwrap();
-        assert_eq!(off.uncovered, 1);
+        let mut total = Array2::zeros((5, 1));
+        let added = add_offsets_from_deltas(
+            landmark_deltas(&f, 2, &rows, None),
+            1,
+            &|j| b[j],
+            2,
+            &rows,
+            0..5,
+            &|j| Ok(if j == 4 { vec![4, 3, 2] } else { vec![] }),
+            &mut total,
+        )
+        .unwrap();
+        assert_eq!(added.uncovered, 1);
+        assert_eq!(total, off.values);
         // Point 4 borrows the mean offset of its covered neighbours 3 and 2.
         let want = 0.5 * (off.values[[3, 0]] + off.values[[2, 0]]);
         assert!((off.values[[4, 0]] - want).abs() < 1e-12);
@@ -313,6 +520,68 @@ mod tests {
         assert_eq!(part.values.nrows(), 3);
         for t in 0..3 {
             assert!((part.values[[t, 0]] - off.values[[t + 2, 0]]).abs() < 1e-12);
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `add_offsets_from_deltas` gives `total + offsets_from_deltas`
+        /// bit for bit, with the uncovered count and every row's norm, on
+        /// random sparse rows where some targets are covered by nothing
+        /// (zero affinities, or no entry) and borrow from neighbours.
+        #[test]
+        fn adding_offsets_matches_the_offsets_array(
+            n in 1usize..24,
+            d in 1usize..6,
+            n_batches in 1usize..4,
+            start in 0usize..5,
+            seed in any::<u64>(),
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let ids = start + n; // row ids 0..ids; the targets are start..ids
+            let batch: Vec<u32> = (0..ids).map(|_| rng.gen_range(0..n_batches as u32)).collect();
+            let z = Array2::from_shape_fn((ids, d), |_| rng.gen_range(-3.0..3.0));
+            let rows: Vec<SparseRow> = (0..rng.gen_range(0..6usize))
+                .map(|_| {
+                    let mut entries: Vec<(u32, f32)> = (0..rng.gen_range(0..ids + 1))
+                        .map(|_| {
+                            let a = if rng.gen_bool(0.2) { 0.0 } else { rng.gen_range(0.0..1.0) };
+                            (rng.gen_range(0..ids) as u32, a)
+                        })
+                        .collect();
+                    entries.sort_by_key(|e| e.0);
+                    entries.dedup_by_key(|e| e.0);
+                    SparseRow { landmark: rng.gen_range(0..ids) as u32, entries, trust: vec![] }
+                })
+                .collect();
+            let neighbours: Vec<Vec<u32>> = (0..ids)
+                .map(|_| (0..rng.gen_range(0..5usize)).map(|_| rng.gen_range(0..ids) as u32).collect())
+                .collect();
+            let own = |j: usize| Ok(neighbours[j].clone());
+            let f = DenseFeatures { z: z.view(), batch_of: &batch };
+            let deltas = landmark_deltas(&f, n_batches, &rows, None);
+            let off = offsets_from_deltas(
+                deltas.clone(), d, &|j| batch[j], n_batches, &rows, start..ids, &own,
+            ).unwrap();
+            let before = Array2::from_shape_fn((n, d), |_| rng.gen_range(-1.0..1.0));
+            let mut total = before.clone();
+            let added = add_offsets_from_deltas(
+                deltas, d, &|j| batch[j], n_batches, &rows, start..ids, &own, &mut total,
+            ).unwrap();
+            let want = &before + &off.values;
+            prop_assert_eq!(total.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            let covered = (0..n).filter(|&t| {
+                rows.iter().flat_map(|r| r.entries.iter())
+                    .filter(|e| e.0 as usize == start + t)
+                    .fold(0f64, |w, e| w + e.1 as f64) > 0.0
+            }).count();
+            prop_assert_eq!(added.uncovered, n - covered);
+            for (t, r) in off.values.rows().into_iter().enumerate() {
+                prop_assert_eq!(added.norms[t].to_bits(), r.dot(&r).sqrt().to_bits());
+            }
         }
     }
 }

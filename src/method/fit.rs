@@ -24,12 +24,12 @@ use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::method::align::{point_offsets, DenseFeatures};
+use crate::method::align::{add_offsets_from_deltas, landmark_deltas, Features as AlignFeatures};
 use crate::method::blocked::knn_blocked;
 use crate::method::index::{build_batch_indices, BatchIndex};
 use crate::method::params::{BatchScale, NeighborSpace, Params};
 use crate::method::pca::{Pca, WHITEN_RIDGE};
-use crate::method::preprocess::{clipped, clipped_rows, dense_ids, GainGroups, Normalizer};
+use crate::method::preprocess::{clipped, clipped_rows, dense_ids, GainGroups, Normalizer, CLIP};
 use crate::method::rows::MatrixRows;
 use crate::method::sampling::{sample, SamplingConfig};
 use crate::method::scales::ScaleCache;
@@ -401,13 +401,14 @@ fn correct_in_pool(
         None => clipped(&z),
     };
     let mut pca = Pca::fit(w_fit.view(), params.neighbor_dims, params.seed)?;
-    let whitened = match (params.neighbor_space, data.controls, &subset) {
-        (NeighborSpace::Whitened, Some(mask), None) => {
-            pca.whiten_on(w_fit.view(), mask, WHITEN_RIDGE)
-        }
-        (NeighborSpace::Whitened, Some(mask), Some(_)) => {
+    // The whitening reads every control row of the table from `z`, and the
+    // rounds form their rows from `z` again (`current_rows`): the same
+    // values as from `w_fit`, which is not held beside them.
+    drop(w_fit);
+    let whitened = match (params.neighbor_space, data.controls) {
+        (NeighborSpace::Whitened, Some(mask)) => {
             let rows: Vec<usize> = (0..n).filter(|&i| mask.get(i) == Some(&true)).collect();
-            pca.whiten_rows(clipped_rows(&z, &rows).view(), WHITEN_RIDGE)
+            pca.whiten_clipped_rows(&z, &rows, WHITEN_RIDGE)
         }
         _ => false,
     };
@@ -440,18 +441,24 @@ fn correct_in_pool(
         Some((b, m)) => (b.as_slice(), m.as_deref()),
         None => (batch_of.as_slice(), data.controls),
     };
-    let mut total_fit = Array2::<f64>::zeros(w_fit.dim());
+    let mut total_fit = Array2::<f64>::zeros((n_fit, z.ncols()));
     let mut rounds = Vec::new();
     let mut trust_widths = Vec::new();
     for round in 0..params.rounds {
         let t0 = Instant::now();
-        let current = &w_fit - &total_fit;
+        // The rows where they stand now are needed whole only for their
+        // projection; the deltas read them from `z` and `total_fit` again
+        // (`CurrentRows`), so at the round's peak (its deltas) no
+        // `n_fit x d` array but the totals is held (docs/performance.md,
+        // "Width, memory").
+        let current = current_rows(&z, subset.as_deref(), &total_fit);
         let y = pca.transform_f32(current.view());
+        drop(current);
         progress.stage(
             &format!("round {}/{}: indexing", round + 1, params.rounds),
             1,
         );
-        let (y_fit, current_fit) = (y.view(), current.view());
+        let y_fit = y.view();
         let indices = build_batch_indices(y_fit, batch_fit, n_batches, kind, threads)?;
         let index_seconds = t0.elapsed().as_secs_f64();
         progress.stage(
@@ -483,19 +490,24 @@ fn correct_in_pool(
             let nb = indices[batch_fit[j] as usize].search(&q, params.k.max(params.m))?;
             Ok(nb.iter().map(|n| n.key as u32).collect())
         };
-        let feats = DenseFeatures {
-            z: current_fit,
+        let feats = CurrentRows {
+            z: &z,
+            subset: subset.as_deref(),
+            total: &total_fit,
             batch_of: batch_fit,
         };
-        let off = point_offsets(&feats, n_batches, &s.rows, 0..n_fit, None, &own)?;
-        let mean_offset = off
-            .values
-            .rows()
-            .into_iter()
-            .map(|r| r.dot(&r).sqrt())
-            .sum::<f64>()
-            / n_fit as f64;
-        total_fit += &off.values;
+        let deltas = landmark_deltas(&feats, n_batches, &s.rows, None);
+        let off = add_offsets_from_deltas(
+            deltas,
+            total_fit.ncols(),
+            &|j| batch_fit[j],
+            n_batches,
+            &s.rows,
+            0..n_fit,
+            &own,
+            &mut total_fit,
+        )?;
+        let mean_offset = off.norms.iter().sum::<f64>() / n_fit as f64;
         let (cmin, cmed) = s.coverage_stats();
         let covered = s
             .coverage
@@ -527,7 +539,6 @@ fn correct_in_pool(
     // `z_after = z - total` in place of `z`, and `y_after` the projection
     // of `clip(z) - total` (the same element-wise operations as over whole
     // arrays), so no `n x d` array of offsets or clipped values is held.
-    drop(w_fit);
     let z_before = if keep.z_before {
         z.clone()
     } else {
@@ -735,6 +746,48 @@ pub(crate) fn fit_subset(
 /// row outside the subsample once; the subsample's own rows are the
 /// caller's. `emit` may change `state` for the rows it is given (the
 /// subsample's rows are read first).
+/// [`current_rows`] as [`Features`], read from `z` and `total` where the
+/// deltas need a row: `acc += a * (clip(z[row]) - total[t])`, the same
+/// bits as accumulating the row of [`current_rows`].
+struct CurrentRows<'a> {
+    z: &'a Array2<f64>,
+    subset: Option<&'a [usize]>,
+    total: &'a Array2<f64>,
+    batch_of: &'a [u32],
+}
+
+impl AlignFeatures for CurrentRows<'_> {
+    fn dims(&self) -> usize {
+        self.total.ncols()
+    }
+    fn batch(&self, j: usize) -> u32 {
+        self.batch_of[j]
+    }
+    fn accumulate(&self, j: usize, a: f64, acc: &mut [f64]) {
+        let src = self.z.row(self.subset.map_or(j, |s| s[j]));
+        for ((o, &v), &off) in acc.iter_mut().zip(src.iter()).zip(self.total.row(j).iter()) {
+            *o += a * (v.clamp(-CLIP, CLIP) - off);
+        }
+    }
+}
+
+/// The rows a round aligns: `clip(z[row]) - total[t]` for the fit's row `t`
+/// (table row `subset[t]`, or `t` without a subsample). The same values as
+/// `clipped_rows(z, subset) - total`, formed without the clipped copy.
+fn current_rows(z: &Array2<f64>, subset: Option<&[usize]>, total: &Array2<f64>) -> Array2<f64> {
+    let mut out = Array2::<f64>::zeros(total.dim());
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(t, mut row)| {
+            let src = z.row(subset.map_or(t, |s| s[t]));
+            for ((o, &v), &off) in row.iter_mut().zip(src.iter()).zip(total.row(t).iter()) {
+                *o = v.clamp(-CLIP, CLIP) - off;
+            }
+        });
+    out
+}
+
 /// The receiver of [`interpolate_offsets`]' blocks: `(state, rows, offsets)`.
 type EmitOffsets<'e, S> = dyn FnMut(&mut S, &[usize], ArrayView2<f64>) + 'e;
 
@@ -795,6 +848,45 @@ mod tests {
 
     fn batches(n: usize, b: u32) -> Vec<u32> {
         (0..n).map(|i| (i as u32 * 7 + i as u32 / 5) % b).collect()
+    }
+
+    /// The rounds' rows formed from `z` and the totals (`current_rows`,
+    /// and `CurrentRows` where the deltas read them) are the bits of
+    /// `clipped_rows(z, subset) - total`, the arrays the rounds held before.
+    #[test]
+    fn current_rows_are_the_clipped_rows_minus_the_totals() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (n, d) = (300, 7);
+        // Values beyond the clip too, so the clip is exercised.
+        let z = Array2::from_shape_fn((n, d), |_| rng.gen_range(-80.0..80.0));
+        let subset: Vec<usize> = (0..n).filter(|_| rng.gen_bool(0.3)).collect();
+        for ids in [Some(subset.as_slice()), None] {
+            let m = ids.map_or(n, |s| s.len());
+            let total = Array2::from_shape_fn((m, d), |_| rng.gen_range(-2.0..2.0));
+            let want = match ids {
+                Some(s) => &clipped_rows(&z, s) - &total,
+                None => &clipped(&z) - &total,
+            };
+            let got = current_rows(&z, ids, &total);
+            let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want));
+            let batch_of = vec![0u32; m];
+            let rows = CurrentRows {
+                z: &z,
+                subset: ids,
+                total: &total,
+                batch_of: &batch_of,
+            };
+            for j in [0, m / 2, m - 1] {
+                let a = rng.gen_range(0.0..1.0);
+                let (mut acc, mut oracle) = (vec![0.5; d], vec![0.5; d]);
+                rows.accumulate(j, a, &mut acc);
+                for (o, v) in oracle.iter_mut().zip(want.row(j)) {
+                    *o += a * v;
+                }
+                assert_eq!(acc, oracle);
+            }
+        }
     }
 
     #[test]

@@ -41,11 +41,24 @@ use crate::method::preprocess::clipped_rows;
 /// Largest dimension for which [`Pca::fit`] uses the full Jacobi
 /// eigensolver (above it: subspace iteration).
 const JACOBI_MAX_DIM: usize = 400;
-/// Rows per parallel block of [`Pca::transform_f32`].
+/// Rows per parallel block of [`Pca::transform_f32`] and of the
+/// whitening's scores, at most: a block's centred copy is `rows x d` f64,
+/// so wide tables take fewer rows ([`project_rows`]).
 const PROJECT_ROWS: usize = 4096;
+/// Bytes of one block's centred copy, at most (4 MB: 512 rows at 1,000
+/// features; 4,096 rows, [`PROJECT_ROWS`], up to 128 features).
+const PROJECT_BYTES: usize = 4 << 20;
 /// Rows per block of [`Pca::transform_clipped_rows_f32`] (4 MB of f64 at
 /// 1,000 features).
 const GATHER_ROWS: usize = 512;
+
+/// Rows per projection block for rows of `d` features: [`PROJECT_BYTES`]
+/// of f64, between 64 and [`PROJECT_ROWS`]. A row's coordinates are the
+/// same dot products whatever block it falls in, so the block size moves
+/// memory, not values.
+fn project_rows(d: usize) -> usize {
+    (PROJECT_BYTES / (8 * d.max(1))).clamp(64, PROJECT_ROWS)
+}
 
 /// Ridge of the control whitening, relative to the largest control
 /// eigenvalue in the PCA space: a guard against near-singular control
@@ -216,30 +229,65 @@ impl Pca {
     /// (and leaves the basis unwhitened) when there are fewer than
     /// [`WHITEN_MIN_ROWS_PER_DIM`] x p control rows.
     pub fn whiten(&mut self, controls: ArrayView2<f64>, ridge: f64) -> bool {
-        let p = self.dims();
-        if controls.nrows() < WHITEN_MIN_ROWS_PER_DIM * p || controls.nrows() < 3 {
+        if !self.enough_to_whiten(controls.nrows()) {
             return false;
         }
         // Scores in blocks of rows (a row's scores are the same dot
         // products whatever block it falls in): no centred copy of the
         // controls.
-        let mut scores = Array2::<f64>::zeros((controls.nrows(), p));
+        let block = project_rows(controls.ncols());
+        let mut scores = Array2::<f64>::zeros((controls.nrows(), self.dims()));
         scores
-            .axis_chunks_iter_mut(Axis(0), PROJECT_ROWS)
+            .axis_chunks_iter_mut(Axis(0), block)
             .into_par_iter()
-            .zip(
-                controls
-                    .axis_chunks_iter(Axis(0), PROJECT_ROWS)
-                    .into_par_iter(),
-            )
+            .zip(controls.axis_chunks_iter(Axis(0), block).into_par_iter())
             .for_each(|(mut o, xb)| {
                 let centred = &xb - &self.mean.view().insert_axis(Axis(0));
                 o.assign(&centred.dot(&self.components));
             });
-        let m = column_means(scores.view());
-        let c = covariance(scores.view(), &m);
-        self.whitening = Some(Whitening::from_covariance(&c, ridge));
+        self.whiten_scores(scores.view(), ridge);
         true
+    }
+
+    /// [`Pca::whiten_rows`] of the rows `rows` of `z`, clipped to +-CLIP,
+    /// without their clipped copy: the scores are formed [`GATHER_ROWS`]
+    /// rows at a time (the same values as whitening on
+    /// `clipped_rows(z, rows)`, bit for bit). The offline fit whitens on
+    /// every control row of the table this way: at 100k x 1,000 the copy
+    /// was 80 MB at the fit's peak (docs/performance.md, "Width, memory").
+    pub fn whiten_clipped_rows(&mut self, z: &Array2<f64>, rows: &[usize], ridge: f64) -> bool {
+        if !self.enough_to_whiten(rows.len()) {
+            tracing::warn!(
+                controls = rows.len(),
+                dims = self.dims(),
+                "too few control rows to whiten the neighbour space; using plain PCA"
+            );
+            return false;
+        }
+        let mut scores = Array2::<f64>::zeros((rows.len(), self.dims()));
+        scores
+            .axis_chunks_iter_mut(Axis(0), GATHER_ROWS)
+            .into_par_iter()
+            .zip(rows.par_chunks(GATHER_ROWS))
+            .for_each(|(mut o, rs)| {
+                let xb = clipped_rows(z, rs);
+                let centred = &xb - &self.mean.view().insert_axis(Axis(0));
+                o.assign(&centred.dot(&self.components));
+            });
+        self.whiten_scores(scores.view(), ridge);
+        true
+    }
+
+    /// Whether `rows` control rows are enough to whiten on.
+    fn enough_to_whiten(&self, rows: usize) -> bool {
+        rows >= WHITEN_MIN_ROWS_PER_DIM * self.dims() && rows >= 3
+    }
+
+    /// Set the whitening from the controls' PCA scores.
+    fn whiten_scores(&mut self, scores: ArrayView2<f64>, ridge: f64) {
+        let m = column_means(scores);
+        let c = covariance(scores, &m);
+        self.whitening = Some(Whitening::from_covariance(&c, ridge));
     }
 
     /// [`Pca::whiten`] on the rows of `w` that `controls` marks; `false`
@@ -299,16 +347,17 @@ impl Pca {
     /// Project rows (n x d) to neighbour coordinates (n x p), as f32 for the
     /// index: PCA scores, whitened when [`Pca::whiten`] was applied.
     ///
-    /// Rows are projected in parallel blocks of [`PROJECT_ROWS`], each
+    /// Rows are projected in parallel blocks of [`project_rows`], each
     /// written straight into the f32 result: no n x d centred copy and no
     /// n x p f64 intermediate (at 1M x 50 those were 600 MB of short-lived
     /// pages). A row's coordinates are the same dot products whatever block
     /// it falls in, so the result equals projecting all rows at once.
     pub fn transform_f32(&self, x: ArrayView2<f64>) -> Array2<f32> {
+        let block = project_rows(x.ncols());
         let mut out = Array2::<f32>::zeros((x.nrows(), self.dims()));
-        out.axis_chunks_iter_mut(Axis(0), PROJECT_ROWS)
+        out.axis_chunks_iter_mut(Axis(0), block)
             .into_par_iter()
-            .zip(x.axis_chunks_iter(Axis(0), PROJECT_ROWS).into_par_iter())
+            .zip(x.axis_chunks_iter(Axis(0), block).into_par_iter())
             .for_each(|(mut o, xb)| {
                 o.zip_mut_with(&self.coordinates(xb), |a, &v| *a = v as f32);
             });
@@ -363,6 +412,46 @@ mod tests {
             let controls: Vec<bool> = (0..x.nrows()).map(|i| i % 3 == 0).collect();
             assert!(pca.whiten_on(x.view(), &controls, WHITEN_RIDGE));
         }
+    }
+
+    #[test]
+    fn wide_rows_are_projected_in_smaller_blocks_with_the_same_bits() {
+        // 3,000 features: blocks of 174 rows, so 400 rows take three.
+        let d = 3000;
+        assert!(project_rows(d) < 200);
+        assert_eq!(project_rows(12), PROJECT_ROWS);
+        let x = data(400, d);
+        let mut pca = Pca::fit(x.view(), 3, 1).unwrap();
+        for _ in 0..2 {
+            let whole = pca.coordinates(x.view()).mapv(|v| v as f32);
+            assert_eq!(pca.transform_f32(x.view()), whole);
+            let controls: Vec<bool> = (0..x.nrows()).map(|i| i % 2 == 0).collect();
+            assert!(pca.whiten_on(x.view(), &controls, WHITEN_RIDGE));
+        }
+    }
+
+    #[test]
+    fn whitening_on_gathered_clipped_rows_equals_whitening_on_their_copy() {
+        use crate::method::preprocess::CLIP;
+        let mut z = data(3 * GATHER_ROWS + 11, 9);
+        z.mapv_inplace(|v| v * 4.0 * CLIP);
+        let rows: Vec<usize> = (0..z.nrows()).filter(|i| i % 3 != 1).collect();
+        let pca = Pca::fit(clipped_rows(&z, &rows).view(), 4, 3).unwrap();
+        let (mut a, mut b) = (pca.clone(), pca);
+        assert!(a.whiten_rows(clipped_rows(&z, &rows).view(), WHITEN_RIDGE));
+        assert!(b.whiten_clipped_rows(&z, &rows, WHITEN_RIDGE));
+        let bits = |p: &Pca| {
+            p.whitening_row_major()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&a), bits(&b));
+        // Too few rows: plain PCA, as `whiten_rows`.
+        let mut c = Pca::fit(z.view(), 4, 3).unwrap();
+        assert!(!c.whiten_clipped_rows(&z, &rows[..5], WHITEN_RIDGE));
+        assert!(c.whitening_row_major().is_none());
     }
 
     #[test]
