@@ -2,6 +2,8 @@
 # One command: balans correct vs harmonypy, whole process, side by side.
 #   bash benches/perf/run.sh                      sizes 100k, 300k, 1M
 #   PERF_SIZES=100000 bash benches/perf/run.sh    one size
+#   bash benches/perf/run.sh width                100k x 50 vs 100k x 1000
+#     (balans only; PERF_WIDTH_ROWS, PERF_WIDTH_FEATURES, PERF_REPEAT)
 # Env: PERF_SKIP_HARMONY=1 (balans only), PERF_BALANS_ARGS="--budget 0.3 ..."
 # (extra `balans correct` flags), PERF_WRITE_DOC=0 (do not touch
 # docs/performance.md), BALANS_BIN (binary to time; default: build release).
@@ -23,4 +25,4 @@ if [ -z "${BALANS_BIN:-}" ]; then
   BALANS_BIN="$ROOT/target/release/balans"
 fi
 export BALANS_BIN
-exec "$VENV/bin/python" benches/perf/compare.py
+exec "$VENV/bin/python" benches/perf/compare.py "$@"
