@@ -160,62 +160,28 @@ pub(crate) fn offsets_from_deltas(
     targets: Range<usize>,
     own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
 ) -> Result<Offsets> {
-    let n = targets.len();
-    let start = targets.start;
-    let by_target = ByTarget::new(rows, &targets);
-    let mut values = Array2::<f64>::zeros((n, d));
+    let reader = DeltaReader::new(deltas, d, batch_of, n_batches, rows, &targets);
+    let mut values = Array2::<f64>::zeros((targets.len(), d));
     let covered: Vec<bool> = values
         .axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
-        .map(|(t, mut out)| {
-            let c = batch_of(start + t) as usize;
-            let entries = by_target.entries(t);
-            let mut w = 0f64;
-            for &(li, a) in entries {
-                let base = (li as usize * n_batches + c) * d;
-                let delta = &deltas[base..base + d];
-                for (o, v) in out.iter_mut().zip(delta) {
-                    *o += a as f64 * *v as f64;
-                }
-                w += a as f64;
-            }
-            if w > 0.0 {
-                out.mapv_inplace(|v| v / w);
-                true
-            } else {
-                false
-            }
-        })
+        .map_init(
+            || vec![0f64; d],
+            |buf, (t, mut out)| {
+                let covered = reader.offset(t, buf);
+                out.assign(&ndarray::ArrayView1::from(&buf[..]));
+                covered
+            },
+        )
         .collect();
-    drop(deltas);
-    let uncovered: Vec<usize> = (0..n).filter(|&t| !covered[t]).collect();
-    let borrowed: Vec<(usize, Vec<f64>)> = uncovered
-        .par_iter()
-        .map(|&t| {
-            let nb = own_batch_neighbors(start + t)?;
-            let mut acc = vec![0f64; d];
-            let mut cnt = 0usize;
-            for q in nb.iter().filter_map(|&q| by_target.slot(q)) {
-                if covered[q] {
-                    for (a, v) in acc.iter_mut().zip(values.row(q)) {
-                        *a += v;
-                    }
-                    cnt += 1;
-                }
-            }
-            if cnt > 0 {
-                for a in acc.iter_mut() {
-                    *a /= cnt as f64;
-                }
-            }
-            Ok((t, acc))
-        })
-        .collect::<Result<_>>()?;
+    let borrowed = reader.borrowed(&covered, own_batch_neighbors, &|q, buf| {
+        buf.iter_mut().zip(values.row(q)).for_each(|(b, &v)| *b = v)
+    })?;
     for (j, acc) in borrowed {
-        for (o, v) in values.row_mut(j).iter_mut().zip(acc) {
-            *o = v;
-        }
+        values
+            .row_mut(j)
+            .assign(&ndarray::ArrayView1::from(&acc[..]));
     }
     Ok(Offsets { values })
 }
@@ -251,21 +217,99 @@ pub(crate) fn add_offsets_from_deltas(
     total: &mut Array2<f64>,
 ) -> Result<AddedOffsets> {
     let n = targets.len();
-    let start = targets.start;
     anyhow::ensure!(
         total.dim() == (n, d),
         "offsets of {n} x {d} added into a {:?} array",
         total.dim()
     );
-    let by_target = ByTarget::new(rows, &targets);
-    // Target t's offset into `out` (zeroed here); whether it is covered.
-    let offset_of = |t: usize, out: &mut [f64]| -> bool {
+    let reader = DeltaReader::new(deltas, d, batch_of, n_batches, rows, &targets);
+    let covered: Vec<bool> = (0..n).into_par_iter().map(|t| reader.covers(t)).collect();
+    // Borrowed offsets first: they read this round's offsets of covered
+    // neighbours, which `total` no longer shows once they are added.
+    let borrowed = reader.borrowed(&covered, own_batch_neighbors, &|q, buf| {
+        reader.offset(q, buf);
+    })?;
+    let norm = |v: &[f64]| {
+        let v = ndarray::ArrayView1::from(v);
+        v.dot(&v).sqrt()
+    };
+    let mut norms: Vec<f64> = total
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .map_init(
+            || vec![0f64; d],
+            |buf, (t, mut row)| {
+                if !covered[t] || !reader.offset(t, buf) {
+                    return 0.0;
+                }
+                row.zip_mut_with(&ndarray::ArrayView1::from(&buf[..]), |o, v| *o += v);
+                norm(buf)
+            },
+        )
+        .collect();
+    drop(reader);
+    let uncovered = borrowed.len();
+    for (t, acc) in borrowed {
+        total
+            .row_mut(t)
+            .zip_mut_with(&ndarray::ArrayView1::from(&acc[..]), |o, v| *o += v);
+        norms[t] = norm(&acc);
+    }
+    Ok(AddedOffsets { uncovered, norms })
+}
+
+/// Reads targets' offsets out of the landmark deltas: the one definition
+/// of a target's offset (the affinity-weighted mean of its landmarks'
+/// deltas for its batch) and of the borrowing of an uncovered target,
+/// shared by [`offsets_from_deltas`] and [`add_offsets_from_deltas`].
+struct DeltaReader<'a> {
+    deltas: Vec<f32>,
+    d: usize,
+    batch_of: &'a (dyn Fn(usize) -> u32 + Sync),
+    n_batches: usize,
+    by_target: ByTarget,
+}
+
+impl<'a> DeltaReader<'a> {
+    fn new(
+        deltas: Vec<f32>,
+        d: usize,
+        batch_of: &'a (dyn Fn(usize) -> u32 + Sync),
+        n_batches: usize,
+        rows: &[SparseRow],
+        targets: &Range<usize>,
+    ) -> DeltaReader<'a> {
+        DeltaReader {
+            deltas,
+            d,
+            batch_of,
+            n_batches,
+            by_target: ByTarget::new(rows, targets),
+        }
+    }
+
+    /// Whether a landmark covers target `t` (its affinities sum above 0;
+    /// the same sum as [`DeltaReader::offset`]'s weight).
+    fn covers(&self, t: usize) -> bool {
+        let w = self
+            .by_target
+            .entries(t)
+            .iter()
+            .fold(0f64, |w, &(_, a)| w + a as f64);
+        w > 0.0
+    }
+
+    /// Target `t`'s offset into `out` (`d` wide, zeroed here); whether a
+    /// landmark covers it (if not, `out` stays zero).
+    fn offset(&self, t: usize, out: &mut [f64]) -> bool {
+        let d = self.d;
         out.fill(0.0);
-        let c = batch_of(start + t) as usize;
+        let c = (self.batch_of)(self.by_target.start + t) as usize;
         let mut w = 0f64;
-        for &(li, a) in by_target.entries(t) {
-            let base = (li as usize * n_batches + c) * d;
-            let delta = &deltas[base..base + d];
+        for &(li, a) in self.by_target.entries(t) {
+            let base = (li as usize * self.n_batches + c) * d;
+            let delta = &self.deltas[base..base + d];
             for (o, v) in out.iter_mut().zip(delta) {
                 *o += a as f64 * *v as f64;
             }
@@ -279,76 +323,45 @@ pub(crate) fn add_offsets_from_deltas(
         } else {
             false
         }
-    };
-    let covered: Vec<bool> = (0..n)
-        .into_par_iter()
-        .map(|t| {
-            let w = by_target
-                .entries(t)
-                .iter()
-                .fold(0f64, |w, &(_, a)| w + a as f64);
-            w > 0.0
-        })
-        .collect();
-    let uncovered: Vec<usize> = (0..n).filter(|&t| !covered[t]).collect();
-    // Borrowed offsets first: they read this round's offsets of covered
-    // neighbours, which `total` no longer shows once they are added.
-    let borrowed: Vec<(usize, Vec<f64>)> = uncovered
-        .par_iter()
-        .map(|&t| {
-            let nb = own_batch_neighbors(start + t)?;
-            let mut acc = vec![0f64; d];
-            let mut buf = vec![0f64; d];
-            let mut cnt = 0usize;
-            for q in nb.iter().filter_map(|&q| by_target.slot(q)) {
-                if covered[q] {
-                    offset_of(q, &mut buf);
-                    for (a, v) in acc.iter_mut().zip(&buf) {
-                        *a += v;
-                    }
-                    cnt += 1;
-                }
-            }
-            if cnt > 0 {
-                for a in acc.iter_mut() {
-                    *a /= cnt as f64;
-                }
-            }
-            Ok((t, acc))
-        })
-        .collect::<Result<_>>()?;
-    let norm = |v: &[f64]| {
-        let v = ndarray::ArrayView1::from(v);
-        v.dot(&v).sqrt()
-    };
-    let mut norms: Vec<f64> = total
-        .axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .enumerate()
-        .map_init(
-            || vec![0f64; d],
-            |buf, (t, mut row)| {
-                if !covered[t] || !offset_of(t, buf) {
-                    return 0.0;
-                }
-                for (o, v) in row.iter_mut().zip(buf.iter()) {
-                    *o += v;
-                }
-                norm(buf)
-            },
-        )
-        .collect();
-    drop(deltas);
-    for (t, acc) in borrowed {
-        for (o, v) in total.row_mut(t).iter_mut().zip(&acc) {
-            *o += v;
-        }
-        norms[t] = norm(&acc);
     }
-    Ok(AddedOffsets {
-        uncovered: uncovered.len(),
-        norms,
-    })
+
+    /// The offsets of the targets `covered` marks false: the mean offset of
+    /// their covered nearest rows in their own batch (zero when none is
+    /// covered). `read(q, buf)` writes covered target `q`'s offset into
+    /// `buf`.
+    fn borrowed(
+        &self,
+        covered: &[bool],
+        own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
+        read: &(dyn Fn(usize, &mut [f64]) + Sync),
+    ) -> Result<Vec<(usize, Vec<f64>)>> {
+        let d = self.d;
+        let uncovered: Vec<usize> = (0..covered.len()).filter(|&t| !covered[t]).collect();
+        uncovered
+            .par_iter()
+            .map(|&t| {
+                let nb = own_batch_neighbors(self.by_target.start + t)?;
+                let mut acc = vec![0f64; d];
+                let mut buf = vec![0f64; d];
+                let mut cnt = 0usize;
+                for q in nb.iter().filter_map(|&q| self.by_target.slot(q)) {
+                    if covered[q] {
+                        read(q, &mut buf);
+                        for (a, v) in acc.iter_mut().zip(&buf) {
+                            *a += v;
+                        }
+                        cnt += 1;
+                    }
+                }
+                if cnt > 0 {
+                    for a in acc.iter_mut() {
+                        *a /= cnt as f64;
+                    }
+                }
+                Ok((t, acc))
+            })
+            .collect()
+    }
 }
 
 /// The sampled rows transposed: for each target, the (landmark index,

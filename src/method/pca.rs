@@ -241,10 +241,7 @@ impl Pca {
             .axis_chunks_iter_mut(Axis(0), block)
             .into_par_iter()
             .zip(controls.axis_chunks_iter(Axis(0), block).into_par_iter())
-            .for_each(|(mut o, xb)| {
-                let centred = &xb - &self.mean.view().insert_axis(Axis(0));
-                o.assign(&centred.dot(&self.components));
-            });
+            .for_each(|(mut o, xb)| o.assign(&self.scores(xb)));
         self.whiten_scores(scores.view(), ridge);
         true
     }
@@ -269,11 +266,7 @@ impl Pca {
             .axis_chunks_iter_mut(Axis(0), GATHER_ROWS)
             .into_par_iter()
             .zip(rows.par_chunks(GATHER_ROWS))
-            .for_each(|(mut o, rs)| {
-                let xb = clipped_rows(z, rs);
-                let centred = &xb - &self.mean.view().insert_axis(Axis(0));
-                o.assign(&centred.dot(&self.components));
-            });
+            .for_each(|(mut o, rs)| o.assign(&self.scores(clipped_rows(z, rs).view())));
         self.whiten_scores(scores.view(), ridge);
         true
     }
@@ -320,11 +313,16 @@ impl Pca {
             .map(|w| w.w.iter().copied().collect())
     }
 
+    /// PCA scores of rows (n x d -> n x p), not whitened.
+    fn scores(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let centred = &x - &self.mean.view().insert_axis(Axis(0));
+        centred.dot(&self.components)
+    }
+
     /// Coordinates of rows (n x d): PCA scores, whitened when
     /// [`Pca::whiten`] was applied. Unchecked: `x` must have d columns.
     fn coordinates(&self, x: ArrayView2<f64>) -> Array2<f64> {
-        let centred = &x - &self.mean.view().insert_axis(Axis(0));
-        let scores = centred.dot(&self.components);
+        let scores = self.scores(x);
         match &self.whitening {
             Some(wh) => scores.dot(&wh.w),
             None => scores,
