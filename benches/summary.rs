@@ -3,10 +3,12 @@
 //! seeded sample of its rows instead of an HNSW index over all of them.
 //!
 //! Run: `cargo bench --bench summary` (`BALANS_BENCH_ROWS`, default 60000:
-//! synthetic rows in 5 batches of 384-row plates, 100 features;
+//! synthetic rows in 384-row plates; `BALANS_BENCH_BATCHES`, default 5;
+//! `BALANS_BENCH_FEATURES`, default 100;
 //! `BALANS_BENCH_SUMMARY`, default `2000,0`: the `summary_rows` values
 //! compared; `BALANS_BENCH_PLATE_ROUNDS`, default the `plate_rounds`
-//! default: the plate rounds compared, e.g. `1,2`). The
+//! default: the plate rounds compared, e.g. `1,2`; `BALANS_BENCH_REPEAT`,
+//! default 1: each plate corrected that many times, for profiling). The
 //! reference is batches 1-4 without their last 3 plates; the stream is
 //! those 12 held plates, then 6 plates of batch 5 (a batch the reference
 //! did not have). The same stream runs through models seeded from one
@@ -31,11 +33,18 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60_000);
-    let batches = 5;
+    let batches: usize = std::env::var("BALANS_BENCH_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let features: usize = std::env::var("BALANS_BENCH_FEATURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let t = generate(&SynthSpec {
         rows: n,
         batches,
-        features: 100,
+        features,
         plates_per_batch: (n / batches / 384).max(4),
         seed: 5,
         ..SynthSpec::default()
@@ -147,7 +156,18 @@ fn main() -> Result<()> {
         let mut times = Vec::new();
         let mut corrected: Vec<Array2<f64>> = Vec::new();
         let mut mixing = Vec::new();
+        let repeat: usize = std::env::var("BALANS_BENCH_REPEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         for (k, ((b, name), rows)) in stream.iter().zip(&stream_rows).enumerate() {
+            // Extra passes (`BALANS_BENCH_REPEAT`, for profiling the plate
+            // path): the same plate again, its delta not applied.
+            for _ in 1..repeat {
+                let xp = t.features.select(Axis(0), rows);
+                let ctrl: Vec<bool> = rows.iter().map(|&i| t.label[i] == CONTROL_LABEL).collect();
+                correct_plate(&model, name, b, xp.view(), Some(&ctrl), k as u64)?;
+            }
             let xp = t.features.select(Axis(0), rows);
             let ctrl: Vec<bool> = rows.iter().map(|&i| t.label[i] == CONTROL_LABEL).collect();
             let t2 = Instant::now();

@@ -12,7 +12,8 @@
 //! - [`sampling`] — coverage-prioritised adaptive sampling of affinity rows;
 //! - [`align`] — per-row offsets from the sampled affinity rows;
 //! - [`blocked`] — blocked exact k-NN (GEMM) for small base sets;
-//! - [`rows`] — row sources over the neighbour-space coordinates.
+//! - [`rows`] — row sources over the neighbour-space coordinates;
+//! - [`rowmap`] — hash maps keyed by row ids (a fast, non-keyed hasher).
 
 pub(crate) mod align;
 pub(crate) mod blocked;
@@ -24,6 +25,7 @@ pub(crate) mod mutual;
 pub mod params;
 pub mod pca;
 pub mod preprocess;
+pub mod rowmap;
 pub mod rows;
 pub mod sampling;
 pub mod scales;

@@ -32,7 +32,7 @@ pub fn mutual_rank(k: usize, size: usize) -> usize {
 /// gets 1.
 pub(crate) fn mutual_fractions(
     entries: &[(u32, f32)],
-    dist2: &std::collections::HashMap<u32, f32>,
+    dist2: &crate::method::rowmap::RowMap<u32, f32>,
     bi: usize,
     rows: &dyn RowSource,
     indices: &[&BatchIndex],

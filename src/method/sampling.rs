@@ -23,6 +23,7 @@ use crate::method::kernel::affinity;
 use crate::method::mutual::mutual_fractions;
 pub use crate::method::mutual::mutual_rank;
 use crate::method::params::{KernelKind, Params, Retention, SamplingRule, TrustRule};
+use crate::method::rowmap::RowMap;
 use crate::method::rows::RowSource;
 use crate::method::scales::{kth_scale, ScaleCache};
 
@@ -189,7 +190,7 @@ pub fn compute_row_from(
     );
     let bi = rows.batch(i) as usize;
     let mut all: Vec<(u32, f32)> = Vec::new();
-    let mut dist2: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+    let mut dist2: RowMap<u32, f32> = RowMap::default();
     let mut own_scale = 0.0;
     for (c, nb) in lists.iter().enumerate() {
         if nb.is_empty() {

@@ -24,8 +24,6 @@
 //! The rows are identical to [`crate::method::sampling::compute_row`]'s
 //! (the test below checks it on a model with several batches).
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 use ndarray::ArrayView2;
 use rayon::prelude::*;
@@ -33,6 +31,7 @@ use rayon::prelude::*;
 use super::{Model, RowHits};
 use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::params::KernelKind;
+use crate::method::rowmap::RowMap;
 use crate::method::rows::RowSource;
 use crate::method::sampling::{compute_row_from, SamplingConfig, SparseRow};
 use crate::method::scales::{kth_scales_against, ScaleCache};
@@ -81,7 +80,7 @@ impl Model {
         // 2. Every distinct candidate's scale against the plate.
         let needs_scales = cfg.kernel == KernelKind::Symmetric
             || (cfg.trust > 0.0 && cfg.trust_rule.uses_mutual());
-        let known: HashMap<(u32, u32), f32> = if needs_scales {
+        let known: RowMap<(u32, u32), f32> = if needs_scales {
             let mut cand: Vec<u32> = lists
                 .iter()
                 .flatten()
@@ -99,7 +98,7 @@ impl Model {
                 .map(|(&j, s)| ((j, plate_batch), s as f32))
                 .collect()
         } else {
-            HashMap::new()
+            RowMap::default()
         };
         let cache = ScaleCache::with_known(n_batches + 1, cfg.k, known);
         // 3. The rows.
