@@ -161,15 +161,13 @@ fn main() -> Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
         for (k, ((b, name), rows)) in stream.iter().zip(&stream_rows).enumerate() {
+            let xp = t.features.select(Axis(0), rows);
+            let ctrl: Vec<bool> = rows.iter().map(|&i| t.label[i] == CONTROL_LABEL).collect();
             // Extra passes (`BALANS_BENCH_REPEAT`, for profiling the plate
             // path): the same plate again, its delta not applied.
             for _ in 1..repeat {
-                let xp = t.features.select(Axis(0), rows);
-                let ctrl: Vec<bool> = rows.iter().map(|&i| t.label[i] == CONTROL_LABEL).collect();
                 correct_plate(&model, name, b, xp.view(), Some(&ctrl), k as u64)?;
             }
-            let xp = t.features.select(Axis(0), rows);
-            let ctrl: Vec<bool> = rows.iter().map(|&i| t.label[i] == CONTROL_LABEL).collect();
             let t2 = Instant::now();
             let pc = correct_plate(&model, name, b, xp.view(), Some(&ctrl), k as u64)?;
             model.apply(&pc.delta)?;

@@ -98,16 +98,60 @@ pub(crate) fn knn_blocked(
     out
 }
 
+/// The minima of `v`'s strided groups `{i, i + g, i + 2g, ...}` (`g` =
+/// `mins.len()` after the call, `v.len() / per_group` rounded up), into
+/// `mins`. Strided rather than contiguous groups: their minima are one
+/// element-wise minimum over consecutive `g`-wide blocks, which
+/// vectorises. `if x < m` rather than `f32::min` for the same reason (NaN,
+/// which the callers never pass, is simply never a minimum; a NaN first
+/// element leaves a NaN minimum, which [`for_each_at_or_below`] scans).
+pub(crate) fn group_minima<T: Copy + PartialOrd>(v: &[T], per_group: usize, mins: &mut Vec<T>) {
+    let g = v.len().div_ceil(per_group).max(1);
+    mins.clear();
+    mins.extend_from_slice(&v[..g.min(v.len())]);
+    for block in v.chunks(g).skip(1) {
+        for (m, &x) in mins.iter_mut().zip(block) {
+            *m = if x < *m { x } else { *m };
+        }
+    }
+}
+
+/// Every `(position, value)` of `v` at or below `tau`, visiting only the
+/// groups of [`group_minima`] (`mins`) whose minimum is not above `tau`:
+/// a value `<= tau` lies in such a group. With `tau` the `k`-th smallest
+/// minimum, `k` distinct groups hold a value `<= tau`, so the `k` smallest
+/// values of `v` are all among those visited — typically from `k` to
+/// `2 x k` groups, not all of `v`.
+pub(crate) fn for_each_at_or_below<T: Copy + PartialOrd>(
+    v: &[T],
+    mins: &[T],
+    tau: T,
+    mut f: impl FnMut(usize, T),
+) {
+    let g = mins.len().max(1);
+    for (i, &m) in mins.iter().enumerate() {
+        if m > tau {
+            continue;
+        }
+        for j in (i..v.len()).step_by(g) {
+            if v[j] <= tau {
+                f(j, v[j]);
+            }
+        }
+    }
+}
+
 /// The `short` smallest values of `v` as `(value, position)`, in
 /// (value, position) order, into `top` (`mins` and `sel` are scratch).
 ///
-/// A threshold first: the minima of `len / CHUNK` disjoint groups of `v`
-/// are `short` distinct elements at or below the `short`-th smallest group
-/// minimum `tau`, so the `short` smallest values are all `<= tau`. One
-/// vectorised pass over the chunk minima, a selection among them, a
-/// filtering pass over the groups whose minimum is at or below `tau` only
-/// (about a quarter of `v` for `short` = 23 of 2,000) and a sort of the
-/// few survivors (typically 2-3 x `short`) replace a sorted insertion per improving candidate (about
+/// A threshold first: the minima of `len / CHUNK` strided groups of `v`
+/// ([`group_minima`]) are `short` distinct elements at or below the
+/// `short`-th smallest group minimum `tau`, so the `short` smallest values
+/// are all `<= tau`. One vectorised pass for the minima, a selection among
+/// them, a filtering pass over the groups whose minimum is at or below
+/// `tau` only ([`for_each_at_or_below`]: about a quarter of `v` for
+/// `short` = 23 of 2,000) and a sort of the few survivors (typically 2-3 x
+/// `short`) replace a sorted insertion per improving candidate (about
 /// `short x ln(n / short)` of them in a streaming top-k).
 fn shortlist(
     v: &[f32],
@@ -118,41 +162,14 @@ fn shortlist(
 ) {
     let by_value = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
     top.clear();
-    mins.clear();
-    // The groups are strided, `{i, i + g, i + 2g, ...}`, rather than
-    // contiguous chunks: their minima are then one element-wise minimum
-    // over consecutive `g`-wide blocks, which vectorises. `if x < m` rather
-    // than `f32::min` for the same reason (NaN, which the callers never
-    // pass, is simply never a minimum).
-    let g = v.len().div_ceil(CHUNK).max(1);
-    mins.extend_from_slice(&v[..g.min(v.len())]);
-    for block in v.chunks(g).skip(1) {
-        for (m, &x) in mins.iter_mut().zip(block) {
-            *m = if x < *m { x } else { *m };
-        }
-    }
+    group_minima(v, CHUNK, mins);
     if short < mins.len() {
         // The threshold from a copy: `mins` keeps the groups' minima in
-        // group order, which says which groups can hold a value `<= tau`.
+        // group order, which says which groups to visit.
         sel.clear();
         sel.extend_from_slice(mins);
         let (_, tau, _) = sel.select_nth_unstable_by(short - 1, |a, b| a.total_cmp(b));
-        let tau = *tau;
-        // Only a group whose minimum is `<= tau` holds such a value (a
-        // NaN minimum, which a NaN first element leaves, is scanned too):
-        // typically `short` to `2 x short` groups of `CHUNK` values, not
-        // all of `v`.
-        for (i, &m) in mins.iter().enumerate() {
-            if m > tau {
-                continue;
-            }
-            for j in (i..v.len()).step_by(g) {
-                let x = v[j];
-                if x <= tau {
-                    top.push((x, j as u32));
-                }
-            }
-        }
+        for_each_at_or_below(v, mins, *tau, |j, x| top.push((x, j as u32)));
     }
     if top.len() < short {
         // Few chunks (or non-finite values): take every value.

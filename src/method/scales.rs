@@ -13,6 +13,7 @@
 //! and memoised in a dense `n x B` table of atomics, so rows sampled in
 //! parallel share them without locks.
 
+use crate::method::blocked::{for_each_at_or_below, group_minima};
 use crate::method::rowmap::RowMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -246,13 +247,11 @@ const GROUP: usize = 4;
 /// total order of [`total_order_key`]: the value `select_nth_unstable(k -
 /// 1)` over every key gives, found by selecting among fewer keys.
 ///
-/// The minima of `v.len() / GROUP` strided groups of keys (`{i, i + g,
-/// ...}`, one vectorised pass of integer minima) give a threshold `tau`,
-/// the `k`-th smallest minimum: `k` distinct groups have a key at or below
-/// it, so the `k` smallest keys are all `<= tau`, and only the groups whose
-/// minimum is `<= tau` can hold them. The selection runs over those few
-/// keys (about 2 x `k` for `k` = 15 of 384) instead of all of them. `keys`,
-/// `mins` and `sel` are scratch.
+/// The groups ([`group_minima`]) of `GROUP` keys give a threshold `tau`,
+/// the `k`-th smallest group minimum, and the selection runs over the keys
+/// at or below it in the groups that can hold them
+/// ([`for_each_at_or_below`]; about 2 x `k` keys for `k` = 15 of 384)
+/// instead of all of them. `keys`, `mins` and `sel` are scratch.
 fn kth_smallest_grouped(
     v: &[f32],
     k: usize,
@@ -262,33 +261,17 @@ fn kth_smallest_grouped(
 ) -> f32 {
     keys.clear();
     keys.extend(v.iter().map(|&x| total_order_key(x)));
-    let g = keys.len().div_ceil(GROUP).max(1);
-    if k >= g {
+    group_minima(keys, GROUP, mins);
+    if k >= mins.len() {
         let (_, kth, _) = keys.select_nth_unstable(k - 1);
         return from_total_order_key(*kth);
-    }
-    mins.clear();
-    mins.extend_from_slice(&keys[..g]);
-    for block in keys.chunks(g).skip(1) {
-        for (m, &x) in mins.iter_mut().zip(block) {
-            *m = (*m).min(x);
-        }
     }
     sel.clear();
     sel.extend_from_slice(mins);
     let (_, tau, _) = sel.select_nth_unstable(k - 1);
     let tau = *tau;
     sel.clear();
-    for (i, &m) in mins.iter().enumerate() {
-        if m > tau {
-            continue;
-        }
-        for j in (i..keys.len()).step_by(g) {
-            if keys[j] <= tau {
-                sel.push(keys[j]);
-            }
-        }
-    }
+    for_each_at_or_below(keys, mins, tau, |_, key| sel.push(key));
     let (_, kth, _) = sel.select_nth_unstable(k - 1);
     from_total_order_key(*kth)
 }
