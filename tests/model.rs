@@ -291,8 +291,7 @@ fn states_written_before_the_whitening_restore_as_plain_pca() {
 }
 
 #[test]
-fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_with_their_old_semantics(
-) {
+fn states_written_before_newer_method_keys_restore_with_their_old_semantics() {
     use balans::method::params::TrustRule;
     use balans::serve::state::StateDir;
     let (_t, model, _, _) = setup_with(&Params {
@@ -302,6 +301,7 @@ fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_
     assert_eq!(model.meta().params.trust_rule, TrustRule::Mutual);
     assert_eq!(model.meta().params.gain_shrinkage, 0.5);
     assert_eq!(model.meta().params.plate_rounds, 1);
+    assert_eq!(model.meta().params.plate_mutual_share, 0.25);
     let dir = tempfile::tempdir().unwrap();
     StateDir::open(dir.path())
         .unwrap()
@@ -314,6 +314,7 @@ fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_
     assert_eq!(restore().meta().params.trust_rule, TrustRule::Mutual);
     assert_eq!(restore().meta().params.gain_shrinkage, 0.5);
     assert_eq!(restore().meta().params.plate_rounds, 1);
+    assert_eq!(restore().meta().params.plate_mutual_share, 0.25);
     // The same snapshot as a build without `trust_rule`, `gain_shrinkage`
     // and `plate_rounds` wrote it.
     let meta = std::fs::read_dir(dir.path())
@@ -326,6 +327,7 @@ fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_
     params.remove("trust_rule");
     params.remove("gain_shrinkage");
     params.remove("plate_rounds");
+    params.remove("plate_mutual_share");
     std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
     // Such a build wrote no checksum manifest either.
     std::fs::remove_file(meta.with_file_name("manifest.json")).unwrap();
@@ -337,6 +339,11 @@ fn states_written_before_the_trust_rule_gain_shrinkage_and_plate_rounds_restore_
         old.meta().params.plate_rounds,
         3,
         "plates were aligned in `rounds` rounds"
+    );
+    assert_eq!(
+        old.meta().params.plate_mutual_share,
+        0.5,
+        "a plate's mutual rank reached half of it"
     );
     assert_eq!(old.len(), model.len());
 }
@@ -645,4 +652,56 @@ fn plate_rounds_set_the_plates_alignment_not_the_fit() {
     let a0 = align(&zero);
     assert_eq!(a0.timings.landmarks, 0);
     assert_eq!(a0.y_corrected, a0.y_raw, "normalised only");
+}
+
+/// `plate_mutual_share` sets the mutual test's rank against a plate the
+/// model aligns, and nothing of the offline fit. A plate of at least
+/// `k / share` rows is tested at rank k whatever the share (same bits); a
+/// small plate is tested at a quarter of its rows instead of half, which
+/// changes its correction.
+#[test]
+fn plate_mutual_share_sets_a_small_plates_trust_not_the_fit() {
+    let (t, quarter, plate_rows, _) = setup_with(&Params {
+        plate_mutual_share: 0.25,
+        ..params()
+    });
+    let (_, half, _, _) = setup_with(&Params {
+        plate_mutual_share: 0.5,
+        ..params()
+    });
+    let bits = |m: &Model| m.rows_w().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&quarter), bits(&half), "the fit does not depend on it");
+    let k = params().k;
+    assert!(
+        plate_rows.len() as f64 * 0.25 >= k as f64,
+        "the held-out plate has {} rows",
+        plate_rows.len()
+    );
+    let align = |m: &Model, rows: &[usize]| {
+        let (x, c) = plate_inputs(&t, rows);
+        m.align_plate("P", "Batch02", x.view(), Some(&c), 1)
+            .unwrap()
+            .corrected
+    };
+    assert_eq!(
+        align(&quarter, &plate_rows),
+        align(&half, &plate_rows),
+        "a plate of >= k / share rows is tested at rank k"
+    );
+    // A small plate: its controls and 8 treated wells.
+    let controls: Vec<usize> = plate_rows
+        .iter()
+        .copied()
+        .filter(|&i| t.label[i] == "DMSO")
+        .take(6)
+        .collect();
+    let treated = plate_rows.iter().copied().filter(|&i| t.label[i] != "DMSO");
+    let small: Vec<usize> = controls.iter().copied().chain(treated.take(8)).collect();
+    assert!(controls.len() >= 3 && small.len() < 2 * k);
+    let (a, b) = (align(&quarter, &small), align(&half, &small));
+    assert!(a.iter().all(|v| v.is_finite()));
+    assert!(
+        max_abs(&(&a - &b)) > 0.0,
+        "a small plate's trust depends on the share"
+    );
 }

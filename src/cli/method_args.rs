@@ -57,6 +57,9 @@ pub struct MethodArgs {
     /// Alignment rounds of a plate aligned to a model by the daemon and `balans apply` (saved with --save-model); 0 = per-plate normalisation only [default: 1].
     #[arg(long)]
     pub plate_rounds: Option<usize>,
+    /// Against a plate the daemon and `balans apply` align as its own batch, the `mutual` trust test's rank is at most this share of the plate's rows (the offline fit: half a batch) [default: 0.25].
+    #[arg(long)]
+    pub plate_mutual_share: Option<f64>,
     /// Width of the `mass` trust test (x the control-calibrated width when --control is given); 0 turns the trust test off and forces alignment, whatever the rule [default: 0.5].
     #[arg(long)]
     pub trust: Option<f64>,
@@ -119,6 +122,7 @@ impl MethodArgs {
             round_fraction,
             rounds,
             plate_rounds,
+            plate_mutual_share,
             trust,
             trust_k
         );

@@ -7,24 +7,32 @@ use anyhow::Result;
 
 use crate::method::index::BatchIndex;
 use crate::method::rows::RowSource;
+use crate::method::sampling::SamplingConfig;
 use crate::method::scales::ScaleCache;
 
 /// Relative tolerance of the mutual test's distance comparison.
 const MUTUAL_TOLERANCE: f64 = 1e-5;
 
-/// Rank of the mutual test against a batch of `size` rows: `k`, or half the
-/// batch when that is smaller. At a rank >= the batch's size every row of
-/// the batch is among `j`'s nearest and the test passes whatever the
-/// geometry; the daemon aligns each plate as its own batch, and a plate of
-/// fewer than `2k` rows would be trusted everywhere.
-pub fn mutual_rank(k: usize, size: usize) -> usize {
-    k.min(size / 2).max(1)
+/// Share of a batch the mutual test's rank may reach in the offline fit
+/// ([`mutual_rank`]): half.
+pub const MUTUAL_SHARE: f64 = 0.5;
+
+/// Rank of the mutual test against a batch of `size` rows: `k`, or `share`
+/// of the batch when that is smaller (at least 1). At a rank >= the batch's
+/// size every row of the batch is among `j`'s nearest and the test passes
+/// whatever the geometry; a row of another batch passes by chance with
+/// probability about rank / size. The offline fit uses half a batch
+/// ([`MUTUAL_SHARE`]); the daemon aligns each plate as its own batch and
+/// uses `plate_mutual_share` of the plate
+/// ([`crate::method::params::Params::plate_mutual_share`]).
+pub fn mutual_rank(k: usize, size: usize, share: f64) -> usize {
+    k.min((size as f64 * share) as usize).max(1)
 }
 
 /// Per batch, the affinity-weighted fraction of the row's retained entries
 /// that are *mutual* neighbours of landmark `i` (batch `bi`): entry `j` of
 /// batch `c` is mutual when `i` lies within `j`'s `r` nearest rows of batch
-/// `bi` ([`mutual_rank`]: `r = k` unless `bi` has fewer than `2k` rows),
+/// `bi` ([`mutual_rank`]: `r = k` unless `cfg.mutual_share` of `bi` is smaller),
 /// i.e. `d(i, j) <= sigma_j^(bi)` at `r = k` (the scale the symmetric kernel
 /// already needs, memoised in `cache`). `i` has `j` among its own `k.max(m)`
 /// nearest of batch `c` by construction, so the test is the classic
@@ -37,12 +45,13 @@ pub(crate) fn mutual_fractions(
     rows: &dyn RowSource,
     indices: &[&BatchIndex],
     cache: &ScaleCache,
-    k: usize,
+    cfg: &SamplingConfig,
 ) -> Result<Vec<f64>> {
+    let k = cfg.k;
     let n_batches = indices.len();
     let mut hit = vec![0f64; n_batches];
     let mut all = vec![0f64; n_batches];
-    let rank = mutual_rank(k, indices.get(bi).map_or(0, |x| x.len()));
+    let rank = mutual_rank(k, indices.get(bi).map_or(0, |x| x.len()), cfg.mutual_share);
     for &(j, a) in entries {
         let c = rows.batch(j as usize) as usize;
         if c == bi {

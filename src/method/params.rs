@@ -223,6 +223,13 @@ pub struct Params {
     /// neutral on the semi-synthetic sets and -0.024 to +0.000 on BBBC021's
     /// splits (docs/stream_gap.md).
     pub pool_controls: bool,
+    /// Against a plate the daemon aligns as its own batch, the mutual trust
+    /// test's rank is at most this share of the plate's rows (the offline
+    /// fit: half a batch). A row of another batch passes the test by chance
+    /// with probability about rank / rows: 1/2 on a plate of under 2k rows
+    /// at half, 1/4 here, as against 1/8-1/4 for BBBC021's weekly batches
+    /// offline (docs/serve.md, "Quality of the streamed correction").
+    pub plate_mutual_share: f64,
     /// Random seed (sampling tie-breaks, synthetic data).
     pub seed: u64,
     /// Worker threads (0 = all cores).
@@ -256,6 +263,7 @@ impl Default for Params {
             exact: false,
             correction_space: CorrectionSpace::Features,
             pool_controls: false,
+            plate_mutual_share: 0.25,
             seed: 42,
             threads: 0,
         }
@@ -286,6 +294,11 @@ impl Params {
             self.budget > 0.0 && self.budget <= 1.0,
             "parameter budget must be in (0, 1] (got {})",
             self.budget
+        );
+        anyhow::ensure!(
+            self.plate_mutual_share > 0.0 && self.plate_mutual_share <= 1.0,
+            "parameter plate_mutual_share must be in (0, 1] (got {})",
+            self.plate_mutual_share
         );
         anyhow::ensure!(
             self.round_fraction > 0.0 && self.round_fraction <= 1.0,

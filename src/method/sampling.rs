@@ -74,6 +74,10 @@ pub struct SamplingConfig {
     pub trust_k: usize,
     /// How the trust test measures a batch's correspondence.
     pub trust_rule: TrustRule,
+    /// Share of the landmark's batch the mutual test's rank may reach
+    /// ([`mutual_rank`]): [`crate::method::mutual::MUTUAL_SHARE`] offline,
+    /// `plate_mutual_share` for a daemon's plate.
+    pub mutual_share: f64,
 }
 
 impl SamplingConfig {
@@ -101,6 +105,7 @@ impl SamplingConfig {
             trust: params.trust,
             trust_k: params.trust_k,
             trust_rule: params.trust_rule,
+            mutual_share: crate::method::mutual::MUTUAL_SHARE,
         }
     }
 }
@@ -241,7 +246,7 @@ pub fn compute_row_from(
         });
         let mutual = if cfg.trust_rule.uses_mutual() {
             Some(mutual_fractions(
-                &all, &dist2, bi, rows, indices, cache, cfg.k,
+                &all, &dist2, bi, rows, indices, cache, cfg,
             )?)
         } else {
             None
@@ -404,6 +409,7 @@ mod tests {
             trust: 0.0,
             trust_k: 5,
             trust_rule: TrustRule::Mass,
+            mutual_share: 0.5,
         }
     }
 
@@ -582,15 +588,20 @@ mod tests {
         c.trust = 0.5;
         let mut mass_cfg = c.clone();
         mass_cfg.trust_rule = TrustRule::Mass;
-        for i in (0..n).step_by(5) {
+        // Half a batch (offline), a quarter (a daemon's plate), a tenth.
+        for (i, share) in (0..n)
+            .step_by(5)
+            .flat_map(|i| [(i, 0.5), (i, 0.25), (i, 0.1)])
+        {
             c.trust_rule = TrustRule::Mutual;
+            c.mutual_share = share;
             let cache = ScaleCache::new(n, 3, 5);
             let row = compute_row(i, &rows, &idx, &cache, &c).unwrap();
             // Oracle: entry j of batch c is mutual when fewer than r rows of
-            // i's batch are strictly closer to j than i is (r = k, or half
-            // of i's batch when that is smaller).
+            // i's batch are strictly closer to j than i is (r = k, or the
+            // share of i's batch when that is smaller, at least 1).
             let size = b.iter().filter(|&&x| x == b[i]).count();
-            let r = c.k.min(size / 2).max(1);
+            let r = c.k.min((size as f64 * share).floor() as usize).max(1);
             let mut hit = [0f64; 3];
             let mut all = [0f64; 3];
             for &(j, a) in &row.entries {
@@ -616,7 +627,7 @@ mod tests {
                 };
                 assert!(
                     (row.trust[cb] as f64 - want).abs() < 1e-6,
-                    "row {i} batch {cb}: {} vs {want}",
+                    "row {i} batch {cb} share {share}: {} vs {want}",
                     row.trust[cb]
                 );
             }
@@ -697,9 +708,13 @@ mod tests {
         c.trust = 0.5;
         c.k = 12;
         c.trust_rule = TrustRule::Mutual;
-        assert_eq!(mutual_rank(12, 8), 4);
-        assert_eq!(mutual_rank(12, 30), 12);
-        assert_eq!(mutual_rank(12, 1), 1);
+        assert_eq!(mutual_rank(12, 8, 0.5), 4);
+        assert_eq!(mutual_rank(12, 30, 0.5), 12);
+        assert_eq!(mutual_rank(12, 1, 0.5), 1);
+        // A daemon's plate: a quarter of it.
+        assert_eq!(mutual_rank(15, 19, 0.25), 4);
+        assert_eq!(mutual_rank(15, 214, 0.25), 15);
+        assert_eq!(mutual_rank(15, 3, 0.25), 1);
         let cache = ScaleCache::new(n, 2, 12);
         let trust = |i: usize| compute_row(i, &rows, &idx, &cache, &c).unwrap().trust[1];
         for i in 0..4 {

@@ -621,7 +621,10 @@ impl Model {
         // The offset so far: in the neighbour space (n_plate x p), or in the
         // feature space (n_plate x |varying|) when the model keeps profiles.
         let mut offset = Array2::<f64>::zeros((n_plate, if features { nv } else { p }));
-        let cfg = SamplingConfig::from_params(params, n_plate, f64::INFINITY, n_plate);
+        let cfg = SamplingConfig {
+            mutual_share: params.plate_mutual_share,
+            ..SamplingConfig::from_params(params, n_plate, f64::INFINITY, n_plate)
+        };
         let plate_ids: Vec<u32> = vec![plate_batch; n_plate];
         let mut last_rows: Vec<SparseRow> = Vec::new();
         let mut timings = PlateTimings::default();

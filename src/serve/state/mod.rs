@@ -407,6 +407,8 @@ pub(crate) fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
         // Before `plate_rounds`, a plate was aligned in `rounds` rounds.
         let rounds = p.get("rounds").cloned().unwrap_or_else(|| 2.into());
         p.entry("plate_rounds").or_insert(rounds);
+        // Before `plate_mutual_share`, a plate's rank reached half of it.
+        p.entry("plate_mutual_share").or_insert(0.5.into());
     }
     serde_json::from_value(v).context("snapshot meta.json is corrupt")
 }
