@@ -315,8 +315,8 @@ fn states_written_before_newer_method_keys_restore_with_their_old_semantics() {
     assert_eq!(restore().meta().params.gain_shrinkage, 0.5);
     assert_eq!(restore().meta().params.plate_rounds, 1);
     assert_eq!(restore().meta().params.plate_mutual_share, 0.25);
-    // The same snapshot as a build without `trust_rule`, `gain_shrinkage`
-    // and `plate_rounds` wrote it.
+    // The same snapshot as a build without `trust_rule`, `gain_shrinkage`,
+    // `plate_rounds` and `plate_mutual_share` wrote it.
     let meta = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path().join("meta.json"))

@@ -227,8 +227,8 @@ pub struct Params {
     /// test's rank is at most this share of the plate's rows (the offline
     /// fit: half a batch). A row of another batch passes the test by chance
     /// with probability about rank / rows: 1/2 on a plate of under 2k rows
-    /// at half, 1/4 here, as against 1/8-1/4 for BBBC021's weekly batches
-    /// offline (docs/serve.md, "Quality of the streamed correction").
+    /// at half, about 1/4 here, as against 0.12-0.38 (0.27 at the median
+    /// week) for BBBC021's weekly batches offline (docs/serve.md, "Quality of the streamed correction").
     pub plate_mutual_share: f64,
     /// Random seed (sampling tie-breaks, synthetic data).
     pub seed: u64,
