@@ -4,8 +4,8 @@
 use clap::Args;
 
 use balans::method::params::{
-    BatchScale, CorrectionSpace, IndexKind, KernelKind, NeighborSpace, Params, Retention,
-    SamplingRule, TrustRule,
+    BatchScale, CorrectionSpace, IndexKind, KernelKind, NeighborSpace, Params, PlateMove,
+    Retention, SamplingRule, TrustRule,
 };
 
 /// The `[method]` flags (`balans correct`; `balans apply` takes the
@@ -60,6 +60,9 @@ pub struct MethodArgs {
     /// Against a plate the daemon and `balans apply` align as its own batch, the `mutual` trust test's rank is at most this share of the plate's rows (the offline fit: half a batch) [default: 0.25].
     #[arg(long)]
     pub plate_mutual_share: Option<f64>,
+    /// How far a plate row's landmark moves the plate onto the model (daemon, `balans apply`): trusted (by its largest trust in a model batch around it; a state no model batch holds stays put) or full (all the way once any model batch is trusted) [default: trusted].
+    #[arg(long, value_parser = parse_choice::<PlateMove>)]
+    pub plate_move: Option<PlateMove>,
     /// Width of the `mass` trust test (x the control-calibrated width when --control is given); 0 turns the trust test off and forces alignment, whatever the rule [default: 0.5].
     #[arg(long)]
     pub trust: Option<f64>,
@@ -133,6 +136,7 @@ impl MethodArgs {
             neighbor_space,
             batch_scale,
             trust_rule,
+            plate_move,
             sampling_rule,
             correction_space,
             seed,

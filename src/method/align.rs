@@ -20,6 +20,7 @@ use anyhow::Result;
 use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 
+use crate::method::params::PlateMove;
 use crate::method::rows::RowSource;
 use crate::method::sampling::SparseRow;
 
@@ -57,17 +58,32 @@ pub struct Offsets {
     pub values: Array2<f64>,
 }
 
+/// One batch moving onto the others, which stay put: the daemon's plate in
+/// flight against published rows ([`landmark_deltas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frozen {
+    /// The moving batch: it is left out of every consensus, so it moves
+    /// onto the other batches present rather than meeting them halfway.
+    pub batch: u32,
+    /// How far a landmark *of the moving batch* moves it (a landmark of
+    /// another batch moves it in proportion to its trust in it, as in the
+    /// offline fit): [`PlateMove::Trusted`] scales the move by the largest
+    /// trust the landmark has in a batch around it, [`PlateMove::Full`]
+    /// moves it all the way whenever any batch around it is trusted at all.
+    pub moves: PlateMove,
+}
+
 /// `delta_l^(c)` for every landmark (row-major `L x B x d`, f32).
 ///
-/// `frozen_consensus_of`: when set to batch `x`, the consensus is the mean
-/// of the *other* batches present (if any), so `x` moves all the way to
-/// rows that are already aligned and will not move (the daemon's plate in
-/// flight against published rows).
+/// A landmark's consensus is the trust-weighted mean of the batches around
+/// it, and each batch's delta is its trust times its gap to the consensus.
+/// `frozen`: one batch moves onto the others ([`Frozen`]); the consensus
+/// is the mean of the *other* batches present (if any).
 pub(crate) fn landmark_deltas(
     z: &dyn Features,
     n_batches: usize,
     rows: &[SparseRow],
-    frozen_consensus_of: Option<u32>,
+    frozen: Option<Frozen>,
 ) -> Vec<f32> {
     let d = z.dims();
     let mut out = vec![0f32; rows.len() * n_batches * d];
@@ -99,7 +115,7 @@ pub(crate) fn landmark_deltas(
                 for t in 0..d {
                     sums[c * d + t] /= mass[c];
                 }
-                if frozen_consensus_of != Some(c as u32) {
+                if frozen.map(|f| f.batch) != Some(c as u32) {
                     let w = trust(c);
                     np += w;
                     for t in 0..d {
@@ -113,8 +129,18 @@ pub(crate) fn landmark_deltas(
             for t in consensus.iter_mut() {
                 *t /= np;
             }
+            // The moving batch's own landmark: the move is scaled by how far
+            // the landmark trusts the batches it moves onto (see [`Frozen`]).
+            let own_scale = match frozen {
+                Some(f) if f.batch as usize == own && f.moves == PlateMove::Trusted => present
+                    .iter()
+                    .filter(|&&c| c != own)
+                    .map(|&c| trust(c))
+                    .fold(0.0, f64::max),
+                _ => 1.0,
+            };
             for &c in &present {
-                let w = trust(c);
+                let w = trust(c) * if c == own { own_scale } else { 1.0 };
                 for t in 0..d {
                     slot[c * d + t] = (w * (sums[c * d + t] - consensus[t])) as f32;
                 }
@@ -132,10 +158,10 @@ pub fn point_offsets(
     n_batches: usize,
     rows: &[SparseRow],
     targets: Range<usize>,
-    frozen_consensus_of: Option<u32>,
+    frozen: Option<Frozen>,
     own_batch_neighbors: &(dyn Fn(usize) -> Result<Vec<u32>> + Sync),
 ) -> Result<Offsets> {
-    let deltas = landmark_deltas(z, n_batches, rows, frozen_consensus_of);
+    let deltas = landmark_deltas(z, n_batches, rows, frozen);
     offsets_from_deltas(
         deltas,
         z.dims(),
@@ -461,7 +487,18 @@ mod tests {
         };
         let deltas = landmark_deltas(&f, 2, &rows, None);
         // Batch 1 moving to a frozen batch 0: delta of batch 1 is the full gap.
-        assert_eq!(landmark_deltas(&f, 2, &rows, Some(1)), vec![0.0, 10.0]);
+        assert_eq!(
+            landmark_deltas(
+                &f,
+                2,
+                &rows,
+                Some(Frozen {
+                    batch: 1,
+                    moves: PlateMove::Trusted
+                })
+            ),
+            vec![0.0, 10.0]
+        );
         assert_eq!(deltas, vec![-5.0, 5.0]);
         let off = point_offsets(&f, 2, &rows, 0..4, None, &|_| Ok(vec![])).unwrap();
         let corrected = &z - &off.values;
@@ -480,6 +517,137 @@ mod tests {
         .unwrap();
         assert_eq!(added.uncovered, 0);
         assert_eq!(total, off.values);
+    }
+
+    /// A landmark of the moving batch moves it onto the other batches by
+    /// its trust in them under [`PlateMove::Trusted`] (hand-computed), all
+    /// the way under [`PlateMove::Full`], and not at all when it trusts
+    /// none of them.
+    #[test]
+    fn a_moving_batchs_landmark_moves_it_by_its_trust() {
+        let z = array![[-1.0], [1.0], [9.0], [11.0]];
+        let b = [0, 0, 1, 1];
+        let f = DenseFeatures {
+            z: z.view(),
+            batch_of: &b,
+        };
+        let row = |trust: Vec<f32>| {
+            vec![SparseRow {
+                landmark: 2, // of batch 1, the moving batch
+                entries: vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)],
+                trust,
+            }]
+        };
+        let frozen = |moves| Some(Frozen { batch: 1, moves });
+        let (t, fl) = (PlateMove::Trusted, PlateMove::Full);
+        // Batch 1 sits at 10, batch 0 (the consensus) at 0.
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![0.25, 1.0]), frozen(t)),
+            vec![0.0, 2.5]
+        );
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![0.25, 1.0]), frozen(fl)),
+            vec![0.0, 10.0]
+        );
+        // No trust test (empty trust): all the way under both.
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![]), frozen(t)),
+            vec![0.0, 10.0]
+        );
+        // No batch trusted: no consensus, no move.
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![0.0, 1.0]), frozen(t)),
+            vec![0.0, 0.0]
+        );
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![0.0, 1.0]), frozen(fl)),
+            vec![0.0, 0.0]
+        );
+        // Not frozen (the offline fit): the consensus is the trust-weighted
+        // mean (10 x 1 + 0 x 0.25) / 1.25 = 8, each batch moved by its trust.
+        assert_eq!(
+            landmark_deltas(&f, 2, &row(vec![0.25, 1.0]), None),
+            vec![-2.0, 2.0]
+        );
+    }
+
+    /// Property: on random landmarks of several batches, `trusted` scales
+    /// the moving batch's delta at its own landmarks by the largest trust
+    /// in another batch present, and leaves every other delta as `full`
+    /// has it.
+    #[test]
+    fn trusted_scales_only_the_moving_batchs_own_deltas() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (n, d, nb) = (40usize, 3usize, 4usize);
+        let z = Array2::from_shape_fn((n, d), |_| rng.gen_range(-3.0..3.0));
+        let b: Vec<u32> = (0..n).map(|i| (i % nb) as u32).collect();
+        let f = DenseFeatures {
+            z: z.view(),
+            batch_of: &b,
+        };
+        let moving = 3u32;
+        let rows: Vec<SparseRow> = (0..30)
+            .map(|l| {
+                let landmark = rng.gen_range(0..n) as u32;
+                let mut entries: Vec<(u32, f32)> = Vec::new();
+                for j in 0..n as u32 {
+                    if rng.gen_bool(0.3) {
+                        entries.push((j, rng.gen_range(0.1f32..1.0)));
+                    }
+                }
+                entries.push((landmark, 1.0));
+                entries.sort_by_key(|e| e.0);
+                entries.dedup_by_key(|e| e.0);
+                let trust = if l % 5 == 0 {
+                    Vec::new()
+                } else {
+                    (0..nb).map(|_| rng.gen_range(0.0f32..1.0)).collect()
+                };
+                SparseRow {
+                    landmark,
+                    entries,
+                    trust,
+                }
+            })
+            .collect();
+        let frozen = |moves| {
+            Some(Frozen {
+                batch: moving,
+                moves,
+            })
+        };
+        let t = landmark_deltas(&f, nb, &rows, frozen(PlateMove::Trusted));
+        let full = landmark_deltas(&f, nb, &rows, frozen(PlateMove::Full));
+        let mut scaled = 0;
+        for (l, row) in rows.iter().enumerate() {
+            let own = b[row.landmark as usize];
+            let present: Vec<u32> = (0..nb as u32)
+                .filter(|&c| row.entries.iter().any(|&(j, _)| b[j as usize] == c))
+                .collect();
+            let top = present
+                .iter()
+                .filter(|&&c| c != own)
+                .map(|&c| row.trust.get(c as usize).map_or(1.0, |&v| v as f64))
+                .fold(0.0, f64::max);
+            for c in 0..nb {
+                for k in 0..d {
+                    let at = (l * nb + c) * d + k;
+                    let want = if own == moving && c as u32 == moving {
+                        top * full[at] as f64
+                    } else {
+                        full[at] as f64
+                    };
+                    assert!(
+                        (t[at] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "landmark {l}, batch {c}: {} vs {want}",
+                        t[at]
+                    );
+                }
+            }
+            scaled += usize::from(own == moving && top < 1.0 && present.len() > 1);
+        }
+        assert!(scaled > 0, "no landmark of the moving batch was scaled");
     }
 
     #[test]

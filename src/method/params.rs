@@ -79,6 +79,34 @@ pub enum TrustRule {
     Both,
 }
 
+/// How far a landmark of a plate the daemon (or `balans apply`) aligns to a
+/// model moves the plate onto the model's rows (`docs/serve.md`, "The trust
+/// test against a plate").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlateMove {
+    /// In proportion to the largest trust the landmark has in a model
+    /// batch around it: a plate row whose state no model batch holds
+    /// (trust near 0) stays near where it is, as a batch the offline fit
+    /// does not trust is not moved.
+    #[default]
+    Trusted,
+    /// All the way whenever any model batch around it is trusted at all
+    /// (the trust only weighs the model batches against each other): the
+    /// rule before `plate_move` existed.
+    Full,
+}
+
+impl PlateMove {
+    /// The rule's name, as in the config file and `--plate-move`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlateMove::Trusted => "trusted",
+            PlateMove::Full => "full",
+        }
+    }
+}
+
 impl TrustRule {
     /// The rule's name, as in the config file and `--trust-rule`.
     pub fn as_str(self) -> &'static str {
@@ -230,6 +258,10 @@ pub struct Params {
     /// at half, about 1/4 here, as against 0.12-0.38 (0.27 at the median
     /// week) for BBBC021's weekly batches offline (docs/serve.md, "Quality of the streamed correction").
     pub plate_mutual_share: f64,
+    /// How far a plate row's landmark moves the plate onto the model:
+    /// `trusted` (by its largest trust in a model batch around it) or
+    /// `full` (all the way once any is trusted).
+    pub plate_move: PlateMove,
     /// Random seed (sampling tie-breaks, synthetic data).
     pub seed: u64,
     /// Worker threads (0 = all cores).
@@ -264,6 +296,7 @@ impl Default for Params {
             correction_space: CorrectionSpace::Features,
             pool_controls: false,
             plate_mutual_share: 0.25,
+            plate_move: PlateMove::Trusted,
             seed: 42,
             threads: 0,
         }

@@ -54,7 +54,7 @@ use ndarray::{Array2, ArrayView2};
 
 pub use self::meta::{ModelMeta, PlateDelta, PlateRecord, QcFigures};
 pub use self::persist::{IndexRestore, StoredIndex};
-use crate::method::align::{point_offsets, Features, RowFeatures};
+use crate::method::align::{point_offsets, Features, Frozen, RowFeatures};
 use crate::method::fit::Correction;
 use crate::method::index::{BatchIndex, Neighbor};
 use crate::method::params::{BatchScale, CorrectionSpace, IndexKind, NeighborSpace, Params};
@@ -681,7 +681,10 @@ impl Model {
                         n_batches + 1,
                         &rows,
                         targets,
-                        Some(plate_batch),
+                        Some(Frozen {
+                            batch: plate_batch,
+                            moves: params.plate_move,
+                        }),
                         &own,
                     )?,
                     None => point_offsets(
@@ -689,7 +692,10 @@ impl Model {
                         n_batches + 1,
                         &rows,
                         targets,
-                        Some(plate_batch),
+                        Some(Frozen {
+                            batch: plate_batch,
+                            moves: params.plate_move,
+                        }),
                         &own,
                     )?,
                 };

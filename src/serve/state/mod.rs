@@ -409,6 +409,8 @@ pub(crate) fn parse_meta(bytes: &[u8]) -> Result<ModelMeta> {
         p.entry("plate_rounds").or_insert(rounds);
         // Before `plate_mutual_share`, a plate's rank reached half of it.
         p.entry("plate_mutual_share").or_insert(0.5.into());
+        // Before `plate_move`, a plate's landmark moved it all the way.
+        p.entry("plate_move").or_insert("full".into());
     }
     serde_json::from_value(v).context("snapshot meta.json is corrupt")
 }
