@@ -45,7 +45,13 @@ fn setup_with(params: &Params) -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
     let plate_rows = rows_where(&t, |i| t.plate[i] == held_plate);
     let new_batch_plate = t.plate[rows_where(&t, |i| t.batch[i] == "Batch04")[0]].clone();
     let new_rows = rows_where(&t, |i| t.plate[i] == new_batch_plate);
-    let x = t.features.select(Axis(0), &reference);
+    let model = fit_on(&t, &reference, params);
+    (t, model, plate_rows, new_rows)
+}
+
+/// The model of an offline fit on the table's rows `reference`.
+fn fit_on(t: &SynthTable, reference: &[usize], params: &Params) -> Model {
+    let x = t.features.select(Axis(0), reference);
     let batch: Vec<String> = reference.iter().map(|&i| t.batch[i].clone()).collect();
     let plate: Vec<String> = reference.iter().map(|&i| t.plate[i].clone()).collect();
     let controls: Vec<bool> = reference.iter().map(|&i| t.label[i] == "DMSO").collect();
@@ -56,8 +62,7 @@ fn setup_with(params: &Params) -> (SynthTable, Model, Vec<usize>, Vec<usize>) {
         controls: Some(&controls),
     };
     let fit = correct(&data, params, &NoProgress).unwrap();
-    let model = Model::from_fit(&fit, t.feature_names(), params).unwrap();
-    (t, model, plate_rows, new_rows)
+    Model::from_fit(&fit, t.feature_names(), params).unwrap()
 }
 
 /// What a restart does: the model rebuilt from its meta and stored rows.
@@ -745,18 +750,7 @@ fn plate_move_keeps_a_state_the_model_lacks_near_where_it_is() {
             plate_rounds,
             ..params()
         };
-        let x = t.features.select(Axis(0), &reference);
-        let batch: Vec<String> = reference.iter().map(|&i| t.batch[i].clone()).collect();
-        let plate: Vec<String> = reference.iter().map(|&i| t.plate[i].clone()).collect();
-        let controls: Vec<bool> = reference.iter().map(|&i| t.label[i] == "DMSO").collect();
-        let data = Dataset {
-            x: x.view(),
-            batch: &batch,
-            plate: Some(&plate),
-            controls: Some(&controls),
-        };
-        let fit = correct(&data, &params, &NoProgress).unwrap();
-        Model::from_fit(&fit, t.feature_names(), &params).unwrap()
+        fit_on(&t, &reference, &params)
     };
     let (trusted, full) = (
         fit_with(PlateMove::Trusted, 1),
@@ -773,20 +767,22 @@ fn plate_move_keeps_a_state_the_model_lacks_near_where_it_is() {
             .corrected
     };
     let (a, b, start) = (align(&trusted), align(&full), align(&unaligned));
-    // Mean distance the alignment moved the plate's rows of the absent
-    // state, and of the states the model holds.
-    let moved = |m: &Array2<f64>, lacking: bool| {
+    // Mean distance from `from` of the plate's rows of the absent state
+    // (`lacking`), or of the states the model holds.
+    let mean_distance = |m: &Array2<f64>, from: &Array2<f64>, lacking: bool| {
         let rows: Vec<usize> = (0..plate_rows.len())
             .filter(|&r| (t.label[plate_rows[r]] == absent) == lacking)
             .collect();
         rows.iter()
             .map(|&r| {
-                let d = &m.row(r) - &start.row(r);
+                let d = &m.row(r) - &from.row(r);
                 d.dot(&d).sqrt()
             })
             .sum::<f64>()
             / rows.len() as f64
     };
+    // How far the alignment moved them.
+    let moved = |m: &Array2<f64>, lacking: bool| mean_distance(m, &start, lacking);
     let (lack_t, lack_f) = (moved(&a, true), moved(&b, true));
     let (held_t, held_f) = (moved(&a, false), moved(&b, false));
     eprintln!(
@@ -794,18 +790,7 @@ fn plate_move_keeps_a_state_the_model_lacks_near_where_it_is() {
          held states {held_t:.3} trusted, {held_f:.3} full"
     );
     let truth = t.truth.select(Axis(0), &plate_rows);
-    let err = |m: &Array2<f64>| {
-        let rows: Vec<usize> = (0..plate_rows.len())
-            .filter(|&r| t.label[plate_rows[r]] == absent)
-            .collect();
-        rows.iter()
-            .map(|&r| {
-                let d = &m.row(r) - &truth.row(r);
-                d.dot(&d).sqrt()
-            })
-            .sum::<f64>()
-            / rows.len() as f64
-    };
+    let err = |m: &Array2<f64>| mean_distance(m, &truth, true);
     eprintln!(
         "absent state's error to truth: uncorrected {:.3}, trusted {:.3}, full {:.3}",
         err(&x),
