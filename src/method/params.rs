@@ -80,8 +80,8 @@ pub enum TrustRule {
 }
 
 /// How far a landmark of a plate the daemon (or `balans apply`) aligns to a
-/// model moves the plate onto the model's rows (`docs/serve.md`, "The trust
-/// test against a plate").
+/// model moves the plate onto the model's rows (`docs/serve.md`, "How far
+/// a plate moves").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PlateMove {
@@ -95,16 +95,6 @@ pub enum PlateMove {
     /// (the trust only weighs the model batches against each other): the
     /// rule before `plate_move` existed.
     Full,
-}
-
-impl PlateMove {
-    /// The rule's name, as in the config file and `--plate-move`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlateMove::Trusted => "trusted",
-            PlateMove::Full => "full",
-        }
-    }
 }
 
 impl TrustRule {

@@ -669,6 +669,10 @@ impl Model {
                     Ok(nb.iter().map(|n| n.key as u32).collect())
                 };
                 let targets = self.len()..self.len() + n_plate;
+                let frozen = Some(Frozen {
+                    batch: plate_batch,
+                    moves: params.plate_move,
+                });
                 let off = match &current_w {
                     Some(cw) => point_offsets(
                         &ProfileFeatures {
@@ -681,10 +685,7 @@ impl Model {
                         n_batches + 1,
                         &rows,
                         targets,
-                        Some(Frozen {
-                            batch: plate_batch,
-                            moves: params.plate_move,
-                        }),
+                        frozen,
                         &own,
                     )?,
                     None => point_offsets(
@@ -692,10 +693,7 @@ impl Model {
                         n_batches + 1,
                         &rows,
                         targets,
-                        Some(Frozen {
-                            batch: plate_batch,
-                            moves: params.plate_move,
-                        }),
+                        frozen,
                         &own,
                     )?,
                 };
